@@ -1,0 +1,45 @@
+"""Float to integer PCM and G.711 mu-law conversions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MULAW_BIAS = 0x84
+_MULAW_CLIP = 32635
+
+
+def float_to_s16(samples: np.ndarray) -> np.ndarray:
+    """Clip to [-1, 1] and scale to int16 (rounding to nearest)."""
+    scaled = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0
+    return np.rint(scaled).astype(np.int16)
+
+
+def s16_to_float(samples: np.ndarray) -> np.ndarray:
+    """int16 samples to float32 in [-1, 1)."""
+    return np.asarray(samples, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def float_to_s16le_bytes(samples: np.ndarray) -> bytes:
+    """Little-endian signed 16-bit PCM bytes of a float32 signal."""
+    return float_to_s16(samples).astype("<i2").tobytes()
+
+
+def s16_to_mulaw(samples: np.ndarray) -> np.ndarray:
+    """Encode int16 samples as G.711 mu-law bytes (uint8), as telephony expects."""
+    pcm = np.asarray(samples, dtype=np.int32)
+    sign = np.where(pcm < 0, 0x80, 0x00)
+    magnitude = np.minimum(np.abs(pcm), _MULAW_CLIP) + _MULAW_BIAS
+    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
+    exponent = np.clip(exponent, 0, 7)
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+
+
+def mulaw_to_s16(codes: np.ndarray) -> np.ndarray:
+    """Decode G.711 mu-law bytes to int16 samples."""
+    inverted = ~np.asarray(codes, dtype=np.int32) & 0xFF
+    sign = inverted & 0x80
+    exponent = (inverted >> 4) & 0x07
+    mantissa = inverted & 0x0F
+    magnitude = (((mantissa << 3) + _MULAW_BIAS) << exponent) - _MULAW_BIAS
+    return np.where(sign != 0, -magnitude, magnitude).astype(np.int16)

@@ -1,0 +1,284 @@
+"""The engine thread: it alone runs the models, one unit of work at a time.
+
+Sessions talk to it only through a thread-safe inbox (``open``, ``add_segment``,
+``finish``, ``abort``); it answers through each stream's sink, called on the
+engine thread.  Each loop iteration drains the inbox (aborts take effect
+there, so a cancelled stream costs at most the window in flight), asks the
+scheduler for the next unit of work, executes it and reports the output.
+
+A unit is either a segment's front (phonemes -> latent frames) or one
+vocoder window.  Scheduling is deadline-first: a stream that has not sent
+audio yet goes before all others (its first window decides TTFA), then the
+stream whose client will run out of audio soonest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .crossfade import SeamSmoother
+from .events import (
+    AudioChunk,
+    EngineEvent,
+    SegmentStarted,
+    StreamAborted,
+    StreamDone,
+    StreamFailed,
+    SynthesisParams,
+)
+from .piper_voice import HOP_LENGTH, FrontOutput, PiperVoice
+from .text_normalize import normalize_for_speech
+from .windows import WindowPlan
+
+log = logging.getLogger(__name__)
+
+Sink = Callable[[EngineEvent], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Engine-wide settings."""
+
+    windows: WindowPlan = field(default_factory=WindowPlan)
+    seam_ms: float = 10.0
+    """Crossfade length where two text segments meet."""
+
+
+@dataclass
+class _SegmentWork:
+    index: int
+    front: FrontOutput
+    windows: Iterator[tuple[int, int]]
+
+
+@dataclass
+class _Stream:
+    id: str
+    voice: PiperVoice
+    params: SynthesisParams
+    sink: Sink
+    smoother: SeamSmoother
+    arrival: int
+    rng: np.random.Generator | None
+    pending: deque[tuple[int, str]] = field(default_factory=deque)
+    current: _SegmentWork | None = None
+    input_finished: bool = False
+    first_audio_at: float | None = None
+    compute_s: float = 0.0
+
+    def has_work(self) -> bool:
+        return self.current is not None or bool(self.pending) or self.input_finished
+
+    def deadline(self) -> float:
+        """When the client's playback would run dry (assuming it started with our first audio)."""
+        if self.first_audio_at is None:
+            return float("-inf")
+        return self.first_audio_at + self.smoother.samples_out / self.voice.sample_rate
+
+
+class DeadlineScheduler:
+    """Picks the next stream to serve.
+
+    Contract: ``pick`` is called on the engine thread with the streams that
+    have work; it returns one of them (or ``None`` when given none).  Streams
+    without audio yet come first in arrival order; then earliest deadline.
+    """
+
+    def pick(self, streams: list[_Stream]) -> _Stream | None:
+        if not streams:
+            return None
+        return min(streams, key=lambda s: (s.first_audio_at is not None, s.deadline(), s.arrival))
+
+
+@dataclass(frozen=True)
+class _Open:
+    stream_id: str
+    voice: PiperVoice
+    params: SynthesisParams
+    sink: Sink
+
+
+@dataclass(frozen=True)
+class _Segment:
+    stream_id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class _Finish:
+    stream_id: str
+
+
+@dataclass(frozen=True)
+class _Abort:
+    stream_id: str
+
+
+_STOP = object()
+
+
+class EngineCore:
+    """Owns the models' execution on one daemon thread.  All public methods are thread-safe."""
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self.scheduler = DeadlineScheduler()
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._streams: dict[str, _Stream] = {}
+        self._arrivals = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.units_executed = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="streamvox-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Abort every stream and join the thread."""
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def open(self, stream_id: str, voice: PiperVoice, params: SynthesisParams, sink: Sink) -> None:
+        """Start a stream; segments follow with ``add_segment``."""
+        self._inbox.put(_Open(stream_id, voice, params, sink))
+
+    def add_segment(self, stream_id: str, index: int, text: str) -> None:
+        """Queue one speakable span (raw client text; normalised here)."""
+        self._inbox.put(_Segment(stream_id, index, text))
+
+    def finish(self, stream_id: str) -> None:
+        """No more segments: ``StreamDone`` follows the last one's audio."""
+        self._inbox.put(_Finish(stream_id))
+
+    def abort(self, stream_id: str) -> None:
+        """Drop the stream between two units of work; ``StreamAborted`` acknowledges."""
+        self._inbox.put(_Abort(stream_id))
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def _run(self) -> None:
+        while True:
+            ready = [s for s in self._streams.values() if s.has_work()]
+            try:
+                command = self._inbox.get_nowait() if ready else self._inbox.get()
+            except queue.Empty:
+                command = None
+            while command is not None:
+                if command is _STOP:
+                    self._abort_all()
+                    return
+                self._apply(command)
+                try:
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    command = None
+            stream = self.scheduler.pick([s for s in self._streams.values() if s.has_work()])
+            if stream is not None:
+                self._execute(stream)
+
+    def _apply(self, command: object) -> None:
+        if isinstance(command, _Open):
+            rng = None
+            if command.params.noise:
+                rng = np.random.default_rng(command.params.seed)
+            overlap = int(round(command.voice.sample_rate * self.config.seam_ms / 1000))
+            self._streams[command.stream_id] = _Stream(
+                command.stream_id, command.voice, command.params, command.sink, SeamSmoother(overlap),
+                next(self._arrivals), rng,
+            )
+            return
+        stream = self._streams.get(getattr(command, "stream_id", ""))
+        if stream is None:
+            return
+        if isinstance(command, _Segment):
+            stream.pending.append((command.index, command.text))
+        elif isinstance(command, _Finish):
+            stream.input_finished = True
+        elif isinstance(command, _Abort):
+            del self._streams[stream.id]
+            self._emit(stream, StreamAborted(stream.id))
+
+    def _abort_all(self) -> None:
+        for stream in list(self._streams.values()):
+            self._emit(stream, StreamAborted(stream.id))
+        self._streams.clear()
+
+    def _execute(self, stream: _Stream) -> None:
+        started = time.perf_counter()
+        try:
+            events = self._step(stream)
+        except Exception as exc:  # one stream's failure must not stop the engine
+            log.exception("stream %s failed", stream.id)
+            del self._streams[stream.id]
+            self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(exc).__name__}: {exc}"))
+            return
+        stream.compute_s += time.perf_counter() - started
+        self.units_executed += 1
+        for event in events:
+            if isinstance(event, AudioChunk) and stream.first_audio_at is None:
+                stream.first_audio_at = time.monotonic()
+            self._emit(stream, event)
+
+    def _step(self, stream: _Stream) -> list[EngineEvent]:
+        events: list[EngineEvent] = []
+        if stream.current is None and stream.pending:
+            index, text = stream.pending.popleft()
+            ids = stream.voice.text_to_ids(normalize_for_speech(text))
+            if not ids:
+                return events
+            p = stream.params
+            front = stream.voice.front(ids, stream.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker)
+            stream.current = _SegmentWork(index, front, self.config.windows.windows(front.frames))
+            start = stream.smoother.start_piece(front.frames * HOP_LENGTH)
+            events.append(SegmentStarted(stream.id, index, start))
+            return events
+        if stream.current is not None:
+            work = stream.current
+            window = next(work.windows, None)
+            if window is None:
+                stream.current = None
+                tail = stream.smoother.end_piece()
+            else:
+                start, end = window
+                pcm = stream.voice.decode_window(
+                    work.front.z, start, end, self.config.windows.context_frames, stream.params.speaker
+                )
+                tail = stream.smoother.add(pcm)
+                if end >= work.front.frames:
+                    stream.current = None
+                    tail = np.concatenate([tail, stream.smoother.end_piece()])
+            if len(tail):
+                events.append(AudioChunk(stream.id, tail))
+            return events
+        if stream.input_finished:
+            tail = stream.smoother.finish()
+            if len(tail):
+                events.append(AudioChunk(stream.id, tail))
+            del self._streams[stream.id]
+            events.append(StreamDone(stream.id, stream.smoother.samples_out, stream.compute_s))
+        return events
+
+    def _emit(self, stream: _Stream, event: EngineEvent) -> None:
+        try:
+            stream.sink(event)
+        except Exception:
+            log.exception("sink of stream %s raised; event dropped", stream.id)

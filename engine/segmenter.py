@@ -1,0 +1,208 @@
+"""Incremental text segmentation: when has enough text arrived to start speaking?
+
+Text arrives a few characters at a time (an LLM's tokens).  The first span of
+a context is cut small for latency: at the first clause boundary, after
+``first_max_words`` complete words, or when ``first_wait_s`` has passed since
+its first word arrived.  Later spans are whole sentences for natural prosody,
+split at a clause or word boundary only past ``max_chars``.  A boundary counts
+only once the character after it has arrived, so "3." in "3.50", "Dr." in
+"Dr. Smith" and "example." in "example.com" never cut.
+
+Not thread-safe: one segmenter per context, driven by its session.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st mt ft vs fig figs no nos vol vols ch sec approx dept est gen gov lt col sgt "
+    "capt cmdr rev hon e.g i.e cf al jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+"""Words that end in a period without ending a sentence."""
+_ABBREVIATIONS_AT_END = frozenset("etc inc ltd co corp a.m p.m u.s u.k".split())
+"""Abbreviations that end the sentence only when a capitalised word follows."""
+_CLOSERS = "\"')]}»”’"
+_SENTENCE_END = re.compile(r"(?:[.!?]+|…)[" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\n")
+_CLAUSE_END = re.compile(r"[,;:][" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\s[-–—]+(?=\s)|—")
+_WORD = re.compile(r"\S+")
+_SPEAKABLE = re.compile(r"\w")
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    """How eagerly text is released for synthesis."""
+
+    first_max_words: int = 6
+    """The first span is cut after this many complete words if no clause ended sooner."""
+    first_min_words: int = 2
+    """A clause boundary cuts the first span only after this many words (a sentence end always does)."""
+    first_wait_s: float = 0.35
+    """Time cap for the first span, counted from its first character."""
+    later_wait_s: float = 1.5
+    """Time cap for later spans: text with no punctuation still gets spoken."""
+    max_chars: int = 300
+    """Longest span; longer sentences split at their last clause, else word, boundary."""
+
+    def __post_init__(self) -> None:
+        if self.first_max_words < 1 or self.first_min_words < 1:
+            raise ValueError("word counts must be >= 1")
+        if self.first_wait_s <= 0 or self.later_wait_s <= 0:
+            raise ValueError("time caps must be > 0")
+        if self.max_chars < 20:
+            raise ValueError("max_chars must be >= 20")
+
+
+@dataclass(frozen=True)
+class Span:
+    """A speakable piece of the context's text, with its offsets in that text."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass
+class Segmenter:
+    """See the module docstring.  Times are ``time.monotonic()`` seconds."""
+
+    config: SegmenterConfig = field(default_factory=SegmenterConfig)
+    _text: str = ""
+    _pos: int = 0
+    _pending_since: float | None = None
+    spans_emitted: int = 0
+
+    @property
+    def pending(self) -> str:
+        """Text received but not yet released."""
+        return self._text[self._pos :]
+
+    @property
+    def total_chars(self) -> int:
+        return len(self._text)
+
+    def push(self, text: str, now: float) -> list[Span]:
+        """Append text; return the spans that became speakable."""
+        if text and self._pending_since is None and text.strip():
+            self._pending_since = now
+        self._text += text
+        return self._drain(final=False, now=now)
+
+    def poll(self, now: float) -> list[Span]:
+        """Apply the time cap: return complete words held longer than it allows."""
+        return self._drain(final=False, now=now)
+
+    def flush(self) -> list[Span]:
+        """Release everything buffered (still cut into first-span and sentence-sized pieces)."""
+        return self._drain(final=True, now=None)
+
+    def flush_text(self, text: str) -> list[Span]:
+        """Segment a whole text at once (offline synthesis): ``push`` then ``flush``."""
+        return self.push(text, now=0.0) + self.flush()
+
+    def deadline(self) -> float | None:
+        """When ``poll`` would release text by the time cap, or ``None`` if nothing waits."""
+        if self._pending_since is None:
+            return None
+        wait = self.config.first_wait_s if self.spans_emitted == 0 else self.config.later_wait_s
+        return self._pending_since + wait
+
+    def _drain(self, final: bool, now: float | None) -> list[Span]:
+        spans: list[Span] = []
+        while True:
+            pending = self.pending
+            cut = self._next_cut(pending, final)
+            if cut is None and now is not None and (deadline := self.deadline()) is not None and now >= deadline:
+                cut = _last_word_end(pending)
+            if not cut:
+                break
+            start = self._pos
+            self._pos += cut
+            piece = self._text[start : self._pos]
+            stripped = piece.strip()
+            if _SPEAKABLE.search(stripped):
+                lead = len(piece) - len(piece.lstrip())
+                spans.append(Span(stripped, start + lead, start + lead + len(stripped)))
+                self.spans_emitted += 1
+            rest = self.pending
+            self._pending_since = (now if now is not None else self._pending_since) if rest.strip() else None
+        return spans
+
+    def _next_cut(self, pending: str, final: bool) -> int | None:
+        if not pending.strip():
+            return len(pending) if final and pending else None
+        if self.spans_emitted == 0:
+            cut = self._first_cut(pending, final)
+            if cut is not None:
+                return cut
+        sentence = _sentence_end(pending, final)
+        limit = self.config.max_chars
+        if sentence is not None and sentence <= limit:
+            return sentence
+        if sentence is not None or len(pending) > limit:
+            return _split_long(pending[:limit]) or limit
+        return len(pending) if final else None
+
+    def _first_cut(self, pending: str, final: bool) -> int | None:
+        cfg = self.config
+        sentence = _sentence_end(pending, final)
+        clause = _clause_end(pending, cfg.first_min_words)
+        words = [m for m in _WORD.finditer(pending) if m.end() < len(pending)]
+        by_words = words[cfg.first_max_words - 1].end() if len(words) >= cfg.first_max_words else None
+        candidates = [c for c in (sentence, clause, by_words) if c is not None]
+        return min(candidates) if candidates else None
+
+
+def _sentence_end(text: str, final: bool) -> int | None:
+    for match in _SENTENCE_END.finditer(text):
+        end = match.end()
+        if match.group() == "\n":
+            return end
+        if end == len(text) and not final:
+            return None
+        if match.group().startswith(".") and not _period_ends_sentence(text, match.start(), end):
+            continue
+        return end
+    return None
+
+
+def _period_ends_sentence(text: str, dot: int, end: int) -> bool:
+    word = text[:dot].rsplit(None, 1)[-1] if text[:dot].strip() else ""
+    bare = word.lstrip(_CLOSERS + "(").lower()
+    if len(bare) == 1 and bare.isalpha():
+        return False
+    if bare in _ABBREVIATIONS:
+        return False
+    if bare in _ABBREVIATIONS_AT_END:
+        following = text[end:].lstrip()
+        return not following or following[0].isupper()
+    return True
+
+
+def _clause_end(text: str, min_words: int) -> int | None:
+    for match in _CLAUSE_END.finditer(text):
+        end = match.end()
+        if end == len(text):
+            return None
+        if len(_WORD.findall(text[: match.start()])) >= min_words:
+            return end
+    return None
+
+
+def _split_long(text: str) -> int | None:
+    clauses = [m.end() for m in _CLAUSE_END.finditer(text) if m.end() < len(text)]
+    if clauses and clauses[-1] > len(text) // 3:
+        return clauses[-1]
+    return _last_word_end(text)
+
+
+def _last_word_end(text: str) -> int | None:
+    """End of the last word followed by whitespace (or the whole text if it ends in punctuation)."""
+    stripped = text.rstrip()
+    if stripped and stripped[-1] in ".!?,;:…" + _CLOSERS and len(stripped) < len(text):
+        return len(stripped)
+    space = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+    if space <= 0 or not text[:space].strip():
+        return None
+    return space

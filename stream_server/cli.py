@@ -1,0 +1,124 @@
+"""``streamvox`` command line: serve, say, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from streamvox.engine.events import SynthesisParams
+
+from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvloop
+    from aiohttp import web
+
+    from .app import STREAM_PATH, create_app
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        voice_paths=tuple(args.voice),
+        include_bundled_voice=not args.no_bundled_voice,
+        threads=args.threads,
+        drain_timeout_s=args.drain_timeout,
+    )
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = create_app(config)
+    print(
+        f"streamvox serving on http://{config.host}:{config.port}/ "
+        f"(WebSocket ws://{config.host}:{config.port}{STREAM_PATH})",
+        flush=True,
+    )
+    web.run_app(app, host=config.host, port=config.port, print=None, shutdown_timeout=config.drain_timeout_s + 5)
+    return 0
+
+
+def _say(args: argparse.Namespace) -> int:
+    from streamvox.engine.core import EngineCore
+    from streamvox.engine.voices import VoiceRegistry
+
+    from .synthesis import SynthesisError, synthesize, write_audio
+
+    text = args.text if args.text != "-" else sys.stdin.read()
+    registry = VoiceRegistry.from_paths(args.voice_path, include_bundled=True, threads=args.threads)
+    try:
+        voice = registry.get(args.voice)
+    except KeyError:
+        print(f"error: unknown voice {args.voice!r}", file=sys.stderr)
+        return 2
+    length_scale = voice.config.length_scale / args.speed
+    engine = EngineCore()
+    engine.start()
+    try:
+        result = synthesize(engine, voice, text, SynthesisParams(length_scale=length_scale, seed=args.seed))
+    except SynthesisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.stop()
+    out = Path(args.output)
+    try:
+        samples = write_audio(result, out, args.sample_rate)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seconds = len(result.audio) / result.sample_rate
+    print(f"wrote {out} ({seconds:.2f} s, {samples} samples, {len(result.segments)} segments)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench_latency import run_latency_bench
+
+    return run_latency_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamvox", description="Real-time streaming text-to-speech server.")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the WebSocket server")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--voice", action="append", default=[], metavar="MODEL.onnx",
+                       help="also serve this Piper voice (repeatable; .onnx.json beside it)")
+    serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
+    serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
+    serve.set_defaults(func=_serve)
+
+    say = sub.add_parser("say", help="synthesise text to a .wav or .ogg file through the engine")
+    say.add_argument("text", help="text to speak, or - for standard input")
+    say.add_argument("-o", "--output", required=True, help="output file: .wav, .ogg or .opus")
+    say.add_argument("--voice", default=None, help="voice id (default: the bundled voice)")
+    say.add_argument("--voice-path", action="append", default=[], metavar="MODEL.onnx")
+    say.add_argument("--speed", type=float, default=1.0)
+    say.add_argument("--seed", type=int, default=None)
+    say.add_argument("--sample-rate", type=int, default=None, help="resample .wav output to this rate")
+    say.add_argument("--threads", type=int, default=0)
+    say.set_defaults(func=_say)
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures measured side by side")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    latency = bench_sub.add_parser("latency", help="server TTFA vs piper-tts, RTF and overhead ratio")
+    latency.add_argument("--runs", type=int, default=20, help="utterances measured per system")
+    latency.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    latency.add_argument("--threads", type=int, default=0)
+    latency.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

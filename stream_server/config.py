@@ -1,0 +1,48 @@
+"""Server configuration: one frozen dataclass, validated at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamvox.codecs.opus import OpusSettings
+from streamvox.engine.core import EngineConfig
+from streamvox.engine.segmenter import SegmenterConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``streamvox serve`` can be told."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    voice_paths: tuple[str, ...] = ()
+    """Extra Piper voices (``.onnx`` with ``.onnx.json`` beside it) served next to the bundled one."""
+    include_bundled_voice: bool = True
+    threads: int = 0
+    """onnxruntime intra-op threads (0: one per core)."""
+    max_message_bytes: int = 64 * 1024
+    """Larger text frames get ``message_too_large`` and are dropped; the session lives on."""
+    hard_message_bytes: int = 1024 * 1024
+    """Frames beyond this close the socket (1009) without being read into memory."""
+    max_text_chars: int = 16 * 1024
+    """Characters per ``text`` message."""
+    max_context_chars: int = 100_000
+    """Characters one context may accumulate."""
+    drain_timeout_s: float = 10.0
+    """On SIGTERM, how long open contexts may run before they are cancelled."""
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    opus: OpusSettings = field(default_factory=OpusSettings)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if self.max_message_bytes <= 0 or self.hard_message_bytes < self.max_message_bytes:
+            raise ValueError("need 0 < max_message_bytes <= hard_message_bytes")
+        if self.max_text_chars <= 0 or self.max_context_chars < self.max_text_chars:
+            raise ValueError("need 0 < max_text_chars <= max_context_chars")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")

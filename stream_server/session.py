@@ -1,0 +1,477 @@
+"""One WebSocket session: text in, segments to the engine, audio and events out.
+
+Two tasks share a session: the reader (the aiohttp handler) parses client
+messages and feeds the segmenter and the engine; the sender drains the
+outbox in order, encoding each context's audio payload by payload so a cancel
+can stop between any two packets and end on a short fade.  Everything here
+runs on the event loop; engine events arrive through ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from streamvox.codecs.formats import FormatError, OutputFormat, StreamEncoder, resolve_format
+from streamvox.codecs.opus import OpusSettings
+from streamvox.engine.core import EngineCore
+from streamvox.engine.events import (
+    AudioChunk,
+    EngineEvent,
+    SegmentStarted,
+    StreamAborted,
+    StreamDone,
+    StreamFailed,
+    SynthesisParams,
+)
+from streamvox.engine.piper_voice import PiperVoice
+from streamvox.engine.segmenter import Segmenter, Span
+from streamvox.engine.voices import UnknownVoiceError, VoiceRegistry
+
+from .config import ServerConfig
+from .protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ClientMessage,
+    Configure,
+    End,
+    Flush,
+    ProtocolError,
+    Text,
+    error_event,
+    parse_client_message,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = "default"
+_ENDED_IDS_KEPT = 1024
+_session_ids = itertools.count(1)
+
+
+@dataclass
+class _Settings:
+    voice: PiperVoice
+    format: OutputFormat
+    params: SynthesisParams
+
+
+@dataclass
+class _Context:
+    id: str
+    stream_id: str
+    voice: PiperVoice
+    encoder: StreamEncoder
+    segmenter: Segmenter
+    segments: dict[int, tuple[Span, float]] = field(default_factory=dict)
+    next_index: int = 0
+    ended: bool = False
+    cancel_requested: bool = False
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    first_speakable_at: float | None = None
+    first_audio_at: float | None = None
+    header_sent: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def open(self) -> bool:
+        return not self.finished.is_set()
+
+
+@dataclass(frozen=True)
+class _CancelMarker:
+    context: _Context
+    reason: str
+
+
+class Session:
+    """Serves one client socket.  Not thread-safe: event-loop only."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, engine: EngineCore, voices: VoiceRegistry, config: ServerConfig
+    ) -> None:
+        self.id = f"s{next(_session_ids)}"
+        self.ws = ws
+        self.engine = engine
+        self.voices = voices
+        self.config = config
+        self.draining = False
+        self._loop = asyncio.get_running_loop()
+        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        voice = voices.get(None)
+        self._settings = _Settings(
+            voice, resolve_format("opus", None, voice.sample_rate, config.opus), SynthesisParams()
+        )
+        self._contexts: dict[str, _Context] = {}
+        self._active: _Context | None = None
+        self._ended_ids: dict[str, None] = {}
+        self._sender: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        """Read until the client leaves; always cleans up the engine streams."""
+        self._sender = asyncio.create_task(self._send_loop(), name=f"sender-{self.id}")
+        self._queue_json(self._ready_event())
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text_frame(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self._queue_json(
+                        error_event("binary_not_supported", "send JSON text frames; binary frames are not accepted")
+                    )
+                elif msg.type == WSMsgType.ERROR:
+                    log.info("session %s: socket error %s", self.id, self.ws.exception())
+                    break
+        finally:
+            await self._close()
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let the open context finish for ``timeout`` seconds, then cancel it; close with 1001."""
+        self.draining = True
+        ctx = self._active
+        if ctx is not None and ctx.open:
+            try:
+                await asyncio.wait_for(ctx.finished.wait(), timeout)
+            except TimeoutError:
+                self._cancel(ctx, "shutdown")
+                try:
+                    await asyncio.wait_for(ctx.finished.wait(), 2.0)
+                except TimeoutError:
+                    pass
+        await self._outbox.join()
+        await self.ws.close(code=1001, message=b"server shutting down")
+
+    async def _on_text_frame(self, data: str) -> None:
+        size = len(data.encode("utf-8"))
+        if size > self.config.max_message_bytes:
+            self._queue_json(
+                error_event(
+                    "message_too_large", f"message of {size} bytes exceeds {self.config.max_message_bytes} bytes"
+                )
+            )
+            return
+        try:
+            message = parse_client_message(data, self.config.max_text_chars)
+            self._handle(message)
+        except ProtocolError as exc:
+            self._queue_json(exc.event())
+            if exc.fatal:
+                await self.ws.close(code=1008, message=exc.code.encode())
+
+    def _handle(self, message: ClientMessage) -> None:
+        now = time.monotonic()
+        if isinstance(message, Configure):
+            self._configure(message)
+        elif isinstance(message, Text):
+            ctx = self._context_for_text(message.context_id)
+            if ctx.segmenter.total_chars + len(message.text) > self.config.max_context_chars:
+                raise ProtocolError(
+                    "text_too_long",
+                    f"context would exceed {self.config.max_context_chars} characters; text dropped",
+                    context_id=ctx.id,
+                )
+            self._submit(ctx, ctx.segmenter.push(message.text, now), now)
+            self._arm_timer(ctx)
+        elif isinstance(message, Flush):
+            ctx = self._open_context(message.context_id, "flush")
+            self._submit(ctx, ctx.segmenter.flush(), now)
+            self._arm_timer(ctx)
+        elif isinstance(message, End):
+            ctx = self._open_context(message.context_id, "end")
+            self._submit(ctx, ctx.segmenter.flush(), now)
+            ctx.ended = True
+            self._disarm_timer(ctx)
+            self.engine.finish(ctx.stream_id)
+        elif isinstance(message, Cancel):
+            ctx = self._lookup(message.context_id)
+            if ctx is None:
+                raise ProtocolError("unknown_context", "no context to cancel", context_id=message.context_id)
+            if not ctx.open:
+                raise ProtocolError("context_ended", f"context {ctx.id!r} already finished", context_id=ctx.id)
+            self._cancel(ctx, "client")
+
+    def _configure(self, message: Configure) -> None:
+        if self._active is not None and self._active.open:
+            raise ProtocolError("context_busy", "configure only between contexts", context_id=self._active.id)
+        settings = self._settings
+        voice = settings.voice
+        if message.voice is not None:
+            try:
+                voice = self.voices.get(message.voice)
+            except UnknownVoiceError:
+                known = ", ".join(info.id for info in self.voices.infos())
+                raise ProtocolError("unknown_voice", f"no voice {message.voice!r}; available: {known}") from None
+        fmt = settings.format
+        if message.format is not None or voice is not settings.voice:
+            request = message.format
+            codec = request.codec if request else fmt.codec
+            rate = request.sample_rate if request else (fmt.sample_rate if fmt.codec != "pcm_s16le" else None)
+            try:
+                opus = self.config.opus
+                if request is not None and (request.bitrate is not None or request.application is not None):
+                    opus = OpusSettings(
+                        frame_ms=opus.frame_ms,
+                        application=request.application or opus.application,
+                        bitrate=request.bitrate or opus.bitrate,
+                        complexity=opus.complexity,
+                    )
+                fmt = resolve_format(codec, rate, voice.sample_rate, opus)
+            except (FormatError, ValueError) as exc:
+                raise ProtocolError("bad_format", str(exc)) from None
+        params = settings.params
+        if message.speaker is not None and not 0 <= message.speaker < max(1, voice.config.num_speakers):
+            raise ProtocolError("invalid_value", f"speaker must be < {voice.config.num_speakers} for {voice.id}")
+        params = SynthesisParams(
+            length_scale=(voice.config.length_scale / message.speed) if message.speed else params.length_scale,
+            noise_scale=params.noise_scale,
+            noise_w=params.noise_w,
+            speaker=params.speaker if message.speaker is None else message.speaker,
+            seed=params.seed if message.seed is None else message.seed,
+            noise=params.noise if message.noise is None else message.noise,
+        )
+        self._settings = _Settings(voice, fmt, params)
+        self._queue_json(self._ready_event())
+
+    def _ready_event(self) -> dict[str, Any]:
+        s = self._settings
+        return {
+            "type": "ready",
+            "protocol": PROTOCOL_VERSION,
+            "session_id": self.id,
+            "voice": {"id": s.voice.id, "sample_rate": s.voice.sample_rate, "language": s.voice.config.language},
+            "format": s.format.describe(),
+            "limits": {
+                "max_message_bytes": self.config.max_message_bytes,
+                "max_text_chars": self.config.max_text_chars,
+                "max_context_chars": self.config.max_context_chars,
+            },
+        }
+
+    def _lookup(self, context_id: str | None) -> _Context | None:
+        if context_id is None:
+            return self._active
+        return self._contexts.get(context_id)
+
+    def _open_context(self, context_id: str | None, verb: str) -> _Context:
+        ctx = self._lookup(context_id)
+        if ctx is None:
+            if context_id is not None and context_id in self._ended_ids:
+                raise ProtocolError("context_ended", f"context {context_id!r} already finished", context_id=context_id)
+            raise ProtocolError("unknown_context", f"{verb}: no such context; send text first", context_id=context_id)
+        if ctx.ended or not ctx.open:
+            raise ProtocolError("context_ended", f"{verb} after end of context {ctx.id!r}", context_id=ctx.id)
+        return ctx
+
+    def _context_for_text(self, context_id: str | None) -> _Context:
+        cid = context_id or (self._active.id if self._active is not None else DEFAULT_CONTEXT)
+        active = self._active
+        if active is not None and active.id == cid:
+            if active.ended or not active.open:
+                raise ProtocolError(
+                    "context_ended", f"text after end of context {cid!r}; use a new context_id", context_id=cid
+                )
+            return active
+        if cid in self._ended_ids:
+            raise ProtocolError("context_ended", f"context {cid!r} already finished", context_id=cid)
+        if active is not None and active.open:
+            raise ProtocolError(
+                "context_busy", f"context {active.id!r} is still speaking; end or cancel it first", context_id=cid
+            )
+        if self.draining:
+            raise ProtocolError("server_draining", "server is shutting down; no new contexts", context_id=cid)
+        if active is not None:
+            self._retire(active)
+        s = self._settings
+        ctx = _Context(
+            id=cid,
+            stream_id=f"{self.id}/{cid}",
+            voice=s.voice,
+            encoder=StreamEncoder(s.format, s.voice.sample_rate),
+            segmenter=Segmenter(self.config.segmenter),
+        )
+        self._contexts[cid] = ctx
+        self._active = ctx
+        self.engine.open(ctx.stream_id, s.voice, s.params, self._sink)
+        return ctx
+
+    def _retire(self, ctx: _Context) -> None:
+        self._contexts.pop(ctx.id, None)
+        self._ended_ids[ctx.id] = None
+        while len(self._ended_ids) > _ENDED_IDS_KEPT:
+            self._ended_ids.pop(next(iter(self._ended_ids)))
+
+    def _submit(self, ctx: _Context, spans: list[Span], now: float) -> None:
+        for span in spans:
+            index = ctx.next_index
+            ctx.next_index += 1
+            ctx.segments[index] = (span, now)
+            if ctx.first_speakable_at is None:
+                ctx.first_speakable_at = now
+            self.engine.add_segment(ctx.stream_id, index, span.text)
+
+    def _arm_timer(self, ctx: _Context) -> None:
+        self._disarm_timer(ctx)
+        deadline = ctx.segmenter.deadline()
+        if deadline is not None and not ctx.ended:
+            ctx.timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer, ctx)
+
+    def _disarm_timer(self, ctx: _Context) -> None:
+        if ctx.timer is not None:
+            ctx.timer.cancel()
+            ctx.timer = None
+
+    def _on_timer(self, ctx: _Context) -> None:
+        ctx.timer = None
+        if ctx.open and not ctx.ended and not ctx.cancel_requested:
+            now = time.monotonic()
+            self._submit(ctx, ctx.segmenter.poll(now), now)
+            self._arm_timer(ctx)
+
+    def _cancel(self, ctx: _Context, reason: str) -> None:
+        if ctx.cancel_requested:
+            return
+        ctx.cancel_requested = True
+        self._disarm_timer(ctx)
+        self.engine.abort(ctx.stream_id)
+        self._outbox.put_nowait(_CancelMarker(ctx, reason))
+
+    def _sink(self, event: EngineEvent) -> None:
+        """Called on the engine thread."""
+        try:
+            self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
+        except RuntimeError:
+            pass  # the loop is closed: the session is gone
+
+    def _queue_json(self, event: dict[str, Any]) -> None:
+        self._outbox.put_nowait(event)
+
+    async def _send_loop(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            try:
+                await self._deliver(item)
+            except (ConnectionResetError, RuntimeError) as exc:
+                log.info("session %s: send failed (%s); client gone", self.id, exc)
+            except Exception:
+                log.exception("session %s: sender failed on %r", self.id, type(item).__name__)
+            finally:
+                self._outbox.task_done()
+
+    async def _deliver(self, item: object) -> None:
+        if isinstance(item, dict):
+            await self._send_json(item)
+            return
+        if isinstance(item, _CancelMarker):
+            await self._finish_cancel(item)
+            return
+        ctx = self._by_stream(getattr(item, "stream_id", ""))
+        if ctx is None or ctx.cancel_requested or not ctx.open:
+            return
+        if isinstance(item, SegmentStarted):
+            span, _ = ctx.segments[item.index]
+            fmt = ctx.encoder.format
+            start = round(item.start_sample * fmt.sample_rate / ctx.voice.sample_rate)
+            await self._send_json(
+                {
+                    "type": "segment",
+                    "context_id": ctx.id,
+                    "index": item.index,
+                    "text": span.text,
+                    "char_start": span.start,
+                    "char_end": span.end,
+                    "start_sample": start,
+                    "start_s": round(start / fmt.sample_rate, 4),
+                }
+            )
+        elif isinstance(item, AudioChunk):
+            ctx.encoder.feed(item.pcm)
+            await self._pump(ctx)
+        elif isinstance(item, StreamDone):
+            ctx.encoder.finish()
+            await self._pump(ctx)
+            if not ctx.cancel_requested:
+                await self._send_json(self._done_event(ctx, item))
+                ctx.finished.set()
+        elif isinstance(item, StreamFailed):
+            await self._send_json(error_event(item.code, item.message, False, ctx.id))
+            ctx.finished.set()
+        elif isinstance(item, StreamAborted):
+            await self._finish_cancel(_CancelMarker(ctx, "engine"))
+
+    def _by_stream(self, stream_id: str) -> _Context | None:
+        ctx = self._active
+        if ctx is not None and ctx.stream_id == stream_id:
+            return ctx
+        return None
+
+    async def _pump(self, ctx: _Context) -> None:
+        """Send every payload the encoder has, stopping at once if a cancel arrives."""
+        if not ctx.header_sent:
+            ctx.header_sent = True
+            header = ctx.encoder.header()
+            if header is not None:
+                await self.ws.send_bytes(header)
+        while not ctx.cancel_requested and (payload := ctx.encoder.pop()) is not None:
+            await self.ws.send_bytes(payload)
+            if ctx.first_audio_at is None:
+                ctx.first_audio_at = time.monotonic()
+
+    async def _finish_cancel(self, marker: _CancelMarker) -> None:
+        ctx = marker.context
+        if ctx.finished.is_set():
+            return
+        if ctx.header_sent and (fade := ctx.encoder.fade_out()) is not None:
+            await self.ws.send_bytes(fade)
+        fmt = ctx.encoder.format
+        await self._send_json(
+            {
+                "type": "cancelled",
+                "context_id": ctx.id,
+                "reason": marker.reason,
+                "samples": ctx.encoder.samples_out,
+                "seconds": round(ctx.encoder.samples_out / fmt.sample_rate, 4),
+            }
+        )
+        ctx.finished.set()
+
+    def _done_event(self, ctx: _Context, done: StreamDone) -> dict[str, Any]:
+        fmt = ctx.encoder.format
+        audio_s = done.samples / ctx.voice.sample_rate
+        ttfa = None
+        if ctx.first_audio_at is not None and ctx.first_speakable_at is not None:
+            ttfa = round((ctx.first_audio_at - ctx.first_speakable_at) * 1000, 2)
+        return {
+            "type": "done",
+            "context_id": ctx.id,
+            "samples": ctx.encoder.samples_out,
+            "sample_rate": fmt.sample_rate,
+            "seconds": round(ctx.encoder.samples_out / fmt.sample_rate, 4),
+            "model_samples": done.samples,
+            "segments": len(ctx.segments),
+            "ttfa_ms": ttfa,
+            "rtf": round(done.compute_s / audio_s, 4) if audio_s else None,
+        }
+
+    async def _send_json(self, event: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(json.dumps(event, separators=(",", ":")))
+
+    async def _close(self) -> None:
+        ctx = self._active
+        if ctx is not None and ctx.open and not ctx.cancel_requested:
+            ctx.cancel_requested = True
+            self._disarm_timer(ctx)
+            self.engine.abort(ctx.stream_id)
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
