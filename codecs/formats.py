@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .opus import OPUS_RATE, OpusFrameEncoder, OpusSettings
-from .pcm import float_to_s16, float_to_s16le_bytes, s16_to_mulaw
-from .resample import StreamResampler
-from .wav import wav_header
+from streamvox.codecs.opus import OPUS_RATE, OpusFrameEncoder, OpusSettings
+from streamvox.codecs.pcm import float_to_s16, float_to_s16le_bytes, s16_to_mulaw
+from streamvox.codecs.resample import StreamResampler
+from streamvox.codecs.wav import wav_header
 
 CODECS = ("opus", "pcm_s16le", "wav", "mulaw_8000")
 PCM_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)

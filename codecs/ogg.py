@@ -6,7 +6,7 @@ import random
 import struct
 from typing import BinaryIO
 
-from .opus import OPUS_RATE
+from streamvox.codecs.opus import OPUS_RATE
 
 
 def _crc_table() -> list[int]:

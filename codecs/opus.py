@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import opuslib
-
-from .pcm import float_to_s16
+from streamvox.codecs.pcm import float_to_s16
 
 OPUS_RATE = 48000
 APPLICATIONS = ("voip", "audio", "restricted_lowdelay")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 _MULAW_BIAS = 0x84
-_MULAW_CLIP = 32635
+_MULAW_CLIP14 = 8159
+_SEGMENT_ENDS = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
 
 
 def float_to_s16(samples: np.ndarray) -> np.ndarray:
@@ -25,14 +26,13 @@ def float_to_s16le_bytes(samples: np.ndarray) -> bytes:
 
 
 def s16_to_mulaw(samples: np.ndarray) -> np.ndarray:
-    """Encode int16 samples as G.711 mu-law bytes (uint8), as telephony expects."""
-    pcm = np.asarray(samples, dtype=np.int32)
-    sign = np.where(pcm < 0, 0x80, 0x00)
-    magnitude = np.minimum(np.abs(pcm), _MULAW_CLIP) + _MULAW_BIAS
-    exponent = np.floor(np.log2(magnitude)).astype(np.int32) - 7
-    exponent = np.clip(exponent, 0, 7)
-    mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+    """Encode int16 samples as G.711 mu-law bytes (uint8), bit-exact with the ITU/Sun reference."""
+    value = np.asarray(samples, dtype=np.int32) >> 2
+    negative = value < 0
+    magnitude = np.minimum(np.abs(value), _MULAW_CLIP14) + (_MULAW_BIAS >> 2)
+    segment = np.searchsorted(_SEGMENT_ENDS, magnitude, side="left")
+    code = np.where(segment >= 8, 0x7F, (segment << 4) | ((magnitude >> (segment + 1)) & 0x0F))
+    return (code ^ np.where(negative, 0x7F, 0xFF)).astype(np.uint8)
 
 
 def mulaw_to_s16(codes: np.ndarray) -> np.ndarray:

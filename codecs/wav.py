@@ -32,7 +32,13 @@ def wav_header(
         + struct.pack("<I", riff_size)
         + b"WAVEfmt "
         + struct.pack(
-            "<IHHIIHH", 16, audio_format, channels, sample_rate, sample_rate * block_align, block_align,
+            "<IHHIIHH",
+            16,
+            audio_format,
+            channels,
+            sample_rate,
+            sample_rate * block_align,
+            block_align,
             bits_per_sample,
         )
         + b"data"

@@ -24,9 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from .crossfade import SeamSmoother
-from .events import (
+from streamvox.engine.crossfade import SeamSmoother
+from streamvox.engine.events import (
     AudioChunk,
     EngineEvent,
     SegmentStarted,
@@ -35,9 +34,9 @@ from .events import (
     StreamFailed,
     SynthesisParams,
 )
-from .piper_voice import HOP_LENGTH, FrontOutput, PiperVoice
-from .text_normalize import normalize_for_speech
-from .windows import WindowPlan
+from streamvox.engine.piper_voice import HOP_LENGTH, FrontOutput, PiperVoice
+from streamvox.engine.text_normalize import normalize_for_speech
+from streamvox.engine.windows import WindowPlan
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +201,13 @@ class EngineCore:
                 rng = np.random.default_rng(command.params.seed)
             overlap = int(round(command.voice.sample_rate * self.config.seam_ms / 1000))
             self._streams[command.stream_id] = _Stream(
-                command.stream_id, command.voice, command.params, command.sink, SeamSmoother(overlap),
-                next(self._arrivals), rng,
+                command.stream_id,
+                command.voice,
+                command.params,
+                command.sink,
+                SeamSmoother(overlap),
+                next(self._arrivals),
+                rng,
             )
             return
         stream = self._streams.get(getattr(command, "stream_id", ""))

@@ -77,7 +77,10 @@ def _replace_noise(graph: onnx.GraphProto) -> None:
         id(z_node): [
             helper.make_node("Shape", [z_node.input[0]], ["/noise_z_shape"], name="/noise_z_shape"),
             helper.make_node(
-                "Constant", [], ["/noise_z_starts"], name="/noise_z_starts",
+                "Constant",
+                [],
+                ["/noise_z_starts"],
+                name="/noise_z_starts",
                 value=helper.make_tensor("starts", TensorProto.INT64, [3], [0, 0, 0]),
             ),
             helper.make_node(

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
-from .phonemes import phoneme_ids, phonemize
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
-
-from .piper_graph import DURATIONS_OUTPUT, NOISE_DP, NOISE_Z, Z_OUTPUT, split_piper_graph
+from streamvox.engine.phonemes import phoneme_ids, phonemize
+from streamvox.engine.piper_graph import DURATIONS_OUTPUT, NOISE_DP, NOISE_Z, Z_OUTPUT, split_piper_graph
 
 HOP_LENGTH = 256
 """Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""

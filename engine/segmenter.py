@@ -161,13 +161,20 @@ def _sentence_end(text: str, final: bool) -> int | None:
             return end
         if end == len(text) and not final:
             return None
-        if match.group().startswith(".") and not _period_ends_sentence(text, match.start(), end):
-            continue
+        if match.group().startswith("."):
+            verdict = _period_ends_sentence(text, match.start(), end)
+            if verdict is None:
+                if not final:
+                    return None
+                verdict = True
+            if not verdict:
+                continue
         return end
     return None
 
 
-def _period_ends_sentence(text: str, dot: int, end: int) -> bool:
+def _period_ends_sentence(text: str, dot: int, end: int) -> bool | None:
+    """Whether the period at ``dot`` ends a sentence; ``None`` until the next word shows it."""
     word = text[:dot].rsplit(None, 1)[-1] if text[:dot].strip() else ""
     bare = word.lstrip(_CLOSERS + "(").lower()
     if len(bare) == 1 and bare.isalpha():
@@ -176,7 +183,7 @@ def _period_ends_sentence(text: str, dot: int, end: int) -> bool:
         return False
     if bare in _ABBREVIATIONS_AT_END:
         following = text[end:].lstrip()
-        return not following or following[0].isupper()
+        return following[0].isupper() if following else None
     return True
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .piper_voice import PiperVoice, VoiceLoadError
+from streamvox.engine.piper_voice import PiperVoice, VoiceLoadError
 
 BUNDLED_VOICE_ID = "en_US-joe-medium"
 

@@ -8,14 +8,12 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
-
 from streamvox.engine.core import EngineCore
 from streamvox.engine.voices import VoiceRegistry
+from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.protocol import PROTOCOL_VERSION
+from streamvox.stream_server.session import Session
 from streamvox.web_demo import static_dir
-
-from .config import ServerConfig
-from .protocol import PROTOCOL_VERSION
-from .session import Session
 
 log = logging.getLogger(__name__)
 

@@ -9,15 +9,13 @@ import sys
 from pathlib import Path
 
 from streamvox.engine.events import SynthesisParams
-
-from .config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
-
-    from .app import STREAM_PATH, create_app
+    from streamvox.stream_server.app import STREAM_PATH, create_app
 
     config = ServerConfig(
         host=args.host,
@@ -41,8 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _say(args: argparse.Namespace) -> int:
     from streamvox.engine.core import EngineCore
     from streamvox.engine.voices import VoiceRegistry
-
-    from .synthesis import SynthesisError, synthesize, write_audio
+    from streamvox.stream_server.synthesis import SynthesisError, synthesize, write_audio
 
     text = args.text if args.text != "-" else sys.stdin.read()
     registry = VoiceRegistry.from_paths(args.voice_path, include_bundled=True, threads=args.threads)
@@ -73,7 +70,7 @@ def _say(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench_latency import run_latency_bench
+    from streamvox.stream_server.bench_latency import run_latency_bench
 
     return run_latency_bench(args)
 
@@ -86,8 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the WebSocket server")
     serve.add_argument("--host", default=DEFAULT_HOST)
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--voice", action="append", default=[], metavar="MODEL.onnx",
-                       help="also serve this Piper voice (repeatable; .onnx.json beside it)")
+    serve.add_argument(
+        "--voice",
+        action="append",
+        default=[],
+        metavar="MODEL.onnx",
+        help="also serve this Piper voice (repeatable; .onnx.json beside it)",
+    )
     serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
-
 from streamvox.codecs.formats import FormatError, OutputFormat, StreamEncoder, resolve_format
 from streamvox.codecs.opus import OpusSettings
 from streamvox.engine.core import EngineCore
@@ -34,9 +33,8 @@ from streamvox.engine.events import (
 from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.segmenter import Segmenter, Span
 from streamvox.engine.voices import UnknownVoiceError, VoiceRegistry
-
-from .config import ServerConfig
-from .protocol import (
+from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     ClientMessage,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from streamvox.codecs.formats import StreamEncoder, resolve_format
 from streamvox.codecs.ogg import OggOpusWriter
 from streamvox.codecs.resample import StreamResampler

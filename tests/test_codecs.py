@@ -1,0 +1,180 @@
+"""Codecs: resampling, PCM, mu-law, WAV, Opus packets, Ogg/Opus files, the stream encoder."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import wave
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop  # the G.711 reference; deprecated but present on Python 3.11
+
+from streamvox.codecs.formats import FormatError, StreamEncoder, resolve_format
+from streamvox.codecs.ogg import OggOpusWriter, ogg_crc
+from streamvox.codecs.opus import OpusFrameDecoder, OpusFrameEncoder, OpusSettings
+from streamvox.codecs.pcm import float_to_s16, mulaw_to_s16, s16_to_mulaw
+from streamvox.codecs.resample import StreamResampler
+from streamvox.codecs.wav import wav_header
+
+
+def tone(seconds: float, rate: int, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("rates", [(22050, 48000), (22050, 8000), (22050, 22050), (16000, 24000)])
+def test_stream_resampler_length_and_content_match_one_shot(rates: tuple[int, int]) -> None:
+    src, dst = rates
+    x = tone(1.0, src)
+    stream = StreamResampler(src, dst)
+    pieces = [stream.process(x[i : i + 1000]) for i in range(0, len(x), 1000)] + [stream.flush()]
+    y = np.concatenate(pieces)
+    assert abs(len(y) - round(len(x) * dst / src)) <= 1
+    reference = tone(1.0, dst)
+    core = slice(len(y) // 10, len(y) * 9 // 10)
+    assert np.max(np.abs(y[core] - reference[core])) < 0.01
+
+
+def test_mulaw_matches_g711_reference() -> None:
+    pcm = np.linspace(-32768, 32767, 4001).astype(np.int16)
+    ours = s16_to_mulaw(pcm).tobytes()
+    assert ours == audioop.lin2ulaw(pcm.astype("<i2").tobytes(), 2)
+    decoded = mulaw_to_s16(np.frombuffer(ours, dtype=np.uint8))
+    assert decoded.astype("<i2").tobytes() == audioop.ulaw2lin(ours, 2)
+
+
+def test_float_to_s16_clips_and_rounds() -> None:
+    assert float_to_s16(np.array([0.0, 1.0, -1.0, 2.0, -2.0, 0.5], dtype=np.float32)).tolist() == [
+        0,
+        32767,
+        -32767,
+        32767,
+        -32767,
+        16384,
+    ]
+
+
+def test_wav_header_fixed_size_reads_back() -> None:
+    pcm = float_to_s16(tone(0.1, 16000)).tobytes()
+    data = wav_header(16000, data_bytes=len(pcm)) + pcm
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()) == (16000, 1, 2, 1600)
+
+
+def test_wav_streaming_header_marks_unknown_size() -> None:
+    header = wav_header(22050)
+    assert len(header) == 44
+    assert struct.unpack("<I", header[4:8])[0] == 0xFFFFFFFF
+    assert struct.unpack("<I", header[40:44])[0] == 0xFFFFFFFF
+    assert struct.unpack("<I", header[24:28])[0] == 22050
+
+
+def test_opus_frames_round_trip() -> None:
+    encoder = OpusFrameEncoder()
+    decoder = OpusFrameDecoder()
+    x = tone(0.5, 48000)
+    out = np.concatenate([decoder.decode(encoder.encode(x[i : i + 960])) for i in range(0, len(x), 960)])
+    assert encoder.lookahead == 312
+    assert len(out) == len(x)
+    ref = x[2000:20000]
+
+    def snr_at(lag: int) -> float:
+        err = out[lag + 2000 : lag + 20000] - ref
+        return float(10 * np.log10(np.sum(ref**2) / np.sum(err**2)))
+
+    assert max(snr_at(lag) for lag in range(0, 1000)) > 15
+
+
+def test_opus_rejects_wrong_frame_size_and_bad_settings() -> None:
+    with pytest.raises(ValueError):
+        OpusFrameEncoder().encode(np.zeros(100, dtype=np.float32))
+    with pytest.raises(ValueError):
+        OpusSettings(frame_ms=15)
+    with pytest.raises(ValueError):
+        OpusSettings(application="music")
+
+
+def test_ogg_crc_known_value() -> None:
+    # The Ogg CRC is CRC-32/MPEG-2 without the final inversion and with zero init:
+    # check the table against a bitwise computation of the same polynomial.
+    def bitwise(data: bytes) -> int:
+        crc = 0
+        for byte in data:
+            crc ^= byte << 24
+            for _ in range(8):
+                crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+        return crc
+
+    assert ogg_crc(b"") == 0
+    for sample in (b"OggS", bytes(range(256)), b"streamvox" * 31):
+        assert ogg_crc(sample) == bitwise(sample)
+
+
+def test_ogg_opus_file_decodes_to_exact_duration(tmp_path) -> None:
+    x = tone(1.234, 48000)
+    encoder = StreamEncoder(resolve_format("opus", None, 48000), 48000)
+    path = tmp_path / "a.ogg"
+    with path.open("wb") as out:
+        writer = OggOpusWriter(out, pre_skip=encoder.lookahead, serial=7)
+        encoder.feed(x)
+        encoder.finish()
+        while (packet := encoder.pop()) is not None:
+            writer.write_packet(packet, 960)
+        writer.close(total_samples=encoder.samples_out)
+    assert encoder.samples_out == len(x)
+    data, rate = sf.read(str(path))
+    assert rate == 48000
+    assert abs(len(data) - len(x)) <= 960
+    raw = path.read_bytes()
+    assert raw[:4] == b"OggS" and b"OpusHead" in raw[:64] and b"OpusTags" in raw[:200]
+
+
+def test_format_resolution() -> None:
+    assert resolve_format("opus", None, 22050).sample_rate == 48000
+    assert resolve_format("pcm_s16le", None, 22050).sample_rate == 22050
+    assert resolve_format("pcm_s16le", 16000, 22050).sample_rate == 16000
+    assert resolve_format("mulaw_8000", None, 22050).sample_rate == 8000
+    for codec, rate in [("opus", 16000), ("mulaw_8000", 16000), ("pcm_s16le", 12345), ("mp3", None)]:
+        with pytest.raises(FormatError):
+            resolve_format(codec, rate, 22050)
+
+
+@pytest.mark.parametrize("codec", ["opus", "pcm_s16le", "wav", "mulaw_8000"])
+def test_stream_encoder_accounts_for_every_sample(codec: str) -> None:
+    fmt = resolve_format(codec, None, 22050)
+    encoder = StreamEncoder(fmt, 22050)
+    x = tone(0.77, 22050)
+    payloads = []
+    for i in range(0, len(x), 3000):
+        encoder.feed(x[i : i + 3000])
+        while (p := encoder.pop()) is not None:
+            payloads.append(p)
+    encoder.finish()
+    while (p := encoder.pop()) is not None:
+        payloads.append(p)
+    expected = round(len(x) * fmt.sample_rate / 22050)
+    assert abs(encoder.samples_out - expected) <= 1
+    if codec == "opus":
+        assert len(payloads) == -(-encoder.samples_out // 960)
+    elif codec == "mulaw_8000":
+        assert sum(len(p) for p in payloads) == encoder.samples_out
+    else:
+        assert sum(len(p) for p in payloads) == 2 * encoder.samples_out
+    assert (encoder.header() is not None) == (codec == "wav")
+
+
+def test_fade_out_ends_in_silence() -> None:
+    encoder = StreamEncoder(resolve_format("pcm_s16le", 22050, 22050), 22050)
+    encoder.feed(np.full(5000, 0.5, dtype=np.float32))
+    faded = np.frombuffer(encoder.fade_out(), dtype="<i2")
+    assert len(faded) == 220
+    assert faded[0] > 16000 and abs(int(faded[-1])) < 50
+    assert np.all(np.diff(faded.astype(int)) <= 0)
+    opus = StreamEncoder(resolve_format("opus", None, 48000), 48000)
+    assert isinstance(opus.fade_out(), bytes)  # nothing buffered: a silent frame still flushes the encoder
