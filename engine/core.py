@@ -6,8 +6,8 @@ engine thread.  Each loop iteration drains the inbox (aborts take effect
 there, so a cancelled stream costs at most the window in flight), asks the
 scheduler for the next unit of work, executes it and reports the output.
 
-A unit is either a segment's front (phonemes -> latent frames) or one
-vocoder window.  Scheduling is deadline-first: a stream that has not sent
+A unit is one vocoder window (flow and decoder); a segment's first unit
+also runs its encoder (phonemes -> prior frames).  Scheduling is deadline-first: a stream that has not sent
 audio yet goes before all others (its first window decides TTFA), then the
 stream whose client will run out of audio soonest.
 """
@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +34,8 @@ from streamvox.engine.events import (
     StreamFailed,
     SynthesisParams,
 )
-from streamvox.engine.piper_voice import HOP_LENGTH, FrontOutput, PiperVoice
+from streamvox.engine.piper_segment import PiperSegment
+from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.text_normalize import normalize_for_speech
 from streamvox.engine.windows import WindowPlan
 
@@ -53,13 +54,6 @@ class EngineConfig:
 
 
 @dataclass
-class _SegmentWork:
-    index: int
-    front: FrontOutput
-    windows: Iterator[tuple[int, int]]
-
-
-@dataclass
 class _Stream:
     id: str
     voice: PiperVoice
@@ -69,7 +63,7 @@ class _Stream:
     arrival: int
     rng: np.random.Generator | None
     pending: deque[tuple[int, str]] = field(default_factory=deque)
-    current: _SegmentWork | None = None
+    current: PiperSegment | None = None
     input_finished: bool = False
     first_audio_at: float | None = None
     compute_s: float = 0.0
@@ -250,28 +244,23 @@ class EngineCore:
             if not ids:
                 return events
             p = stream.params
-            front = stream.voice.front(ids, stream.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker)
-            stream.current = _SegmentWork(index, front, self.config.windows.windows(front.frames))
-            start = stream.smoother.start_piece(front.frames * HOP_LENGTH)
+            first = stream.first_audio_at is None
+            front = stream.voice.front(
+                ids, stream.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first
+            )
+            segment = PiperSegment(stream.voice, front, self.config.windows, p.speaker, first)
+            start = stream.smoother.start_piece(segment.samples)
             events.append(SegmentStarted(stream.id, index, start))
-            return events
+            stream.current = segment
+            # The first window goes out in the same unit: with the encoder it decides TTFA.
         if stream.current is not None:
-            work = stream.current
-            window = next(work.windows, None)
-            if window is None:
+            segment = stream.current
+            out = stream.smoother.add(segment.next_window(urgent=stream.first_audio_at is None))
+            if segment.done:
                 stream.current = None
-                tail = stream.smoother.end_piece()
-            else:
-                start, end = window
-                pcm = stream.voice.decode_window(
-                    work.front.z, start, end, self.config.windows.context_frames, stream.params.speaker
-                )
-                tail = stream.smoother.add(pcm)
-                if end >= work.front.frames:
-                    stream.current = None
-                    tail = np.concatenate([tail, stream.smoother.end_piece()])
-            if len(tail):
-                events.append(AudioChunk(stream.id, tail))
+                out = np.concatenate([out, stream.smoother.end_piece()])
+            if len(out):
+                events.append(AudioChunk(stream.id, out))
             return events
         if stream.input_finished:
             tail = stream.smoother.finish()

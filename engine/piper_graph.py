@@ -1,18 +1,21 @@
-"""Split a Piper (VITS) ONNX graph into a front and a windowable decoder.
+"""Split a Piper (VITS) ONNX graph into an encoder, a windowable flow and a windowable decoder.
 
 A Piper export is one graph: phoneme ids -> text encoder -> stochastic
-duration predictor -> flow -> HiFi-GAN decoder -> audio.  Streaming needs the
-decoder on its own, so it can run on windows of the latent ``z``, and needs the
-noise as inputs, so that a seeded session is reproducible whatever else the
+duration predictor -> prior sample ``z_p`` -> normalising flow -> ``z`` ->
+HiFi-GAN decoder -> audio.  The flow and the decoder are convolutional with a
+bounded receptive field, so both can run on windows of frames; only the
+encoder (cheap, per phoneme) must see the whole segment.  Streaming also needs
+the noise as inputs, so a seeded session is reproducible whatever else the
 process runs.  This module rewrites the graph in memory, once per voice:
 
 * the two ``RandomNormalLike`` nodes become inputs ``noise_dp`` (duration
-  predictor, shape of its template) and ``noise_z`` (flow prior, sliced in the
+  predictor, shape of its template) and ``noise_z`` (prior, sliced in the
   graph from a caller-supplied buffer at least as long as the utterance);
-* the front ends at the tensor that feeds ``dec/conv_pre`` (``z``, masked) and
-  also returns the ceiled per-phoneme durations;
-* the decoder starts at that tensor (and the speaker id for multi-speaker
-  voices).
+* the encoder returns ``z_p`` (the prior sample that feeds the flow) and the
+  ceiled per-phoneme durations;
+* the flow maps ``z_p`` to ``z`` (the tensor that feeds ``dec/conv_pre``);
+* the decoder maps ``z`` to audio.  Flow and decoder also take the speaker id
+  for multi-speaker voices.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from onnx import TensorProto, helper
 
 NOISE_DP = "noise_dp"
 NOISE_Z = "noise_z"
+Z_PRIOR = "z_p"
+Z_MASK = "z_mask"
 Z_OUTPUT = "z"
 DURATIONS_OUTPUT = "durations"
 
@@ -34,9 +39,10 @@ class GraphSplitError(ValueError):
 
 @dataclass(frozen=True)
 class SplitGraph:
-    """Serialized front and decoder models plus what the caller must feed them."""
+    """Serialized encoder, flow and decoder models plus what the caller must feed them."""
 
-    front: bytes
+    encoder: bytes
+    flow: bytes
     decoder: bytes
     has_speaker_input: bool
     z_channels: int
@@ -56,6 +62,33 @@ def _find_z_tensor(graph: onnx.GraphProto) -> str:
     raise GraphSplitError("no /dec/conv_pre convolution: not a Piper VITS graph")
 
 
+def _find_prior(graph: onnx.GraphProto, noise_tensor: str) -> str:
+    """``z_p = m_p + noise * exp(logs_p) * noise_scale``: the first Add downstream of the prior noise."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    frontier = [noise_tensor]
+    for _ in range(4):
+        nxt = []
+        for tensor in frontier:
+            for node in consumers.get(tensor, []):
+                if node.op_type == "Add":
+                    return node.output[0]
+                if node.op_type == "Mul":
+                    nxt.append(node.output[0])
+        frontier = nxt
+    raise GraphSplitError("could not find the prior sample z_p downstream of the prior noise")
+
+
+def _find_mask(graph: onnx.GraphProto, z_tensor: str) -> str:
+    """``z = flow(z_p) * y_mask``: the mask is the other input of the Mul producing ``z``."""
+    node = _producer_of(graph, z_tensor)
+    if node is None or node.op_type != "Mul":
+        raise GraphSplitError("z is not produced by a masking Mul")
+    return node.input[1]
+
+
 def _find_durations(graph: onnx.GraphProto) -> str:
     ceils = [n for n in graph.node if n.op_type == "Ceil"]
     if len(ceils) != 1:
@@ -63,7 +96,8 @@ def _find_durations(graph: onnx.GraphProto) -> str:
     return ceils[0].output[0]
 
 
-def _replace_noise(graph: onnx.GraphProto) -> None:
+def _replace_noise(graph: onnx.GraphProto) -> str:
+    """Turn both noise sources into inputs; return the tensor that now carries the prior noise."""
     randoms = [n for n in graph.node if n.op_type == "RandomNormalLike"]
     if len(randoms) != 2:
         raise GraphSplitError(f"expected two RandomNormalLike nodes, found {len(randoms)}")
@@ -99,6 +133,7 @@ def _replace_noise(graph: onnx.GraphProto) -> None:
             helper.make_tensor_value_info(NOISE_Z, TensorProto.FLOAT, ["batch", "channels", "max_frames"]),
         ]
     )
+    return z_node.output[0]
 
 
 def _rename_output(model: onnx.ModelProto, old: str, new: str) -> None:
@@ -119,7 +154,7 @@ def _rename_input(model: onnx.ModelProto, old: str, new: str) -> None:
 
 
 def split_piper_graph(model_bytes: bytes) -> SplitGraph:
-    """Rewrite a Piper ONNX export into a seeded front and a windowable decoder."""
+    """Rewrite a Piper ONNX export into a seeded encoder, a flow and a decoder (see module docstring)."""
     model = onnx.load_from_string(model_bytes)
     graph = model.graph
     input_names = [i.name for i in graph.input]
@@ -128,21 +163,28 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     has_sid = "sid" in input_names
     z_tensor = _find_z_tensor(graph)
     durations = _find_durations(graph)
+    mask = _find_mask(graph, z_tensor)
     conv_pre = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == z_tensor)
     weight = next(t for t in graph.initializer if t.name == conv_pre.input[1])
     z_channels = int(weight.dims[1])
-    _replace_noise(graph)
+    prior_noise = _replace_noise(graph)
+    prior = _find_prior(graph, prior_noise)
 
-    front_inputs = [n for n in ("input", "input_lengths", "scales", "sid") if n in input_names]
+    sid = ["sid"] if has_sid else []
+    encoder_inputs = [n for n in ("input", "input_lengths", "scales") if n in input_names] + sid
     extractor = onnx.utils.Extractor(model)
-    front = extractor.extract_model(front_inputs + [NOISE_DP, NOISE_Z], [z_tensor, durations])
-    _rename_output(front, z_tensor, Z_OUTPUT)
-    _rename_output(front, durations, DURATIONS_OUTPUT)
-    decoder_inputs = [z_tensor] + (["sid"] if has_sid else [])
-    decoder = extractor.extract_model(decoder_inputs, [graph.output[0].name])
+    encoder = extractor.extract_model(encoder_inputs + [NOISE_DP, NOISE_Z], [prior, durations])
+    _rename_output(encoder, prior, Z_PRIOR)
+    _rename_output(encoder, durations, DURATIONS_OUTPUT)
+    flow = extractor.extract_model([prior, mask] + sid, [z_tensor])
+    _rename_input(flow, prior, Z_PRIOR)
+    _rename_input(flow, mask, Z_MASK)
+    _rename_output(flow, z_tensor, Z_OUTPUT)
+    decoder = extractor.extract_model([z_tensor] + sid, [graph.output[0].name])
     _rename_input(decoder, z_tensor, Z_OUTPUT)
     return SplitGraph(
-        front=front.SerializeToString(),
+        encoder=encoder.SerializeToString(),
+        flow=flow.SerializeToString(),
         decoder=decoder.SerializeToString(),
         has_speaker_input=has_sid,
         z_channels=z_channels,

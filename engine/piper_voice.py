@@ -1,9 +1,11 @@
-"""A Piper voice split into a front (phonemes -> latent z) and a windowed decoder.
+"""A Piper voice split into an encoder (phonemes -> prior frames), a flow and a decoder.
 
-The front runs once per text segment; the HiFi-GAN decoder then runs on
-windows of ``z`` padded with context frames on both sides, keeping only the
-window's own samples, which reproduces the one-shot decode (≥ 120 dB SNR with
-12 context frames on the bundled voice).  ``onnxruntime`` sessions are
+The encoder runs once per text segment; the flow (prior ``z_p`` -> latent
+``z``) and the HiFi-GAN decoder (``z`` -> audio) then run on windows of frames
+padded with context frames on both sides, keeping only the window's own
+output.  With 24 flow and 12 decoder context frames this reproduces the
+one-shot synthesis at > 100 dB SNR on the bundled voice, and the first audio
+needs only the encoder plus one small window.  ``onnxruntime`` sessions are
 thread-safe, but streamvox calls them from the engine thread only.
 """
 
@@ -19,7 +21,15 @@ import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
 from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 from streamvox.engine.phonemes import phoneme_ids, phonemize
-from streamvox.engine.piper_graph import DURATIONS_OUTPUT, NOISE_DP, NOISE_Z, Z_OUTPUT, split_piper_graph
+from streamvox.engine.piper_graph import (
+    DURATIONS_OUTPUT,
+    NOISE_DP,
+    NOISE_Z,
+    Z_MASK,
+    Z_OUTPUT,
+    Z_PRIOR,
+    split_piper_graph,
+)
 
 HOP_LENGTH = 256
 """Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""
@@ -73,22 +83,27 @@ class PiperVoiceConfig:
 
 @dataclass(frozen=True)
 class FrontOutput:
-    """The latent frames of one segment and how many frames each phoneme id lasts."""
+    """The prior frames of one segment and how many frames each phoneme id lasts."""
 
-    z: np.ndarray
-    """float32, shape (channels, frames)."""
+    z_p: np.ndarray
+    """float32, shape (channels, frames): the prior sample the flow turns into ``z``."""
     durations: np.ndarray
     """int, one entry per phoneme id."""
 
     @property
     def frames(self) -> int:
-        return int(self.z.shape[1])
+        return int(self.z_p.shape[1])
 
 
 class PiperVoice:
     """One loaded Piper voice; see the module docstring for the split."""
 
-    def __init__(self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0) -> None:
+    def __init__(
+        self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0, stream_threads: int = 1
+    ) -> None:
+        """``threads`` serve the latency-critical runs (each encoder, each stream's first window;
+        0 means one per core); ``stream_threads`` serve the steady windows after it, where a
+        single thread per run wastes nothing on synchronisation and leaves the other cores free."""
         self.id = voice_id
         self.model_path = model_path
         self.config = config
@@ -98,16 +113,27 @@ class PiperVoice:
             raise VoiceLoadError(f"{model_path}: cannot read ({exc})") from exc
         self.has_speaker_input = split.has_speaker_input
         self.z_channels = split.z_channels
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Latency-critical runs may spin (wake-ups cost ~10 ms per short run); steady
+        # windows must not, or idle workers burn the cores other streams need.
+        fast, lean = _session_options(threads, spin=True), _session_options(stream_threads, spin=False)
         providers = ["CPUExecutionProvider"]
-        self._front = ort.InferenceSession(split.front, options, providers=providers)
-        self._decoder = ort.InferenceSession(split.decoder, options, providers=providers)
+        self._encoder = {
+            True: ort.InferenceSession(split.encoder, fast, providers=providers),
+            False: ort.InferenceSession(split.encoder, lean, providers=providers),
+        }
+        self._flow = {
+            True: ort.InferenceSession(split.flow, fast, providers=providers),
+            False: ort.InferenceSession(split.flow, lean, providers=providers),
+        }
+        self._decoder = {
+            True: ort.InferenceSession(split.decoder, fast, providers=providers),
+            False: ort.InferenceSession(split.decoder, lean, providers=providers),
+        }
 
     @classmethod
-    def load(cls, model_path: str | Path, voice_id: str | None = None, threads: int = 0) -> PiperVoice:
+    def load(
+        cls, model_path: str | Path, voice_id: str | None = None, threads: int = 0, stream_threads: int = 1
+    ) -> PiperVoice:
         """Load ``model.onnx`` with its ``model.onnx.json`` beside it."""
         model = Path(model_path)
         config_file = model.with_name(model.name + ".json")
@@ -116,7 +142,7 @@ class PiperVoice:
         if not config_file.is_file():
             raise VoiceLoadError(f"no voice config at {config_file}")
         config = PiperVoiceConfig.from_json(config_file)
-        return cls(voice_id or model.name.removesuffix(".onnx"), model, config, threads)
+        return cls(voice_id or model.name.removesuffix(".onnx"), model, config, threads, stream_threads)
 
     @property
     def sample_rate(self) -> int:
@@ -138,8 +164,9 @@ class PiperVoice:
         noise_scale: float | None = None,
         noise_w: float | None = None,
         speaker: int = 0,
+        urgent: bool = True,
     ) -> FrontOutput:
-        """Run the front on one segment's ids.
+        """Run the encoder on one segment's ids.
 
         Noise comes from ``rng`` (``None`` means noise off: zeros), drawn in a
         fixed order so a seeded stream is reproducible.  The prior-noise buffer
@@ -171,7 +198,7 @@ class PiperVoice:
             if self.has_speaker_input:
                 feeds["sid"] = np.array([speaker], dtype=np.int64)
             try:
-                z, durations = self._front.run([Z_OUTPUT, DURATIONS_OUTPUT], feeds)
+                z_p, durations = self._encoder[urgent].run([Z_PRIOR, DURATIONS_OUTPUT], feeds)
                 break
             except (OrtFail, OrtRuntimeException):
                 # The noise buffer was shorter than the utterance (the slice no
@@ -180,22 +207,58 @@ class PiperVoice:
                 if max_frames > _MAX_FRAMES:
                     raise
                 max_frames *= 4
-        return FrontOutput(z=np.ascontiguousarray(z[0]), durations=durations.reshape(-1).astype(np.int64))
+        return FrontOutput(z_p=np.ascontiguousarray(z_p[0]), durations=durations.reshape(-1).astype(np.int64))
 
-    def decode(self, z: np.ndarray, speaker: int = 0) -> np.ndarray:
+    def flow(self, z_p: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
+        """Prior frames ``(channels, frames)`` to latent frames ``z`` of the same shape."""
+        feeds = {
+            Z_PRIOR: np.ascontiguousarray(z_p[np.newaxis], dtype=np.float32),
+            Z_MASK: np.ones((1, 1, z_p.shape[1]), dtype=np.float32),
+        }
+        if self.has_speaker_input:
+            feeds["sid"] = np.array([speaker], dtype=np.int64)
+        return self._flow[urgent].run(None, feeds)[0][0]
+
+    def flow_window(
+        self, z_p: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
+    ) -> np.ndarray:
+        """``z`` for frames ``[start, end)``, computed with ``context`` prior frames either side."""
+        lo = max(0, start - context)
+        hi = min(z_p.shape[1], end + context)
+        z = self.flow(z_p[:, lo:hi], speaker, urgent)
+        return z[:, start - lo : end - lo]
+
+    def synthesize(self, ids: Sequence[int], rng: np.random.Generator | None = None) -> np.ndarray:
+        """One-shot synthesis of a segment (the reference the windowed path must match)."""
+        front = self.front(ids, rng)
+        return self.decode(self.flow(front.z_p))
+
+    def decode(self, z: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
         """HiFi-GAN decode of latent frames ``(channels, frames)`` to float32 samples."""
         feeds = {Z_OUTPUT: np.ascontiguousarray(z[np.newaxis], dtype=np.float32)}
         if self.has_speaker_input:
             feeds["sid"] = np.array([speaker], dtype=np.int64)
-        return self._decoder.run(None, feeds)[0].reshape(-1)
+        return self._decoder[urgent].run(None, feeds)[0].reshape(-1)
 
-    def decode_window(self, z: np.ndarray, start: int, end: int, context: int, speaker: int = 0) -> np.ndarray:
+    def decode_window(
+        self, z: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
+    ) -> np.ndarray:
         """Samples of frames ``[start, end)`` decoded with ``context`` frames either side."""
         lo = max(0, start - context)
         hi = min(z.shape[1], end + context)
-        audio = self.decode(z[:, lo:hi], speaker)
+        audio = self.decode(z[:, lo:hi], speaker, urgent)
         offset = (start - lo) * HOP_LENGTH
         return audio[offset : offset + (end - start) * HOP_LENGTH]
+
+
+def _session_options(threads: int, spin: bool) -> ort.SessionOptions:
+    """``spin`` lets idle workers busy-wait for the next op: faster short runs, more CPU burnt."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return options
 
 
 def _noise(rng: np.random.Generator | None, shape: tuple[int, ...]) -> np.ndarray:

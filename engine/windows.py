@@ -1,8 +1,9 @@
 """The vocoder window schedule: a small first window for latency, then growing ones.
 
 Small windows cost more per frame (the context frames on each side are decoded
-and thrown away), big windows delay audio; so a segment starts with
-``first_frames`` and doubles up to ``max_frames``.
+and thrown away), big windows delay audio; so a stream's first segment starts
+with ``first_frames``, later segments (whose audio is not awaited) with
+``later_first_frames``, and windows grow by ``growth`` up to ``max_frames``.
 """
 
 from __future__ import annotations
@@ -17,28 +18,41 @@ class WindowPlan:
 
     first_frames: int = 16
     """First window of a segment: ~186 ms of 22.05 kHz audio, decoded in ~15 ms."""
-    max_frames: int = 128
-    """Largest window: caps the work between two abort checks."""
-    growth: float = 2.0
+    later_first_frames: int = 64
+    """First window of a later segment: earlier audio is still playing, so it can be larger."""
+    max_frames: int = 512
+    """Largest window (~6 s of audio, ~0.5 s of one core): caps the work between two abort checks."""
+    growth: float = 4.0
     context_frames: int = 12
     """Frames decoded on each side and discarded; 12 reaches the decoder's receptive field."""
+    flow_context_frames: int = 24
+    """Prior frames run through the flow on each side and discarded (its receptive field)."""
+    flow_chunk_frames: int = 2048
+    """After the first window the flow runs ahead in chunks of this many frames (a whole sentence)."""
 
     def __post_init__(self) -> None:
-        if self.first_frames < 1 or self.max_frames < self.first_frames:
-            raise ValueError(f"need 1 <= first_frames <= max_frames, got {self.first_frames}, {self.max_frames}")
+        if not 1 <= self.first_frames <= self.max_frames or not 1 <= self.later_first_frames <= self.max_frames:
+            raise ValueError(
+                f"need 1 <= first_frames, later_first_frames <= max_frames, got {self.first_frames}, "
+                f"{self.later_first_frames}, {self.max_frames}"
+            )
         if self.growth < 1.0:
             raise ValueError(f"growth must be >= 1, got {self.growth}")
-        if self.context_frames < 0:
-            raise ValueError(f"context_frames must be >= 0, got {self.context_frames}")
+        if self.context_frames < 0 or self.flow_context_frames < 0:
+            raise ValueError("context frames must be >= 0")
+        if self.flow_chunk_frames < 1:
+            raise ValueError(f"flow_chunk_frames must be >= 1, got {self.flow_chunk_frames}")
 
-    def windows(self, total_frames: int) -> Iterator[tuple[int, int]]:
+    def windows(self, total_frames: int, first: bool = True) -> Iterator[tuple[int, int]]:
         """``(start, end)`` frame ranges covering ``[0, total_frames)`` exactly once, in order.
+
+        ``first`` selects the small opening window of a stream's first segment.
 
         A final sliver shorter than half the window it follows is merged into
         that window rather than decoded on its own.
         """
         start = 0
-        size = self.first_frames
+        size = self.first_frames if first else self.later_first_frames
         while start < total_frames:
             end = min(total_frames, start + size)
             if total_frames - end < size // 2:

@@ -37,7 +37,8 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     """``GET /v1/stream``: the protocol v1 WebSocket."""
     app = request.app
     config = app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=config.hard_message_bytes, heartbeat=30.0)
+    # No permessage-deflate: Opus and PCM do not compress, and deflating every packet costs CPU.
+    ws = web.WebSocketResponse(max_msg_size=config.hard_message_bytes, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     if app[DRAINING]:
         await ws.close(code=1001, message=b"server shutting down")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from streamvox.engine.crossfade import SeamSmoother, crossfade, fade_in_window
 
 

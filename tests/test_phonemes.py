@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from piper.phonemize_espeak import EspeakPhonemizer
-
 from streamvox.engine.phonemes import _terminator_of, phoneme_ids, phonemize
 
 # piper-tts bundles a patched espeak-ng; these sentences phonemize identically with the stock 1.52

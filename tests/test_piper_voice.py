@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from streamvox.engine import piper_voice
 from streamvox.engine.piper_graph import GraphSplitError, split_piper_graph
-from streamvox.engine.piper_voice import HOP_LENGTH, PiperVoice, VoiceLoadError
+from streamvox.engine.piper_segment import PiperSegment
+from streamvox.engine.piper_voice import HOP_LENGTH, FrontOutput, PiperVoice, VoiceLoadError
 from streamvox.engine.voices import bundled_voice_path
 from streamvox.engine.windows import WindowPlan
 
@@ -33,30 +33,47 @@ def test_split_matches_the_original_graph_with_noise_off(voice: PiperVoice) -> N
         },
     )[0].reshape(-1)
     front = voice.front(ids, None, noise_scale=0.0, noise_w=0.0)
-    ours = voice.decode(front.z)
+    ours = voice.decode(voice.flow(front.z_p))
     assert len(ours) == len(reference) == front.frames * HOP_LENGTH
     assert snr_db(reference, ours) > 60
     assert int(front.durations.sum()) == front.frames
 
 
-@pytest.mark.parametrize("context", [8, 12])
-def test_windowed_decode_equals_one_shot(voice: PiperVoice, context: int) -> None:
-    front = voice.front(voice.text_to_ids(TEXT), None)
-    one_shot = voice.decode(front.z)
-    plan = WindowPlan(context_frames=context)
-    windowed = np.concatenate(
-        [voice.decode_window(front.z, a, b, context) for a, b in plan.windows(front.frames)]
-    )
-    assert len(windowed) == len(one_shot)
-    assert snr_db(one_shot, windowed) >= 60
+def windowed(voice: PiperVoice, front: FrontOutput, plan: WindowPlan, urgent: bool) -> np.ndarray:
+    segment = PiperSegment(voice, front, plan)
+    pieces = []
+    while not segment.done:
+        pieces.append(segment.next_window(urgent=urgent))
+    return np.concatenate(pieces)
 
 
-def test_without_context_the_seams_are_audible(voice: PiperVoice) -> None:
-    """The control: the SNR bound above is meaningful because zero context fails it."""
+PLANS = {
+    "default": WindowPlan(),
+    "small windows": WindowPlan(first_frames=8, later_first_frames=8, max_frames=32, growth=2.0, flow_chunk_frames=40),
+    "decoder context 8": WindowPlan(context_frames=8, max_frames=64, growth=2.0),
+}
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+@pytest.mark.parametrize("urgent", [True, False])
+def test_windowed_synthesis_equals_one_shot(voice: PiperVoice, plan: WindowPlan, urgent: bool) -> None:
     front = voice.front(voice.text_to_ids(TEXT), None)
-    one_shot = voice.decode(front.z)
-    windowed = np.concatenate([voice.decode_window(front.z, a, b, 0) for a, b in WindowPlan().windows(front.frames)])
-    assert snr_db(one_shot, windowed) < 30
+    one_shot = voice.decode(voice.flow(front.z_p))
+    streamed = windowed(voice, front, plan, urgent)
+    assert len(streamed) == len(one_shot) == front.frames * HOP_LENGTH
+    assert snr_db(one_shot, streamed) >= 60
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [WindowPlan(context_frames=0, max_frames=64, growth=2.0), WindowPlan(flow_context_frames=0, flow_chunk_frames=32)],
+    ids=["no decoder context", "no flow context"],
+)
+def test_without_context_the_seams_are_audible(voice: PiperVoice, plan: WindowPlan) -> None:
+    """The control: the SNR bound above is meaningful because dropping either context fails it."""
+    front = voice.front(voice.text_to_ids(TEXT), None)
+    one_shot = voice.decode(voice.flow(front.z_p))
+    assert snr_db(one_shot, windowed(voice, front, plan, urgent=False)) < 40
 
 
 def test_seeded_front_is_reproducible_and_seed_dependent(voice: PiperVoice) -> None:
@@ -64,8 +81,8 @@ def test_seeded_front_is_reproducible_and_seed_dependent(voice: PiperVoice) -> N
     a = voice.front(ids, np.random.default_rng(7))
     b = voice.front(ids, np.random.default_rng(7))
     c = voice.front(ids, np.random.default_rng(8))
-    np.testing.assert_array_equal(a.z, b.z)
-    assert a.z.shape != c.z.shape or not np.array_equal(a.z, c.z)
+    np.testing.assert_array_equal(a.z_p, b.z_p)
+    assert a.z_p.shape != c.z_p.shape or not np.array_equal(a.z_p, c.z_p)
 
 
 def test_noise_buffer_regrows_without_changing_the_result(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +91,7 @@ def test_noise_buffer_regrows_without_changing_the_result(voice: PiperVoice, mon
     monkeypatch.setattr(piper_voice, "_FRAMES_PER_ID_GUESS", 0)
     regrown = voice.front(ids, np.random.default_rng(3))
     assert expected.frames > 64
-    np.testing.assert_array_equal(expected.z, regrown.z)
+    np.testing.assert_array_equal(expected.z_p, regrown.z_p)
 
 
 def test_speed_changes_duration(voice: PiperVoice) -> None:

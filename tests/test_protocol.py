@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from streamvox.stream_server.protocol import (
     Cancel,
     Configure,

@@ -8,7 +8,6 @@ import math
 import struct
 
 import aiohttp
-import numpy as np
 import pytest
 import websockets
 
@@ -59,7 +58,13 @@ async def test_ready_describes_the_negotiated_format(server: str) -> None:
     async with websockets.connect(server) as ws:
         ready = await recv_json(ws)
         assert ready["protocol"] == 1 and ready["voice"]["id"] == "en_US-joe-medium"
-        assert ready["format"] == {"codec": "opus", "sample_rate": 48000, "channels": 1, "frame_ms": 20, "container": None}
+        assert ready["format"] == {
+            "codec": "opus",
+            "sample_rate": 48000,
+            "channels": 1,
+            "frame_ms": 20,
+            "container": None,
+        }
         await send(ws, type="configure", format={"codec": "pcm_s16le", "sample_rate": 16000})
         ready = await recv_json(ws)
         assert ready["format"]["codec"] == "pcm_s16le" and ready["format"]["sample_rate"] == 16000

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from streamvox.engine.text_normalize import normalize_for_speech
 
 

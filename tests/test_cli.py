@@ -1,0 +1,111 @@
+"""The console script: `say` writes real files; `serve` drains on SIGTERM and closes sockets with 1001."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import websockets
+from streamvox.stream_server.cli import build_parser
+
+from tests.asr import transcribe, wer
+
+STREAMVOX = [sys.executable, "-m", "streamvox.stream_server.cli"]
+
+
+def test_say_writes_intelligible_ogg_and_wav(tmp_path: Path) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    for name in ("out.ogg", "out.wav"):
+        target = tmp_path / name
+        result = subprocess.run(
+            [*STREAMVOX, "say", text, "-o", str(target), "--seed", "1"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        audio, rate = sf.read(str(target), dtype="float32")
+        assert rate == (48000 if name.endswith(".ogg") else 22050)
+        assert 1.5 < len(audio) / rate < 6
+        assert wer(text, transcribe(audio, rate)) <= 0.15
+
+
+def test_say_rejects_unknown_output_type_and_voice(tmp_path: Path) -> None:
+    bad_type = subprocess.run([*STREAMVOX, "say", "hi", "-o", str(tmp_path / "x.mp3")], capture_output=True, text=True)
+    assert bad_type.returncode == 2 and "unsupported output" in bad_type.stderr
+    bad_voice = subprocess.run(
+        [*STREAMVOX, "say", "hi", "-o", str(tmp_path / "x.wav"), "--voice", "nobody"], capture_output=True, text=True
+    )
+    assert bad_voice.returncode == 2 and "unknown voice" in bad_voice.stderr
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == ("127.0.0.1", 8765)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError("server did not become healthy")
+
+
+@pytest.mark.parametrize(("drain_timeout", "expect"), [(30.0, "done"), (0.3, "cancelled")])
+def test_sigterm_drains_contexts_and_closes_with_1001(drain_timeout: float, expect: str) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [*STREAMVOX, "serve", "--port", str(port), "--drain-timeout", str(drain_timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        _wait_healthy(port, proc)
+
+        async def client() -> tuple[list[str], int | None]:
+            events: list[str] = []
+            async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream", max_size=None) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "text", "text": "Draining politely. " * 12}))
+                await ws.send(json.dumps({"type": "end"}))
+                while not isinstance(await ws.recv(), bytes):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    while True:
+                        message = await asyncio.wait_for(ws.recv(), 60)
+                        if isinstance(message, str):
+                            events.append(json.loads(message)["type"])
+                except websockets.ConnectionClosed as closed:
+                    return events, closed.rcvd.code if closed.rcvd else None
+
+        events, code = asyncio.run(client())
+        assert expect in events
+        assert code == 1001
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
