@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything streamvox needs on a Debian machine, idempotently:
+# system libraries (libopus0, espeak-ng), a virtual environment in .venv with
+# torch==2.13.0 (CPU) and the package itself (editable, strict mode).
+#   scripts/setup.sh          runtime only
+#   scripts/setup.sh test     runtime + test and benchmark dependencies
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+system_packages=(libopus0 espeak-ng libsndfile1 python3-venv ca-certificates)
+if command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for package in "${system_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    echo "setup: installing ${missing[*]}"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null; then
+  echo "setup: installing torch==2.13.0 (CPU build)"
+  "${pip[@]}" "torch==2.13.0"
+fi
+target="."
+[ "$extras" = "test" ] && target=".[test]"
+echo "setup: installing streamvox ${target}"
+"${pip[@]}" -e "$target" --config-settings editable_mode=strict
