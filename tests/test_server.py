@@ -211,6 +211,27 @@ async def recv_json_skipping_audio(ws: websockets.ClientConnection) -> dict:
                 return event
 
 
+async def test_a_voice_given_by_path_is_listed_and_served(aiohttp_server, registry, tmp_path) -> None:
+    from streamvox.engine.piper_voice import PiperVoice
+    from streamvox.engine.voices import VoiceRegistry, bundled_voice_path
+    from streamvox.stream_server.app import STREAM_PATH, create_app
+    from streamvox.stream_server.config import ServerConfig
+
+    src = bundled_voice_path()
+    model = tmp_path / "en_US-second-medium.onnx"
+    model.symlink_to(src)
+    (tmp_path / "en_US-second-medium.onnx.json").write_bytes(src.with_name(src.name + ".json").read_bytes())
+    voices = VoiceRegistry()
+    voices.add(registry.get(None))
+    voices.add(PiperVoice.load(model))
+    srv = await aiohttp_server(create_app(ServerConfig(), voices), host="127.0.0.1")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{srv.port}/v1/voices") as r:
+            assert [v["id"] for v in (await r.json())["voices"]] == ["en_US-joe-medium", "en_US-second-medium"]
+    exchange = await speak(f"ws://127.0.0.1:{srv.port}{STREAM_PATH}", "Second voice.", {"voice": "en_US-second-medium"})
+    assert exchange.of_type("done") and exchange.audio
+
+
 async def test_busy_context_and_configure_rules(server: str) -> None:
     async with websockets.connect(server, max_size=None) as ws:
         await recv_json(ws)
