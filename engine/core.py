@@ -51,6 +51,10 @@ class EngineConfig:
     windows: WindowPlan = field(default_factory=WindowPlan)
     seam_ms: float = 10.0
     """Crossfade length where two text segments meet."""
+    urgent_windows: int = 2
+    """A stream's first windows run on the multi-threaded (fastest) sessions, the rest on the
+    single-threaded (cheapest) ones.  Counted, not timed: which session decodes a window must
+    not depend on load, or a seeded stream's bytes would."""
 
 
 @dataclass
@@ -67,6 +71,7 @@ class _Stream:
     input_finished: bool = False
     first_audio_at: float | None = None
     compute_s: float = 0.0
+    windows_done: int = 0
 
     def has_work(self) -> bool:
         return self.current is not None or bool(self.pending) or self.input_finished
@@ -255,7 +260,9 @@ class EngineCore:
             # The first window goes out in the same unit: with the encoder it decides TTFA.
         if stream.current is not None:
             segment = stream.current
-            out = stream.smoother.add(segment.next_window(urgent=stream.first_audio_at is None))
+            urgent = stream.windows_done < self.config.urgent_windows
+            out = stream.smoother.add(segment.next_window(urgent=urgent))
+            stream.windows_done += 1
             if segment.done:
                 stream.current = None
                 out = np.concatenate([out, stream.smoother.end_piece()])

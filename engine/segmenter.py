@@ -89,9 +89,14 @@ class Segmenter:
         self._text += text
         return self._drain(final=False, now=now)
 
-    def poll(self, now: float) -> list[Span]:
-        """Apply the time cap: return complete words held longer than it allows."""
-        return self._drain(final=False, now=now)
+    def poll(self, now: float, hurry: bool = False) -> list[Span]:
+        """Apply the time cap: return complete words held longer than it allows.
+
+        ``hurry`` (the listener is about to run out of audio) releases what has arrived
+        without waiting for a sentence end: up to the last clause boundary, else the last
+        complete word.
+        """
+        return self._drain(final=False, now=now, hurry=hurry)
 
     def flush(self) -> list[Span]:
         """Release everything buffered (still cut into first-span and sentence-sized pieces)."""
@@ -108,11 +113,14 @@ class Segmenter:
         wait = self.config.first_wait_s if self.spans_emitted == 0 else self.config.later_wait_s
         return self._pending_since + wait
 
-    def _drain(self, final: bool, now: float | None) -> list[Span]:
+    def _drain(self, final: bool, now: float | None, hurry: bool = False) -> list[Span]:
         spans: list[Span] = []
         while True:
             pending = self.pending
             cut = self._next_cut(pending, final)
+            if cut is None and hurry:
+                cut = _clause_end(pending, self.config.first_min_words, last=True) or _last_word_end(pending)
+                hurry = False  # one span: the listener needs the next words, not all of them at once
             if cut is None and now is not None and (deadline := self.deadline()) is not None and now >= deadline:
                 cut = _last_word_end(pending)
             if not cut:
@@ -187,14 +195,18 @@ def _period_ends_sentence(text: str, dot: int, end: int) -> bool | None:
     return True
 
 
-def _clause_end(text: str, min_words: int) -> int | None:
+def _clause_end(text: str, min_words: int, last: bool = False) -> int | None:
+    """End of the first (or ``last``) clause boundary preceded by ``min_words`` words."""
+    found = None
     for match in _CLAUSE_END.finditer(text):
         end = match.end()
         if end == len(text):
-            return None
+            break
         if len(_WORD.findall(text[: match.start()])) >= min_words:
-            return end
-    return None
+            if not last:
+                return end
+            found = end
+    return found
 
 
 def _split_long(text: str) -> int | None:

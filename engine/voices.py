@@ -51,14 +51,17 @@ class VoiceRegistry:
 
     @classmethod
     def from_paths(
-        cls, paths: Iterable[str | Path] = (), include_bundled: bool = True, threads: int = 0
+        cls, paths: Iterable[str | Path] = (), include_bundled: bool = True, threads: int = 0, warm_up: bool = True
     ) -> VoiceRegistry:
-        """Load the bundled voice (first, the default) and each ``.onnx`` path given."""
+        """Load the bundled voice (first, the default) and each ``.onnx`` path given, warmed up."""
         registry = cls()
         if include_bundled:
             registry.add(PiperVoice.load(bundled_voice_path(), BUNDLED_VOICE_ID, threads))
         for path in paths:
             registry.add(PiperVoice.load(path, threads=threads))
+        if warm_up:
+            for voice in registry._voices.values():
+                voice.warm_up()
         if not registry._voices:
             raise VoiceLoadError("no voices: give at least one --voice or keep the bundled voice")
         return registry

@@ -16,19 +16,22 @@ from dataclasses import dataclass
 class WindowPlan:
     """Window sizes in latent frames (256 samples each for Piper)."""
 
-    first_frames: int = 16
-    """First window of a segment: ~186 ms of 22.05 kHz audio, decoded in ~15 ms."""
+    first_frames: int = 24
+    """First window of a stream: ~279 ms of 22.05 kHz audio, so the client has played little
+    of it when the second window arrives even on a loaded machine."""
     later_first_frames: int = 64
     """First window of a later segment: earlier audio is still playing, so it can be larger."""
     max_frames: int = 512
     """Largest window (~6 s of audio, ~0.5 s of one core): caps the work between two abort checks."""
-    growth: float = 4.0
+    growth: float = 2.0
+    """Each window is this much larger than the one before: the second window must arrive before
+    the first has played (16 frames = 186 ms), so the schedule grows gently."""
     context_frames: int = 12
     """Frames decoded on each side and discarded; 12 reaches the decoder's receptive field."""
     flow_context_frames: int = 24
     """Prior frames run through the flow on each side and discarded (its receptive field)."""
-    flow_chunk_frames: int = 2048
-    """After the first window the flow runs ahead in chunks of this many frames (a whole sentence)."""
+    flow_chunk_frames: int = 512
+    """After the first window the flow runs ahead in chunks of this many frames."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.first_frames <= self.max_frames or not 1 <= self.later_first_frames <= self.max_frames:

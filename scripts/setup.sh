@@ -3,12 +3,17 @@
 # system libraries (libopus0, espeak-ng), a virtual environment in .venv with
 # torch==2.13.0 (CPU) and the package itself (editable, strict mode).
 #   scripts/setup.sh          runtime only
-#   scripts/setup.sh test     runtime + test and benchmark dependencies
+#   scripts/setup.sh test     runtime + test and benchmark dependencies, Debian's chromium,
+#                             Node.js and playwright-core (browser tests; no browser download)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
 system_packages=(libopus0 espeak-ng libsndfile1 python3-venv ca-certificates)
+if [ "$extras" = "test" ]; then
+  system_packages+=(chromium fonts-dejavu-core)
+  command -v node >/dev/null 2>&1 || system_packages+=(nodejs npm)
+fi
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for package in "${system_packages[@]}"; do
@@ -37,3 +42,7 @@ target="."
 [ "$extras" = "test" ] && target=".[test]"
 echo "setup: installing streamvox ${target}"
 "${pip[@]}" -e "$target" --config-settings editable_mode=strict
+if [ "$extras" = "test" ]; then
+  echo "setup: installing playwright-core for the browser tests"
+  npm ci --prefix tests/browser --no-audit --no-fund --silent
+fi

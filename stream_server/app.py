@@ -22,6 +22,7 @@ VOICES = web.AppKey("voices", VoiceRegistry)
 ENGINE = web.AppKey("engine", EngineCore)
 SESSIONS = web.AppKey("sessions", set)
 DRAINING = web.AppKey("draining", list)
+STATIC_FILES = web.AppKey("static_files", dict)
 
 STREAM_PATH = "/v1/stream"
 
@@ -75,6 +76,18 @@ async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(static_dir() / "index.html")
 
 
+async def static_file(request: web.Request) -> web.FileResponse:
+    """``GET /static/{name}``: only the demo's own files, looked up by exact name.
+
+    (Not ``add_static``: an editable install links the files, and aiohttp
+    rightly refuses to follow links out of a static folder.)
+    """
+    path = request.app[STATIC_FILES].get(request.match_info["name"])
+    if path is None:
+        raise web.HTTPNotFound()
+    return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = app[ENGINE]
     engine.start()
@@ -108,5 +121,6 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/voices", list_voices)
     app.router.add_get("/", index)
-    app.router.add_static("/static/", static_dir(), show_index=False)
+    app[STATIC_FILES] = {p.name: p for p in static_dir().iterdir() if p.is_file()}
+    app.router.add_get("/static/{name}", static_file)
     return app

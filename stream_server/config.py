@@ -31,6 +31,9 @@ class ServerConfig:
     """Characters per ``text`` message."""
     max_context_chars: int = 100_000
     """Characters one context may accumulate."""
+    hurry_margin_s: float = 0.6
+    """Buffered text is spoken mid-sentence when the listener has less than this much audio
+    left (time for the next span's first window to be synthesised and sent)."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long open contexts may run before they are cancelled."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -44,5 +47,7 @@ class ServerConfig:
             raise ValueError("need 0 < max_message_bytes <= hard_message_bytes")
         if self.max_text_chars <= 0 or self.max_context_chars < self.max_text_chars:
             raise ValueError("need 0 < max_text_chars <= max_context_chars")
+        if self.hurry_margin_s < 0:
+            raise ValueError("hurry_margin_s must be >= 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")

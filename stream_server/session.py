@@ -314,11 +314,21 @@ class Session:
                 ctx.first_speakable_at = now
             self.engine.add_segment(ctx.stream_id, index, span.text)
 
+    def _hurry_at(self, ctx: _Context) -> float | None:
+        """When buffered text must be spoken even mid-sentence: the listener's audio runs out
+        at ``first_audio_at + seconds sent``, and a span needs time to synthesise."""
+        if ctx.first_audio_at is None:
+            return None
+        sent_s = ctx.encoder.samples_out / ctx.encoder.format.sample_rate
+        return ctx.first_audio_at + sent_s - self.config.hurry_margin_s
+
     def _arm_timer(self, ctx: _Context) -> None:
         self._disarm_timer(ctx)
-        deadline = ctx.segmenter.deadline()
-        if deadline is not None and not ctx.ended:
-            ctx.timer = self._loop.call_later(max(0.0, deadline - time.monotonic()), self._on_timer, ctx)
+        if ctx.ended or not ctx.segmenter.pending.strip():
+            return
+        deadlines = [d for d in (ctx.segmenter.deadline(), self._hurry_at(ctx)) if d is not None]
+        if deadlines:
+            ctx.timer = self._loop.call_later(max(0.0, min(deadlines) - time.monotonic()), self._on_timer, ctx)
 
     def _disarm_timer(self, ctx: _Context) -> None:
         if ctx.timer is not None:
@@ -329,7 +339,8 @@ class Session:
         ctx.timer = None
         if ctx.open and not ctx.ended and not ctx.cancel_requested:
             now = time.monotonic()
-            self._submit(ctx, ctx.segmenter.poll(now), now)
+            hurry_at = self._hurry_at(ctx)
+            self._submit(ctx, ctx.segmenter.poll(now, hurry=hurry_at is not None and now >= hurry_at), now)
             self._arm_timer(ctx)
 
     def _cancel(self, ctx: _Context, reason: str) -> None:
@@ -416,10 +427,14 @@ class Session:
             header = ctx.encoder.header()
             if header is not None:
                 await self.ws.send_bytes(header)
+        sent = False
         while not ctx.cancel_requested and (payload := ctx.encoder.pop()) is not None:
             await self.ws.send_bytes(payload)
+            sent = True
             if ctx.first_audio_at is None:
                 ctx.first_audio_at = time.monotonic()
+        if sent and not ctx.ended and ctx.segmenter.pending.strip():
+            self._arm_timer(ctx)  # the listener's buffer grew: the hurry deadline moved
 
     async def _finish_cancel(self, marker: _CancelMarker) -> None:
         ctx = marker.context

@@ -15,13 +15,13 @@ def test_windows_cover_every_frame_once_in_order(total: int) -> None:
 
 
 def test_first_window_small_then_growing_to_cap() -> None:
-    plan = WindowPlan(first_frames=16, later_first_frames=64, max_frames=512, growth=4.0)
+    plan = WindowPlan(first_frames=16, later_first_frames=64, max_frames=512, growth=2.0)
     sizes = [end - start for start, end in plan.windows(3000)]
-    assert sizes[:4] == [16, 64, 256, 512]
+    assert sizes[:7] == [16, 32, 64, 128, 256, 512, 512]
     assert max(sizes[:-1]) == 512
     assert sizes[-1] < 512 * 1.5
     later = [end - start for start, end in plan.windows(3000, first=False)]
-    assert later[:3] == [64, 256, 512]
+    assert later[:4] == [64, 128, 256, 512]
 
 
 def test_plan_validation() -> None:

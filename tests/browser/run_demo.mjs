@@ -1,0 +1,97 @@
+// Drives the streamvox web demo in Debian's headless Chromium and prints one JSON object
+// with what the page itself measured. Usage: node run_demo.mjs BASE_URL OUT_DIR
+// (tests/test_browser.py runs it against a real server and asserts on the result.)
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const [base, outDir] = process.argv.slice(2);
+mkdirSync(outDir, { recursive: true });
+const LONG = "This is a long passage for the stop test. It keeps going for several sentences so that the stop button " +
+  "has something to interrupt. The server should cancel the context, and the page should fall silent at once. " +
+  "Nothing after the cut should ever reach the speakers, no matter how much audio was already buffered.";
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--autoplay-policy=no-user-gesture-required", "--no-sandbox", "--disable-gpu", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+const result = { console: [], scenarios: {} };
+try {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+  const page = await context.newPage();
+  page.on("console", (m) => result.console.push(`${m.type()}: ${m.text()}`));
+  page.on("pageerror", (e) => result.console.push(`pageerror: ${e.message}`));
+  await page.goto(base);
+  await page.waitForFunction(() => window.streamvoxDemo && window.streamvoxDemo.voicesLoaded, null, { timeout: 20000 });
+  result.capabilities = await page.evaluate(async () => ({
+    audioDecoder: typeof AudioDecoder === "function" &&
+      (await AudioDecoder.isConfigSupported({ codec: "opus", sampleRate: 48000, numberOfChannels: 1 })).supported,
+    audioWorklet: typeof AudioWorkletNode === "function",
+  }));
+
+  const lastRun = () => page.evaluate(() => {
+    const r = window.streamvoxDemo.runs.at(-1);
+    return JSON.parse(JSON.stringify(r, (k, v) => (k === "block" || k === "word" ? undefined : v)));
+  });
+  const waitRun = () => page.waitForFunction(() => window.streamvoxDemo.runs.at(-1)?.finished === true, null, { timeout: 60000 });
+
+  async function speakScenario(name, { format = "auto", llm = false, wps = 20, screenshot = false } = {}) {
+    await page.selectOption("#format", format);
+    await page.setChecked("#llm", llm);
+    await page.fill("#wps", String(wps));
+    await page.click("#speak");
+    if (screenshot) {
+      await page.waitForFunction(() => document.querySelectorAll("#timeline .seg").length >= 2, null, { timeout: 30000 });
+      await page.waitForTimeout(700);
+      await page.screenshot({ path: join(outDir, "demo-mid-stream.png"), fullPage: true });
+    }
+    await waitRun();
+    result.scenarios[name] = await lastRun();
+    result.scenarios[name].errorText = await page.textContent("#error-text");
+  }
+
+  await speakScenario("opus", { screenshot: true });
+  await speakScenario("pcm", { format: "pcm" });
+  await speakScenario("llm", { llm: true, wps: 20 });
+
+  // Stop (barge-in): wait until playback has run for a while, then press Stop.
+  await page.fill("#text", LONG);
+  await page.selectOption("#format", "auto");
+  await page.setChecked("#llm", false);
+  await page.click("#speak");
+  await page.waitForFunction(() => window.streamvoxDemo.client?.stats.playedSamples > 48000 * 0.6, null, { timeout: 30000 });
+  await page.click("#stop");
+  await waitRun();
+  await page.waitForFunction(() => window.streamvoxDemo.runs.at(-1).cancelled !== null, null, { timeout: 10000 });
+  const playedAtStop = await page.evaluate(() => window.streamvoxDemo.client.stats.playedSamples);
+  await page.waitForTimeout(400);
+  const after = await page.evaluate(() => ({
+    played: window.streamvoxDemo.client.stats.playedSamples,
+    level: window.streamvoxDemo.client.level(),
+  }));
+  result.scenarios.stop = { ...(await lastRun()), playedAtStop, playedAfter: after.played, levelAfter: after.level };
+
+  // An unknown voice: the person sees the server's error.
+  await page.evaluate(() => {
+    const select = document.getElementById("voice");
+    select.add(new Option("nobody", "nobody", false, true));
+  });
+  await page.fill("#text", "This voice does not exist.");
+  await page.click("#speak");
+  await waitRun();
+  result.scenarios.unknownVoice = { ...(await lastRun()), errorText: await page.textContent("#error-text"),
+    errorVisible: await page.isVisible("#error") };
+
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.screenshot({ path: join(outDir, "demo-phone.png"), fullPage: true });
+  result.phoneOverflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+} catch (error) {
+  result.failure = String(error && error.stack ? error.stack : error);
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
