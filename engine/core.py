@@ -51,6 +51,9 @@ class EngineConfig:
     windows: WindowPlan = field(default_factory=WindowPlan)
     seam_ms: float = 10.0
     """Crossfade length where two text segments meet."""
+    max_lead_s: float | None = None
+    """Never run a stream more than this far ahead of its listener's playback (``None``: no
+    limit, for files).  Work for streams far ahead waits, which frees the CPU for others."""
     urgent_windows: int = 2
     """A stream's first windows run on the multi-threaded (fastest) sessions, the rest on the
     single-threaded (cheapest) ones.  Counted, not timed: which session decodes a window must
@@ -70,6 +73,9 @@ class _Stream:
     current: PiperSegment | None = None
     input_finished: bool = False
     first_audio_at: float | None = None
+    playback_start: float | None = None
+    """Monotonic time at which the listener's playback position was 0: our first audio, until
+    the client reports its position."""
     compute_s: float = 0.0
     windows_done: int = 0
 
@@ -77,10 +83,16 @@ class _Stream:
         return self.current is not None or bool(self.pending) or self.input_finished
 
     def deadline(self) -> float:
-        """When the client's playback would run dry (assuming it started with our first audio)."""
-        if self.first_audio_at is None:
+        """When the listener's playback runs dry if nothing more is produced."""
+        if self.playback_start is None:
             return float("-inf")
-        return self.first_audio_at + self.smoother.samples_out / self.voice.sample_rate
+        return self.playback_start + self.smoother.samples_out / self.voice.sample_rate
+
+    def eligible_at(self, max_lead_s: float | None) -> float:
+        """Earliest time this stream may run again under the lead limit."""
+        if max_lead_s is None or self.playback_start is None:
+            return float("-inf")
+        return self.deadline() - max_lead_s
 
 
 class DeadlineScheduler:
@@ -120,6 +132,12 @@ class _Finish:
 @dataclass(frozen=True)
 class _Abort:
     stream_id: str
+
+
+@dataclass(frozen=True)
+class _Playback:
+    stream_id: str
+    playback_start: float
 
 
 _STOP = object()
@@ -165,6 +183,11 @@ class EngineCore:
         """No more segments: ``StreamDone`` follows the last one's audio."""
         self._inbox.put(_Finish(stream_id))
 
+    def report_playback(self, stream_id: str, position_s: float, at: float | None = None) -> None:
+        """The listener had played ``position_s`` of the stream at monotonic time ``at`` (now)."""
+        when = time.monotonic() if at is None else at
+        self._inbox.put(_Playback(stream_id, when - position_s))
+
     def abort(self, stream_id: str) -> None:
         """Drop the stream between two units of work; ``StreamAborted`` acknowledges."""
         self._inbox.put(_Abort(stream_id))
@@ -173,11 +196,35 @@ class EngineCore:
     def active_streams(self) -> int:
         return len(self._streams)
 
+    @property
+    def streams_with_work(self) -> int:
+        """Read from other threads for metrics: a snapshot, possibly a step stale."""
+        return sum(1 for s in list(self._streams.values()) if s.has_work())
+
+    def _runnable(self, now: float) -> tuple[list[_Stream], float | None]:
+        """Streams with work that the lead limit lets run now, and when the next one may."""
+        runnable: list[_Stream] = []
+        next_at: float | None = None
+        for stream in self._streams.values():
+            if not stream.has_work():
+                continue
+            at = stream.eligible_at(self.config.max_lead_s)
+            if at <= now:
+                runnable.append(stream)
+            elif next_at is None or at < next_at:
+                next_at = at
+        return runnable, next_at
+
     def _run(self) -> None:
         while True:
-            ready = [s for s in self._streams.values() if s.has_work()]
+            runnable, next_at = self._runnable(time.monotonic())
             try:
-                command = self._inbox.get_nowait() if ready else self._inbox.get()
+                if runnable:
+                    command = self._inbox.get_nowait()
+                elif next_at is not None:
+                    command = self._inbox.get(timeout=max(0.0, next_at - time.monotonic()))
+                else:
+                    command = self._inbox.get()
             except queue.Empty:
                 command = None
             while command is not None:
@@ -189,7 +236,7 @@ class EngineCore:
                     command = self._inbox.get_nowait()
                 except queue.Empty:
                     command = None
-            stream = self.scheduler.pick([s for s in self._streams.values() if s.has_work()])
+            stream = self.scheduler.pick(self._runnable(time.monotonic())[0])
             if stream is not None:
                 self._execute(stream)
 
@@ -216,6 +263,8 @@ class EngineCore:
             stream.pending.append((command.index, command.text))
         elif isinstance(command, _Finish):
             stream.input_finished = True
+        elif isinstance(command, _Playback):
+            stream.playback_start = command.playback_start
         elif isinstance(command, _Abort):
             del self._streams[stream.id]
             self._emit(stream, StreamAborted(stream.id))
@@ -239,6 +288,8 @@ class EngineCore:
         for event in events:
             if isinstance(event, AudioChunk) and stream.first_audio_at is None:
                 stream.first_audio_at = time.monotonic()
+                if stream.playback_start is None:
+                    stream.playback_start = stream.first_audio_at
             self._emit(stream, event)
 
     def _step(self, stream: _Stream) -> list[EngineEvent]:

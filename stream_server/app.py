@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
@@ -11,7 +12,8 @@ from aiohttp import web
 from streamvox.engine.core import EngineCore
 from streamvox.engine.voices import VoiceRegistry
 from streamvox.stream_server.config import ServerConfig
-from streamvox.stream_server.protocol import PROTOCOL_VERSION
+from streamvox.stream_server.metrics import CONTENT_TYPE, Metrics
+from streamvox.stream_server.protocol import PROTOCOL_VERSION, error_event
 from streamvox.stream_server.session import Session
 from streamvox.web_demo import static_dir
 
@@ -23,6 +25,7 @@ ENGINE = web.AppKey("engine", EngineCore)
 SESSIONS = web.AppKey("sessions", set)
 DRAINING = web.AppKey("draining", list)
 STATIC_FILES = web.AppKey("static_files", dict)
+METRICS = web.AppKey("metrics", Metrics)
 
 STREAM_PATH = "/v1/stream"
 
@@ -44,12 +47,22 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
     if app[DRAINING]:
         await ws.close(code=1001, message=b"server shutting down")
         return ws
-    session = Session(ws, app[ENGINE], app[VOICES], config)
+    metrics = app[METRICS]
+    if len(app[SESSIONS]) >= config.max_sessions:
+        metrics.sessions_rejected.inc()
+        metrics.errors.labels("overloaded").inc()
+        message = f"server at capacity ({config.max_sessions} sessions); retry later"
+        await ws.send_str(json.dumps(error_event("overloaded", message, fatal=True)))
+        await ws.close(code=1013, message=b"overloaded")
+        return ws
+    session = Session(ws, app[ENGINE], app[VOICES], config, metrics)
     app[SESSIONS].add(session)
+    metrics.sessions.inc()
     try:
         await session.run()
     finally:
         app[SESSIONS].discard(session)
+        metrics.sessions.dec()
     return ws
 
 
@@ -65,6 +78,11 @@ async def healthz(request: web.Request) -> web.Response:
         "voices": len(app[VOICES].infos()),
     }
     return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text exposition."""
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def list_voices(request: web.Request) -> web.Response:
@@ -113,6 +131,7 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     app[CONFIG] = config
     app[VOICES] = voices
     app[ENGINE] = EngineCore(config.engine)
+    app[METRICS] = Metrics(app[ENGINE])
     app[SESSIONS] = set()
     app[DRAINING] = []
     app.cleanup_ctx.append(_engine_ctx)
@@ -120,6 +139,7 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     app.router.add_get(STREAM_PATH, stream_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/voices", list_voices)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/", index)
     app[STATIC_FILES] = {p.name: p for p in static_dir().iterdir() if p.is_file()}
     app.router.add_get("/static/{name}", static_file)

@@ -72,6 +72,8 @@ def _start_server(threads: int) -> tuple[subprocess.Popen[bytes], int]:
             str(port),
             "--threads",
             str(threads),
+            "--max-lead",
+            "0",  # measure how fast the server can go, not how it paces a listener
         ],
         stdout=subprocess.DEVNULL,
     )

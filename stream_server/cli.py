@@ -8,8 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from streamvox.engine.core import EngineConfig
 from streamvox.engine.events import SynthesisParams
-from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_MAX_LEAD_S, DEFAULT_PORT, ServerConfig
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -24,6 +25,8 @@ def _serve(args: argparse.Namespace) -> int:
         include_bundled_voice=not args.no_bundled_voice,
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
+        max_sessions=args.max_sessions,
+        engine=EngineConfig(max_lead_s=args.max_lead or None),
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(config)
@@ -93,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
+    serve.add_argument("--max-sessions", type=int, default=64, help="refuse sessions beyond this (close 1013)")
+    serve.add_argument(
+        "--max-lead",
+        type=float,
+        default=DEFAULT_MAX_LEAD_S,
+        help="seconds generation may run ahead of a listener's playback (0: no limit)",
+    )
     serve.set_defaults(func=_serve)
 
     say = sub.add_parser("say", help="synthesise text to a .wav or .ogg file through the engine")

@@ -10,6 +10,9 @@ from streamvox.engine.segmenter import SegmenterConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+DEFAULT_MAX_LEAD_S = 3.0
+"""How far generation may run ahead of a listener's playback: enough to ride out stalls,
+small enough that a stream does not hog the CPU other streams need."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,15 @@ class ServerConfig:
     """Characters per ``text`` message."""
     max_context_chars: int = 100_000
     """Characters one context may accumulate."""
+    max_sessions: int = 64
+    """Open sessions beyond this are refused (error ``overloaded``, close code 1013)."""
     hurry_margin_s: float = 0.6
     """Buffered text is spoken mid-sentence when the listener has less than this much audio
     left (time for the next span's first window to be synthesised and sent)."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long open contexts may run before they are cancelled."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_lead_s=DEFAULT_MAX_LEAD_S))
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def __post_init__(self) -> None:
@@ -47,6 +52,8 @@ class ServerConfig:
             raise ValueError("need 0 < max_message_bytes <= hard_message_bytes")
         if self.max_text_chars <= 0 or self.max_context_chars < self.max_text_chars:
             raise ValueError("need 0 < max_text_chars <= max_context_chars")
+        if self.max_sessions < 1:
+            raise ValueError("max_sessions must be >= 1")
         if self.hurry_margin_s < 0:
             raise ValueError("hurry_margin_s must be >= 0")
         if self.threads < 0:

@@ -68,7 +68,17 @@ class Cancel:
     context_id: str | None = None
 
 
-ClientMessage = Configure | Text | Flush | End | Cancel
+@dataclass(frozen=True)
+class Report:
+    """The listener's playback state: lets the server pace generation and count underruns."""
+
+    played_ms: float
+    underruns: int | None = None
+    underrun_ms: float | None = None
+    context_id: str | None = None
+
+
+ClientMessage = Configure | Text | Flush | End | Cancel | Report
 
 _FIELDS: dict[str, set[str]] = {
     "configure": {"voice", "format", "speed", "seed", "noise", "speaker"},
@@ -76,6 +86,7 @@ _FIELDS: dict[str, set[str]] = {
     "flush": {"context_id"},
     "end": {"context_id"},
     "cancel": {"context_id"},
+    "report": {"played_ms", "underruns", "underrun_ms", "context_id"},
 }
 _FORMAT_FIELDS = {"codec", "sample_rate", "bitrate", "application"}
 
@@ -151,6 +162,21 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
         return End(cid)
     if kind == "cancel":
         return Cancel(cid)
+    if kind == "report":
+        if "played_ms" not in raw:
+            raise ProtocolError("invalid_value", "report needs played_ms", context_id=cid)
+        played = float(_expect(raw["played_ms"], (int, float), "played_ms"))
+        underruns = raw.get("underruns")
+        underrun_ms = raw.get("underrun_ms")
+        report = Report(
+            played_ms=played,
+            underruns=None if underruns is None else _expect(underruns, int, "underruns"),
+            underrun_ms=None if underrun_ms is None else float(_expect(underrun_ms, (int, float), "underrun_ms")),
+            context_id=cid,
+        )
+        if report.played_ms < 0 or (report.underruns or 0) < 0 or (report.underrun_ms or 0) < 0:
+            raise ProtocolError("invalid_value", "report values must be >= 0", context_id=cid)
+        return report
     speed = raw.get("speed")
     seed = raw.get("seed")
     noise = raw.get("noise")

@@ -34,6 +34,7 @@ from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.segmenter import Segmenter, Span
 from streamvox.engine.voices import UnknownVoiceError, VoiceRegistry
 from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.protocol import (
     PROTOCOL_VERSION,
     Cancel,
@@ -42,6 +43,7 @@ from streamvox.stream_server.protocol import (
     End,
     Flush,
     ProtocolError,
+    Report,
     Text,
     error_event,
     parse_client_message,
@@ -77,6 +79,8 @@ class _Context:
     first_audio_at: float | None = None
     header_sent: bool = False
     timer: asyncio.TimerHandle | None = None
+    reported_underruns: int = 0
+    reported_underrun_s: float = 0.0
 
     @property
     def open(self) -> bool:
@@ -93,13 +97,19 @@ class Session:
     """Serves one client socket.  Not thread-safe: event-loop only."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, engine: EngineCore, voices: VoiceRegistry, config: ServerConfig
+        self,
+        ws: web.WebSocketResponse,
+        engine: EngineCore,
+        voices: VoiceRegistry,
+        config: ServerConfig,
+        metrics: Metrics,
     ) -> None:
         self.id = f"s{next(_session_ids)}"
         self.ws = ws
         self.engine = engine
         self.voices = voices
         self.config = config
+        self.metrics = metrics
         self.draining = False
         self._loop = asyncio.get_running_loop()
         self._outbox: asyncio.Queue[object] = asyncio.Queue()
@@ -187,6 +197,8 @@ class Session:
             ctx.ended = True
             self._disarm_timer(ctx)
             self.engine.finish(ctx.stream_id)
+        elif isinstance(message, Report):
+            self._report(message)
         elif isinstance(message, Cancel):
             ctx = self._lookup(message.context_id)
             if ctx is None:
@@ -194,6 +206,24 @@ class Session:
             if not ctx.open:
                 raise ProtocolError("context_ended", f"context {ctx.id!r} already finished", context_id=ctx.id)
             self._cancel(ctx, "client")
+
+    def _report(self, message: Report) -> None:
+        """The listener's playback position paces the engine; its underruns feed the metrics."""
+        ctx = self._lookup(message.context_id)
+        if ctx is None:
+            raise ProtocolError("unknown_context", "report for no context", context_id=message.context_id)
+        if message.underruns:
+            new = message.underruns - ctx.reported_underruns
+            if new > 0:
+                self.metrics.client_underruns.inc(new)
+                ctx.reported_underruns = message.underruns
+        if message.underrun_ms:
+            new_s = message.underrun_ms / 1000 - ctx.reported_underrun_s
+            if new_s > 0:
+                self.metrics.client_underrun_seconds.inc(new_s)
+                ctx.reported_underrun_s = message.underrun_ms / 1000
+        if ctx.open and not ctx.cancel_requested:
+            self.engine.report_playback(ctx.stream_id, message.played_ms / 1000)
 
     def _configure(self, message: Configure) -> None:
         if self._active is not None and self._active.open:
@@ -406,11 +436,19 @@ class Session:
             ctx.encoder.finish()
             await self._pump(ctx)
             if not ctx.cancel_requested:
-                await self._send_json(self._done_event(ctx, item))
+                done = self._done_event(ctx, item)
+                await self._send_json(done)
                 ctx.finished.set()
+                self.metrics.contexts.labels("done").inc()
+                self.metrics.audio_seconds.inc(done["seconds"])
+                if done["ttfa_ms"] is not None:
+                    self.metrics.ttfa.observe(done["ttfa_ms"] / 1000)
+                if done["rtf"] is not None:
+                    self.metrics.rtf.observe(done["rtf"])
         elif isinstance(item, StreamFailed):
             await self._send_json(error_event(item.code, item.message, False, ctx.id))
             ctx.finished.set()
+            self.metrics.contexts.labels("failed").inc()
         elif isinstance(item, StreamAborted):
             await self._finish_cancel(_CancelMarker(ctx, "engine"))
 
@@ -453,6 +491,8 @@ class Session:
             }
         )
         ctx.finished.set()
+        self.metrics.contexts.labels("cancelled").inc()
+        self.metrics.audio_seconds.inc(ctx.encoder.samples_out / fmt.sample_rate)
 
     def _done_event(self, ctx: _Context, done: StreamDone) -> dict[str, Any]:
         fmt = ctx.encoder.format
@@ -473,6 +513,8 @@ class Session:
         }
 
     async def _send_json(self, event: dict[str, Any]) -> None:
+        if event["type"] == "error":
+            self.metrics.errors.labels(event["code"]).inc()
         if not self.ws.closed:
             await self.ws.send_str(json.dumps(event, separators=(",", ":")))
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import websockets
 from streamvox.codecs.opus import OpusFrameDecoder
-from streamvox.engine.core import EngineCore
+from streamvox.engine.core import EngineConfig, EngineCore
 from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.voices import VoiceRegistry
 from streamvox.stream_server.app import STREAM_PATH, create_app
@@ -40,7 +40,13 @@ def engine() -> Iterator[EngineCore]:
 @pytest.fixture()
 async def server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncIterator[str]:
     """A real streamvox server on a free loopback port; yields its WebSocket URL."""
-    app = create_app(ServerConfig(max_message_bytes=8 * 1024, max_text_chars=4000, max_context_chars=6000), registry)
+    config = ServerConfig(
+        max_message_bytes=8 * 1024,
+        max_text_chars=4000,
+        max_context_chars=6000,
+        engine=EngineConfig(max_lead_s=None),  # clients here read as fast as they can
+    )
+    app = create_app(config, registry)
     srv = await aiohttp_server(app, host="127.0.0.1")
     yield f"ws://127.0.0.1:{srv.port}{STREAM_PATH}"
 

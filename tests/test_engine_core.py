@@ -118,6 +118,7 @@ def _fake(arrival: int, first_audio_at: float | None, samples_out: int, rate: in
     stream = _Stream.__new__(_Stream)
     stream.arrival = arrival
     stream.first_audio_at = first_audio_at
+    stream.playback_start = first_audio_at
     stream.smoother = SeamSmoother(0)
     stream.smoother.samples_out = samples_out
 
@@ -164,3 +165,43 @@ def test_stop_aborts_open_streams(voice: PiperVoice, segments: list[str]) -> Non
     while not events.empty():
         kinds.append(type(events.get()))
     assert kinds[-1] is StreamAborted
+
+
+def test_lead_limit_paces_a_stream_to_its_listener(voice: PiperVoice) -> None:
+    core = EngineCore(EngineConfig(max_lead_s=0.5))
+    core.start()
+    try:
+        events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        started = time.monotonic()
+        core.open("paced", voice, NOISE_OFF, events.put)
+        core.add_segment("paced", 0, "This sentence is long enough to take a few seconds of audio to speak aloud.")
+        core.finish("paced")
+        audio_s = 0.0
+        while not isinstance(event := events.get(timeout=60), StreamDone):
+            if isinstance(event, AudioChunk):
+                audio_s += len(event.pcm) / voice.sample_rate
+                # Never more than the lead (plus the window in flight) ahead of real time.
+                assert audio_s - (time.monotonic() - started) < 0.5 + 2.0
+        elapsed = time.monotonic() - started
+        assert audio_s > 3.0 and elapsed > audio_s - 0.5 - 2.0
+    finally:
+        core.stop()
+
+
+def test_playback_reports_move_the_deadline(voice: PiperVoice) -> None:
+    core = EngineCore(EngineConfig(max_lead_s=0.3))
+    core.start()
+    try:
+        events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        core.open("r", voice, NOISE_OFF, events.put)
+        core.add_segment("r", 0, "A listener that reports it has played far ahead lets the engine run freely.")
+        core.finish("r")
+        while not isinstance(events.get(timeout=30), AudioChunk):
+            pass
+        started = time.monotonic()
+        core.report_playback("r", position_s=100.0)  # as if playback began 100 s ago
+        while not isinstance(events.get(timeout=30), StreamDone):
+            pass
+        assert time.monotonic() - started < 2.0  # not paced to real time any more
+    finally:
+        core.stop()

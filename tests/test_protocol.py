@@ -12,6 +12,7 @@ from streamvox.stream_server.protocol import (
     Flush,
     FormatRequest,
     ProtocolError,
+    Report,
     Text,
     parse_client_message,
 )
@@ -27,6 +28,7 @@ def test_valid_messages() -> None:
     assert parse({"type": "flush"}) == Flush()
     assert parse({"type": "end", "context_id": "c1"}) == End("c1")
     assert parse({"type": "cancel"}) == Cancel()
+    assert parse({"type": "report", "played_ms": 1500, "underruns": 1, "underrun_ms": 20.5}) == Report(1500.0, 1, 20.5)
     assert parse({"type": "configure", "voice": "v", "format": "pcm_s16le", "speed": 1.5, "seed": 3}) == Configure(
         voice="v", format=FormatRequest("pcm_s16le"), speed=1.5, seed=3
     )
@@ -53,6 +55,9 @@ def test_valid_messages() -> None:
         ({"type": "configure", "seed": -1}, "invalid_value"),
         ({"type": "configure", "format": {"sample_rate": 8000}}, "invalid_value"),
         ({"type": "text", "text": "x" * 101}, "text_too_long"),
+        ({"type": "report"}, "invalid_value"),
+        ({"type": "report", "played_ms": "1"}, "invalid_value"),
+        ({"type": "report", "played_ms": 5, "underruns": -1}, "invalid_value"),
     ],
 )
 def test_bad_messages_get_typed_errors(message: object, code: str) -> None:

@@ -12,10 +12,13 @@
 // an AudioWorklet ring buffer (player-worklet.js) on a 48 kHz AudioContext, so packets
 // and segments join without gaps or overlaps whatever the network jitter.
 //
+// While an utterance plays, the client reports its playback position every 250 ms, so the
+// server paces generation to the real listener.
 // Events (CustomEvent, data in .detail): ready, segment, ttfa {ms}, started, buffered {ms},
 // underrun {count}, stats {...}, done, drained, cancelled, stopped {latencyMs}, error {code, message}, close {code, reason}.
 
 const SAMPLE_RATE = 48000;
+const REPORT_EVERY_MS = 250;
 
 export async function opusDecodingSupported() {
   if (typeof AudioDecoder !== "function") return false;
@@ -238,6 +241,7 @@ export class StreamvoxClient extends EventTarget {
       this.stats.underrunMs = (message.underrunSamples / SAMPLE_RATE) * 1000;
       this._emit("buffered", { ms: this.stats.bufferedMs });
       this._emit("stats", { ...this.stats });
+      this._maybeReport();
     } else if (message.type === "started") {
       this.stats.started = true;
       if (this.sentAt !== null) this.stats.startedMs = performance.now() - this.sentAt;
@@ -253,6 +257,18 @@ export class StreamvoxClient extends EventTarget {
       this.stats.playedSamples = message.played;
       this._emit("stopped", { latencyMs, playedSamples: message.played });
     }
+  }
+
+  /** Tell the server where playback is (it paces generation to it) and about underruns. */
+  _maybeReport() {
+    const now = performance.now();
+    const active = this.stats.contextId && this.stats.packets > 0 && !this.stats.done && !this.stats.cancelled;
+    if (!active || !this.connected || this.stopRequestedAt !== null || now - (this._lastReport || 0) < REPORT_EVERY_MS) return;
+    this._lastReport = now;
+    this._send({
+      type: "report", context_id: this.stats.contextId, played_ms: (this.stats.playedSamples / SAMPLE_RATE) * 1000,
+      underruns: this.stats.underruns, underrun_ms: this.stats.underrunMs,
+    });
   }
 
   _onClose(event) {

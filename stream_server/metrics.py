@@ -1,0 +1,53 @@
+"""Prometheus metrics for one server (a registry per app, so test apps never collide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from streamvox.engine.core import EngineCore
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Everything ``GET /metrics`` exposes.  prometheus-client objects are thread-safe."""
+
+    def __init__(self, engine: EngineCore) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge("streamvox_sessions", "Open WebSocket sessions", registry=r)
+        self.sessions_rejected = Counter(
+            "streamvox_sessions_rejected", "Sessions refused at the session limit (closed with 1013)", registry=r
+        )
+        self.contexts = Counter(
+            "streamvox_contexts", "Contexts (utterances) finished, by outcome", ["outcome"], registry=r
+        )
+        self.ttfa = Histogram(
+            "streamvox_ttfa_seconds",
+            "Server time to first audio: first span speakable to first packet written",
+            buckets=(0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0, 2.0, 5.0),
+            registry=r,
+        )
+        self.rtf = Histogram(
+            "streamvox_rtf",
+            "Engine compute time / audio duration per context",
+            buckets=(0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0),
+            registry=r,
+        )
+        self.audio_seconds = Counter("streamvox_audio_seconds", "Audio seconds sent to clients", registry=r)
+        self.client_underruns = Counter(
+            "streamvox_client_underruns", "Playback underruns reported by clients", registry=r
+        )
+        self.client_underrun_seconds = Counter(
+            "streamvox_client_underrun_seconds", "Silence from underruns reported by clients", registry=r
+        )
+        self.errors = Counter("streamvox_errors", "Error events sent, by code", ["code"], registry=r)
+        streams = Gauge("streamvox_engine_streams", "Streams the engine thread holds", registry=r)
+        streams.set_function(lambda: engine.active_streams)
+        queue = Gauge("streamvox_engine_queue_depth", "Streams with work waiting for the engine thread", registry=r)
+        queue.set_function(lambda: engine.streams_with_work)
+        units = Gauge("streamvox_engine_units", "Units of work (windows) executed since start", registry=r)
+        units.set_function(lambda: engine.units_executed)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
