@@ -72,10 +72,16 @@ def _say(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench_latency(args: argparse.Namespace) -> int:
     from streamvox.stream_server.bench_latency import run_latency_bench
 
     return run_latency_bench(args)
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    from streamvox.stream_server.bench_load import run_load_bench
+
+    return run_load_bench(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,7 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--runs", type=int, default=20, help="utterances measured per system")
     latency.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     latency.add_argument("--threads", type=int, default=0)
-    latency.set_defaults(func=_bench)
+    latency.set_defaults(func=_bench_latency)
+    load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
+    load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")
+    load.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")
+    load.add_argument("--find-max", action="store_true", help="step N up until a step fails")
+    load.add_argument("--words-per-s", type=float, default=15.0, help="LLM text pace per stream")
+    load.add_argument("--ttfa-bound", type=float, default=250.0, help="p95 server TTFA a passing step needs (ms)")
+    load.add_argument("--url", default=None, help="an already running server (default: start one)")
+    load.add_argument("--max-lead", type=float, default=DEFAULT_MAX_LEAD_S, help="lead limit for the started server")
+    load.add_argument("--threads", type=int, default=0)
+    load.add_argument("--plot", default=None, metavar="FILE.png", help="draw TTFA and underruns against N")
+    load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
+    load.add_argument("--json", action="store_true")
+    load.set_defaults(func=_bench_load)
     return parser
 
 

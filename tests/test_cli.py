@@ -109,3 +109,48 @@ def test_sigterm_drains_contexts_and_closes_with_1001(drain_timeout: float, expe
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_bench_load_smoke(tmp_path: Path) -> None:
+    """The load benchmark runs end to end and reports a sane row (figures themselves go in the README)."""
+    plot = tmp_path / "load.png"
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "--log-level",
+            "WARNING",
+            "bench",
+            "load",
+            "--streams",
+            "1",
+            "--seconds",
+            "3",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    (row,) = result["rows"]
+    assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
+    assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
+    assert result["peer"]["ttfa_ms_p50"] > 0
+    assert plot.stat().st_size > 5000
+
+
+def test_bench_latency_smoke() -> None:
+    out = subprocess.run(
+        [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--runs", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["runs"] == 2
+    assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
+    assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
