@@ -28,6 +28,7 @@ from streamvox.engine.crossfade import SeamSmoother
 from streamvox.engine.events import (
     AudioChunk,
     EngineEvent,
+    SegmentFinished,
     SegmentStarted,
     StreamAborted,
     StreamDone,
@@ -71,6 +72,7 @@ class _Stream:
     rng: np.random.Generator | None
     pending: deque[tuple[int, str]] = field(default_factory=deque)
     current: PiperSegment | None = None
+    current_index: int = -1
     input_finished: bool = False
     first_audio_at: float | None = None
     playback_start: float | None = None
@@ -298,6 +300,7 @@ class EngineCore:
             index, text = stream.pending.popleft()
             ids = stream.voice.text_to_ids(normalize_for_speech(text))
             if not ids:
+                events.append(SegmentFinished(stream.id, index))
                 return events
             p = stream.params
             first = stream.first_audio_at is None
@@ -308,6 +311,7 @@ class EngineCore:
             start = stream.smoother.start_piece(segment.samples)
             events.append(SegmentStarted(stream.id, index, start))
             stream.current = segment
+            stream.current_index = index
             # The first window goes out in the same unit: with the encoder it decides TTFA.
         if stream.current is not None:
             segment = stream.current
@@ -319,6 +323,8 @@ class EngineCore:
                 out = np.concatenate([out, stream.smoother.end_piece()])
             if len(out):
                 events.append(AudioChunk(stream.id, out))
+            if segment.done:
+                events.append(SegmentFinished(stream.id, stream.current_index))
             return events
         if stream.input_finished:
             tail = stream.smoother.finish()

@@ -36,6 +36,14 @@ class SegmentStarted:
 
 
 @dataclass(frozen=True)
+class SegmentFinished:
+    """Every sample of segment ``index`` has been emitted (or it had nothing to speak)."""
+
+    stream_id: str
+    index: int
+
+
+@dataclass(frozen=True)
 class AudioChunk:
     """Finished, seam-smoothed float32 samples at the model rate, in stream order."""
 
@@ -69,4 +77,4 @@ class StreamFailed:
     message: str
 
 
-EngineEvent = SegmentStarted | AudioChunk | StreamDone | StreamAborted | StreamFailed
+EngineEvent = SegmentStarted | SegmentFinished | AudioChunk | StreamDone | StreamAborted | StreamFailed

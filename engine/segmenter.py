@@ -89,13 +89,15 @@ class Segmenter:
         self._text += text
         return self._drain(final=False, now=now)
 
-    def poll(self, now: float, hurry: bool = False) -> list[Span]:
+    def poll(self, now: float, hurry: str | None = None) -> list[Span]:
         """Apply the time cap: return complete words held longer than it allows.
 
-        ``hurry`` (the listener is about to run out of audio) releases what has arrived
-        without waiting for a sentence end: up to the last clause boundary, else the last
-        complete word.
+        ``hurry`` (the listener is about to run out of audio) releases one span without
+        waiting for a sentence end: ``"clause"`` up to the last clause boundary (if any),
+        ``"word"`` up to it or else the last complete word.
         """
+        if hurry not in (None, "clause", "word"):
+            raise ValueError(f"hurry must be None, 'clause' or 'word', not {hurry!r}")
         return self._drain(final=False, now=now, hurry=hurry)
 
     def flush(self) -> list[Span]:
@@ -113,14 +115,16 @@ class Segmenter:
         wait = self.config.first_wait_s if self.spans_emitted == 0 else self.config.later_wait_s
         return self._pending_since + wait
 
-    def _drain(self, final: bool, now: float | None, hurry: bool = False) -> list[Span]:
+    def _drain(self, final: bool, now: float | None, hurry: str | None = None) -> list[Span]:
         spans: list[Span] = []
         while True:
             pending = self.pending
             cut = self._next_cut(pending, final)
-            if cut is None and hurry:
-                cut = _clause_end(pending, self.config.first_min_words, last=True) or _last_word_end(pending)
-                hurry = False  # one span: the listener needs the next words, not all of them at once
+            if cut is None and hurry is not None:
+                cut = _clause_end(pending, self.config.first_min_words, last=True)
+                if cut is None and hurry == "word":
+                    cut = _last_word_end(pending)
+                hurry = None  # one span: the listener needs the next words, not all of them at once
             if cut is None and now is not None and (deadline := self.deadline()) is not None and now >= deadline:
                 cut = _last_word_end(pending)
             if not cut:

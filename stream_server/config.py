@@ -37,8 +37,9 @@ class ServerConfig:
     max_sessions: int = 64
     """Open sessions beyond this are refused (error ``overloaded``, close code 1013)."""
     hurry_margin_s: float = 0.6
-    """Buffered text is spoken mid-sentence when the listener has less than this much audio
-    left (time for the next span's first window to be synthesised and sent)."""
+    """When the listener has less than this much audio left, buffered text is spoken up to
+    its last clause boundary; below half of it, up to its last complete word (time for the
+    next span's first window to be synthesised and sent)."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long open contexts may run before they are cancelled."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)

@@ -24,6 +24,7 @@ from streamvox.engine.core import EngineCore
 from streamvox.engine.events import (
     AudioChunk,
     EngineEvent,
+    SegmentFinished,
     SegmentStarted,
     StreamAborted,
     StreamDone,
@@ -79,6 +80,7 @@ class _Context:
     first_audio_at: float | None = None
     header_sent: bool = False
     timer: asyncio.TimerHandle | None = None
+    segments_finished: int = 0
     reported_underruns: int = 0
     reported_underrun_s: float = 0.0
 
@@ -344,19 +346,30 @@ class Session:
                 ctx.first_speakable_at = now
             self.engine.add_segment(ctx.stream_id, index, span.text)
 
-    def _hurry_at(self, ctx: _Context) -> float | None:
-        """When buffered text must be spoken even mid-sentence: the listener's audio runs out
-        at ``first_audio_at + seconds sent``, and a span needs time to synthesise."""
-        if ctx.first_audio_at is None:
+    def _dry_at(self, ctx: _Context) -> float | None:
+        """When the listener runs out of audio (``first_audio_at + seconds sent``), once the
+        engine has finished every span submitted so far; ``None`` while it is still at work."""
+        if ctx.first_audio_at is None or ctx.segments_finished < ctx.next_index:
             return None
-        sent_s = ctx.encoder.samples_out / ctx.encoder.format.sample_rate
-        return ctx.first_audio_at + sent_s - self.config.hurry_margin_s
+        return ctx.first_audio_at + ctx.encoder.samples_out / ctx.encoder.format.sample_rate
+
+    def _hurry(self, ctx: _Context, now: float) -> str | None:
+        """How urgently buffered text must be spoken mid-sentence (see ``hurry_margin_s``)."""
+        dry = self._dry_at(ctx)
+        if dry is None or now < dry - self.config.hurry_margin_s:
+            return None
+        return "word" if now >= dry - self.config.hurry_margin_s / 2 else "clause"
 
     def _arm_timer(self, ctx: _Context) -> None:
         self._disarm_timer(ctx)
         if ctx.ended or not ctx.segmenter.pending.strip():
             return
-        deadlines = [d for d in (ctx.segmenter.deadline(), self._hurry_at(ctx)) if d is not None]
+        deadlines = [d for d in (ctx.segmenter.deadline(),) if d is not None]
+        dry = self._dry_at(ctx)
+        if dry is not None:
+            now = time.monotonic()
+            margin = self.config.hurry_margin_s
+            deadlines.append(dry - margin if now < dry - margin else dry - margin / 2)
         if deadlines:
             ctx.timer = self._loop.call_later(max(0.0, min(deadlines) - time.monotonic()), self._on_timer, ctx)
 
@@ -369,8 +382,7 @@ class Session:
         ctx.timer = None
         if ctx.open and not ctx.ended and not ctx.cancel_requested:
             now = time.monotonic()
-            hurry_at = self._hurry_at(ctx)
-            self._submit(ctx, ctx.segmenter.poll(now, hurry=hurry_at is not None and now >= hurry_at), now)
+            self._submit(ctx, ctx.segmenter.poll(now, hurry=self._hurry(ctx, now)), now)
             self._arm_timer(ctx)
 
     def _cancel(self, ctx: _Context, reason: str) -> None:
@@ -432,6 +444,10 @@ class Session:
         elif isinstance(item, AudioChunk):
             ctx.encoder.feed(item.pcm)
             await self._pump(ctx)
+        elif isinstance(item, SegmentFinished):
+            ctx.segments_finished += 1
+            if not ctx.ended and ctx.segmenter.pending.strip():
+                self._arm_timer(ctx)  # the engine is idle: hurry deadlines apply now
         elif isinstance(item, StreamDone):
             ctx.encoder.finish()
             await self._pump(ctx)

@@ -116,7 +116,10 @@ def test_hurry_releases_up_to_the_last_clause_then_words() -> None:
     seg = Segmenter()
     assert [s.text for s in seg.push("Hello! This is going, to be long and", now=0.0)] == ["Hello!"]
     assert seg.poll(0.1) == []  # no sentence end, time cap not reached
-    assert [s.text for s in seg.poll(0.1, hurry=True)] == ["This is going,"]
-    assert [s.text for s in seg.poll(0.2, hurry=True)] == ["to be long"]
+    assert [s.text for s in seg.poll(0.1, hurry="clause")] == ["This is going,"]
+    assert seg.poll(0.15, hurry="clause") == []  # no clause boundary left: keep the sentence whole
+    assert [s.text for s in seg.poll(0.2, hurry="word")] == ["to be long"]
     assert seg.pending == " and"
-    assert seg.poll(0.3, hurry=True) == []  # "and" may not be a complete word yet
+    assert seg.poll(0.3, hurry="word") == []  # "and" may not be a complete word yet
+    with pytest.raises(ValueError):
+        seg.poll(0.4, hurry="now")
