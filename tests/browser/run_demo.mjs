@@ -27,6 +27,9 @@ try {
   page.on("pageerror", (e) => result.console.push(`pageerror: ${e.message}`));
   await page.goto(base);
   await page.waitForFunction(() => window.streamvoxDemo && window.streamvoxDemo.voicesLoaded, null, { timeout: 20000 });
+  // A person takes a moment before pressing Speak; meanwhile a freshly launched Chromium finishes
+  // starting its helper processes, which on 2 cores otherwise compete with the first utterance.
+  await page.waitForTimeout(2000);
   result.capabilities = await page.evaluate(async () => ({
     audioDecoder: typeof AudioDecoder === "function" &&
       (await AudioDecoder.isConfigSupported({ codec: "opus", sampleRate: 48000, numberOfChannels: 1 })).supported,
