@@ -127,15 +127,12 @@ class StreamEncoder:
         if self._opus is not None:
             n = self._opus.settings.frame_samples
             frame = self._take(min(n, len(self._buffer)))
-            ramp = np.cos(np.linspace(0.0, np.pi / 2, len(frame), dtype=np.float32)) ** 2
-            faded = np.concatenate([frame * ramp, np.zeros(n - len(frame), dtype=np.float32)])
+            faded = np.concatenate([_fade_down(frame), np.zeros(n - len(frame), dtype=np.float32)])
             return self._emit(self._opus.encode(faded), len(frame))
         count = min(len(self._buffer), self.format.sample_rate * FADE_MS // 1000)
         if count == 0:
             return None
-        chunk = self._take(count)
-        chunk = chunk * np.cos(np.linspace(0.0, np.pi / 2, count, dtype=np.float32)) ** 2
-        return self._emit(self._pack_pcm(chunk), count)
+        return self._emit(self._pack_pcm(_fade_down(self._take(count))), count)
 
     @property
     def lookahead(self) -> int:
@@ -159,3 +156,9 @@ class StreamEncoder:
         if self.format.codec == "mulaw_8000":
             return s16_to_mulaw(float_to_s16(chunk)).tobytes()
         return float_to_s16le_bytes(chunk)
+
+
+def _fade_down(samples: np.ndarray) -> np.ndarray:
+    """Multiply by a cos² ramp from 1 (first sample) to 0 (last)."""
+    ramp = np.cos(np.linspace(0.0, np.pi / 2, len(samples), dtype=np.float32)) ** 2
+    return samples * ramp
