@@ -119,7 +119,6 @@ class Session:
         self._settings = _Settings(
             voice, resolve_format("opus", None, voice.sample_rate, config.opus), SynthesisParams()
         )
-        self._contexts: dict[str, _Context] = {}
         self._active: _Context | None = None
         self._ended_ids: dict[str, None] = {}
         self._sender: asyncio.Task[None] | None = None
@@ -285,9 +284,10 @@ class Session:
         }
 
     def _lookup(self, context_id: str | None) -> _Context | None:
-        if context_id is None:
-            return self._active
-        return self._contexts.get(context_id)
+        active = self._active
+        if context_id is None or (active is not None and active.id == context_id):
+            return active
+        return None
 
     def _open_context(self, context_id: str | None, verb: str) -> _Context:
         ctx = self._lookup(context_id)
@@ -326,13 +326,11 @@ class Session:
             encoder=StreamEncoder(s.format, s.voice.sample_rate),
             segmenter=Segmenter(self.config.segmenter),
         )
-        self._contexts[cid] = ctx
         self._active = ctx
         self.engine.open(ctx.stream_id, s.voice, s.params, self._sink)
         return ctx
 
     def _retire(self, ctx: _Context) -> None:
-        self._contexts.pop(ctx.id, None)
         self._ended_ids[ctx.id] = None
         while len(self._ended_ids) > _ENDED_IDS_KEPT:
             self._ended_ids.pop(next(iter(self._ended_ids)))
