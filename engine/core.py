@@ -1,26 +1,38 @@
-"""The engine thread: it alone runs the models, one unit of work at a time.
+"""The engine thread: it alone decides what the models run, and hands units to workers.
 
 Sessions talk to it only through a thread-safe inbox (``open``, ``add_segment``,
-``finish``, ``abort``); it answers through each stream's sink, called on the
-engine thread.  Each loop iteration drains the inbox (aborts take effect
-there, so a cancelled stream costs at most the window in flight), asks the
-scheduler for the next unit of work, executes it and reports the output.
+``finish``, ``abort``, ``report_playback``); it answers through each stream's
+sink, always called on the engine thread.  Each loop iteration drains the
+inbox (aborts take effect there, so a cancelled stream costs at most the
+window in flight), then fills every idle worker with the scheduler's next
+choice.  Workers report finished units back through the same inbox.
 
-A unit is one vocoder window (flow and decoder); a segment's first unit
-also runs its encoder (phonemes -> prior frames).  Scheduling is deadline-first: a stream that has not sent
-audio yet goes before all others (its first window decides TTFA), then the
-stream whose client will run out of audio soonest.
+A unit is one vocoder window (flow and decoder); a segment's first unit also
+runs its encoder (phonemes -> prior frames).  A stream has at most one unit in
+flight, so its units run in order and its audio does not depend on which
+worker ran them, or on what ran beside them.  ``workers`` units of different
+streams run at once (one per core by default): onnxruntime's ``run`` releases
+the GIL and is thread-safe, and single-threaded runs side by side use the
+cores better than one multi-threaded run at a time (measured: see
+``streamvox bench batch``).
+
+Scheduling is deadline-first: a stream that has not sent audio yet goes before
+all others (its first window decides TTFA), then the stream whose client will
+run out of audio soonest.  Work for streams further than ``max_lead_s`` ahead
+of their listener waits.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,6 +71,20 @@ class EngineConfig:
     """A stream's first windows run on the multi-threaded (fastest) sessions, the rest on the
     single-threaded (cheapest) ones.  Counted, not timed: which session decodes a window must
     not depend on load, or a seeded stream's bytes would."""
+    workers: int = 0
+    """Units of different streams run at once (0: one per core)."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.max_lead_s is not None and self.max_lead_s <= 0:
+            raise ValueError(f"max_lead_s must be > 0 or None, got {self.max_lead_s}")
+        if self.seam_ms < 0 or self.urgent_windows < 0:
+            raise ValueError("seam_ms and urgent_windows must be >= 0")
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
 
 @dataclass
@@ -80,6 +106,10 @@ class _Stream:
     the client reports its position."""
     compute_s: float = 0.0
     windows_done: int = 0
+    busy: bool = False
+    """A unit of this stream is on a worker: only that worker touches the synthesis state."""
+    held: bool = False
+    """Its owner cannot pass on more audio yet (a client that stopped reading): no units run."""
 
     def has_work(self) -> bool:
         return self.current is not None or bool(self.pending) or self.input_finished
@@ -98,17 +128,18 @@ class _Stream:
 
 
 class DeadlineScheduler:
-    """Picks the next stream to serve.
+    """Orders the streams that may run now.
 
-    Contract: ``pick`` is called on the engine thread with the streams that
-    have work; it returns one of them (or ``None`` when given none).  Streams
-    without audio yet come first in arrival order; then earliest deadline.
+    Contract: called on the engine thread with the runnable streams; returns
+    up to ``count`` of them, most urgent first.  Streams without audio yet come
+    first in arrival order; then earliest deadline (ties: arrival order).
     """
 
-    def pick(self, streams: list[_Stream]) -> _Stream | None:
-        if not streams:
-            return None
-        return min(streams, key=lambda s: (s.first_audio_at is not None, s.deadline(), s.arrival))
+    def pick(self, streams: list[_Stream], count: int = 1) -> list[_Stream]:
+        if count <= 0:
+            return []
+        ordered = sorted(streams, key=lambda s: (s.first_audio_at is not None, s.deadline(), s.arrival))
+        return ordered[:count]
 
 
 @dataclass(frozen=True)
@@ -142,11 +173,37 @@ class _Playback:
     playback_start: float
 
 
+@dataclass(frozen=True)
+class _Hold:
+    stream_id: str
+    held: bool
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What one unit does, decided on the engine thread before a worker runs it."""
+
+    segment: tuple[int, str] | None
+    """A pending segment to start (its encoder runs first), or ``None`` to go on."""
+    finish: bool
+    """No segment left and the input is finished: flush the seam and end the stream."""
+
+
+@dataclass(frozen=True)
+class _UnitDone:
+    stream: _Stream
+    events: list[EngineEvent]
+    error: BaseException | None
+    seconds: float
+
+
 _STOP = object()
 
 
 class EngineCore:
-    """Owns the models' execution on one daemon thread.  All public methods are thread-safe."""
+    """Owns the models' execution: one scheduling thread and a pool of workers.
+
+    All public methods are thread-safe."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
@@ -155,23 +212,36 @@ class EngineCore:
         self._streams: dict[str, _Stream] = {}
         self._arrivals = itertools.count()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight = 0
         self.units_executed = 0
+        self.units_by_concurrency: dict[int, int] = {}
+        """How many units started while ``k`` units (this one included) were in flight:
+        written by the engine thread, read by metrics."""
 
     def start(self) -> None:
         if self._thread is None:
+            self._pool = ThreadPoolExecutor(self.config.worker_count, thread_name_prefix="streamvox-worker")
             self._thread = threading.Thread(target=self._run, name="streamvox-engine", daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Abort every stream and join the thread."""
+        """Abort every stream, join the thread and let the workers finish their last unit."""
         if self._thread is not None:
             self._inbox.put(_STOP)
             self._thread.join(timeout)
             self._thread = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def workers(self) -> int:
+        return self.config.worker_count
 
     def open(self, stream_id: str, voice: PiperVoice, params: SynthesisParams, sink: Sink) -> None:
         """Start a stream; segments follow with ``add_segment``."""
@@ -194,6 +264,11 @@ class EngineCore:
         """Drop the stream between two units of work; ``StreamAborted`` acknowledges."""
         self._inbox.put(_Abort(stream_id))
 
+    def hold(self, stream_id: str, held: bool) -> None:
+        """Pause (``True``) or resume the stream's generation, whatever its deadline: its owner's
+        backlog of unsent audio is full.  The unit in flight, if any, still completes."""
+        self._inbox.put(_Hold(stream_id, held))
+
     @property
     def active_streams(self) -> int:
         return len(self._streams)
@@ -203,12 +278,17 @@ class EngineCore:
         """Read from other threads for metrics: a snapshot, possibly a step stale."""
         return sum(1 for s in list(self._streams.values()) if s.has_work())
 
+    @property
+    def units_in_flight(self) -> int:
+        """Read from other threads for metrics: a snapshot."""
+        return self._in_flight
+
     def _runnable(self, now: float) -> tuple[list[_Stream], float | None]:
-        """Streams with work that the lead limit lets run now, and when the next one may."""
+        """Idle streams with work that the lead limit lets run now, and when the next one may."""
         runnable: list[_Stream] = []
         next_at: float | None = None
         for stream in self._streams.values():
-            if not stream.has_work():
+            if stream.busy or stream.held or not stream.has_work():
                 continue
             at = stream.eligible_at(self.config.max_lead_s)
             if at <= now:
@@ -219,14 +299,15 @@ class EngineCore:
 
     def _run(self) -> None:
         while True:
-            runnable, next_at = self._runnable(time.monotonic())
+            idle_workers = self.config.worker_count - self._in_flight
+            runnable, next_at = self._runnable(time.monotonic()) if idle_workers else ([], None)
             try:
                 if runnable:
                     command = self._inbox.get_nowait()
                 elif next_at is not None:
                     command = self._inbox.get(timeout=max(0.0, next_at - time.monotonic()))
                 else:
-                    command = self._inbox.get()
+                    command = self._inbox.get()  # a command or a finished unit wakes us
             except queue.Empty:
                 command = None
             while command is not None:
@@ -238,11 +319,15 @@ class EngineCore:
                     command = self._inbox.get_nowait()
                 except queue.Empty:
                     command = None
-            stream = self.scheduler.pick(self._runnable(time.monotonic())[0])
-            if stream is not None:
-                self._execute(stream)
+            idle_workers = self.config.worker_count - self._in_flight
+            if idle_workers > 0:
+                for stream in self.scheduler.pick(self._runnable(time.monotonic())[0], idle_workers):
+                    self._dispatch(stream)
 
     def _apply(self, command: object) -> None:
+        if isinstance(command, _UnitDone):
+            self._complete(command)
+            return
         if isinstance(command, _Open):
             rng = None
             if command.params.noise:
@@ -267,7 +352,10 @@ class EngineCore:
             stream.input_finished = True
         elif isinstance(command, _Playback):
             stream.playback_start = command.playback_start
+        elif isinstance(command, _Hold):
+            stream.held = command.held
         elif isinstance(command, _Abort):
+            # A unit still on a worker finishes there; its output is dropped in ``_complete``.
             del self._streams[stream.id]
             self._emit(stream, StreamAborted(stream.id))
 
@@ -276,40 +364,72 @@ class EngineCore:
             self._emit(stream, StreamAborted(stream.id))
         self._streams.clear()
 
-    def _execute(self, stream: _Stream) -> None:
+    def _dispatch(self, stream: _Stream) -> None:
+        """Decide the stream's next unit here, on the engine thread, and hand it to a worker."""
+        segment = stream.pending.popleft() if stream.current is None and stream.pending else None
+        unit = _Unit(segment, finish=segment is None and stream.current is None and stream.input_finished)
+        stream.busy = True
+        self._in_flight += 1
+        self.units_by_concurrency[self._in_flight] = self.units_by_concurrency.get(self._in_flight, 0) + 1
+        assert self._pool is not None
+        self._pool.submit(self._work, stream, unit)
+
+    def _work(self, stream: _Stream, unit: _Unit) -> None:
+        """Runs on a worker: the stream is ``busy``, so its synthesis state is ours alone."""
         started = time.perf_counter()
         try:
-            events = self._step(stream)
+            events = self._step(stream, unit)
+            error = None
         except Exception as exc:  # one stream's failure must not stop the engine
-            log.exception("stream %s failed", stream.id)
-            del self._streams[stream.id]
-            self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(exc).__name__}: {exc}"))
-            return
-        stream.compute_s += time.perf_counter() - started
+            events, error = [], exc
+        self._inbox.put(_UnitDone(stream, events, error, time.perf_counter() - started))
+
+    def _complete(self, done: _UnitDone) -> None:
+        stream = done.stream
+        stream.busy = False
+        self._in_flight -= 1
         self.units_executed += 1
-        for event in events:
+        if self._streams.get(stream.id) is not stream:
+            return  # aborted while its unit ran: StreamAborted has been sent
+        if done.error is not None:
+            log.error("stream %s failed", stream.id, exc_info=done.error)
+            del self._streams[stream.id]
+            error = done.error
+            self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(error).__name__}: {error}"))
+            return
+        stream.compute_s += done.seconds
+        for event in done.events:
             if isinstance(event, AudioChunk) and stream.first_audio_at is None:
                 stream.first_audio_at = time.monotonic()
                 if stream.playback_start is None:
                     stream.playback_start = stream.first_audio_at
+            if isinstance(event, StreamDone):
+                del self._streams[stream.id]
+                event = StreamDone(stream.id, event.samples, stream.compute_s)
             self._emit(stream, event)
 
-    def _step(self, stream: _Stream) -> list[EngineEvent]:
+    def _step(self, stream: _Stream, unit: _Unit) -> list[EngineEvent]:
         events: list[EngineEvent] = []
-        if stream.current is None and stream.pending:
-            index, text = stream.pending.popleft()
+        if unit.segment is not None:
+            index, text = unit.segment
             ids = stream.voice.text_to_ids(normalize_for_speech(text))
             if not ids:
                 events.append(SegmentFinished(stream.id, index))
                 return events
             p = stream.params
-            first = stream.first_audio_at is None
+            first = stream.windows_done == 0
             front = stream.voice.front(
                 ids, stream.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first
             )
             segment = PiperSegment(stream.voice, front, self.config.windows, p.speaker, first)
             start = stream.smoother.start_piece(segment.samples)
             events.append(SegmentStarted(stream.id, index, start))
+            if segment.done:  # no frames at all: nothing to decode
+                out = stream.smoother.end_piece()
+                if len(out):
+                    events.append(AudioChunk(stream.id, out))
+                events.append(SegmentFinished(stream.id, index))
+                return events
             stream.current = segment
             stream.current_index = index
             # The first window goes out in the same unit: with the encoder it decides TTFA.
@@ -326,12 +446,11 @@ class EngineCore:
             if segment.done:
                 events.append(SegmentFinished(stream.id, stream.current_index))
             return events
-        if stream.input_finished:
+        if unit.finish:
             tail = stream.smoother.finish()
             if len(tail):
                 events.append(AudioChunk(stream.id, tail))
-            del self._streams[stream.id]
-            events.append(StreamDone(stream.id, stream.smoother.samples_out, stream.compute_s))
+            events.append(StreamDone(stream.id, stream.smoother.samples_out, 0.0))
         return events
 
     def _emit(self, stream: _Stream, event: EngineEvent) -> None:

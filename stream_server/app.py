@@ -55,7 +55,7 @@ async def stream_handler(request: web.Request) -> web.StreamResponse:
         await ws.send_str(json.dumps(error_event("overloaded", message, fatal=True)))
         await ws.close(code=1013, message=b"overloaded")
         return ws
-    session = Session(ws, app[ENGINE], app[VOICES], config, metrics)
+    session = Session(ws, app[ENGINE], app[VOICES], config, metrics, request.transport)
     app[SESSIONS].add(session)
     metrics.sessions.inc()
     try:

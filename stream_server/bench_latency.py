@@ -58,7 +58,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(threads: int, max_lead: float = 0.0, max_sessions: int = 64) -> tuple[subprocess.Popen[bytes], int]:
+def _start_server(
+    threads: int, max_lead: float = 0.0, max_sessions: int = 64, workers: int = 0
+) -> tuple[subprocess.Popen[bytes], int]:
     """``streamvox serve`` in a child process on a free port; returns it once /healthz answers."""
     port = _free_port()
     proc = subprocess.Popen(
@@ -77,6 +79,8 @@ def _start_server(threads: int, max_lead: float = 0.0, max_sessions: int = 64) -
             str(max_lead),  # 0 (latency bench): how fast the server can go, not how it paces a listener
             "--max-sessions",
             str(max_sessions),
+            "--workers",
+            str(workers),
         ],
         stdout=subprocess.DEVNULL,
     )

@@ -2,8 +2,11 @@
 
 Each simulated client sends text at LLM pace (words/s), plays what arrives in
 real time after a short jitter buffer, reports its playback position to the
-server, and starts its next utterance when the last one has finished playing,
-until ``--seconds`` have passed.  It counts underruns (the buffer ran dry before
+server, and starts its next utterance when the last one has finished playing
+(plus ``--pause`` seconds, the user's turn in a conversation; 0 by default, so
+every listener hears speech all the time), until ``--seconds`` have passed.
+Clients connect spread evenly over ``--ramp`` seconds, as users arrive; with
+``--ramp 0`` they all start in the same instant.  It counts underruns (the buffer ran dry before
 the context was done) and records the server's TTFA for every utterance.
 
 In the same run the peer baseline serves the same utterances the way the
@@ -34,6 +37,18 @@ PREBUFFER_S = 0.1
 REPORT_EVERY_S = 0.25
 
 
+@dataclass(frozen=True)
+class LoadProfile:
+    """How the simulated listeners behave."""
+
+    words_per_s: float = 15.0
+    """LLM text pace per stream."""
+    ramp_s: float = 2.0
+    """Client ``i`` of ``n`` connects at ``i / n * ramp_s``."""
+    pause_s: float = 0.0
+    """Silence between the end of one reply's playback and the next reply's text."""
+
+
 @dataclass
 class ClientStats:
     ttfa_ms: list[float] = field(default_factory=list)
@@ -42,10 +57,14 @@ class ClientStats:
     audio_s: float = 0.0
     contexts: int = 0
     errors: list[str] = field(default_factory=list)
+    timeline: list[tuple[int, float | None, int]] = field(default_factory=list)
+    """Per utterance: (turn, TTFA ms, underruns)."""
 
 
-async def _client(url: str, index: int, until: float, words_per_s: float, stats: ClientStats) -> None:
+async def _client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
     import websockets
+
+    words_per_s = profile.words_per_s
 
     async with websockets.connect(url, max_size=None) as ws:
         ready = json.loads(await ws.recv())
@@ -59,6 +78,7 @@ async def _client(url: str, index: int, until: float, words_per_s: float, stats:
             cid = f"c{n}"
             n += 1
             received = 0.0
+            underruns_before = stats.underruns
             playback_start: float | None = None
             done = False
             last_report = 0.0
@@ -94,6 +114,7 @@ async def _client(url: str, index: int, until: float, words_per_s: float, stats:
                     stats.audio_s += event["seconds"]
                     if event["ttfa_ms"] is not None:
                         stats.ttfa_ms.append(event["ttfa_ms"])
+                    stats.timeline.append((n - 1, event["ttfa_ms"], stats.underruns - underruns_before))
                 elif event["type"] == "error":
                     stats.errors.append(event["code"])
                     if event.get("fatal"):
@@ -101,22 +122,29 @@ async def _client(url: str, index: int, until: float, words_per_s: float, stats:
             await task
             if playback_start is not None:  # listen to the end before the next turn
                 await asyncio.sleep(max(0.0, playback_start + received - time.monotonic()))
+            await asyncio.sleep(profile.pause_s)
 
 
-async def _load(url: str, streams: int, seconds: float, words_per_s: float) -> list[ClientStats]:
-    until = time.monotonic() + seconds
+async def _load(url: str, streams: int, seconds: float, profile: LoadProfile) -> list[ClientStats]:
+    start = time.monotonic()
+    until = start + seconds
     stats = [ClientStats() for _ in range(streams)]
-    await asyncio.gather(*(_client(url, i, until, words_per_s, stats[i]) for i in range(streams)))
+
+    async def arrive(i: int) -> None:
+        await asyncio.sleep(i / streams * profile.ramp_s)
+        await _client(url, i, until, profile, stats[i])
+
+    await asyncio.gather(*(arrive(i) for i in range(streams)))
     return stats
 
 
-def run_load(url: str, streams: int, seconds: float, words_per_s: float, server_pid: int | None) -> dict[str, Any]:
+def run_load(url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None) -> dict[str, Any]:
     import psutil
 
     proc = psutil.Process(server_pid) if server_pid else None
     cpu_before = proc.cpu_times() if proc else None
     wall = time.monotonic()
-    stats = asyncio.run(_load(url, streams, seconds, words_per_s))
+    stats = asyncio.run(_load(url, streams, seconds, profile))
     wall = time.monotonic() - wall
     ttfa = [t for s in stats for t in s.ttfa_ms]
     row: dict[str, Any] = {
@@ -130,6 +158,7 @@ def run_load(url: str, streams: int, seconds: float, words_per_s: float, server_
         "streams_with_underruns": sum(1 for s in stats if s.underruns),
         "audio_s": sum(s.audio_s for s in stats),
         "errors": sorted({e for s in stats for e in s.errors}),
+        "per_stream": [s.timeline for s in stats],
         "wall_s": wall,
     }
     if proc and cpu_before:
@@ -205,7 +234,8 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
 def _table(result: dict[str, Any]) -> str:
     lines = [
         f"streamvox bench load — {result['date']}, {result['machine']}, {result['seconds']:.0f} s per step, "
-        f"text at {result['words_per_s']:.0f} words/s"
+        f"text at {result['words_per_s']:.0f} words/s, arrivals over {result['ramp_s']:g} s, "
+        f"{result['pause_s']:g} s between replies"
     ]
     lines.append("  streams contexts  TTFA p50   TTFA p95  underruns  underrun ms  server CPU  CPU s/audio s  pass")
     for r in result["rows"]:
@@ -236,9 +266,12 @@ def run_load_bench(args: argparse.Namespace) -> int:
     url = args.url
     pid = None
     if url is None:
-        proc, port = _start_server(args.threads, max_lead=args.max_lead, max_sessions=max(64, 2 * args.streams))
+        proc, port = _start_server(
+            args.threads, max_lead=args.max_lead, max_sessions=max(64, 2 * args.streams), workers=args.workers
+        )
         url = f"ws://127.0.0.1:{port}/v1/stream"
         pid = proc.pid
+    profile = LoadProfile(words_per_s=args.words_per_s, ramp_s=args.ramp, pause_s=args.pause)
     try:
         steps = [args.streams]
         if args.find_max:
@@ -246,7 +279,7 @@ def run_load_bench(args: argparse.Namespace) -> int:
         rows = []
         max_streams = None
         for n in steps:
-            row = run_load(url, n, args.seconds, args.words_per_s, pid)
+            row = run_load(url, n, args.seconds, profile, pid)
             row["pass"] = passes(row, args.ttfa_bound)
             rows.append(row)
             if row["pass"]:
@@ -262,6 +295,8 @@ def run_load_bench(args: argparse.Namespace) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "seconds": args.seconds,
         "words_per_s": args.words_per_s,
+        "ramp_s": args.ramp,
+        "pause_s": args.pause,
         "ttfa_bound_ms": args.ttfa_bound,
         "rows": rows,
         "max_streams": max_streams if args.find_max else None,

@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
         max_sessions=args.max_sessions,
-        engine=EngineConfig(max_lead_s=args.max_lead or None),
+        engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
     )
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(config)
@@ -84,6 +84,12 @@ def _bench_load(args: argparse.Namespace) -> int:
     return run_load_bench(args)
 
 
+def _bench_batch(args: argparse.Namespace) -> int:
+    from streamvox.stream_server.bench_batch import run_batch_bench
+
+    return run_batch_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvox", description="Real-time streaming text-to-speech server.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -101,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
+    serve.add_argument(
+        "--workers", type=int, default=0, help="windows of different streams run at once (0: one per core)"
+    )
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
     serve.add_argument("--max-sessions", type=int, default=64, help="refuse sessions beyond this (close 1013)")
     serve.add_argument(
@@ -129,15 +138,26 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     latency.add_argument("--threads", type=int, default=0)
     latency.set_defaults(func=_bench_latency)
+    batch = bench_sub.add_parser("batch", help="decoder: batched windows vs parallel single-thread windows")
+    batch.add_argument("--windows", type=int, nargs="+", default=[64, 128, 256, 512], help="window sizes (frames)")
+    batch.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8], help="batch sizes")
+    batch.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (best is kept)")
+    batch.add_argument("--json", action="store_true")
+    batch.set_defaults(func=_bench_batch)
     load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
     load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")
     load.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")
     load.add_argument("--find-max", action="store_true", help="step N up until a step fails")
     load.add_argument("--words-per-s", type=float, default=15.0, help="LLM text pace per stream")
+    load.add_argument("--ramp", type=float, default=2.0, help="clients connect spread over this many seconds")
+    load.add_argument(
+        "--pause", type=float, default=0.0, help="seconds between one reply's end of playback and the next reply"
+    )
     load.add_argument("--ttfa-bound", type=float, default=250.0, help="p95 server TTFA a passing step needs (ms)")
     load.add_argument("--url", default=None, help="an already running server (default: start one)")
     load.add_argument("--max-lead", type=float, default=DEFAULT_MAX_LEAD_S, help="lead limit for the started server")
     load.add_argument("--threads", type=int, default=0)
+    load.add_argument("--workers", type=int, default=0, help="engine workers of the started server (0: per core)")
     load.add_argument("--plot", default=None, metavar="FILE.png", help="draw TTFA and underruns against N")
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")

@@ -40,6 +40,11 @@ class ServerConfig:
     """When the listener has less than this much audio left, buffered text is spoken up to
     its last clause boundary; below half of it, up to its last complete word (time for the
     next span's first window to be synthesised and sent)."""
+    max_unsent_s: float = 5.0
+    """Audio (seconds) the server holds for a client that is not reading; beyond it the stream's
+    generation pauses, so a stalled client costs bounded memory."""
+    slow_reader_timeout_s: float = 10.0
+    """While paused that way, a socket that accepts nothing for this long is closed (1008 ``slow_reader``)."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long open contexts may run before they are cancelled."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -57,5 +62,7 @@ class ServerConfig:
             raise ValueError("max_sessions must be >= 1")
         if self.hurry_margin_s < 0:
             raise ValueError("hurry_margin_s must be >= 0")
+        if self.max_unsent_s <= 0 or self.slow_reader_timeout_s <= 0:
+            raise ValueError("max_unsent_s and slow_reader_timeout_s must be > 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")

@@ -48,6 +48,18 @@ class Metrics:
         queue.set_function(lambda: engine.streams_with_work)
         units = Gauge("streamvox_engine_units", "Units of work (windows) executed since start", registry=r)
         units.set_function(lambda: engine.units_executed)
+        in_flight = Gauge("streamvox_engine_units_in_flight", "Units running on the engine's workers now", registry=r)
+        in_flight.set_function(lambda: engine.units_in_flight)
+        # Windows are not batched into one call (``streamvox bench batch``: parallel single-thread
+        # calls beat batched calls at every size); what runs together is this many units at once.
+        parallel = Gauge(
+            "streamvox_engine_units_by_parallelism",
+            "Units started while this many units (itself included) were running on the workers",
+            ["running"],
+            registry=r,
+        )
+        for k in range(1, engine.workers + 1):
+            parallel.labels(str(k)).set_function(lambda k=k: engine.units_by_concurrency.get(k, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

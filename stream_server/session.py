@@ -5,6 +5,12 @@ messages and feeds the segmenter and the engine; the sender drains the
 outbox in order, encoding each context's audio payload by payload so a cancel
 can stop between any two packets and end on a short fade.  Everything here
 runs on the event loop; engine events arrive through ``call_soon_threadsafe``.
+
+A client that stops reading blocks the sender once the socket buffers are
+full.  Audio then piles up in the outbox; past ``max_unsent_s`` seconds the
+engine holds the stream (memory stays bounded), and if the socket accepts
+nothing for ``slow_reader_timeout_s`` the session is closed with 1008
+``slow_reader``.
 """
 
 from __future__ import annotations
@@ -83,6 +89,10 @@ class _Context:
     segments_finished: int = 0
     reported_underruns: int = 0
     reported_underrun_s: float = 0.0
+    unsent_samples: int = 0
+    """Model-rate samples the engine produced that are not yet written to the socket."""
+    held: bool = False
+    watchdog: asyncio.TimerHandle | None = None
 
     @property
     def open(self) -> bool:
@@ -105,9 +115,12 @@ class Session:
         voices: VoiceRegistry,
         config: ServerConfig,
         metrics: Metrics,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
+        """``transport`` is the socket under ``ws``: aborted if a slow reader's close cannot be sent."""
         self.id = f"s{next(_session_ids)}"
         self.ws = ws
+        self._transport = transport
         self.engine = engine
         self.voices = voices
         self.config = config
@@ -122,6 +135,9 @@ class Session:
         self._active: _Context | None = None
         self._ended_ids: dict[str, None] = {}
         self._sender: asyncio.Task[None] | None = None
+        self._last_write = time.monotonic()
+        """When the socket last accepted a frame: a reader that stopped shows as no progress."""
+        self._closing_slow_reader = False
 
     async def run(self) -> None:
         """Read until the client leaves; always cleans up the engine streams."""
@@ -394,9 +410,69 @@ class Session:
     def _sink(self, event: EngineEvent) -> None:
         """Called on the engine thread."""
         try:
-            self._loop.call_soon_threadsafe(self._outbox.put_nowait, event)
+            self._loop.call_soon_threadsafe(self._accept, event)
         except RuntimeError:
             pass  # the loop is closed: the session is gone
+
+    def _accept(self, event: EngineEvent) -> None:
+        """An engine event reaches the loop: queue it, and count the audio the socket still owes."""
+        if isinstance(event, AudioChunk):
+            ctx = self._by_stream(event.stream_id)
+            if ctx is not None:
+                ctx.unsent_samples += len(event.pcm)
+                self._update_hold(ctx)
+        self._outbox.put_nowait(event)
+
+    def _update_hold(self, ctx: _Context) -> None:
+        """Hold the engine while more than ``max_unsent_s`` of audio waits for the socket; resume
+        below half of it.  While held, a socket that accepts nothing for ``slow_reader_timeout_s``
+        belongs to a client that stopped reading."""
+        limit = self.config.max_unsent_s * ctx.voice.sample_rate
+        if not ctx.held and ctx.unsent_samples > limit and ctx.open and not ctx.cancel_requested:
+            ctx.held = True
+            self.engine.hold(ctx.stream_id, True)
+            self._arm_watchdog(ctx, self._last_write)
+        elif ctx.held and ctx.unsent_samples <= limit / 2:
+            ctx.held = False
+            if ctx.watchdog is not None:
+                ctx.watchdog.cancel()
+                ctx.watchdog = None
+            if ctx.open and not ctx.cancel_requested:
+                self.engine.hold(ctx.stream_id, False)
+
+    def _arm_watchdog(self, ctx: _Context, last_write: float) -> None:
+        ctx.watchdog = self._loop.call_later(self.config.slow_reader_timeout_s, self._check_reader, ctx, last_write)
+
+    def _check_reader(self, ctx: _Context, last_write: float) -> None:
+        ctx.watchdog = None
+        if not ctx.held or self._closing_slow_reader:
+            return
+        if self._last_write > last_write:
+            self._arm_watchdog(ctx, self._last_write)  # slow, but reading: keep waiting
+            return
+        self._closing_slow_reader = True
+        log.warning(
+            "session %s: client read nothing for %.1f s with %.1f s of audio waiting; closing",
+            self.id,
+            self.config.slow_reader_timeout_s,
+            ctx.unsent_samples / ctx.voice.sample_rate,
+        )
+        self.metrics.errors.labels("slow_reader").inc()
+        self.metrics.contexts.labels("slow_reader").inc()
+        ctx.cancel_requested = True
+        self._disarm_timer(ctx)
+        self.engine.abort(ctx.stream_id)
+        ctx.finished.set()
+        asyncio.create_task(self._close_slow_reader(), name=f"slow-reader-{self.id}")  # noqa: RUF006
+
+    async def _close_slow_reader(self) -> None:
+        """Close with 1008 ``slow_reader``; if even the close frame cannot be written, drop the socket."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=1008, message=b"slow_reader", drain=False), 2.0)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if self._transport is not None:
+            self._transport.abort()
 
     def _queue_json(self, event: dict[str, Any]) -> None:
         self._outbox.put_nowait(event)
@@ -442,6 +518,9 @@ class Session:
         elif isinstance(item, AudioChunk):
             ctx.encoder.feed(item.pcm)
             await self._pump(ctx)
+            ctx.unsent_samples -= len(item.pcm)
+            if ctx.held:
+                self._update_hold(ctx)
         elif isinstance(item, SegmentFinished):
             ctx.segments_finished += 1
             if not ctx.ended and ctx.segmenter.pending.strip():
@@ -478,10 +557,10 @@ class Session:
             ctx.header_sent = True
             header = ctx.encoder.header()
             if header is not None:
-                await self.ws.send_bytes(header)
+                await self._send_bytes(header)
         sent = False
         while not ctx.cancel_requested and (payload := ctx.encoder.pop()) is not None:
-            await self.ws.send_bytes(payload)
+            await self._send_bytes(payload)
             sent = True
             if ctx.first_audio_at is None:
                 ctx.first_audio_at = time.monotonic()
@@ -493,7 +572,7 @@ class Session:
         if ctx.finished.is_set():
             return
         if ctx.header_sent and (fade := ctx.encoder.fade_out()) is not None:
-            await self.ws.send_bytes(fade)
+            await self._send_bytes(fade)
         fmt = ctx.encoder.format
         await self._send_json(
             {
@@ -531,9 +610,16 @@ class Session:
             self.metrics.errors.labels(event["code"]).inc()
         if not self.ws.closed:
             await self.ws.send_str(json.dumps(event, separators=(",", ":")))
+            self._last_write = time.monotonic()
+
+    async def _send_bytes(self, payload: bytes) -> None:
+        await self.ws.send_bytes(payload)
+        self._last_write = time.monotonic()
 
     async def _close(self) -> None:
         ctx = self._active
+        if ctx is not None and ctx.watchdog is not None:
+            ctx.watchdog.cancel()
         if ctx is not None and ctx.open and not ctx.cancel_requested:
             ctx.cancel_requested = True
             self._disarm_timer(ctx)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import aiohttp
@@ -100,3 +101,53 @@ async def test_metrics_endpoint(server: str) -> None:
     assert 'streamvox_errors_total{code="invalid_json"} 1.0' in body
     assert "streamvox_engine_streams 0.0" in body
     assert "streamvox_engine_queue_depth 0.0" in body
+    assert "streamvox_engine_units_in_flight 0.0" in body
+    assert 'streamvox_engine_units_by_parallelism{running="1"}' in body
+
+
+async def test_a_client_that_stops_reading_is_held_then_closed(aiohttp_server, registry) -> None:
+    url, base = await start(
+        aiohttp_server, registry, max_unsent_s=1.0, slow_reader_timeout_s=1.0, engine=EngineConfig(max_lead_s=None)
+    )
+    port = int(base.rsplit(":", 1)[1])
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    # max_queue=1: the client library stops reading the socket once one frame is waiting.
+    stalled = await websockets.connect(url, sock=sock, max_queue=1, max_size=None)
+    await recv_json(stalled)
+    await send(stalled, type="configure", format={"codec": "pcm_s16le", "sample_rate": 48000})
+    await recv_json(stalled)
+    await send(stalled, type="text", text="A client that stops reading must not cost unbounded memory. " * 36)
+    await send(stalled, type="end")
+
+    async def metric(name: str) -> float:
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/metrics") as response:
+            for line in (await response.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        return 0.0
+
+    async with websockets.connect(url, max_size=None) as healthy:  # served normally meanwhile
+        await recv_json(healthy)
+        await send(healthy, type="text", text="Other sessions are unaffected.")
+        await send(healthy, type="end")
+        assert (await collect_until(healthy)).of_type("done")
+    deadline = time.monotonic() + 60
+    while await metric('streamvox_errors_total{code="slow_reader"}') < 1:
+        assert time.monotonic() < deadline, "the stalled client was never closed"
+        await asyncio.sleep(0.2)
+    # The engine stopped generating for it: the context ended as slow_reader, not done.
+    assert await metric('streamvox_contexts_total{outcome="slow_reader"}') == 1
+    assert await metric('streamvox_contexts_total{outcome="done"}') == 1
+    received = 0
+    with pytest.raises(websockets.ConnectionClosed):
+        while True:
+            received += len(await asyncio.wait_for(stalled.recv(), 10))
+    # Far less than the context (about 2 minutes of 48 kHz s16 PCM, 12 MB) reached the socket:
+    # generation stopped once the socket buffers were full and 1 s more was held.
+    assert 0 < received < 48000 * 2 * 80
+    while await metric("streamvox_sessions") > 0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert await metric("streamvox_engine_streams") == 0

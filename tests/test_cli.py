@@ -125,6 +125,10 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
             "1",
             "--seconds",
             "3",
+            "--ramp",
+            "0.5",
+            "--pause",
+            "0.2",
             "--json",
             "--plot",
             str(plot),
@@ -154,3 +158,20 @@ def test_bench_latency_smoke() -> None:
     assert result["runs"] == 2
     assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
     assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
+
+
+def test_bench_batch_smoke() -> None:
+    """The batching benchmark times all three ways for each cell and names a winner."""
+    out = subprocess.run(
+        [*STREAMVOX, "bench", "batch", "--windows", "16", "--batches", "1", "2", "--repeats", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["window_frames"], r["batch"]) for r in result["rows"]] == [(16, 1), (16, 2)]
+    for row in result["rows"]:
+        speeds = [row[way] for way in ("batched_1_thread", "batched_all_cores", "parallel_1_thread_each")]
+        assert all(v > 0 for v in speeds)
+        assert row[row["winner"]] == max(speeds)

@@ -137,10 +137,13 @@ def test_scheduler_serves_first_audio_then_earliest_deadline() -> None:
     playing_short = _fake(1, first_audio_at=100.0, samples_out=1000)  # dry at 101
     new_late = _fake(3, None, 0)
     new_early = _fake(2, None, 0)
-    assert scheduler.pick([playing_long, playing_short, new_late, new_early]) is new_early
-    assert scheduler.pick([playing_long, playing_short, new_late]) is new_late
-    assert scheduler.pick([playing_long, playing_short]) is playing_short
-    assert scheduler.pick([]) is None
+    everyone = [playing_long, playing_short, new_late, new_early]
+    assert scheduler.pick(everyone) == [new_early]
+    assert scheduler.pick(everyone, 4) == [new_early, new_late, playing_short, playing_long]
+    assert scheduler.pick(everyone, 2) == [new_early, new_late]
+    assert scheduler.pick([playing_long, playing_short], 3) == [playing_short, playing_long]
+    assert scheduler.pick([]) == []
+    assert scheduler.pick(everyone, 0) == []
 
 
 def test_engine_config_and_stop_are_idempotent(voice: PiperVoice) -> None:
@@ -210,3 +213,64 @@ def test_playback_reports_move_the_deadline(voice: PiperVoice) -> None:
         assert time.monotonic() - started < 2.0  # not paced to real time any more
     finally:
         core.stop()
+
+
+def _audio(events: list[object]) -> np.ndarray:
+    return np.concatenate([e.pcm for e in events if isinstance(e, AudioChunk)])
+
+
+def test_streams_run_side_by_side_and_each_matches_its_solo_audio(voice: PiperVoice) -> None:
+    seeded = SynthesisParams(seed=11)
+    core = EngineCore(EngineConfig(workers=2))
+    core.start()
+    try:
+        solo = _audio(run_stream(core, voice, SEGMENTS, seeded))
+        queues: dict[str, queue.SimpleQueue[object]] = {}
+        for name in ("a", "b", "c"):
+            queues[name] = queue.SimpleQueue()
+            core.open(name, voice, seeded, queues[name].put)
+            for i, text in enumerate(SEGMENTS):
+                core.add_segment(name, i, text)
+            core.finish(name)
+        together = {}
+        for name, events in queues.items():
+            got = []
+            while not isinstance(event := events.get(timeout=60), StreamDone):
+                got.append(event)
+            together[name] = _audio(got)
+    finally:
+        core.stop()
+    for audio in together.values():
+        assert np.array_equal(audio, solo)
+    assert core.units_by_concurrency.get(2, 0) > 0  # two units really ran at once
+
+
+def test_a_held_stream_waits_until_released(voice: PiperVoice) -> None:
+    core = EngineCore(EngineConfig(workers=2))
+    core.start()
+    try:
+        events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        core.open("h", voice, NOISE_OFF, events.put)
+        core.add_segment("h", 0, "Holding a stream stops its generation until its owner can send again. " * 3)
+        core.finish("h")
+        while not isinstance(events.get(timeout=30), AudioChunk):
+            pass
+        core.hold("h", True)
+        time.sleep(1.0)  # the unit in flight (if any) lands
+        while not events.empty():
+            assert not isinstance(events.get(), StreamDone)
+        time.sleep(1.0)
+        assert events.empty()  # nothing ran while held
+        core.hold("h", False)
+        while not isinstance(events.get(timeout=60), StreamDone):
+            pass
+    finally:
+        core.stop()
+
+
+def test_engine_config_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        EngineConfig(workers=-1)
+    with pytest.raises(ValueError):
+        EngineConfig(max_lead_s=0)
+    assert EngineConfig(workers=3).worker_count == 3
