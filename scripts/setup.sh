@@ -45,4 +45,11 @@ echo "setup: installing streamvox ${target}"
 if [ "$extras" = "test" ]; then
   echo "setup: installing playwright-core for the browser tests"
   npm ci --prefix tests/browser --no-audit --no-fund --silent
+  # The GPT-SoVITS parity tests run the original torch modules in a separate process; the
+  # package's top-level modules (api, config, tools, AR, ...) stay out of .venv.
+  if [ ! -f .ref/gpt-sovits/GPT_SoVITS/AR/models/t2s_model.py ]; then
+    echo "setup: installing the GPT-SoVITS reference (gpt-sovits-cpufast) into .ref/gpt-sovits"
+    "${pip[@]}" --no-deps --target .ref/gpt-sovits \
+      "gpt-sovits-cpufast==0.1.0" "torchmetrics==1.9.0" "lightning-utilities==0.15.3"
+  fi
 fi

@@ -1,0 +1,119 @@
+"""Runs GPT-SoVITS's own torch modules (from ``gpt-sovits-cpufast``) for the parity tests.
+
+Executed as a separate process with the reference installation on
+``PYTHONPATH`` (its top-level ``AR``, ``module``, ``tools`` and ``config``
+never enter the test process).  Usage: ``python gsv_reference.py JOB.json``;
+the job names an operation, its inputs, and an ``.npz`` file for the outputs.
+
+Operations:
+- ``make_t2s``: build a ``Text2SemanticDecoder`` from ``config`` with ``seed`` and write a
+  real-format s1 checkpoint (``{"weight": {"model." + name: tensor}, "config": config}``);
+  ``eos_scale`` multiplies the end-of-speech row of the output head (so generation ends early).
+- ``teacher``: logits for every step when the tokens ``forced`` are fed, the way
+  ``infer_panel`` runs (prompt processing, then one token per step).
+- ``generate``: ``infer_panel`` with the given sampling settings (tokens after the prompt).
+- ``sample``: ``logits_to_probs`` and the draw ``argmax(probs / q)`` on given logits, tokens and noise.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import torch
+
+
+def _model(path: str) -> torch.nn.Module:
+    from AR.models.t2s_model import Text2SemanticDecoder
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = Text2SemanticDecoder(checkpoint["config"])
+    model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["weight"].items()})
+    model.rebuild_t2s_transformer()
+    return model.eval()
+
+
+def make_t2s(job: dict) -> dict:
+    from AR.models.t2s_model import Text2SemanticDecoder
+
+    torch.manual_seed(job["seed"])
+    model = Text2SemanticDecoder(job["config"])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("alpha"):
+                p.copy_(torch.rand(()) + 0.5)  # learnt in real voices; not 1.0, so the test sees it
+        model.ar_predict_layer.weight[-1] *= job.get("eos_scale", 1.0)
+    weights = {"model." + k: v for k, v in model.state_dict().items()}
+    torch.save({"weight": weights, "config": job["config"]}, job["checkpoint"])
+    return {}
+
+
+def teacher(job: dict) -> dict:
+    model = _model(job["checkpoint"])
+    x = torch.tensor([job["phonemes"]])
+    bert = torch.zeros(1, 1024, x.shape[1])
+    prompt = torch.tensor([job["prompt"]])
+    with torch.no_grad():
+        text = model.ar_text_position(model.ar_text_embedding(x) + model.bert_proj(bert.transpose(1, 2)))
+        audio = model.ar_audio_position(model.ar_audio_embedding(prompt))
+        xy = torch.cat([text, audio], dim=1)
+        n_text, n_audio = x.shape[1], prompt.shape[1]
+        masked = torch.zeros(n_text + n_audio, n_text + n_audio, dtype=torch.bool)
+        masked[:n_text, n_text:] = True
+        masked[n_text:, n_text:] = torch.triu(torch.ones(n_audio, n_audio, dtype=torch.bool), diagonal=1)
+        mask = masked.view(1, 1, n_text + n_audio, n_text + n_audio).expand(1, model.num_head, -1, -1)
+        out, k_cache, v_cache, cache_len = model.t2s_transformer.process_prompt(xy, mask, 64, None, True)
+        logits = [model.ar_predict_layer(out[:, -1])]
+        position = model.ar_audio_position
+        for i, token in enumerate(job["forced"]):
+            emb = model.ar_audio_embedding(torch.tensor([[token]]))
+            step_in = emb * position.x_scale + position.alpha * position.pe[:, n_audio + i].to(emb.dtype)
+            out, k_cache, v_cache, cache_len = model.t2s_transformer.decode_next_token(
+                step_in, k_cache, v_cache, cache_len, None, True
+            )
+            logits.append(model.ar_predict_layer(out[:, -1]))
+    return {"logits": torch.cat(logits).numpy()}
+
+
+def generate(job: dict) -> dict:
+    model = _model(job["checkpoint"])
+    x = torch.tensor([job["phonemes"]])
+    prompt = torch.tensor([job["prompt"]])
+    with torch.no_grad():
+        y, _ = model.infer_panel(
+            x,
+            torch.tensor([x.shape[1]]),
+            prompt,
+            torch.zeros(1, 1024, x.shape[1]),
+            top_k=job["top_k"],
+            top_p=job["top_p"],
+            temperature=job["temperature"],
+            repetition_penalty=job["repetition_penalty"],
+            early_stop_num=job["early_stop_num"],
+        )
+    return {"tokens": y[0, prompt.shape[1] :].numpy()}
+
+
+def sample(job: dict) -> dict:
+    from AR.models.utils import logits_to_probs
+
+    logits = torch.tensor(np.array(job["logits"], dtype=np.float32))
+    previous = torch.tensor(job["previous"])
+    noise = torch.tensor(np.array(job["noise"], dtype=np.float32))
+    probs = logits_to_probs(
+        logits.clone(),
+        previous,
+        temperature=job["temperature"],
+        top_k=job["top_k"],
+        top_p=job["top_p"],
+        repetition_penalty=job["repetition_penalty"],
+    )
+    return {"probs": probs.numpy(), "tokens": torch.argmax(probs / noise, dim=-1).numpy()}
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], encoding="utf-8") as f:
+        job = json.load(f)
+    result = {"make_t2s": make_t2s, "teacher": teacher, "generate": generate, "sample": sample}[job["op"]](job)
+    np.savez(job["output"], **result)
