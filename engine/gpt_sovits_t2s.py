@@ -196,12 +196,24 @@ class T2SDecoder:
         width = self.max_len if full_width else int(positions.max()) + 1
         keep = torch.arange(width).unsqueeze(0) <= positions.unsqueeze(1)
         keep = keep[:, None, None, :]
+        rows = torch.arange(len(slots))
+        first = int(slots[0])
+        # Slots in one run (the usual case: the engine keeps live streams packed) are read as
+        # views; any other set is gathered, which copies the caches it reads.
+        packed = bool(torch.equal(slots, torch.arange(first, first + len(slots))))
         for layer, block in enumerate(self.blocks):
             q, k, v = self._qkv(x, block)
-            self.k_cache[layer][slots, :, positions] = k[:, :, 0]
-            self.v_cache[layer][slots, :, positions] = v[:, :, 0]
-            keys = self.k_cache[layer][slots, :, :width]
-            values = self.v_cache[layer][slots, :, :width]
+            if packed:
+                k_view = self.k_cache[layer, first : first + len(slots)]
+                v_view = self.v_cache[layer, first : first + len(slots)]
+                k_view[rows, :, positions] = k[:, :, 0]
+                v_view[rows, :, positions] = v[:, :, 0]
+                keys, values = k_view[:, :, :width], v_view[:, :, :width]
+            else:
+                self.k_cache[layer][slots, :, positions] = k[:, :, 0]
+                self.v_cache[layer][slots, :, positions] = v[:, :, 0]
+                keys = self.k_cache[layer][slots, :, :width]
+                values = self.v_cache[layer][slots, :, :width]
             attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=keep)
             x = self._finish_block(x, attn, block)
         self.lengths[slots] += 1

@@ -90,6 +90,12 @@ def _bench_batch(args: argparse.Namespace) -> int:
     return run_batch_bench(args)
 
 
+def _bench_ar(args: argparse.Namespace) -> int:
+    from streamvox.stream_server.bench_ar import run_ar_bench
+
+    return run_ar_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvox", description="Real-time streaming text-to-speech server.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -144,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (best is kept)")
     batch.add_argument("--json", action="store_true")
     batch.set_defaults(func=_bench_batch)
+    ar = bench_sub.add_parser("ar", help="GPT-SoVITS T2S decode tokens/s at several batch sizes vs the reference")
+    ar.add_argument("--tokens", type=int, default=100, help="tokens decoded per stream")
+    ar.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16])
+    ar.add_argument("--text-len", type=int, default=60, help="phoneme ids in the prompt text")
+    ar.add_argument("--prompt-len", type=int, default=150, help="semantic tokens of the reference audio")
+    ar.add_argument(
+        "--reference",
+        default=".ref/gpt-sovits",
+        help="gpt-sovits-cpufast installed with --target (what scripts/setup.sh test does); '' to skip",
+    )
+    ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ar.add_argument("--json", action="store_true")
+    ar.set_defaults(func=_bench_ar)
     load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
     load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")
     load.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")

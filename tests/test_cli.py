@@ -175,3 +175,33 @@ def test_bench_batch_smoke() -> None:
         speeds = [row[way] for way in ("batched_1_thread", "batched_all_cores", "parallel_1_thread_each")]
         assert all(v > 0 for v in speeds)
         assert row[row["winner"]] == max(speeds)
+
+
+def test_bench_ar_smoke() -> None:
+    """The AR benchmark runs ours and the reference on the same v2-size checkpoint and reports both."""
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "bench",
+            "ar",
+            "--tokens",
+            "4",
+            "--batches",
+            "1",
+            "2",
+            "--text-len",
+            "8",
+            "--prompt-len",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["batch"], r["tokens"]) for r in result["ours"]] == [(1, 4), (2, 8)]
+    assert result["reference"]["tokens"] == 4 and result["reference"]["tokens_per_s"] > 0
+    assert result["speedup_vs_reference_batch1"] > 0

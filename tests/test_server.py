@@ -117,10 +117,12 @@ async def test_wav_stream_starts_with_a_streaming_header(server: str) -> None:
     assert len(body) == 2 * exchange.of_type("done")[0]["samples"]
 
 
-async def test_session_audio_is_identical_alone_and_beside_seven_others(server: str) -> None:
+async def test_session_audio_is_identical_alone_and_beside_fifteen_others(server: str) -> None:
+    """DESIGN invariant: a seeded session's bytes do not depend on what runs beside it (the engine's
+    workers interleave the 16 streams' windows in a load-dependent order)."""
     settings = {"seed": 1234}
     alone = await speak(server, PARAGRAPH, settings)
-    crowd = await asyncio.gather(*(speak(server, PARAGRAPH, settings) for _ in range(8)))
+    crowd = await asyncio.gather(*(speak(server, PARAGRAPH, settings) for _ in range(16)))
     assert len(alone.audio) > 50
     for exchange in crowd:
         assert exchange.audio == alone.audio
