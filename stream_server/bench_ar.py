@@ -4,10 +4,11 @@ Both run the v2 dimensions (24 layers, width 512, 16 heads) with the same
 random weights, written once as a real-format s1 checkpoint, on the same
 prompt (``--text-len`` phoneme ids, ``--prompt-len`` semantic tokens).  Ours
 decodes ``--tokens`` steps at batch 1, 4 and 16 (one slot per stream, all in
-one batched step); the reference (``gpt-sovits-cpufast``'s ``infer_panel``,
-in a child process with ``--reference`` on its path) decodes the same number
-of tokens at batch 1.  The end-of-speech row of the output head is zero, far
-below the top 15 logits, so every run decodes ``--tokens`` tokens.
+one batched step), with fp32 weights and with int8 linear weights; the
+reference (``gpt-sovits-cpufast``'s ``infer_panel``, in a child process with
+``--reference`` on its path) decodes the same number of tokens at batch 1.
+The end-of-speech row of the output head is zero, far below the top 15
+logits, so every run decodes ``--tokens`` tokens.
 
 Not measured yet: first-chunk latency and RTF, which need the SoVITS decoder
 (not built yet).
@@ -107,7 +108,9 @@ def _write_checkpoint(path: Path, seed: int) -> None:
     torch.save({"weight": {"model." + k: v for k, v in weights.items()}, "config": V2_CONFIG}, path)
 
 
-def _ours(checkpoint: Path, batch: int, phonemes: list[int], prompt: list[int], tokens: int) -> dict[str, float]:
+def _ours(
+    checkpoint: Path, batch: int, phonemes: list[int], prompt: list[int], tokens: int, int8: bool
+) -> dict[str, Any]:
     from streamvox.engine.ar_checkpoint import load_s1
     from streamvox.engine.ar_generate import TokenStream, advance, choose
     from streamvox.engine.ar_sampler import EosPolicy, SamplingParams
@@ -115,7 +118,8 @@ def _ours(checkpoint: Path, batch: int, phonemes: list[int], prompt: list[int], 
 
     loaded = load_s1(checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
-    decoder = T2SDecoder(loaded.weights, cfg, slots=batch, max_len=len(phonemes) + len(prompt) + tokens + 8)
+    max_len = len(phonemes) + len(prompt) + tokens + 8
+    decoder = T2SDecoder(loaded.weights, cfg, slots=batch, max_len=max_len, int8=int8)
     policy = EosPolicy(eos=cfg.eos, max_steps=tokens)
     started = time.perf_counter()
     streams = []
@@ -128,6 +132,7 @@ def _ours(checkpoint: Path, batch: int, phonemes: list[int], prompt: list[int], 
     finished = time.perf_counter()
     produced = sum(len(s.tokens) for s in streams)
     return {
+        "weights": "int8" if int8 else "fp32",
         "batch": batch,
         "tokens": produced,
         "prefill_s": prefilled - started,
@@ -161,8 +166,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         reference = None
         if args.reference:
             reference = _reference(Path(args.reference), checkpoint, phonemes, prompt, args.tokens)
-        ours = [_ours(checkpoint, b, phonemes, prompt, args.tokens) for b in args.batches]
-    one = next((r for r in ours if r["batch"] == 1), None)
+        ours = [
+            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8) for int8 in (False, True) for b in args.batches
+        ]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -175,11 +181,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "first_chunk_latency_ms": None,
         "rtf": None,
     }
-    if one and reference:
-        result["speedup_vs_reference_batch1"] = one["tokens_per_s"] / reference["tokens_per_s"]
-    if one:
-        for row in ours:
+    for kind in ("fp32", "int8"):
+        rows = [r for r in ours if r["weights"] == kind]
+        one = next((r for r in rows if r["batch"] == 1), None)
+        if one is None:
+            continue
+        for row in rows:
             row["throughput_vs_batch1"] = row["tokens_per_s"] / one["tokens_per_s"]
+        if reference:
+            result[f"speedup_vs_reference_batch1_{kind}"] = one["tokens_per_s"] / reference["tokens_per_s"]
     return result
 
 
@@ -191,14 +201,16 @@ def _table(result: dict[str, Any]) -> str:
     ]
     for r in result["ours"]:
         lines.append(
-            f"  streamvox                {r['batch']:>5} {r['tokens_per_s']:>25.1f} {r['decode_tokens_per_s']:>16.1f}"
-            f" {r.get('throughput_vs_batch1', float('nan')):>10.2f}"
+            f"  streamvox {r['weights']:<14} {r['batch']:>5} {r['tokens_per_s']:>25.1f}"
+            f" {r['decode_tokens_per_s']:>16.1f} {r.get('throughput_vs_batch1', float('nan')):>10.2f}"
         )
     ref = result["reference"]
     if ref:
         lines.append(f"  gpt-sovits-cpufast           1 {ref['tokens_per_s']:>25.1f}")
-    if "speedup_vs_reference_batch1" in result:
-        lines.append(f"  batch 1, streamvox / reference: {result['speedup_vs_reference_batch1']:.2f}x")
+    for kind in ("fp32", "int8"):
+        if f"speedup_vs_reference_batch1_{kind}" in result:
+            ratio = result[f"speedup_vs_reference_batch1_{kind}"]
+            lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
     lines.append("  first-chunk latency and RTF: not measured yet (the SoVITS decoder is not built)")
     return "\n".join(lines)
 

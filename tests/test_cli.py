@@ -202,6 +202,7 @@ def test_bench_ar_smoke() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert [(r["batch"], r["tokens"]) for r in result["ours"]] == [(1, 4), (2, 8)]
+    rows = [(r["weights"], r["batch"], r["tokens"]) for r in result["ours"]]
+    assert rows == [("fp32", 1, 4), ("fp32", 2, 8), ("int8", 1, 4), ("int8", 2, 8)]
     assert result["reference"]["tokens"] == 4 and result["reference"]["tokens_per_s"] > 0
-    assert result["speedup_vs_reference_batch1"] > 0
+    assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0

@@ -183,3 +183,21 @@ def test_batched_streams_joining_late_equal_their_solo_runs(tmp_path: Path) -> N
         advance(decoder, live, [choose(s, policy) for s in live])
     assert [s.tokens for s in streams] == expected
     assert len({tuple(t) for t in expected}) == 3
+
+
+def test_int8_weights_stay_close_to_fp32(tmp_path: Path) -> None:
+    """The int8 option is a speed/accuracy trade: its logits track fp32's closely (not exactly)."""
+    checkpoint = tiny_checkpoint(tmp_path, seed=8)
+    loaded = load_s1(checkpoint)
+    config = T2SConfig.from_checkpoint(loaded.config)
+    runs = []
+    for int8 in (False, True):
+        decoder = T2SDecoder(loaded.weights, config, slots=1, max_len=256, int8=int8)
+        logits = [decoder.prefill(0, torch.tensor(PHONEMES), torch.tensor(PROMPT))]
+        for token in PROMPT * 2:
+            logits.append(decoder.step(torch.tensor([0]), torch.tensor([token]))[0])
+        runs.append(torch.stack(logits))
+    fp32, int8 = runs
+    assert not torch.equal(fp32, int8)  # it really is quantised
+    for a, b in zip(fp32, int8, strict=True):
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.999
