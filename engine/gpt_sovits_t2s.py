@@ -281,7 +281,12 @@ class _Linear:
 def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention for one query position per row: ``(B, H, 1, D)`` against ``(B, H, W, D)``.
 
-    Two batched matrix products beat the fused CPU kernel here (measured: it is built for long
-    queries); masked positions get ``-inf`` and so exactly zero weight."""
-    scores = torch.matmul(q, keys.transpose(-1, -2)) * (q.shape[-1] ** -0.5) + bias
-    return torch.matmul(torch.softmax(scores, dim=-1), values)
+    Two batched matrix products over the ``B * H`` heads beat the fused CPU kernel here (it is
+    built for long queries).  For packed slots ``keys`` and ``values`` are views of the cache whose
+    first two dimensions merge without a copy.  Masked positions get ``-inf``, so exactly zero weight.
+    """
+    batch, heads, _, dim = q.shape
+    flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
+    flat_bias = bias.expand(batch, heads, 1, -1).reshape(batch * heads, 1, -1)
+    scores = torch.baddbmm(flat_bias, q.reshape(batch * heads, 1, dim), flat_keys.transpose(1, 2), alpha=dim**-0.5)
+    return torch.bmm(torch.softmax(scores, dim=-1), flat_values).view(batch, heads, 1, dim)
