@@ -124,21 +124,14 @@ class T2SDecoder:
         self.text_alpha = w("ar_text_position.alpha")
         self.audio_alpha = w("ar_audio_position.alpha")
         self.head = w("ar_predict_layer.weight")
-        self.blocks = []
+        self._norms = []
+        self._linears = []
         for i in range(config.layers):
             p = f"h.layers.{i}."
-            self.blocks.append(
+            self._norms.append(
                 {
                     name: w(p + key)
                     for name, key in (
-                        ("qkv_w", "self_attn.in_proj_weight"),
-                        ("qkv_b", "self_attn.in_proj_bias"),
-                        ("out_w", "self_attn.out_proj.weight"),
-                        ("out_b", "self_attn.out_proj.bias"),
-                        ("fc1_w", "linear1.weight"),
-                        ("fc1_b", "linear1.bias"),
-                        ("fc2_w", "linear2.weight"),
-                        ("fc2_b", "linear2.bias"),
                         ("ln1_w", "norm1.weight"),
                         ("ln1_b", "norm1.bias"),
                         ("ln2_w", "norm2.weight"),
@@ -146,10 +139,17 @@ class T2SDecoder:
                     )
                 }
             )
-        self._linears = [
-            {name: _Linear(block[name + "_w"], block[name + "_b"], int8) for name in ("qkv", "out", "fc1", "fc2")}
-            for block in self.blocks
-        ]
+            self._linears.append(
+                {
+                    name: _Linear(w(p + weight), w(p + bias), int8)
+                    for name, weight, bias in (
+                        ("qkv", "self_attn.in_proj_weight", "self_attn.in_proj_bias"),
+                        ("out", "self_attn.out_proj.weight", "self_attn.out_proj.bias"),
+                        ("fc1", "linear1.weight", "linear1.bias"),
+                        ("fc2", "linear2.weight", "linear2.bias"),
+                    )
+                }
+            )
         if self.text_embedding.shape != (config.phoneme_vocab, config.hidden):
             raise ValueError(f"text embedding is {tuple(self.text_embedding.shape)}, config says otherwise")
         if self.head.shape != (config.vocab, config.hidden):
@@ -185,7 +185,6 @@ class T2SDecoder:
         keep = torch.zeros(total, total, dtype=torch.bool)
         keep[:, :n_text] = True
         keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool))
-        keep[:n_text, n_text:] = False
         for layer in range(self.config.layers):
             q, k, v = self._qkv(x, layer)
             self.k_cache[layer, slot, :, :total] = k[0]
@@ -250,18 +249,19 @@ class T2SDecoder:
     def _finish_block(self, x: torch.Tensor, attn: torch.Tensor, layer: int) -> torch.Tensor:
         batch, _, length, _ = attn.shape
         hidden, eps = self.config.hidden, self.config.norm_eps
-        block, linears = self.blocks[layer], self._linears[layer]
+        norms, linears = self._norms[layer], self._linears[layer]
         attn = attn.transpose(1, 2).reshape(batch, length, hidden)
-        x = F.layer_norm(x + linears["out"](attn), [hidden], block["ln1_w"], block["ln1_b"], eps)
+        x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
         mlp = linears["fc2"](F.relu(linears["fc1"](x)))
-        return F.layer_norm(x + mlp, [hidden], block["ln2_w"], block["ln2_b"], eps)
+        return F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
 
 
 class _Linear:
     """``x @ W.T + b``, in fp32 or with W as int8 per output channel (fbgemm's dynamic linear)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> None:
-        self.weight, self.bias = weight, bias
+        self.weight: torch.Tensor | None = None if int8 else weight  # int8 keeps only the packed copy
+        self.bias = bias
         self.packed = None
         if int8:
             scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
