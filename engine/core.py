@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from streamvox.engine.crossfade import SeamSmoother
@@ -405,7 +405,7 @@ class EngineCore:
                     stream.playback_start = stream.first_audio_at
             if isinstance(event, StreamDone):
                 del self._streams[stream.id]
-                event = StreamDone(stream.id, event.samples, stream.compute_s)
+                event = replace(event, compute_s=stream.compute_s)
             self._emit(stream, event)
 
     def _step(self, stream: _Stream, unit: _Unit) -> list[EngineEvent]:
@@ -424,20 +424,16 @@ class EngineCore:
             segment = PiperSegment(stream.voice, front, self.config.windows, p.speaker, first)
             start = stream.smoother.start_piece(segment.samples)
             events.append(SegmentStarted(stream.id, index, start))
-            if segment.done:  # no frames at all: nothing to decode
-                out = stream.smoother.end_piece()
-                if len(out):
-                    events.append(AudioChunk(stream.id, out))
-                events.append(SegmentFinished(stream.id, index))
-                return events
             stream.current = segment
             stream.current_index = index
             # The first window goes out in the same unit: with the encoder it decides TTFA.
         if stream.current is not None:
             segment = stream.current
-            urgent = stream.windows_done < self.config.urgent_windows
-            out = stream.smoother.add(segment.next_window(urgent=urgent))
-            stream.windows_done += 1
+            out = np.zeros(0, dtype=np.float32)
+            if not segment.done:  # a segment of no frames at all has nothing to decode
+                urgent = stream.windows_done < self.config.urgent_windows
+                out = stream.smoother.add(segment.next_window(urgent=urgent))
+                stream.windows_done += 1
             if segment.done:
                 stream.current = None
                 out = np.concatenate([out, stream.smoother.end_piece()])
@@ -450,6 +446,7 @@ class EngineCore:
             tail = stream.smoother.finish()
             if len(tail):
                 events.append(AudioChunk(stream.id, tail))
+            # compute_s is summed on the engine thread once this unit is back: set in _complete.
             events.append(StreamDone(stream.id, stream.smoother.samples_out, 0.0))
         return events
 
