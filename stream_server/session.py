@@ -402,10 +402,15 @@ class Session:
     def _cancel(self, ctx: _Context, reason: str) -> None:
         if ctx.cancel_requested:
             return
+        self._stop_generation(ctx)
+        self._outbox.put_nowait(_CancelMarker(ctx, reason))
+
+    def _stop_generation(self, ctx: _Context) -> None:
+        """No more audio for ``ctx``: its timers stop and the engine drops its stream."""
         ctx.cancel_requested = True
         self._disarm_timer(ctx)
+        self._disarm_watchdog(ctx)
         self.engine.abort(ctx.stream_id)
-        self._outbox.put_nowait(_CancelMarker(ctx, reason))
 
     def _sink(self, event: EngineEvent) -> None:
         """Called on the engine thread."""
@@ -434,14 +439,17 @@ class Session:
             self._arm_watchdog(ctx, self._last_write)
         elif ctx.held and ctx.unsent_samples <= limit / 2:
             ctx.held = False
-            if ctx.watchdog is not None:
-                ctx.watchdog.cancel()
-                ctx.watchdog = None
+            self._disarm_watchdog(ctx)
             if ctx.open and not ctx.cancel_requested:
                 self.engine.hold(ctx.stream_id, False)
 
     def _arm_watchdog(self, ctx: _Context, last_write: float) -> None:
         ctx.watchdog = self._loop.call_later(self.config.slow_reader_timeout_s, self._check_reader, ctx, last_write)
+
+    def _disarm_watchdog(self, ctx: _Context) -> None:
+        if ctx.watchdog is not None:
+            ctx.watchdog.cancel()
+            ctx.watchdog = None
 
     def _check_reader(self, ctx: _Context, last_write: float) -> None:
         ctx.watchdog = None
@@ -459,9 +467,7 @@ class Session:
         )
         self.metrics.errors.labels("slow_reader").inc()
         self.metrics.contexts.labels("slow_reader").inc()
-        ctx.cancel_requested = True
-        self._disarm_timer(ctx)
-        self.engine.abort(ctx.stream_id)
+        self._stop_generation(ctx)
         ctx.finished.set()
         asyncio.create_task(self._close_slow_reader(), name=f"slow-reader-{self.id}")  # noqa: RUF006
 
@@ -618,12 +624,10 @@ class Session:
 
     async def _close(self) -> None:
         ctx = self._active
-        if ctx is not None and ctx.watchdog is not None:
-            ctx.watchdog.cancel()
+        if ctx is not None:
+            self._disarm_watchdog(ctx)
         if ctx is not None and ctx.open and not ctx.cancel_requested:
-            ctx.cancel_requested = True
-            self._disarm_timer(ctx)
-            self.engine.abort(ctx.stream_id)
+            self._stop_generation(ctx)
         if self._sender is not None:
             self._sender.cancel()
             try:
