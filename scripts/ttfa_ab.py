@@ -18,33 +18,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-from streamvox.stream_server.bench_latency import PARAGRAPH, _free_port, _percentile, _server_utterance
+from streamvox.stream_server.bench_latency import PARAGRAPH, _percentile, _server_utterance, _start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "stream_server", "codecs", "web_demo")
 
 
 def _start(pythonpath: str | None) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port()
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    command = [sys.executable, "-m", "streamvox.stream_server.cli", "--log-level", "WARNING", "serve"]
-    proc = subprocess.Popen([*command, "--port", str(port), "--max-lead", "0"], env=env, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
-                return proc, f"ws://127.0.0.1:{port}/v1/stream"
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("server did not start") from None
-            time.sleep(0.3)
+    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+    proc, port = _start_server(threads=0, max_lead=0.0, workers=None, env=env)
+    return proc, f"ws://127.0.0.1:{port}/v1/stream"
 
 
 def main() -> int:

@@ -59,10 +59,18 @@ def _free_port() -> int:
 
 
 def _start_server(
-    threads: int, max_lead: float = 0.0, max_sessions: int = 64, workers: int = 0
+    threads: int,
+    max_lead: float = 0.0,
+    max_sessions: int = 64,
+    workers: int | None = 0,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """``streamvox serve`` in a child process on a free port; returns it once /healthz answers."""
+    """``streamvox serve`` in a child process on a free port; returns it once /healthz answers.
+
+    ``env`` replaces the child's environment and ``workers=None`` leaves out ``--workers``
+    (``scripts/ttfa_ab.py`` runs older checkouts, which may not know that flag)."""
     port = _free_port()
+    options = [] if workers is None else ["--workers", str(workers)]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -79,10 +87,10 @@ def _start_server(
             str(max_lead),  # 0 (latency bench): how fast the server can go, not how it paces a listener
             "--max-sessions",
             str(max_sessions),
-            "--workers",
-            str(workers),
+            *options,
         ],
         stdout=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
