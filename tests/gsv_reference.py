@@ -13,6 +13,12 @@ Operations:
   ``infer_panel`` runs (prompt processing, then one token per step).
 - ``generate``: ``infer_panel`` with the given sampling settings (tokens after the prompt).
 - ``sample``: ``logits_to_probs`` and the draw ``argmax(probs / q)`` on given logits, tokens and noise.
+- ``make_s2``: build a v2 ``SynthesizerTrn`` from ``hps`` with ``seed`` (every weight random, including
+  the ones upstream initialises to zero, so no block is an identity) and write a real-format s2
+  checkpoint: fp16 weights without ``enc_q``, header bytes replaced by ``04``.
+- ``sovits``: load that checkpoint as upstream does and decode ``codes`` for ``text`` with the
+  reference ``audio``: the speaker vector, the prior statistics, ``decode`` with the noise off, and
+  the flow and generator run on the given ``noise``.
 """
 
 from __future__ import annotations
@@ -112,8 +118,88 @@ def sample(job: dict) -> dict:
     return {"probs": probs.numpy(), "tokens": torch.argmax(probs / noise, dim=-1).numpy()}
 
 
+def _synthesizer(hps: dict) -> torch.nn.Module:
+    from module.models import SynthesizerTrn
+
+    data = hps["data"]
+    return SynthesizerTrn(
+        data["filter_length"] // 2 + 1,
+        hps["train"]["segment_size"] // data["hop_length"],
+        n_speakers=data["n_speakers"],
+        **hps["model"],
+    )
+
+
+def make_s2(job: dict) -> dict:
+    import io
+
+    torch.manual_seed(job["seed"])
+    model = _synthesizer(job["hps"])
+    with torch.no_grad():
+        state = model.state_dict()
+        for name, tensor in state.items():
+            if not tensor.is_floating_point():
+                continue
+            if name.endswith("_codebook.embed"):
+                tensor.copy_(torch.randn_like(tensor))
+            elif name.endswith("weight_g"):
+                tensor.mul_(2.0)  # upstream's N(0, 0.01) init leaves HiFi-GAN almost silent
+            elif name.endswith(("gamma", "beta")) or ".post." in name or "emb_rel" in name:
+                tensor.add_(0.1 * torch.randn_like(tensor))
+        model.load_state_dict(state)
+    weights = {k: v.half() for k, v in model.state_dict().items() if not k.startswith("enc_q")}
+    buffer = io.BytesIO()
+    torch.save({"weight": weights, "config": job["hps"], "info": "tiny test voice"}, buffer)
+    with open(job["checkpoint"], "wb") as f:
+        f.write(b"04" + buffer.getvalue()[2:])
+    return {}
+
+
+def sovits(job: dict) -> dict:
+    import io
+
+    from module.mel_processing import spectrogram_torch
+
+    with open(job["checkpoint"], "rb") as f:
+        data = f.read()
+    checkpoint = torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=True)
+    hps = checkpoint["config"]
+    model = _synthesizer(hps).eval()
+    model.load_state_dict(checkpoint["weight"], strict=False)
+    d = hps["data"]
+    audio = torch.tensor(np.array(job["audio"], dtype=np.float32)).unsqueeze(0)
+    refer = spectrogram_torch(audio, d["filter_length"], d["sampling_rate"], d["hop_length"], d["win_length"])
+    codes = torch.tensor([[job["codes"]]])
+    text = torch.tensor([job["text"]])
+    noise = torch.tensor(np.array(job["noise"], dtype=np.float32)).unsqueeze(0)
+    with torch.no_grad():
+        ge, _ = model.build_decode_condition(refer)
+        silent = model.decode(codes, text, refer, noise_scale=0.0)
+        quantized = model.quantizer.decode(codes)
+        quantized = torch.nn.functional.interpolate(quantized, size=quantized.shape[-1] * 2, mode="nearest")
+        lengths = torch.tensor([quantized.shape[-1]])
+        _, m_p, logs_p, y_mask, _, _ = model.enc_p(quantized, lengths, text, torch.tensor([text.shape[1]]), ge)
+        z_p = m_p + noise * torch.exp(logs_p) * job["noise_scale"]
+        noisy = model.dec(model.flow(z_p, y_mask, g=ge, reverse=True) * y_mask, g=ge)
+    return {
+        "spectrogram": refer.numpy(),
+        "speaker": ge.numpy(),
+        "mean": m_p.numpy(),
+        "log_scale": logs_p.numpy(),
+        "silent": silent[0, 0].numpy(),
+        "noisy": noisy[0, 0].numpy(),
+    }
+
+
 if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as f:
         job = json.load(f)
-    result = {"make_t2s": make_t2s, "teacher": teacher, "generate": generate, "sample": sample}[job["op"]](job)
+    result = {
+        "make_t2s": make_t2s,
+        "teacher": teacher,
+        "generate": generate,
+        "sample": sample,
+        "make_s2": make_s2,
+        "sovits": sovits,
+    }[job["op"]](job)
     np.savez(job["output"], **result)

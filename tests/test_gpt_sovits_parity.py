@@ -7,12 +7,7 @@ Each test must fail if our model or sampler diverges from it.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,9 +17,8 @@ from streamvox.engine.ar_generate import TokenStream, advance, choose, generate
 from streamvox.engine.ar_sampler import EosPolicy, SamplingParams, draw, logits_to_probs
 from streamvox.engine.gpt_sovits_t2s import T2SConfig, T2SDecoder
 
-ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT / ".ref" / "gpt-sovits"
-HELPER = Path(__file__).with_name("gsv_reference.py")
+from tests.gsv_runner import reference
+
 TINY = {
     "model": {
         "hidden_dim": 32,
@@ -39,21 +33,6 @@ TINY = {
 }
 PHONEMES = [5, 17, 300, 42, 99, 731, 3, 250, 12, 64, 128, 7]
 PROMPT = [11, 900, 35, 512, 77, 1023, 0, 64]
-
-
-def reference(job: dict[str, Any], tmp_path: Path) -> dict[str, np.ndarray]:
-    if not (REFERENCE / "GPT_SoVITS" / "AR").is_dir():
-        pytest.fail(f"the GPT-SoVITS reference is not installed in {REFERENCE}: run bash scripts/setup.sh test")
-    job_file = tmp_path / f"job-{job['op']}.json"
-    job["output"] = str(tmp_path / f"out-{job['op']}.npz")
-    job_file.write_text(json.dumps(job))
-    env = dict(os.environ, PYTHONPATH=f"{REFERENCE / 'GPT_SoVITS'}{os.pathsep}{REFERENCE}")
-    done = subprocess.run(
-        [sys.executable, str(HELPER), str(job_file)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    with np.load(job["output"]) as data:
-        return {k: data[k] for k in data.files}
 
 
 def tiny_checkpoint(tmp_path: Path, seed: int = 3, eos_scale: float = 1.0) -> Path:

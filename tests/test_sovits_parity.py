@@ -1,0 +1,142 @@
+"""Our SoVITS v2 decoder against GPT-SoVITS's own ``SynthesizerTrn`` on a tiny seeded s2 checkpoint.
+
+The checkpoint is written by the reference in the released format (fp16 weights, ``enc_q``
+dropped, header bytes ``04``) and loaded by both sides.  Each test must fail if our
+decoder diverges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamvox.engine.ar_checkpoint import CheckpointError
+from streamvox.engine.gpt_sovits_vits import SoVITSConfig, SoVITSDecoder, frame_noise
+
+from tests.gsv_runner import reference
+
+TINY_HPS = {
+    "train": {"segment_size": 20480},
+    "data": {
+        "sampling_rate": 32000,
+        "filter_length": 2048,
+        "hop_length": 640,
+        "win_length": 2048,
+        "n_speakers": 300,
+    },
+    "model": {
+        "inter_channels": 192,
+        "hidden_channels": 192,
+        "filter_channels": 64,
+        "n_heads": 2,
+        "n_layers": 2,
+        "kernel_size": 3,
+        "p_dropout": 0.1,
+        "resblock": "1",
+        "resblock_kernel_sizes": [3, 5],
+        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
+        "upsample_rates": [10, 8, 2, 2, 2],
+        "upsample_initial_channel": 64,
+        "upsample_kernel_sizes": [16, 16, 8, 2, 2],
+        "n_layers_q": 3,
+        "use_spectral_norm": False,
+        "gin_channels": 512,
+        "semantic_frame_rate": "25hz",
+        "freeze_quantizer": True,
+        "version": "v2",
+    },
+}
+CODES = [3, 1000, 17, 512, 64, 900, 255, 0, 42, 7, 1023, 300, 128, 77, 5, 600, 31, 222, 444, 888]
+TEXT = [5, 17, 300, 42, 99, 731, 3, 250, 12]
+
+
+def reference_audio(seconds: float = 1.2, rate: int = 32000) -> np.ndarray:
+    """A voiced-sounding test reference: a few harmonics with vibrato and a little noise."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 10 * np.sin(2 * np.pi * 5 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.3
+    return (wave + 0.01 * np.random.default_rng(0).standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_s2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("s2")
+    path = tmp / "tiny-v2.pth"
+    reference({"op": "make_s2", "hps": TINY_HPS, "seed": 11, "checkpoint": str(path)}, tmp)
+    return path
+
+
+def test_the_checkpoint_is_in_the_released_format_and_loads(tiny_s2: Path) -> None:
+    assert tiny_s2.read_bytes()[:2] == b"04"
+    decoder = SoVITSDecoder.load(tiny_s2)
+    assert decoder.config == SoVITSConfig.tiny()
+    assert decoder.config.samples_per_token == 1280
+    assert not any(name.startswith("enc_q") for name in decoder.weights)
+
+
+def test_decode_equals_the_reference(tiny_s2: Path, tmp_path: Path) -> None:
+    audio = reference_audio()
+    frames = 2 * len(CODES)
+    noise = frame_noise(5, 0, frames, 192)
+    ref = reference(
+        {
+            "op": "sovits",
+            "checkpoint": str(tiny_s2),
+            "audio": audio.tolist(),
+            "codes": CODES,
+            "text": TEXT,
+            "noise": noise.numpy().tolist(),
+            "noise_scale": 0.5,
+        },
+        tmp_path,
+    )
+    decoder = SoVITSDecoder.load(tiny_s2)
+    spectrogram = decoder.reference_spectrogram(audio)
+    np.testing.assert_allclose(spectrogram.numpy(), ref["spectrogram"], rtol=1e-4, atol=1e-4)
+    speaker = decoder.speaker(torch.from_numpy(ref["spectrogram"]))
+    np.testing.assert_allclose(speaker.numpy(), ref["speaker"], atol=1e-5)
+
+    codes = torch.tensor([CODES])
+    mean, log_scale = decoder.encode(codes, torch.tensor([TEXT]), speaker)
+    np.testing.assert_allclose(mean.numpy(), ref["mean"], atol=1e-4)
+    np.testing.assert_allclose(log_scale.numpy(), ref["log_scale"], atol=1e-4)
+
+    silent = decoder.decode(CODES, TEXT, speaker, noise_scale=0.0)
+    assert silent.shape == (len(CODES) * 1280,) == ref["silent"].shape
+    assert float(np.abs(ref["silent"]).max()) > 0.05, "the test voice is too quiet to prove anything"
+    np.testing.assert_allclose(silent.numpy(), ref["silent"], atol=1e-4)
+
+    noisy = decoder.synthesize(mean, log_scale, noise.unsqueeze(0), speaker, 0.5)[0]
+    assert float(np.abs(noisy.numpy() - silent.numpy()).max()) > 1e-2, "noise must change the audio"
+    np.testing.assert_allclose(noisy.numpy(), ref["noisy"], atol=1e-4)
+
+
+def test_frame_noise_depends_only_on_the_absolute_frame() -> None:
+    whole = frame_noise(9, 0, 300, 4)
+    for start, length in ((0, 1), (63, 2), (64, 64), (100, 150), (299, 1)):
+        assert torch.equal(frame_noise(9, start, length, 4), whole[:, start : start + length])
+    assert not torch.equal(frame_noise(10, 0, 300, 4), whole)
+
+
+def test_v2pro_and_other_versions_are_refused(tiny_s2: Path) -> None:
+    with pytest.raises(ValueError, match="only SoVITS v2"):
+        SoVITSConfig.from_checkpoint({"model": {**TINY_HPS["model"], "version": "v4"}, "data": TINY_HPS["data"]})
+    weights = SoVITSDecoder.load(tiny_s2).weights
+    with pytest.raises(ValueError, match="v2Pro"):
+        SoVITSDecoder({**weights, "sv_emb.weight": torch.zeros(512, 20480)}, SoVITSConfig.tiny())
+
+
+def test_a_code_carrying_s2_file_is_refused(tmp_path: Path) -> None:
+    import pickle
+
+    class Payload:
+        def __reduce__(self) -> tuple:
+            return (print, ("ran",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"04" + pickle.dumps({"weight": Payload()}, protocol=2)[2:])
+    with pytest.raises(CheckpointError):
+        SoVITSDecoder.load(path)
