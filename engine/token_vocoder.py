@@ -1,0 +1,143 @@
+"""Streaming a token vocoder: decode semantic tokens in growing chunks as the AR model makes them.
+
+A chunk is decoded once enough tokens exist (its end plus ``lookahead``).  Each
+decode re-runs the vocoder over a window that starts ``left_context`` tokens
+before the audio still owed, so the frames it keeps were computed with the
+context a one-shot decode would give them; its noise comes from
+:func:`~streamvox.engine.gpt_sovits_vits.frame_noise` by absolute frame, so a
+frame decoded twice gets the same noise.  The last ``overlap`` tokens of each
+decode are held back and crossfaded (halves summing to one) with the next
+decode's version of them.  Every token yields exactly ``samples_per_token``
+samples: the audio emitted for ``n`` tokens is ``n * samples_per_token`` long.
+
+Not thread-safe: one stream, driven by one thread at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from streamvox.engine.crossfade import crossfade
+from streamvox.engine.gpt_sovits_vits import SoVITSDecoder, frame_noise
+
+
+@dataclass(frozen=True)
+class ChunkSchedule:
+    """Where chunks end, in tokens: ``first``, then each chunk ``growth`` times the last, up to ``cap``."""
+
+    first: int = 12
+    growth: float = 2.0
+    cap: int = 96
+    lookahead: int = 4
+    """Tokens generated past a chunk's end before it is decoded (right context for its last frames)."""
+    left_context: int = 24
+    """Tokens re-decoded before the audio still owed (at least the flow + HiFi-GAN receptive field)."""
+    overlap: int = 2
+    """Tokens held back and crossfaded with the next chunk's decode of them."""
+
+    def __post_init__(self) -> None:
+        if self.first <= self.overlap or self.cap < self.first:
+            raise ValueError(f"need overlap ({self.overlap}) < first ({self.first}) <= cap ({self.cap})")
+        if self.growth < 1.0 or self.lookahead < 0 or self.left_context < 0 or self.overlap < 0:
+            raise ValueError("growth must be >= 1; lookahead, left_context and overlap >= 0")
+
+    def boundaries(self) -> Iterator[int]:
+        """Chunk ends: 12, 36, 84, 180, 276, ... for the defaults."""
+        end, size = 0, float(self.first)
+        while True:
+            end += int(size)
+            yield end
+            size = min(float(self.cap), size * self.growth)
+
+
+class StreamingVocoder:
+    """One utterance's token-to-audio stream (see the module docstring).
+
+    Feed tokens with :meth:`add`; :meth:`pending` says whether a chunk can be decoded;
+    :meth:`decode` decodes it; :meth:`finish` decodes what is left once the tokens end.
+    """
+
+    def __init__(
+        self,
+        decoder: SoVITSDecoder,
+        phonemes: torch.Tensor,
+        speaker: torch.Tensor,
+        schedule: ChunkSchedule,
+        seed: int,
+        noise_scale: float = 0.5,
+    ) -> None:
+        self.decoder = decoder
+        self.phonemes = phonemes.reshape(1, -1).long()
+        self.speaker = speaker
+        self.schedule = schedule
+        self.seed = seed
+        self.noise_scale = noise_scale
+        self.tokens: list[int] = []
+        self._boundaries = schedule.boundaries()
+        self._next_end = next(self._boundaries)
+        self._settled = 0
+        """Tokens whose audio is emitted or held as the crossfade tail."""
+        self._tail = np.zeros(0, dtype=np.float32)
+        self.samples_emitted = 0
+        self.finished = False
+
+    def add(self, tokens: list[int]) -> None:
+        if self.finished:
+            raise RuntimeError("tokens added after finish")
+        self.tokens.extend(tokens)
+
+    def pending(self) -> bool:
+        """Whether enough tokens exist to decode the next chunk."""
+        return not self.finished and len(self.tokens) >= self._next_end + self.schedule.lookahead
+
+    def decode(self) -> np.ndarray:
+        """Decode the next chunk; return the audio now final (float32 at the model's rate)."""
+        if not self.pending():
+            raise RuntimeError("no chunk is ready")
+        audio = self._decode_until(self._next_end, final=False)
+        self._next_end = next(self._boundaries)
+        return audio
+
+    def finish(self) -> np.ndarray:
+        """The tokens have ended: decode everything still owed, tail included."""
+        if self.finished:
+            return np.zeros(0, dtype=np.float32)
+        audio = self._decode_until(len(self.tokens), final=True)
+        self.finished = True
+        return audio
+
+    def _decode_until(self, end: int, final: bool) -> np.ndarray:
+        spt = self.decoder.config.samples_per_token
+        fpt = self.decoder.config.frames_per_token
+        overlap = len(self._tail) // spt
+        owed_from = self._settled - overlap
+        if end <= owed_from:
+            return self._emit(np.zeros(0, dtype=np.float32), final)
+        start = max(0, owed_from - self.schedule.left_context)
+        stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead)
+        codes = torch.tensor([self.tokens[start:stop]], dtype=torch.long)
+        mean, log_scale = self.decoder.encode(codes, self.phonemes, self.speaker)
+        noise = frame_noise(self.seed, start * fpt, mean.shape[2], mean.shape[1]).unsqueeze(0)
+        window = self.decoder.synthesize(mean, log_scale, noise, self.speaker, self.noise_scale)[0].numpy()
+        piece = window[(owed_from - start) * spt : (end - start) * spt].astype(np.float32)
+        if overlap:
+            piece[: overlap * spt] = crossfade(self._tail, piece[: overlap * spt])
+        if final:
+            self._settled = end
+            self._tail = np.zeros(0, dtype=np.float32)
+            return self._emit(piece, final)
+        hold = min(self.schedule.overlap, end - owed_from) * spt
+        self._tail = piece[len(piece) - hold :].copy()
+        self._settled = end
+        return self._emit(piece[: len(piece) - hold], final)
+
+    def _emit(self, audio: np.ndarray, final: bool) -> np.ndarray:
+        self.samples_emitted += len(audio)
+        if final:
+            expected = len(self.tokens) * self.decoder.config.samples_per_token
+            if self.samples_emitted != expected:
+                raise RuntimeError(f"sample accounting: emitted {self.samples_emitted}, owed {expected}")
+        return audio
