@@ -47,9 +47,10 @@ if [ "$extras" = "test" ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --silent
   # The GPT-SoVITS parity tests run the original torch modules in a separate process; the
   # package's top-level modules (api, config, tools, AR, ...) stay out of .venv.
-  if [ ! -f .ref/gpt-sovits/GPT_SoVITS/AR/models/t2s_model.py ] || [ ! -f .ref/gpt-sovits/einops/__init__.py ]; then
+  if [ ! -f .ref/gpt-sovits/GPT_SoVITS/AR/models/t2s_model.py ] || [ ! -f .ref/gpt-sovits/inflect/__init__.py ]; then
     echo "setup: installing the GPT-SoVITS reference (gpt-sovits-cpufast) into .ref/gpt-sovits"
     "${pip[@]}" --no-deps --target .ref/gpt-sovits \
-      "gpt-sovits-cpufast==0.1.0" "torchmetrics==1.9.0" "lightning-utilities==0.15.3" "einops==0.8.2"
+      "gpt-sovits-cpufast==0.1.0" "torchmetrics==1.9.0" "lightning-utilities==0.15.3" "einops==0.8.2" \
+      "g2p_en==2.1.0" "wordsegment==1.3.1" "inflect==7.5.0" "more-itertools==10.8.0"
   fi
 fi

@@ -13,6 +13,8 @@ Operations:
   ``infer_panel`` runs (prompt processing, then one token per step).
 - ``generate``: ``infer_panel`` with the given sampling settings (tokens after the prompt).
 - ``sample``: ``logits_to_probs`` and the draw ``argmax(probs / q)`` on given logits, tokens and noise.
+- ``phonemes``: upstream's English front end (``clean_text`` then ``cleaned_text_to_sequence``, v2) for
+  each of ``texts``, and the v2 symbol table.
 - ``make_s2``: build a v2 ``SynthesizerTrn`` from ``hps`` with ``seed`` (every weight random, including
   the ones upstream initialises to zero, so no block is an identity) and write a real-format s2
   checkpoint: fp16 weights without ``enc_q``, header bytes replaced by ``04``.
@@ -118,6 +120,18 @@ def sample(job: dict) -> dict:
     return {"probs": probs.numpy(), "tokens": torch.argmax(probs / noise, dim=-1).numpy()}
 
 
+def phonemes(job: dict) -> dict:
+    from text import cleaned_text_to_sequence, symbols2
+    from text.cleaner import clean_text
+
+    ids = [cleaned_text_to_sequence(clean_text(text, "en", "v2")[0], "v2") for text in job["texts"]]
+    width = max(len(row) for row in ids)
+    return {
+        "ids": np.array([row + [-1] * (width - len(row)) for row in ids]),
+        "symbols": np.array(symbols2.symbols),
+    }
+
+
 def _synthesizer(hps: dict) -> torch.nn.Module:
     from module.models import SynthesizerTrn
 
@@ -199,6 +213,7 @@ if __name__ == "__main__":
         "teacher": teacher,
         "generate": generate,
         "sample": sample,
+        "phonemes": phonemes,
         "make_s2": make_s2,
         "sovits": sovits,
     }[job["op"]](job)
