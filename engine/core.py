@@ -8,7 +8,11 @@ window in flight), then fills every idle worker with the scheduler's next
 choice.  Workers report finished units back through the same inbox.
 
 A unit is one vocoder window (flow and decoder); a segment's first unit also
-runs its encoder (phonemes -> prior frames).  A stream has at most one unit in
+runs its encoder (phonemes -> prior frames).  For autoregressive voices
+(GPT-SoVITS) a unit is a segment's prefill, one batched T2S step for every
+stream of that voice that is generating (continuous batching: streams join
+and leave between steps), one vocoder chunk, or a segment's last chunk; a
+voice's T2S calls run one at a time, its vocoder chunks side by side.  A stream has at most one unit in
 flight, so its units run in order and its audio does not depend on which
 worker ran them, or on what ran beside them.  ``workers`` units of different
 streams run at once (one per core by default): onnxruntime's ``run`` releases
@@ -34,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from streamvox.engine.crossfade import SeamSmoother
@@ -48,13 +53,21 @@ from streamvox.engine.events import (
     SynthesisParams,
 )
 from streamvox.engine.piper_segment import PiperSegment
-from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.text_normalize import normalize_for_speech
 from streamvox.engine.windows import WindowPlan
+
+if TYPE_CHECKING:  # importing them loads torch, which Piper-only servers never need
+    from streamvox.engine.gpt_sovits_voice import ARSegment, GptSovitsVoice
+    from streamvox.engine.piper_voice import PiperVoice
+
+    Voice = PiperVoice | GptSovitsVoice
 
 log = logging.getLogger(__name__)
 
 Sink = Callable[[EngineEvent], None]
+
+_UNKNOWN_LENGTH = 1 << 40
+"""An AR segment's length is known only at its end; the seam before it uses the full overlap."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class EngineConfig:
 @dataclass
 class _Stream:
     id: str
-    voice: PiperVoice
+    voice: Voice
     params: SynthesisParams
     sink: Sink
     smoother: SeamSmoother
@@ -99,6 +112,8 @@ class _Stream:
     pending: deque[tuple[int, str]] = field(default_factory=deque)
     current: PiperSegment | None = None
     current_index: int = -1
+    ar: ARSegment | None = None
+    """The AR segment being generated or vocoded (GPT-SoVITS voices)."""
     input_finished: bool = False
     first_audio_at: float | None = None
     playback_start: float | None = None
@@ -112,7 +127,7 @@ class _Stream:
     """Its owner cannot pass on more audio yet (a client that stopped reading): no units run."""
 
     def has_work(self) -> bool:
-        return self.current is not None or bool(self.pending) or self.input_finished
+        return self.current is not None or self.ar is not None or bool(self.pending) or self.input_finished
 
     def deadline(self) -> float:
         """When the listener's playback runs dry if nothing more is produced."""
@@ -125,6 +140,11 @@ class _Stream:
         if max_lead_s is None or self.playback_start is None:
             return float("-inf")
         return self.deadline() - max_lead_s
+
+
+def _is_ar(voice: Voice) -> bool:
+    """An autoregressive (GPT-SoVITS) voice, told apart without importing torch."""
+    return voice.kind == "gpt-sovits"
 
 
 class DeadlineScheduler:
@@ -145,7 +165,7 @@ class DeadlineScheduler:
 @dataclass(frozen=True)
 class _Open:
     stream_id: str
-    voice: PiperVoice
+    voice: Voice
     params: SynthesisParams
     sink: Sink
 
@@ -187,11 +207,18 @@ class _Unit:
     """A pending segment to start (its encoder runs first), or ``None`` to go on."""
     finish: bool
     """No segment left and the input is finished: flush the seam and end the stream."""
+    kind: str = "piper"
+    """``piper``, or for AR voices ``ar_start``, ``ar_step``, ``ar_chunk``, ``ar_final``."""
+    batch: tuple[_Stream, ...] = ()
+    """Every stream an ``ar_step`` advances (the dispatched one first)."""
+    slot: int | None = None
+    """The T2S slot an ``ar_start`` fills."""
 
 
 @dataclass(frozen=True)
 class _UnitDone:
     stream: _Stream
+    unit: _Unit
     events: list[EngineEvent]
     error: BaseException | None
     seconds: float
@@ -218,6 +245,8 @@ class EngineCore:
         self.units_by_concurrency: dict[int, int] = {}
         """How many units started while ``k`` units (this one included) were in flight:
         written by the engine thread, read by metrics."""
+        self.ar_batch_sizes: dict[int, int] = {}
+        """How many batched T2S steps advanced ``k`` streams at once (engine thread writes)."""
 
     def start(self) -> None:
         if self._thread is None:
@@ -243,7 +272,7 @@ class EngineCore:
     def workers(self) -> int:
         return self.config.worker_count
 
-    def open(self, stream_id: str, voice: PiperVoice, params: SynthesisParams, sink: Sink) -> None:
+    def open(self, stream_id: str, voice: Voice, params: SynthesisParams, sink: Sink) -> None:
         """Start a stream; segments follow with ``add_segment``."""
         self._inbox.put(_Open(stream_id, voice, params, sink))
 
@@ -289,6 +318,8 @@ class EngineCore:
         next_at: float | None = None
         for stream in self._streams.values():
             if stream.busy or stream.held or not stream.has_work():
+                continue
+            if _is_ar(stream.voice) and self._ar_action(stream) is None:
                 continue
             at = stream.eligible_at(self.config.max_lead_s)
             if at <= now:
@@ -357,6 +388,8 @@ class EngineCore:
         elif isinstance(command, _Abort):
             # A unit still on a worker finishes there; its output is dropped in ``_complete``.
             del self._streams[stream.id]
+            if not stream.busy:
+                self._release_slot(stream)
             self._emit(stream, StreamAborted(stream.id))
 
     def _abort_all(self) -> None:
@@ -364,38 +397,104 @@ class EngineCore:
             self._emit(stream, StreamAborted(stream.id))
         self._streams.clear()
 
+    @staticmethod
+    def _ar_action(stream: _Stream) -> str | None:
+        """What an AR stream can do now (``None``: it waits, e.g. for its voice's T2S)."""
+        voice: GptSovitsVoice = stream.voice  # type: ignore[assignment]
+        segment = stream.ar
+        if segment is not None:
+            if segment.vocoder.pending():
+                return "ar_chunk"
+            if segment.generating:
+                return None if voice.t2s_busy else "ar_step"
+            return "ar_final"
+        if stream.pending:
+            return "ar_start" if not voice.t2s_busy and voice.free_slots else None
+        return "finish" if stream.input_finished else None
+
+    def _release_slot(self, stream: _Stream, slot: int | None = None) -> None:
+        """Give an AR stream's T2S slot back (engine thread; no unit may be using it)."""
+        if stream.ar is not None and stream.ar.slot >= 0:
+            slot, stream.ar.slot = stream.ar.slot, -1
+        if slot is not None and _is_ar(stream.voice):
+            stream.voice.release_slot(slot)
+
     def _dispatch(self, stream: _Stream) -> None:
         """Decide the stream's next unit here, on the engine thread, and hand it to a worker."""
-        segment = stream.pending.popleft() if stream.current is None and stream.pending else None
-        unit = _Unit(segment, finish=segment is None and stream.current is None and stream.input_finished)
-        stream.busy = True
+        if stream.busy:
+            return  # already taken into another stream's batched step
+        if _is_ar(stream.voice):
+            unit = self._ar_unit(stream, stream.voice)  # type: ignore[arg-type]
+            if unit is None:
+                return
+        else:
+            segment = stream.pending.popleft() if stream.current is None and stream.pending else None
+            unit = _Unit(segment, finish=segment is None and stream.current is None and stream.input_finished)
+        for member in unit.batch or (stream,):
+            member.busy = True
         self._in_flight += 1
         self.units_by_concurrency[self._in_flight] = self.units_by_concurrency.get(self._in_flight, 0) + 1
         assert self._pool is not None
         self._pool.submit(self._work, stream, unit)
 
+    def _ar_unit(self, stream: _Stream, voice: GptSovitsVoice) -> _Unit | None:
+        action = self._ar_action(stream)
+        if action is None:
+            return None
+        if action == "ar_start":
+            voice.t2s_busy = True
+            return _Unit(stream.pending.popleft(), False, kind=action, slot=voice.acquire_slot())
+        if action == "ar_step":
+            voice.t2s_busy = True
+            now = time.monotonic()
+            others = [
+                s
+                for s in self._streams.values()
+                if s is not stream
+                and s.voice is voice
+                and not s.busy
+                and not s.held
+                and s.eligible_at(self.config.max_lead_s) <= now
+                and s.ar is not None
+                and s.ar.generating
+                and not s.ar.vocoder.pending()
+            ]
+            size = 1 + len(others)
+            self.ar_batch_sizes[size] = self.ar_batch_sizes.get(size, 0) + 1
+            return _Unit(None, False, kind=action, batch=(stream, *others))
+        return _Unit(None, action == "finish", kind="piper" if action == "finish" else action)
+
     def _work(self, stream: _Stream, unit: _Unit) -> None:
         """Runs on a worker: the stream is ``busy``, so its synthesis state is ours alone."""
         started = time.perf_counter()
         try:
-            events = self._step(stream, unit)
+            events = self._step_ar(stream, unit) if unit.kind.startswith("ar_") else self._step(stream, unit)
             error = None
         except Exception as exc:  # one stream's failure must not stop the engine
             events, error = [], exc
-        self._inbox.put(_UnitDone(stream, events, error, time.perf_counter() - started))
+        self._inbox.put(_UnitDone(stream, unit, events, error, time.perf_counter() - started))
 
     def _complete(self, done: _UnitDone) -> None:
-        stream = done.stream
-        stream.busy = False
+        stream, unit = done.stream, done.unit
+        members = unit.batch or (stream,)
+        for member in members:
+            member.busy = False
         self._in_flight -= 1
         self.units_executed += 1
+        if unit.kind in ("ar_start", "ar_step"):
+            stream.voice.t2s_busy = False  # type: ignore[union-attr]
+        if unit.kind == "ar_start" and stream.ar is None and unit.slot is not None:
+            stream.voice.release_slot(unit.slot)  # type: ignore[union-attr]  # nothing to generate, or it failed
+        for member in members:
+            gone = self._streams.get(member.id) is not member
+            if gone or (member.ar is not None and not member.ar.generating) or done.error is not None:
+                self._release_slot(member)  # aborted, finished generating, or failed: the slot is free
+            if member is not stream and done.error is not None and not gone:
+                self._fail(member, done.error)
         if self._streams.get(stream.id) is not stream:
             return  # aborted while its unit ran: StreamAborted has been sent
         if done.error is not None:
-            log.error("stream %s failed", stream.id, exc_info=done.error)
-            del self._streams[stream.id]
-            error = done.error
-            self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(error).__name__}: {error}"))
+            self._fail(stream, done.error)
             return
         stream.compute_s += done.seconds
         for event in done.events:
@@ -407,6 +506,39 @@ class EngineCore:
                 del self._streams[stream.id]
                 event = replace(event, compute_s=stream.compute_s)
             self._emit(stream, event)
+
+    def _fail(self, stream: _Stream, error: BaseException) -> None:
+        log.error("stream %s failed", stream.id, exc_info=error)
+        del self._streams[stream.id]
+        self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(error).__name__}: {error}"))
+
+    def _step_ar(self, stream: _Stream, unit: _Unit) -> list[EngineEvent]:
+        voice: GptSovitsVoice = stream.voice  # type: ignore[assignment]
+        if unit.kind == "ar_start":
+            assert unit.segment is not None and unit.slot is not None
+            index, text = unit.segment
+            text = normalize_for_speech(text)
+            if not any(c.isalnum() for c in text):
+                return [SegmentFinished(stream.id, index)]
+            p = stream.params
+            seed = int(np.random.SeedSequence().generate_state(1)[0]) if p.seed is None else p.seed * 1_000_003 + index
+            stream.ar = voice.start_segment(index, unit.slot, voice.text_ids(text), seed, greedy=not p.noise)
+            start = stream.smoother.start_piece(_UNKNOWN_LENGTH)
+            return [SegmentStarted(stream.id, index, start)]
+        segment = stream.ar
+        assert segment is not None
+        if unit.kind == "ar_step":
+            voice.step([member.ar for member in unit.batch if member.ar is not None])
+            return []
+        if unit.kind == "ar_chunk":
+            out = stream.smoother.add(segment.vocoder.decode())
+            return [AudioChunk(stream.id, out)] if len(out) else []
+        out = stream.smoother.add(segment.vocoder.finish())
+        out = np.concatenate([out, stream.smoother.end_piece()])
+        stream.ar = None  # its slot went back when its generation ended
+        events: list[EngineEvent] = [AudioChunk(stream.id, out)] if len(out) else []
+        events.append(SegmentFinished(stream.id, segment.index))
+        return events
 
     def _step(self, stream: _Stream, unit: _Unit) -> list[EngineEvent]:
         events: list[EngineEvent] = []

@@ -98,6 +98,8 @@ class FrontOutput:
 class PiperVoice:
     """One loaded Piper voice; see the module docstring for the split."""
 
+    kind = "piper"
+
     def __init__(
         self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0, stream_threads: int = 1
     ) -> None:

@@ -126,7 +126,12 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     """Build the app; voices load here (before serving) unless a registry is given."""
     config = config or ServerConfig()
     if voices is None:
-        voices = VoiceRegistry.from_paths(config.voice_paths, config.include_bundled_voice, config.threads)
+        voices = VoiceRegistry.from_paths(
+            config.voice_paths,
+            config.include_bundled_voice,
+            config.threads,
+            gpt_sovits_dirs=config.gpt_sovits_voice_dirs,
+        )
     app = web.Application(client_max_size=config.hard_message_bytes)
     app[CONFIG] = config
     app[VOICES] = voices

@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         voice_paths=tuple(args.voice),
         include_bundled_voice=not args.no_bundled_voice,
+        gpt_sovits_voice_dirs=tuple(args.gpt_sovits_voice),
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
         max_sessions=args.max_sessions,
@@ -45,7 +46,9 @@ def _say(args: argparse.Namespace) -> int:
     from streamvox.stream_server.synthesis import SynthesisError, synthesize, write_audio
 
     text = args.text if args.text != "-" else sys.stdin.read()
-    registry = VoiceRegistry.from_paths(args.voice_path, include_bundled=True, threads=args.threads)
+    registry = VoiceRegistry.from_paths(
+        args.voice_path, include_bundled=True, threads=args.threads, gpt_sovits_dirs=args.gpt_sovits_voice
+    )
     try:
         voice = registry.get(args.voice)
     except KeyError:
@@ -111,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL.onnx",
         help="also serve this Piper voice (repeatable; .onnx.json beside it)",
     )
+    serve.add_argument(
+        "--gpt-sovits-voice",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also serve this GPT-SoVITS v2 voice (repeatable; DIR/voice.json names its files)",
+    )
     serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     serve.add_argument(
@@ -131,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("-o", "--output", required=True, help="output file: .wav, .ogg or .opus")
     say.add_argument("--voice", default=None, help="voice id (default: the bundled voice)")
     say.add_argument("--voice-path", action="append", default=[], metavar="MODEL.onnx")
+    say.add_argument("--gpt-sovits-voice", action="append", default=[], metavar="DIR", help="a GPT-SoVITS v2 voice")
     say.add_argument("--speed", type=float, default=1.0)
     say.add_argument("--seed", type=int, default=None)
     say.add_argument("--sample-rate", type=int, default=None, help="resample .wav output to this rate")

@@ -24,6 +24,8 @@ class ServerConfig:
     voice_paths: tuple[str, ...] = ()
     """Extra Piper voices (``.onnx`` with ``.onnx.json`` beside it) served next to the bundled one."""
     include_bundled_voice: bool = True
+    gpt_sovits_voice_dirs: tuple[str, ...] = ()
+    """GPT-SoVITS v2 voices: directories holding ``voice.json`` and the files it names."""
     threads: int = 0
     """onnxruntime intra-op threads (0: one per core)."""
     max_message_bytes: int = 64 * 1024

@@ -61,5 +61,14 @@ class Metrics:
         for k in range(1, engine.workers + 1):
             parallel.labels(str(k)).set_function(lambda k=k: engine.units_by_concurrency.get(k, 0))
 
+        steps = Gauge(
+            "streamvox_engine_ar_steps_by_batch",
+            "Batched T2S steps (GPT-SoVITS voices) by how many streams each advanced",
+            ["streams"],
+            registry=r,
+        )
+        for k in range(1, 17):  # a voice's max_streams bounds a batch; 16 covers the sizes we serve
+            steps.labels(str(k)).set_function(lambda k=k: engine.ar_batch_sizes.get(k, 0))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

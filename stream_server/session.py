@@ -37,9 +37,8 @@ from streamvox.engine.events import (
     StreamFailed,
     SynthesisParams,
 )
-from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.segmenter import Segmenter, Span
-from streamvox.engine.voices import UnknownVoiceError, VoiceRegistry
+from streamvox.engine.voices import UnknownVoiceError, Voice, VoiceRegistry
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.protocol import (
@@ -65,7 +64,7 @@ _session_ids = itertools.count(1)
 
 @dataclass
 class _Settings:
-    voice: PiperVoice
+    voice: Voice
     format: OutputFormat
     params: SynthesisParams
 
@@ -74,7 +73,7 @@ class _Settings:
 class _Context:
     id: str
     stream_id: str
-    voice: PiperVoice
+    voice: Voice
     encoder: StreamEncoder
     segmenter: Segmenter
     segments: dict[int, tuple[Span, float]] = field(default_factory=dict)
@@ -271,6 +270,8 @@ class Session:
             except (FormatError, ValueError) as exc:
                 raise ProtocolError("bad_format", str(exc)) from None
         params = settings.params
+        if voice.kind == "gpt-sovits" and message.speed not in (None, 1.0):
+            raise ProtocolError("invalid_value", f"speed is not adjustable for {voice.id} (a GPT-SoVITS voice)")
         if message.speaker is not None and not 0 <= message.speaker < max(1, voice.config.num_speakers):
             raise ProtocolError("invalid_value", f"speaker must be < {voice.config.num_speakers} for {voice.id}")
         params = SynthesisParams(

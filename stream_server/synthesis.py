@@ -13,8 +13,8 @@ from streamvox.codecs.ogg import OggOpusWriter
 from streamvox.codecs.resample import StreamResampler
 from streamvox.engine.core import EngineCore
 from streamvox.engine.events import AudioChunk, StreamAborted, StreamDone, StreamFailed, SynthesisParams
-from streamvox.engine.piper_voice import PiperVoice
 from streamvox.engine.segmenter import Segmenter, SegmenterConfig
+from streamvox.engine.voices import Voice
 
 
 class SynthesisError(RuntimeError):
@@ -32,7 +32,7 @@ class SynthesisResult:
 
 def synthesize(
     engine: EngineCore,
-    voice: PiperVoice,
+    voice: Voice,
     text: str,
     params: SynthesisParams | None = None,
     segmenter: SegmenterConfig | None = None,

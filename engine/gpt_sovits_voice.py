@@ -1,0 +1,252 @@
+"""A GPT-SoVITS v2 voice the server can speak with, loaded from a directory the user gives.
+
+The directory holds ``voice.json`` and the files it names (paths relative to it)::
+
+    {
+      "id": "narrator",                      # optional: the directory's name
+      "gpt_weights": "narrator-e15.ckpt",     # s1 (text-to-semantic)
+      "sovits_weights": "narrator_e8.pth",    # s2 (SoVITS v2)
+      "reference_audio": "ref.wav",           # 3-10 s of the speaker
+      "reference_text": "What ref.wav says.",
+      "prompt_tokens": "ref.semantic.npy",    # ref.wav's semantic tokens (int array)
+      "language": "en",
+      "sampling": {"top_k": 15, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35},
+      "noise_scale": 0.5, "max_streams": 4, "max_len": 1024, "int8": false
+    }
+
+Unknown keys are errors.  The reference's semantic tokens come precomputed
+(``prompt_tokens``): extracting them needs a HuBERT model (cnhubert), which
+this server does not run yet.
+
+The voice owns one :class:`T2SDecoder` whose cache has ``max_streams`` slots;
+only the engine thread hands out slots and only one T2S call runs at a time
+(the engine guarantees both).  The SoVITS decoder is immutable and decodes
+chunks for several streams at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from streamvox.engine.ar_checkpoint import CheckpointError, load_s1
+from streamvox.engine.ar_generate import TokenStream, advance, choose
+from streamvox.engine.ar_sampler import EosPolicy, SamplingParams
+from streamvox.engine.gpt_sovits_t2s import T2SConfig, T2SDecoder
+from streamvox.engine.gpt_sovits_text import english_phoneme_ids
+from streamvox.engine.gpt_sovits_vits import SoVITSDecoder
+from streamvox.engine.piper_voice import VoiceLoadError
+from streamvox.engine.token_vocoder import ChunkSchedule, StreamingVocoder
+
+_KEYS = {
+    "id", "gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens",
+    "language", "sampling", "noise_scale", "max_streams", "max_len", "int8", "chunks",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GptSovitsVoiceConfig:
+    """Per-voice settings from ``voice.json`` (with GPT-SoVITS's defaults)."""
+
+    language: str = "en"
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    noise_scale: float = 0.5
+    """SoVITS prior noise (0: deterministic given the tokens)."""
+    max_streams: int = 4
+    """Streams generating at once: the T2S cache's slots."""
+    max_len: int = 1024
+    """Cache positions per slot: reference text + target text + prompt + generated tokens."""
+    int8: bool = False
+    """int8 T2S linears: ~1.5x faster on a CPU; tokens may differ from fp32."""
+    chunks: ChunkSchedule = field(default_factory=ChunkSchedule)
+    num_speakers: int = 1
+    length_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.language != "en":
+            raise ValueError(f"only English GPT-SoVITS voices are supported, not {self.language!r}")
+        if self.max_streams < 1 or self.max_len < 64:
+            raise ValueError("max_streams must be >= 1 and max_len >= 64")
+        if self.noise_scale < 0:
+            raise ValueError("noise_scale must be >= 0")
+
+
+@dataclass
+class ARSegment:
+    """One text segment of one stream: its slot, its token stream and its vocoder.
+
+    Touched by one thread at a time (the engine's unit discipline)."""
+
+    index: int
+    slot: int
+    tokens: TokenStream
+    vocoder: StreamingVocoder
+
+    @property
+    def generating(self) -> bool:
+        return not self.tokens.done
+
+
+class GptSovitsVoice:
+    """See the module docstring."""
+
+    kind = "gpt-sovits"
+
+    def __init__(
+        self,
+        voice_id: str,
+        t2s: T2SDecoder,
+        sovits: SoVITSDecoder,
+        reference_ids: list[int],
+        prompt_tokens: list[int],
+        speaker: torch.Tensor,
+        config: GptSovitsVoiceConfig,
+    ) -> None:
+        self.id = voice_id
+        self.t2s = t2s
+        self.sovits = sovits
+        self.reference_ids = reference_ids
+        self.prompt_tokens = torch.tensor(prompt_tokens, dtype=torch.long)
+        self.speaker = speaker
+        self.config = config
+        self.sample_rate = sovits.config.sampling_rate
+        self.samples_per_token = sovits.config.samples_per_token
+        self.eos = t2s.config.eos
+        self._free_slots = list(range(config.max_streams))
+        self.t2s_busy = False
+        """A T2S call (prefill or step) is on a worker: set and cleared by the engine thread."""
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GptSovitsVoice:
+        """Read ``directory/voice.json`` and everything it names; errors are :class:`VoiceLoadError`."""
+        root = Path(directory)
+        try:
+            spec = json.loads((root / "voice.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise VoiceLoadError(f"{root}: cannot read voice.json ({exc})") from None
+        if not isinstance(spec, dict):
+            raise VoiceLoadError(f"{root}/voice.json: expected an object")
+        unknown = sorted(set(spec) - _KEYS)
+        if unknown:
+            raise VoiceLoadError(f"{root}/voice.json: unknown keys {unknown}")
+        try:
+            config = _config(spec)
+            for key in ("gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens"):
+                if key not in spec:
+                    raise ValueError(f"{key!r} is required")
+            s1 = load_s1(root / spec["gpt_weights"])
+            t2s_config = T2SConfig.from_checkpoint(s1.config)
+            t2s = T2SDecoder(s1.weights, t2s_config, slots=config.max_streams, max_len=config.max_len, int8=config.int8)
+            sovits = SoVITSDecoder.load(root / spec["sovits_weights"])
+            reference = _read_audio(root / spec["reference_audio"], sovits.config.sampling_rate)
+            speaker = sovits.speaker(sovits.reference_spectrogram(reference))
+            tokens = np.load(root / spec["prompt_tokens"], allow_pickle=False).astype(np.int64).reshape(-1)
+            if tokens.size == 0 or tokens.min() < 0 or tokens.max() >= t2s_config.eos:
+                raise ValueError(f"prompt_tokens must be semantic tokens in 0..{t2s_config.eos - 1}")
+            reference_ids = english_phoneme_ids(str(spec["reference_text"]))
+        except (CheckpointError, ValueError, OSError) as exc:
+            raise VoiceLoadError(f"{root}: {exc}") from None
+        return cls(str(spec.get("id", root.name)), t2s, sovits, reference_ids, tokens.tolist(), speaker, config)
+
+    def text_ids(self, text: str) -> list[int]:
+        """The v2 phoneme ids of one segment's text."""
+        return english_phoneme_ids(text)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free_slots)
+
+    def acquire_slot(self) -> int:
+        """Engine thread only."""
+        return self._free_slots.pop(0)
+
+    def release_slot(self, slot: int) -> None:
+        """Engine thread only, and only once no unit uses the slot."""
+        self.t2s.release(slot)
+        self._free_slots.append(slot)
+        self._free_slots.sort()
+
+    def start_segment(self, index: int, slot: int, target_ids: list[int], seed: int, greedy: bool = False) -> ARSegment:
+        """Prefill ``slot`` with the reference and target text and the prompt (a T2S call).
+
+        ``seed`` fixes the token draws and the vocoder noise; ``greedy`` takes the most likely
+        token each step and decodes without noise (the same text always gives the same audio)."""
+        phonemes = torch.tensor(self.reference_ids + target_ids, dtype=torch.long)
+        room = self.config.max_len - len(phonemes) - len(self.prompt_tokens) - 1
+        if room < self.config.chunks.first:
+            raise ValueError(f"segment too long for the voice's max_len ({self.config.max_len})")
+        first = self.t2s.prefill(slot, phonemes, self.prompt_tokens)
+        sampling = SamplingParams(top_k=1, repetition_penalty=1.0) if greedy else self.config.sampling
+        tokens = TokenStream.start(slot, first, self.prompt_tokens, sampling, seed)
+        vocoder = StreamingVocoder(
+            self.sovits,
+            torch.tensor(target_ids, dtype=torch.long),
+            self.speaker,
+            self.config.chunks,
+            seed=seed,
+            noise_scale=0.0 if greedy else self.config.noise_scale,
+        )
+        return ARSegment(index, slot, tokens, vocoder)
+
+    def step(self, segments: list[ARSegment]) -> None:
+        """One token for each segment, all in one batched T2S call (a T2S call)."""
+        segments = sorted(segments, key=lambda s: s.slot)  # adjacent slots are read as one view
+        chosen = []
+        for segment in segments:
+            room = self.config.max_len - int(self.t2s.lengths[segment.slot]) - 1
+            policy = EosPolicy(eos=self.eos, max_steps=min(1500, len(segment.tokens.tokens) + room))
+            token = choose(segment.tokens, policy)
+            chosen.append(token)
+            if token is not None:
+                segment.vocoder.add([token])
+        advance(self.t2s, [s.tokens for s in segments], chosen)
+
+    def warm_up(self) -> None:
+        """One short segment end to end, so the first client does not pay first-call costs."""
+        slot = self.acquire_slot()
+        try:
+            segment = self.start_segment(0, slot, self.text_ids("Warming up."), seed=0)
+            for _ in range(4):
+                self.step([segment])
+            segment.vocoder.finish()
+        finally:
+            self.release_slot(slot)
+
+
+def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
+    sampling = spec.get("sampling", {})
+    if not isinstance(sampling, dict) or set(sampling) - {"top_k", "top_p", "temperature", "repetition_penalty"}:
+        raise ValueError("sampling takes top_k, top_p, temperature and repetition_penalty")
+    chunks = spec.get("chunks", {})
+    if not isinstance(chunks, dict) or set(chunks) - {"first", "growth", "cap", "lookahead", "left_context", "overlap"}:
+        raise ValueError("chunks takes first, growth, cap, lookahead, left_context and overlap")
+    try:
+        return GptSovitsVoiceConfig(
+            language=str(spec.get("language", "en")),
+            sampling=SamplingParams(**sampling),
+            noise_scale=float(spec.get("noise_scale", 0.5)),
+            max_streams=int(spec.get("max_streams", 4)),
+            max_len=int(spec.get("max_len", 1024)),
+            int8=bool(spec.get("int8", False)),
+            chunks=ChunkSchedule(**chunks),
+        )
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _read_audio(path: Path, rate: int) -> np.ndarray:
+    import soundfile
+    import soxr
+
+    audio, source_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    mono = audio.mean(axis=1)
+    if source_rate != rate:
+        mono = soxr.resample(mono, source_rate, rate)
+    if len(mono) < rate // 2:
+        raise ValueError(f"{path.name}: the reference audio is shorter than 0.5 s")
+    return mono.astype(np.float32)
