@@ -40,7 +40,8 @@ class Checkpoint:
     """The s2 header tag (``"03"``..``"06"``) or ``None`` for a plain zip/pickle."""
 
 
-def _restricted_load(data: bytes, path: Path) -> Any:
+def restricted_load(data: bytes, path: Path) -> Any:
+    """Unpickle a torch file's bytes allowing only tensors and plain data (``path`` names it in errors)."""
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -78,7 +79,7 @@ def _config(raw: Any, path: Path) -> dict[str, Any]:
 def load_s1(path: str | Path) -> Checkpoint:
     """A GPT (text-to-semantic) checkpoint; weights lose their ``model.`` prefix."""
     file = Path(path)
-    raw = _restricted_load(_read(file), file)
+    raw = restricted_load(_read(file), file)
     if not isinstance(raw, Mapping) or "weight" not in raw:
         raise CheckpointError(f"{file}: not a GPT-SoVITS s1 checkpoint (no 'weight')")
     return Checkpoint(_tensors(raw["weight"], file, "model."), _config(raw.get("config"), file))
@@ -91,7 +92,7 @@ def load_s2(path: str | Path) -> Checkpoint:
     tag = data[:2] if data[:2] in S2_VERSION_TAGS else None
     if tag is not None:
         data = b"PK" + data[2:]
-    raw = _restricted_load(data, file)
+    raw = restricted_load(data, file)
     if not isinstance(raw, Mapping) or "weight" not in raw:
         raise CheckpointError(f"{file}: not a GPT-SoVITS s2 checkpoint (no 'weight')")
     return Checkpoint(

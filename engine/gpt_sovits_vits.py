@@ -242,6 +242,18 @@ class SoVITSDecoder:
         )
         return audio[:, 0]
 
+    @torch.inference_mode()
+    def semantic_tokens(self, features: torch.Tensor) -> list[int]:
+        """Quantise HuBERT features ``(1, 768, frames at 50 Hz)`` to semantic tokens (25 Hz for v2):
+        ``ssl_proj``, then the nearest codebook vector of each frame."""
+        w = self.weights
+        if "ssl_proj.weight" not in w:
+            raise ValueError("this SoVITS checkpoint has no ssl_proj: it cannot turn audio into tokens")
+        stride = self.config.frames_per_token
+        x = F.conv1d(features.to(torch.float32), w["ssl_proj.weight"], w.get("ssl_proj.bias"), stride=stride)[0].T
+        distance = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1)[None]
+        return distance.argmin(dim=1).tolist()
+
     def decode(
         self,
         codes: Sequence[int] | torch.Tensor,

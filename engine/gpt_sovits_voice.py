@@ -8,15 +8,17 @@ The directory holds ``voice.json`` and the files it names (paths relative to it)
       "sovits_weights": "narrator_e8.pth",    # s2 (SoVITS v2)
       "reference_audio": "ref.wav",           # 3-10 s of the speaker
       "reference_text": "What ref.wav says.",
-      "prompt_tokens": "ref.semantic.npy",    # ref.wav's semantic tokens (int array)
+      "prompt_tokens": "ref.semantic.npy",    # ref.wav's semantic tokens (int array), or
+      "cnhubert": "chinese-hubert-base",      # a HuBERT model directory to extract them with
       "language": "en",
       "sampling": {"top_k": 15, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35},
       "noise_scale": 0.5, "max_streams": 4, "max_len": 1024, "int8": false
     }
 
-Unknown keys are errors.  The reference's semantic tokens come precomputed
-(``prompt_tokens``): extracting them needs a HuBERT model (cnhubert), which
-this server does not run yet.
+Unknown keys are errors.  The reference's semantic tokens are read from
+``prompt_tokens`` if given, else extracted at load time with the user's
+HuBERT model (``cnhubert``, a local Hugging Face directory; the reference must
+then last 3 to 10 s, as upstream requires); nothing is downloaded.
 
 The voice owns one :class:`T2SDecoder` whose cache has ``max_streams`` slots;
 only the engine thread hands out slots and only one T2S call runs at a time
@@ -44,7 +46,7 @@ from streamvox.engine.piper_voice import VoiceLoadError
 from streamvox.engine.token_vocoder import ChunkSchedule, StreamingVocoder
 
 _KEYS = {
-    "id", "gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens",
+    "id", "gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens", "cnhubert",
     "language", "sampling", "noise_scale", "max_streams", "max_len", "int8", "chunks",
 }  # fmt: skip
 
@@ -136,16 +138,21 @@ class GptSovitsVoice:
             raise VoiceLoadError(f"{root}/voice.json: unknown keys {unknown}")
         try:
             config = _config(spec)
-            for key in ("gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens"):
+            for key in ("gpt_weights", "sovits_weights", "reference_audio", "reference_text"):
                 if key not in spec:
                     raise ValueError(f"{key!r} is required")
+            if "prompt_tokens" not in spec and "cnhubert" not in spec:
+                raise ValueError("give 'prompt_tokens' (precomputed) or 'cnhubert' (a HuBERT model directory)")
             s1 = load_s1(root / spec["gpt_weights"])
             t2s_config = T2SConfig.from_checkpoint(s1.config)
             t2s = T2SDecoder(s1.weights, t2s_config, slots=config.max_streams, max_len=config.max_len, int8=config.int8)
             sovits = SoVITSDecoder.load(root / spec["sovits_weights"])
             reference = _read_audio(root / spec["reference_audio"], sovits.config.sampling_rate)
             speaker = sovits.speaker(sovits.reference_spectrogram(reference))
-            tokens = np.load(root / spec["prompt_tokens"], allow_pickle=False).astype(np.int64).reshape(-1)
+            if "prompt_tokens" in spec:
+                tokens = np.load(root / spec["prompt_tokens"], allow_pickle=False).astype(np.int64).reshape(-1)
+            else:
+                tokens = np.array(_extract_tokens(root / spec["cnhubert"], root / spec["reference_audio"], sovits))
             if tokens.size == 0 or tokens.min() < 0 or tokens.max() >= t2s_config.eos:
                 raise ValueError(f"prompt_tokens must be semantic tokens in 0..{t2s_config.eos - 1}")
             reference_ids = english_phoneme_ids(str(spec["reference_text"]))
@@ -237,6 +244,12 @@ def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
         )
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _extract_tokens(hubert_dir: Path, reference: Path, sovits: SoVITSDecoder) -> list[int]:
+    from streamvox.engine.cnhubert import SAMPLE_RATE, CNHubert, reference_tokens
+
+    return reference_tokens(CNHubert.load(hubert_dir), sovits.semantic_tokens, _read_audio(reference, SAMPLE_RATE))
 
 
 def _read_audio(path: Path, rate: int) -> np.ndarray:

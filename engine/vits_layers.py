@@ -28,7 +28,8 @@ def fold_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
     Handles both spellings torch has used: ``X.weight_g``/``X.weight_v`` and
     ``X.parametrizations.weight.original0``/``original1``.  The norm is taken over every
-    dimension but the first, which is what ``weight_norm(module)`` does by default.
+    dimension where ``g`` has size 1, so the normed dimension is read from ``g``'s shape (the
+    first by default; HuBERT's position convolution uses the last).
     """
     out: dict[str, torch.Tensor] = {}
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -48,9 +49,10 @@ def fold_weight_norm(weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     for base, pair in pairs.items():
         if set(pair) != {"g", "v"}:
             raise ValueError(f"weight-normed {base!r} lacks its {'g' if 'g' not in pair else 'v'} half")
-        v = pair["v"]
-        norm = v.norm(dim=tuple(range(1, v.dim())), keepdim=True)
-        out[base + ".weight"] = (pair["g"] * v / norm).contiguous()
+        g, v = pair["g"], pair["v"]
+        dims = tuple(d for d in range(v.dim()) if g.dim() != v.dim() or g.shape[d] == 1)
+        norm = v.norm(dim=dims, keepdim=True)
+        out[base + ".weight"] = (g * v / norm).contiguous()
     return out
 
 

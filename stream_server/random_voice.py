@@ -102,6 +102,7 @@ def write_sovits_checkpoint(path: Path, cfg: SoVITSConfig, seed: int) -> None:
                 weights[f"{name}.norm_layers_{n}.{i}.beta"] = torch.zeros(h)
 
     h, inter = cfg.hidden_channels, cfg.inter_channels
+    conv("ssl_proj", 768, 768, cfg.frames_per_token)
     conv("enc_p.ssl_proj", h, 768)
     encoder("enc_p.encoder_ssl", cfg.n_layers // 2)
     encoder("enc_p.encoder_text", cfg.n_layers)
@@ -189,12 +190,12 @@ def write_voice(
     write_t2s_checkpoint(directory / "gpt.ckpt", t2s, seed, eos_scale)
     write_sovits_checkpoint(directory / "sovits.pth", sovits, seed)
     rate = sovits.sampling_rate
-    t = np.arange(int(2.5 * rate)) / rate
+    t = np.arange(int(3.5 * rate)) / rate
     phase = 2 * np.pi * np.cumsum(130 + 15 * np.sin(2 * np.pi * 3 * t)) / rate
     wave = 0.3 * sum(np.sin(k * phase) / k for k in range(1, 6))
     soundfile.write(directory / "reference.wav", wave.astype(np.float32), rate)
     rng = np.random.default_rng(seed)
-    np.save(directory / "reference.semantic.npy", rng.integers(0, t2s.eos, int(2.5 * 25)).astype(np.int64))
+    np.save(directory / "reference.semantic.npy", rng.integers(0, t2s.eos, int(3.5 * 25)).astype(np.int64))
     spec = {
         "id": directory.name,
         "gpt_weights": "gpt.ckpt",

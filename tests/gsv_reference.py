@@ -15,6 +15,12 @@ Operations:
 - ``sample``: ``logits_to_probs`` and the draw ``argmax(probs / q)`` on given logits, tokens and noise.
 - ``phonemes``: upstream's English front end (``clean_text`` then ``cleaned_text_to_sequence``, v2) for
   each of ``texts``, and the v2 symbol table.
+- ``make_hubert``: a tiny random HuBERT in the Hugging Face layout (``config.json``,
+  ``preprocessor_config.json``, ``pytorch_model.bin``) from ``config``, built with the reference's
+  own ``cnhubert`` module.
+- ``hubert``: upstream's prompt extraction: the 16 kHz ``audio`` plus its trailing zeros through
+  ``CNHubert``'s model, then the s2 ``checkpoint``'s ``extract_latent``; features and tokens, and
+  the tokens ``extract_latent`` gives for ``varied_features`` (random, so every frame differs).
 - ``make_s2``: build a v2 ``SynthesizerTrn`` from ``hps`` with ``seed`` (every weight random, including
   the ones upstream initialises to zero, so no block is an identity) and write a real-format s2
   checkpoint: fp16 weights without ``enc_q``, header bytes replaced by ``04``.
@@ -132,6 +138,49 @@ def phonemes(job: dict) -> dict:
     }
 
 
+def make_hubert(job: dict) -> dict:
+    import os
+    from types import SimpleNamespace
+
+    from feature_extractor.cnhubert import HubertInferenceModel
+
+    torch.manual_seed(job["seed"])
+    model = HubertInferenceModel(SimpleNamespace(**job["config"]))
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith(("layer_norm.weight", "layer_norm.bias")):
+                tensor.add_(0.1 * torch.randn_like(tensor))
+    directory = job["directory"]
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(job["config"], f)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump({"sampling_rate": 16000, "do_normalize": True, "feature_size": 1, "padding_value": 0.0}, f)
+    torch.save(model.state_dict(), os.path.join(directory, "pytorch_model.bin"))
+    return {}
+
+
+def hubert(job: dict) -> dict:
+    import io
+
+    from feature_extractor.cnhubert import CNHubert
+
+    with open(job["checkpoint"], "rb") as f:
+        data = f.read()
+    checkpoint = torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=True)
+    synthesizer = _synthesizer(checkpoint["config"]).eval()
+    synthesizer.load_state_dict(checkpoint["weight"], strict=False)
+    model = CNHubert(job["directory"]).eval()
+    wav = torch.tensor(np.array(job["audio"], dtype=np.float32))
+    wav = torch.cat([wav, torch.zeros(int(32000 * 0.3))])  # what TTS._set_prompt_semantic appends
+    with torch.no_grad():
+        features = model.model(wav.unsqueeze(0))["last_hidden_state"].transpose(1, 2)
+        codes = synthesizer.extract_latent(features)
+        varied = torch.tensor(np.array(job["varied_features"], dtype=np.float32))
+        varied_codes = synthesizer.extract_latent(varied)
+    return {"features": features.numpy(), "tokens": codes[0, 0].numpy(), "varied_tokens": varied_codes[0, 0].numpy()}
+
+
 def _synthesizer(hps: dict) -> torch.nn.Module:
     from module.models import SynthesizerTrn
 
@@ -155,7 +204,10 @@ def make_s2(job: dict) -> dict:
             if not tensor.is_floating_point():
                 continue
             if name.endswith("_codebook.embed"):
-                tensor.copy_(torch.randn_like(tensor))
+                # Small, like a trained codebook next to ssl_proj's outputs: nearest-vector picks vary.
+                tensor.copy_(0.1 * torch.randn_like(tensor))
+            elif name.endswith("_codebook.inited"):
+                tensor.fill_(1.0)  # a trained codebook: no k-means initialisation on first use
             elif name.endswith("weight_g"):
                 tensor.mul_(2.0)  # upstream's N(0, 0.01) init leaves HiFi-GAN almost silent
             elif name.endswith(("gamma", "beta")) or ".post." in name or "emb_rel" in name:
@@ -215,6 +267,8 @@ if __name__ == "__main__":
         "sample": sample,
         "phonemes": phonemes,
         "make_s2": make_s2,
+        "make_hubert": make_hubert,
+        "hubert": hubert,
         "sovits": sovits,
     }[job["op"]](job)
     np.savez(job["output"], **result)

@@ -93,6 +93,8 @@ def test_abort_is_acknowledged_and_nothing_follows(engine: EngineCore, voice: Pi
 class _BrokenVoice:
     """Stands in for a voice whose model fails at run time."""
 
+    kind = "piper"
+
     def __init__(self, real: PiperVoice) -> None:
         self.sample_rate = real.sample_rate
 

@@ -18,6 +18,7 @@ import websockets
 from streamvox.engine.core import EngineCore
 from streamvox.engine.events import AudioChunk, StreamAborted, StreamDone, StreamFailed, SynthesisParams
 from streamvox.engine.gpt_sovits_voice import GptSovitsVoice
+from streamvox.engine.piper_voice import VoiceLoadError
 from streamvox.engine.voices import VoiceRegistry
 from streamvox.stream_server.app import STREAM_PATH, create_app
 from streamvox.stream_server.config import ServerConfig
@@ -185,12 +186,30 @@ async def test_speed_is_refused_for_the_voice_and_the_session_lives_on(
 
 
 def test_a_broken_voice_directory_is_a_clear_error(tmp_path: Path) -> None:
-    from streamvox.engine.piper_voice import VoiceLoadError
-
     directory = write_voice(tmp_path / "v", "tiny", settings={"colour": "blue"})
     with pytest.raises(VoiceLoadError, match="unknown keys"):
         GptSovitsVoice.load(directory)
     write_voice(directory, "tiny")
     (directory / "sovits.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(VoiceLoadError, match="sovits.pth"):
+        GptSovitsVoice.load(directory)
+
+
+def test_prompt_tokens_can_come_from_a_cnhubert_model(tmp_path: Path) -> None:
+    import json
+
+    from tests.gsv_runner import reference
+    from tests.test_sovits_parity import TINY_HUBERT
+
+    directory = write_voice(tmp_path / "v", "tiny")
+    reference({"op": "make_hubert", "config": TINY_HUBERT, "seed": 4, "directory": str(directory / "hubert")}, tmp_path)
+    spec = json.loads((directory / "voice.json").read_text())
+    del spec["prompt_tokens"]
+    spec["cnhubert"] = "hubert"
+    (directory / "voice.json").write_text(json.dumps(spec))
+    voice = GptSovitsVoice.load(directory)
+    assert len(voice.prompt_tokens) == (int(3.5 * 16000) + 9600) // 320 // 2  # 25 per second, padding included
+    del spec["cnhubert"]
+    (directory / "voice.json").write_text(json.dumps(spec))
+    with pytest.raises(VoiceLoadError, match="prompt_tokens"):
         GptSovitsVoice.load(directory)

@@ -140,3 +140,62 @@ def test_a_code_carrying_s2_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"04" + pickle.dumps({"weight": Payload()}, protocol=2)[2:])
     with pytest.raises(CheckpointError):
         SoVITSDecoder.load(path)
+
+
+TINY_HUBERT = {
+    "conv_dim": [32] * 7,
+    "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+    "conv_stride": [5, 2, 2, 2, 2, 2, 2],
+    "conv_bias": False,
+    "feat_extract_norm": "group",
+    "feat_proj_layer_norm": True,
+    "feat_extract_activation": "gelu",
+    "hidden_act": "gelu",
+    "hidden_size": 768,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 2,
+    "intermediate_size": 256,
+    "num_conv_pos_embeddings": 128,
+    "num_conv_pos_embedding_groups": 16,
+    "num_feat_extract_layers": 7,
+    "layer_norm_eps": 1e-5,
+    "mask_time_prob": 0.05,
+    "mask_feature_prob": 0.0,
+    "feat_proj_dropout": 0.0,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+    "do_stable_layer_norm": False,
+}
+
+
+def test_reference_tokens_from_cnhubert_equal_upstreams(tiny_s2: Path, tmp_path: Path) -> None:
+    from streamvox.engine.cnhubert import CNHubert, reference_tokens
+
+    hubert_dir = tmp_path / "hubert"
+    reference({"op": "make_hubert", "config": TINY_HUBERT, "seed": 4, "directory": str(hubert_dir)}, tmp_path)
+    audio = reference_audio(3.2, 16000)
+    varied = np.random.default_rng(2).standard_normal((1, 768, 60)).astype(np.float32)
+    job = {
+        "op": "hubert",
+        "directory": str(hubert_dir),
+        "checkpoint": str(tiny_s2),
+        "audio": audio.tolist(),
+        "varied_features": varied.tolist(),
+    }
+    ref = reference(job, tmp_path)
+    hubert = CNHubert.load(hubert_dir)
+    padded = np.concatenate([audio, np.zeros(9600, np.float32)])
+    features = hubert.features(padded)
+    np.testing.assert_allclose(features.numpy(), ref["features"], atol=1e-4)
+    assert features.shape[2] == 189  # 50 frames per second of 16 kHz audio, less the convolutions' edges
+    decoder = SoVITSDecoder.load(tiny_s2)
+    tokens = reference_tokens(hubert, decoder.semantic_tokens, audio)
+    assert len(tokens) == len(ref["tokens"]) == 189 // 2  # ssl_proj: stride 2, to 25 Hz
+    assert tokens == ref["tokens"].tolist()
+    # A random tiny HuBERT gives similar features for every frame; random features test the quantiser.
+    varied_tokens = decoder.semantic_tokens(torch.from_numpy(varied))
+    assert len(set(varied_tokens)) > 20, "a degenerate test: every frame quantised alike"
+    assert varied_tokens == ref["varied_tokens"].tolist()
+    with pytest.raises(ValueError, match="3 to 10 s"):
+        reference_tokens(hubert, decoder.semantic_tokens, audio[:16000])
