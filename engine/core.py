@@ -521,7 +521,11 @@ class EngineCore:
             if not any(c.isalnum() for c in text):
                 return [SegmentFinished(stream.id, index)]
             p = stream.params
-            seed = int(np.random.SeedSequence().generate_state(1)[0]) if p.seed is None else p.seed * 1_000_003 + index
+            seed = (
+                int(np.random.SeedSequence().generate_state(1)[0])
+                if p.seed is None
+                else (p.seed * 1_000_003 + index) % 2**63
+            )
             stream.ar = voice.start_segment(index, unit.slot, voice.text_ids(text), seed, greedy=not p.noise)
             start = stream.smoother.start_piece(_UNKNOWN_LENGTH)
             return [SegmentStarted(stream.id, index, start)]
