@@ -202,37 +202,46 @@ class T2SDecoder:
         positions = self.lengths[slots]
         if int(positions.max()) >= self.max_len:
             raise ValueError(f"a slot reached the cache length {self.max_len}")
+        batch, hidden, heads = len(slots), self.config.hidden, self.config.heads
+        head_dim, eps = hidden // heads, self.config.norm_eps
+        # One query per row, so rows stay 2-D ``(batch, hidden)`` and heads are views of them.
         x = (
             F.embedding(tokens.long(), self.audio_embedding)
             + self.audio_alpha * self.positions[self.audio_lengths[slots]]
         )
-        x = x.unsqueeze(1)
         width = self.max_len if full_width else int(positions.max()) + 1
         keep = torch.arange(width).unsqueeze(0) <= positions.unsqueeze(1)
-        bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))[:, None, None, :]
-        rows = torch.arange(len(slots))
+        bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+        flat_bias = bias.unsqueeze(1).expand(batch, heads, width).reshape(batch * heads, 1, width)
         first = int(slots[0])
         # Slots in one run (the usual case: the engine keeps live streams packed) are read as
         # views; any other set is gathered, which copies the caches it reads.
-        packed = bool(torch.equal(slots, torch.arange(first, first + len(slots))))
+        packed = bool(torch.equal(slots, torch.arange(first, first + batch)))
+        # Where each (row, head) writes its new key and value in a layer's cache seen as rows of D.
+        write_at = (
+            (slots.unsqueeze(1) * heads + torch.arange(heads)) * self.max_len + positions.unsqueeze(1)
+        ).flatten()
         for layer in range(self.config.layers):
-            q, k, v = self._qkv(x, layer)
+            norms, linears = self._norms[layer], self._linears[layer]
+            qkv = linears["qkv"](x)
+            q = qkv[:, :hidden].reshape(batch * heads, 1, head_dim)
+            self.k_cache[layer].view(-1, head_dim).index_copy_(
+                0, write_at, qkv[:, hidden : 2 * hidden].reshape(-1, head_dim)
+            )
+            self.v_cache[layer].view(-1, head_dim).index_copy_(0, write_at, qkv[:, 2 * hidden :].reshape(-1, head_dim))
             if packed:
-                k_view = self.k_cache[layer, first : first + len(slots)]
-                v_view = self.v_cache[layer, first : first + len(slots)]
-                k_view[rows, :, positions] = k[:, :, 0]
-                v_view[rows, :, positions] = v[:, :, 0]
-                keys, values = k_view[:, :, :width], v_view[:, :, :width]
+                keys = self.k_cache[layer, first : first + batch, :, :width]
+                values = self.v_cache[layer, first : first + batch, :, :width]
             else:
-                self.k_cache[layer][slots, :, positions] = k[:, :, 0]
-                self.v_cache[layer][slots, :, positions] = v[:, :, 0]
                 keys = self.k_cache[layer][slots, :, :width]
                 values = self.v_cache[layer][slots, :, :width]
-            attn = _attend_one(q, keys, values, bias)
-            x = self._finish_block(x, attn, layer)
+            attn = _attend_one(q, keys, values, flat_bias).view(batch, hidden)
+            x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
+            mlp = linears["fc2"](linears["fc1"].relu(x))
+            x = F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
         self.lengths[slots] += 1
         self.audio_lengths[slots] += 1
-        return F.linear(x[:, 0], self.head)
+        return F.linear(x, self.head)
 
     def release(self, slot: int) -> None:
         """Free a slot for the next stream (its old positions are masked out by its length)."""
@@ -277,16 +286,23 @@ class _Linear:
         flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
 
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(self(x))``, fused for int8."""
+        if self.packed is None:
+            return F.relu(F.linear(x, self.weight, self.bias))
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.ops.quantized.linear_relu_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
+
 
 def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Attention for one query position per row: ``(B, H, 1, D)`` against ``(B, H, W, D)``.
+    """Attention for one query per (row, head): ``q`` ``(B * H, 1, D)`` against ``keys``/``values``
+    ``(B, H, W, D)``, with ``bias`` ``(B * H, 1, W)``; returns ``(B * H, 1, D)``.
 
     Two batched matrix products over the ``B * H`` heads beat the fused CPU kernel here (it is
     built for long queries).  For packed slots ``keys`` and ``values`` are views of the cache whose
     first two dimensions merge without a copy.  Masked positions get ``-inf``, so exactly zero weight.
     """
-    batch, heads, _, dim = q.shape
+    dim = q.shape[-1]
     flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
-    flat_bias = bias.expand(batch, heads, 1, -1).reshape(batch * heads, 1, -1)
-    scores = torch.baddbmm(flat_bias, q.reshape(batch * heads, 1, dim), flat_keys.transpose(1, 2), alpha=dim**-0.5)
-    return torch.bmm(torch.softmax(scores, dim=-1), flat_values).view(batch, heads, 1, dim)
+    scores = torch.baddbmm(bias, q, flat_keys.transpose(1, 2), alpha=dim**-0.5)
+    return torch.bmm(torch.softmax(scores, dim=-1), flat_values)
