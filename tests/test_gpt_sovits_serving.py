@@ -7,7 +7,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +48,6 @@ def long_voice(tmp_path_factory: pytest.TempPathFactory) -> GptSovitsVoice:
     directory = tmp_path_factory.mktemp("voices") / "tiny-long"
     write_voice(directory, "tiny", seed=2, settings={"max_streams": 2, "max_len": 256, "chunks": SMALL_CHUNKS})
     return GptSovitsVoice.load(directory)
-
-
-@pytest.fixture()
-def engine() -> Iterator[EngineCore]:
-    core = EngineCore()
-    core.start()
-    yield core
-    core.stop()
 
 
 def run_streams(engine: EngineCore, voice: GptSovitsVoice, count: int, seed: int = 5) -> list[np.ndarray]:
