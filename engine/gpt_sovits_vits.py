@@ -150,7 +150,10 @@ def frame_noise(seed: int, start: int, frames: int, channels: int) -> torch.Tens
 class SoVITSDecoder:
     """See the module docstring.  ``weights`` is the s2 state dict (any float dtype)."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], config: SoVITSConfig) -> None:
+    def __init__(self, weights: Mapping[str, torch.Tensor], config: SoVITSConfig, bf16_vocoder: bool = False) -> None:
+        """``bf16_vocoder`` runs HiFi-GAN (about 90 % of the decode) in bfloat16: about twice as
+        fast on CPUs with AMX or AVX512-BF16, at about 44 dB SNR against fp32 (measured on
+        random v2-size weights); the parity tests use fp32."""
         if any(name.startswith("sv_emb") for name in weights):
             raise ValueError("this is a v2Pro SoVITS model (it has sv_emb); only v2 is supported")
         self.config = config
@@ -163,13 +166,17 @@ class SoVITSDecoder:
         if missing:
             raise ValueError(f"SoVITS weights lack {missing}")
         self.codebook = self.weights["quantizer.vq.layers.0._codebook.embed"]
+        self.bf16_vocoder = bf16_vocoder
+        self._vocoder_weights: Mapping[str, torch.Tensor] = self.weights
+        if bf16_vocoder:
+            self._vocoder_weights = {k: v.to(torch.bfloat16) for k, v in self.weights.items() if k.startswith("dec.")}
 
     @classmethod
-    def load(cls, path: str | Path) -> SoVITSDecoder:
+    def load(cls, path: str | Path, bf16_vocoder: bool = False) -> SoVITSDecoder:
         """From an s2 ``.pth`` file (restricted unpickler; header tag restored)."""
         checkpoint = load_s2(path)
         try:
-            return cls(checkpoint.weights, SoVITSConfig.from_checkpoint(checkpoint.config))
+            return cls(checkpoint.weights, SoVITSConfig.from_checkpoint(checkpoint.config), bf16_vocoder)
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
 
@@ -229,18 +236,19 @@ class SoVITSDecoder:
         c = self.config
         z = mean + noise * torch.exp(log_scale) * noise_scale
         z = L.flow_reverse(self.weights, "flow", z, speaker, c.flows, c.flow_layers, c.flow_kernel)
+        dtype = torch.bfloat16 if self.bf16_vocoder else torch.float32
         audio = L.hifigan(
-            self.weights,
+            self._vocoder_weights,
             "dec",
-            z,
-            speaker,
+            z.to(dtype),
+            speaker.to(dtype),
             c.upsample_rates,
             c.upsample_kernel_sizes,
             c.resblock,
             c.resblock_kernel_sizes,
             c.resblock_dilation_sizes,
         )
-        return audio[:, 0]
+        return audio[:, 0].to(torch.float32)
 
     @torch.inference_mode()
     def semantic_tokens(self, features: torch.Tensor) -> list[int]:

@@ -97,7 +97,13 @@ def _ours(
 
 
 def _streaming(
-    t2s_checkpoint: Path, s2_checkpoint: Path, phonemes: list[int], prompt: list[int], tokens: int, int8: bool
+    t2s_checkpoint: Path,
+    s2_checkpoint: Path,
+    phonemes: list[int],
+    prompt: list[int],
+    tokens: int,
+    int8: bool,
+    bf16_vocoder: bool = False,
 ) -> dict[str, Any]:
     """One utterance generated and vocoded chunk by chunk at batch 1."""
     import numpy as np
@@ -111,7 +117,7 @@ def _streaming(
     loaded = load_s1(t2s_checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
     t2s = T2SDecoder(loaded.weights, cfg, slots=1, max_len=len(phonemes) + len(prompt) + tokens + 8, int8=int8)
-    sovits = SoVITSDecoder.load(s2_checkpoint)
+    sovits = SoVITSDecoder.load(s2_checkpoint, bf16_vocoder=bf16_vocoder)
     rate = sovits.config.sampling_rate
     t = np.arange(3 * rate) / rate
     speaker = sovits.speaker(sovits.reference_spectrogram((0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)))
@@ -147,7 +153,7 @@ def _streaming(
     one_shot_s = time.perf_counter() - one_shot_started
     error = float(np.sum((streamed - offline) ** 2))
     return {
-        "weights": "int8" if int8 else "fp32",
+        "weights": ("int8" if int8 else "fp32") + (" + bf16 vocoder" if bf16_vocoder else ""),
         "tokens": len(stream.tokens),
         "audio_s": audio_s,
         "first_chunk_ms": 1000 * chunks[0][0],
@@ -195,7 +201,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ours = [
             _ours(checkpoint, b, phonemes, prompt, args.tokens, int8) for int8 in (False, True) for b in args.batches
         ]
-        streaming = [_streaming(checkpoint, s2, phonemes, prompt, args.tokens, int8) for int8 in (False, True)]
+        streaming = [
+            _streaming(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
+            for int8, bf16 in ((False, False), (True, False), (True, True))
+        ]
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

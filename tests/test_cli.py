@@ -207,7 +207,7 @@ def test_bench_ar_smoke() -> None:
     assert result["reference"]["tokens"] == 4 and result["reference"]["tokens_per_s"] > 0
     assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0
     streaming = result["streaming"]
-    assert [r["weights"] for r in streaming] == ["fp32", "int8"]
+    assert [r["weights"] for r in streaming] == ["fp32", "int8", "int8 + bf16 vocoder"]
     for row in streaming:
         assert row["tokens"] == 4 and row["audio_s"] == 4 * 1280 / 32000
         assert row["first_chunk_ms"] > 0 and row["rtf"] > 0 and row["vocoder_one_shot_rtf"] > 0

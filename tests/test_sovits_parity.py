@@ -199,3 +199,14 @@ def test_reference_tokens_from_cnhubert_equal_upstreams(tiny_s2: Path, tmp_path:
     assert varied_tokens == ref["varied_tokens"].tolist()
     with pytest.raises(ValueError, match="3 to 10 s"):
         reference_tokens(hubert, decoder.semantic_tokens, audio[:16000])
+
+
+def test_bf16_vocoder_stays_close_to_fp32(tiny_s2: Path) -> None:
+    fp32 = SoVITSDecoder.load(tiny_s2)
+    bf16 = SoVITSDecoder.load(tiny_s2, bf16_vocoder=True)
+    speaker = fp32.speaker(fp32.reference_spectrogram(reference_audio()))
+    exact = fp32.decode(CODES, TEXT, speaker, seed=1).numpy()
+    close = bf16.decode(CODES, TEXT, speaker, seed=1).numpy()
+    assert close.dtype == np.float32 and close.shape == exact.shape
+    snr = 10 * np.log10(np.sum(exact**2) / np.sum((close - exact) ** 2))
+    assert 25 < snr < 100, snr  # close, and not secretly the fp32 path

@@ -117,3 +117,25 @@ def test_streamed_audio_approaches_the_one_shot_decode_with_more_context(
     np.testing.assert_allclose(
         whole, offline, atol=1e-5, err_msg="one chunk holding every token is the one-shot decode"
     )
+
+
+def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecoder, torch.Tensor]) -> None:
+    """Windows are stretched left to a bucket multiple, so new shapes (each a one-off setup cost
+    in the convolution library) stay few; all of them are in the list a voice warms up."""
+    decoder, speaker = voice
+    schedule = ChunkSchedule()
+    seen: list[int] = []
+    real = decoder.synthesize
+
+    def recording(mean: torch.Tensor, *args: object) -> torch.Tensor:
+        seen.append(mean.shape[2] // decoder.config.frames_per_token)
+        return real(mean, *args)  # type: ignore[arg-type]
+
+    decoder.synthesize = recording  # type: ignore[method-assign]
+    try:
+        for count in (150, 97, 120):
+            stream(decoder, speaker, TOKENS[:count], schedule)
+    finally:
+        del decoder.synthesize
+    assert set(seen) <= set(schedule.window_sizes()), seen
+    assert len(set(seen)) < len(seen)
