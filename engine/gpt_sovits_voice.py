@@ -28,6 +28,7 @@ chunks for several streams at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ class ARSegment:
     slot: int
     tokens: TokenStream
     vocoder: StreamingVocoder
+    policy: EosPolicy
+    """Its end-of-speech rule; the step cap is what the slot's cache has room for after prefill."""
 
     @property
     def generating(self) -> bool:
@@ -119,7 +122,6 @@ class GptSovitsVoice:
         self.speaker = speaker
         self.config = config
         self.sample_rate = sovits.config.sampling_rate
-        self.samples_per_token = sovits.config.samples_per_token
         self.eos = t2s.config.eos
         self._free_slots = list(range(config.max_streams))
         self.t2s_busy = False
@@ -149,12 +151,14 @@ class GptSovitsVoice:
             t2s_config = T2SConfig.from_checkpoint(s1.config)
             t2s = T2SDecoder(s1.weights, t2s_config, slots=config.max_streams, max_len=config.max_len, int8=config.int8)
             sovits = SoVITSDecoder.load(root / spec["sovits_weights"], bf16_vocoder=config.bf16_vocoder)
-            reference = _read_audio(root / spec["reference_audio"], sovits.config.sampling_rate)
-            speaker = sovits.speaker(sovits.reference_spectrogram(reference))
+            reference, reference_rate = _read_audio(root / spec["reference_audio"])
+            speaker = sovits.speaker(
+                sovits.reference_spectrogram(_resample(reference, reference_rate, sovits.config.sampling_rate))
+            )
             if "prompt_tokens" in spec:
                 tokens = np.load(root / spec["prompt_tokens"], allow_pickle=False).astype(np.int64).reshape(-1)
             else:
-                tokens = np.array(_extract_tokens(root / spec["cnhubert"], root / spec["reference_audio"], sovits))
+                tokens = np.array(_extract_tokens(root / spec["cnhubert"], reference, reference_rate, sovits))
             if tokens.size == 0 or tokens.min() < 0 or tokens.max() >= t2s_config.eos:
                 raise ValueError(f"prompt_tokens must be semantic tokens in 0..{t2s_config.eos - 1}")
             reference_ids = english_phoneme_ids(str(spec["reference_text"]))
@@ -200,16 +204,14 @@ class GptSovitsVoice:
             seed=seed,
             noise_scale=0.0 if greedy else self.config.noise_scale,
         )
-        return ARSegment(index, slot, tokens, vocoder)
+        return ARSegment(index, slot, tokens, vocoder, EosPolicy(eos=self.eos, max_steps=min(1500, room)))
 
     def step(self, segments: list[ARSegment]) -> None:
         """One token for each segment, all in one batched T2S call (a T2S call)."""
         segments = sorted(segments, key=lambda s: s.slot)  # adjacent slots are read as one view
         chosen = []
         for segment in segments:
-            room = self.config.max_len - int(self.t2s.lengths[segment.slot]) - 1
-            policy = EosPolicy(eos=self.eos, max_steps=min(1500, len(segment.tokens.tokens) + room))
-            token = choose(segment.tokens, policy)
+            token = choose(segment.tokens, segment.policy)
             chosen.append(token)
             if token is not None:
                 segment.vocoder.add([token])
@@ -232,13 +234,18 @@ class GptSovitsVoice:
             self.sovits.decode([0] * tokens, ids, self.speaker)
 
 
+def _section(spec: Mapping[str, Any], key: str, cls: type) -> dict[str, Any]:
+    """``spec[key]``, an object whose keys must be fields of the dataclass ``cls``."""
+    section = spec.get(key, {})
+    names = [f.name for f in dataclasses.fields(cls)]
+    if not isinstance(section, dict) or set(section) - set(names):
+        raise ValueError(f"{key} takes {', '.join(names)}")
+    return section
+
+
 def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
-    sampling = spec.get("sampling", {})
-    if not isinstance(sampling, dict) or set(sampling) - {"top_k", "top_p", "temperature", "repetition_penalty"}:
-        raise ValueError("sampling takes top_k, top_p, temperature and repetition_penalty")
-    chunks = spec.get("chunks", {})
-    if not isinstance(chunks, dict) or set(chunks) - {"first", "growth", "cap", "lookahead", "left_context", "overlap"}:
-        raise ValueError("chunks takes first, growth, cap, lookahead, left_context and overlap")
+    sampling = _section(spec, "sampling", SamplingParams)
+    chunks = _section(spec, "chunks", ChunkSchedule)
     try:
         return GptSovitsVoiceConfig(
             language=str(spec.get("language", "en")),
@@ -254,20 +261,24 @@ def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
         raise ValueError(str(exc)) from None
 
 
-def _extract_tokens(hubert_dir: Path, reference: Path, sovits: SoVITSDecoder) -> list[int]:
+def _extract_tokens(hubert_dir: Path, reference: np.ndarray, rate: int, sovits: SoVITSDecoder) -> list[int]:
     from streamvox.engine.cnhubert import SAMPLE_RATE, CNHubert, reference_tokens
 
-    return reference_tokens(CNHubert.load(hubert_dir), sovits.semantic_tokens, _read_audio(reference, SAMPLE_RATE))
+    audio_16k = _resample(reference, rate, SAMPLE_RATE)
+    return reference_tokens(CNHubert.load(hubert_dir), sovits.semantic_tokens, audio_16k)
 
 
-def _read_audio(path: Path, rate: int) -> np.ndarray:
+def _read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """The reference recording, mixed to mono, at its own rate."""
     import soundfile
+
+    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    if len(audio) < rate // 2:
+        raise ValueError(f"{path.name}: the reference audio is shorter than 0.5 s")
+    return audio.mean(axis=1), rate
+
+
+def _resample(audio: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
     import soxr
 
-    audio, source_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    mono = audio.mean(axis=1)
-    if source_rate != rate:
-        mono = soxr.resample(mono, source_rate, rate)
-    if len(mono) < rate // 2:
-        raise ValueError(f"{path.name}: the reference audio is shorter than 0.5 s")
-    return mono.astype(np.float32)
+    return (audio if source_rate == rate else soxr.resample(audio, source_rate, rate)).astype(np.float32)

@@ -204,3 +204,13 @@ def test_prompt_tokens_can_come_from_a_cnhubert_model(tmp_path: Path) -> None:
     (directory / "voice.json").write_text(json.dumps(spec))
     with pytest.raises(VoiceLoadError, match="prompt_tokens"):
         GptSovitsVoice.load(directory)
+
+
+def test_voice_json_sections_take_exactly_their_dataclass_fields(tmp_path: Path) -> None:
+    chunks = {**SMALL_CHUNKS, "bucket": 8}  # every ChunkSchedule field, bucket included
+    voice = GptSovitsVoice.load(write_voice(tmp_path / "ok", "tiny", settings={"chunks": chunks}))
+    assert voice.config.chunks.bucket == 8
+    with pytest.raises(VoiceLoadError, match="chunks takes first, growth, cap"):
+        GptSovitsVoice.load(write_voice(tmp_path / "bad", "tiny", settings={"chunks": {"size": 8}}))
+    with pytest.raises(VoiceLoadError, match="sampling takes top_k"):
+        GptSovitsVoice.load(write_voice(tmp_path / "bad2", "tiny", settings={"sampling": {"top_z": 1}}))
