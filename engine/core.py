@@ -413,7 +413,8 @@ class EngineCore:
         return "finish" if stream.input_finished else None
 
     def _release_slot(self, stream: _Stream, slot: int | None = None) -> None:
-        """Give an AR stream's T2S slot back (engine thread; no unit may be using it)."""
+        """Give an AR stream's T2S slot back, its segment's or the ``slot`` a prefill was handed
+        (engine thread; no unit may be using it)."""
         if stream.ar is not None and stream.ar.slot >= 0:
             slot, stream.ar.slot = stream.ar.slot, -1
         if slot is not None and _is_ar(stream.voice):
@@ -445,20 +446,11 @@ class EngineCore:
             voice.t2s_busy = True
             return _Unit(stream.pending.popleft(), False, kind=action, slot=voice.acquire_slot())
         if action == "ar_step":
+            # Every other stream of this voice that could step now joins (asked before the voice
+            # is marked busy, which makes ``_ar_action`` say "wait").
+            runnable = self._runnable(time.monotonic())[0]
+            others = [s for s in runnable if s is not stream and s.voice is voice and self._ar_action(s) == action]
             voice.t2s_busy = True
-            now = time.monotonic()
-            others = [
-                s
-                for s in self._streams.values()
-                if s is not stream
-                and s.voice is voice
-                and not s.busy
-                and not s.held
-                and s.eligible_at(self.config.max_lead_s) <= now
-                and s.ar is not None
-                and s.ar.generating
-                and not s.ar.vocoder.pending()
-            ]
             size = 1 + len(others)
             self.ar_batch_sizes[size] = self.ar_batch_sizes.get(size, 0) + 1
             return _Unit(None, False, kind=action, batch=(stream, *others))
@@ -483,8 +475,8 @@ class EngineCore:
         self.units_executed += 1
         if unit.kind in ("ar_start", "ar_step"):
             stream.voice.t2s_busy = False  # type: ignore[union-attr]
-        if unit.kind == "ar_start" and stream.ar is None and unit.slot is not None:
-            stream.voice.release_slot(unit.slot)  # type: ignore[union-attr]  # nothing to generate, or it failed
+        if unit.kind == "ar_start" and stream.ar is None:
+            self._release_slot(stream, unit.slot)  # nothing to generate, or the prefill failed
         for member in members:
             gone = self._streams.get(member.id) is not member
             if gone or (member.ar is not None and not member.ar.generating) or done.error is not None:
