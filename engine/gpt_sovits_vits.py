@@ -269,10 +269,16 @@ class SoVITSDecoder:
         speaker: torch.Tensor,
         noise_scale: float = 0.5,
         seed: int = 0,
+        first_token: int = 0,
     ) -> torch.Tensor:
-        """One-shot decode of one utterance: audio ``(len(codes) * samples_per_token,)``."""
+        """Decode ``codes`` for the target ``phonemes``: audio ``(len(codes) * samples_per_token,)``.
+
+        ``first_token`` is where ``codes`` start in their utterance (0 for a one-shot decode); it
+        places the window's noise, so a streamed window gets the noise the one-shot decode gives
+        the same frames."""
         codes_t = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
         phonemes_t = torch.as_tensor(phonemes, dtype=torch.long).reshape(1, -1)
         mean, log_scale = self.encode(codes_t, phonemes_t, speaker)
-        noise = frame_noise(seed, 0, mean.shape[2], mean.shape[1]).unsqueeze(0)
+        first_frame = first_token * self.config.frames_per_token
+        noise = frame_noise(seed, first_frame, mean.shape[2], mean.shape[1]).unsqueeze(0)
         return self.synthesize(mean, log_scale, noise, speaker, noise_scale)[0]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from streamvox.engine.crossfade import crossfade
-from streamvox.engine.gpt_sovits_vits import SoVITSDecoder, frame_noise
+from streamvox.engine.gpt_sovits_vits import SoVITSDecoder
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,6 @@ class StreamingVocoder:
 
     def _decode_until(self, end: int, final: bool) -> np.ndarray:
         spt = self.decoder.config.samples_per_token
-        fpt = self.decoder.config.frames_per_token
         overlap = len(self._tail) // spt
         owed_from = self._settled - overlap
         if end <= owed_from:
@@ -136,10 +135,9 @@ class StreamingVocoder:
         stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead)
         bucket = self.schedule.bucket
         start = max(0, stop - -(-(stop - start) // bucket) * bucket)
-        codes = torch.tensor([self.tokens[start:stop]], dtype=torch.long)
-        mean, log_scale = self.decoder.encode(codes, self.phonemes, self.speaker)
-        noise = frame_noise(self.seed, start * fpt, mean.shape[2], mean.shape[1]).unsqueeze(0)
-        window = self.decoder.synthesize(mean, log_scale, noise, self.speaker, self.noise_scale)[0].numpy()
+        window = self.decoder.decode(
+            self.tokens[start:stop], self.phonemes, self.speaker, self.noise_scale, self.seed, first_token=start
+        ).numpy()
         piece = window[(owed_from - start) * spt : (end - start) * spt].astype(np.float32)
         if overlap:
             piece[: overlap * spt] = crossfade(self._tail, piece[: overlap * spt])
