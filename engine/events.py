@@ -1,7 +1,8 @@
-"""What the engine thread reports to a stream's owner, and what it is asked to do.
+"""What the engine reports to a stream's owner.
 
-Events are immutable and are created on the engine thread; the owner's sink
-hands them to its own thread (the server uses ``loop.call_soon_threadsafe``).
+Events are immutable.  Units create them on the engine's workers; the engine
+thread alone hands them to a stream's sink, which passes them to its own
+thread (the server's engine client uses ``loop.call_soon_threadsafe``).
 """
 
 from __future__ import annotations
@@ -9,21 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class SynthesisParams:
-    """Per-stream synthesis settings (the voice's own config fills the ``None``\\s)."""
-
-    length_scale: float | None = None
-    """> 1 speaks slower; 1 / speed."""
-    noise_scale: float | None = None
-    noise_w: float | None = None
-    speaker: int = 0
-    seed: int | None = None
-    """Seeds every noise draw of the stream: the same text and seed give the same audio."""
-    noise: bool = True
-    """``False`` turns all sampling noise off (deterministic regardless of seed)."""
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,37 @@ import logging
 import sys
 from pathlib import Path
 
+from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineConfig
-from streamvox.engine.events import SynthesisParams
+from streamvox.engine.registry import BACKENDS, VoiceSpec
 from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_MAX_LEAD_S, DEFAULT_PORT, ServerConfig
+
+
+def _voice_specs(piper: list[str], gpt_sovits: list[str], generic: list[VoiceSpec]) -> tuple[VoiceSpec, ...]:
+    """The voices named by ``--voice``/``--voice-path``, ``--gpt-sovits-voice`` and ``--voice-dir``."""
+    return (
+        *(VoiceSpec("piper", p) for p in piper),
+        *(VoiceSpec("gpt-sovits", d) for d in gpt_sovits),
+        *generic,
+    )
+
+
+def _voice_dir(text: str) -> VoiceSpec:
+    try:
+        return VoiceSpec.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_voice_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--voice-dir",
+        action="append",
+        default=[],
+        type=_voice_dir,
+        metavar="KIND=PATH",
+        help=f"also serve this voice of family KIND ({', '.join(BACKENDS)}); repeatable",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,9 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=args.port,
-        voice_paths=tuple(args.voice),
+        voices=_voice_specs(args.voice, args.gpt_sovits_voice, args.voice_dir),
         include_bundled_voice=not args.no_bundled_voice,
-        gpt_sovits_voice_dirs=tuple(args.gpt_sovits_voice),
         threads=args.threads,
         drain_timeout_s=args.drain_timeout,
         max_sessions=args.max_sessions,
@@ -42,23 +69,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _say(args: argparse.Namespace) -> int:
     from streamvox.engine.core import EngineCore
-    from streamvox.engine.voices import VoiceRegistry
+    from streamvox.engine.registry import VoiceRegistry
     from streamvox.stream_server.synthesis import SynthesisError, synthesize, write_audio
 
     text = args.text if args.text != "-" else sys.stdin.read()
-    registry = VoiceRegistry.from_paths(
-        args.voice_path, include_bundled=True, threads=args.threads, gpt_sovits_dirs=args.gpt_sovits_voice
-    )
+    specs = _voice_specs(args.voice_path, args.gpt_sovits_voice, args.voice_dir)
+    registry = VoiceRegistry.load(specs, include_bundled=True, threads=args.threads)
     try:
         voice = registry.get(args.voice)
     except KeyError:
         print(f"error: unknown voice {args.voice!r}", file=sys.stderr)
         return 2
-    length_scale = voice.config.length_scale / args.speed
-    engine = EngineCore()
+    length_scale = voice.length_scale / args.speed
+    engine = EngineCore(registry)
     engine.start()
     try:
-        result = synthesize(engine, voice, text, SynthesisParams(length_scale=length_scale, seed=args.seed))
+        result = synthesize(engine, voice.id, text, SynthesisParams(length_scale=length_scale, seed=args.seed))
     except SynthesisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -76,25 +102,25 @@ def _say(args: argparse.Namespace) -> int:
 
 
 def _bench_latency(args: argparse.Namespace) -> int:
-    from streamvox.stream_server.bench_latency import run_latency_bench
+    from streamvox.bench.latency import run_latency_bench
 
     return run_latency_bench(args)
 
 
 def _bench_load(args: argparse.Namespace) -> int:
-    from streamvox.stream_server.bench_load import run_load_bench
+    from streamvox.bench.load import run_load_bench
 
     return run_load_bench(args)
 
 
 def _bench_batch(args: argparse.Namespace) -> int:
-    from streamvox.stream_server.bench_batch import run_batch_bench
+    from streamvox.bench.batch import run_batch_bench
 
     return run_batch_bench(args)
 
 
 def _bench_ar(args: argparse.Namespace) -> int:
-    from streamvox.stream_server.bench_ar import run_ar_bench
+    from streamvox.bench.ar import run_ar_bench
 
     return run_ar_bench(args)
 
@@ -121,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also serve this GPT-SoVITS v2 voice (repeatable; DIR/voice.json names its files)",
     )
+    _add_voice_dir(serve)
     serve.add_argument("--no-bundled-voice", action="store_true", help="do not load en_US-joe-medium")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: one per core)")
     serve.add_argument(
@@ -142,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", default=None, help="voice id (default: the bundled voice)")
     say.add_argument("--voice-path", action="append", default=[], metavar="MODEL.onnx")
     say.add_argument("--gpt-sovits-voice", action="append", default=[], metavar="DIR", help="a GPT-SoVITS v2 voice")
+    _add_voice_dir(say)
     say.add_argument("--speed", type=float, default=1.0)
     say.add_argument("--seed", type=int, default=None)
     say.add_argument("--sample-rate", type=int, default=None, help="resample .wav output to this rate")

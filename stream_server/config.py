@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from streamvox.codecs.opus import OpusSettings
 from streamvox.engine.core import EngineConfig
-from streamvox.engine.segmenter import SegmenterConfig
+from streamvox.engine.registry import VoiceSpec
+from streamvox.engine.text.segmenter import SegmenterConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -21,11 +22,11 @@ class ServerConfig:
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    voice_paths: tuple[str, ...] = ()
-    """Extra Piper voices (``.onnx`` with ``.onnx.json`` beside it) served next to the bundled one."""
+    voices: tuple[VoiceSpec, ...] = ()
+    """Voices served next to the bundled one, each a family and a local path: Piper ``.onnx``
+    files (``.onnx.json`` beside them), GPT-SoVITS v2 directories (``voice.json`` and the files
+    it names)."""
     include_bundled_voice: bool = True
-    gpt_sovits_voice_dirs: tuple[str, ...] = ()
-    """GPT-SoVITS v2 voices: directories holding ``voice.json`` and the files it names."""
     threads: int = 0
     """onnxruntime intra-op threads (0: one per core)."""
     max_message_bytes: int = 64 * 1024

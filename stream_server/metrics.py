@@ -67,8 +67,8 @@ class Metrics:
             ["streams"],
             registry=r,
         )
-        for k in range(1, 17):  # a voice's max_streams bounds a batch; 16 covers the sizes we serve
-            steps.labels(str(k)).set_function(lambda k=k: engine.ar_batch_sizes.get(k, 0))
+        for k in range(1, 17):  # a voice's slot pool bounds a batch; 16 covers the sizes we serve
+            steps.labels(str(k)).set_function(lambda k=k: engine.batch_sizes.get(k, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,4 @@
-"""Offline synthesis through the same engine thread the server uses (``streamvox say``)."""
+"""Offline synthesis through the same engine the server uses (``streamvox say``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import soundfile as sf
 from streamvox.codecs.formats import StreamEncoder, resolve_format
 from streamvox.codecs.ogg import OggOpusWriter
 from streamvox.codecs.resample import StreamResampler
+from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineCore
-from streamvox.engine.events import AudioChunk, StreamAborted, StreamDone, StreamFailed, SynthesisParams
-from streamvox.engine.segmenter import Segmenter, SegmenterConfig
-from streamvox.engine.voices import Voice
+from streamvox.engine.events import AudioChunk, StreamAborted, StreamDone, StreamFailed
+from streamvox.engine.text.segmenter import Segmenter, SegmenterConfig
 
 
 class SynthesisError(RuntimeError):
@@ -32,17 +32,18 @@ class SynthesisResult:
 
 def synthesize(
     engine: EngineCore,
-    voice: Voice,
+    voice_id: str | None,
     text: str,
     params: SynthesisParams | None = None,
     segmenter: SegmenterConfig | None = None,
     timeout_s: float = 600.0,
 ) -> SynthesisResult:
-    """Speak ``text`` through ``engine`` (started) and return the whole stream's audio."""
+    """Speak ``text`` with voice ``voice_id`` (``None``: the default) through ``engine`` (started)
+    and return the whole stream's audio."""
     events: queue.SimpleQueue[object] = queue.SimpleQueue()
     stream_id = f"say-{id(events)}"
     spans = Segmenter(segmenter or SegmenterConfig()).flush_text(text)
-    engine.open(stream_id, voice, params or SynthesisParams(), events.put)
+    voice = engine.open(stream_id, voice_id, params or SynthesisParams(), events.put)
     for index, span in enumerate(spans):
         engine.add_segment(stream_id, index, span.text)
     engine.finish(stream_id)

@@ -1,40 +1,73 @@
-"""Shared fixtures: the bundled voice loaded once, a running engine, a real server on a free port."""
+"""Shared fixtures: the bundled voice loaded once, running engines, a real server on a free port.
+
+Every engine and server made here is checked for leaked streams when its test ends: a stream
+still held by the engine after its client has gone is a bug (a zombie context).
+Helpers that tests import live in ``tests/helpers/``, never here.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import numpy as np
 import pytest
-import websockets
-from streamvox.codecs.opus import OpusFrameDecoder
+from streamvox.engine.backends.piper.voice import PiperVoice
 from streamvox.engine.core import EngineConfig, EngineCore
-from streamvox.engine.piper_voice import PiperVoice
-from streamvox.engine.voices import VoiceRegistry
-from streamvox.stream_server.app import STREAM_PATH, create_app
+from streamvox.engine.registry import VoiceRegistry
+from streamvox.stream_server.app import RUNTIME, STREAM_PATH, create_app
 from streamvox.stream_server.config import ServerConfig
+
+LEAK_WAIT_S = 10.0
+"""How long a finished test's engine may take to drop its last stream (aborts are asynchronous)."""
+
+
+def assert_no_leaked_streams(engine: EngineCore) -> None:
+    deadline = time.monotonic() + LEAK_WAIT_S
+    while engine.active_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.active_streams == 0, f"{engine.active_streams} engine stream(s) leaked past the test"
 
 
 @pytest.fixture(scope="session")
 def registry() -> VoiceRegistry:
-    return VoiceRegistry.from_paths()
+    return VoiceRegistry.load()
 
 
 @pytest.fixture(scope="session")
 def voice(registry: VoiceRegistry) -> PiperVoice:
-    return registry.get(None)
+    return registry.get(None)  # type: ignore[return-value]
 
 
 @pytest.fixture()
-def engine() -> Iterator[EngineCore]:
-    core = EngineCore()
-    core.start()
-    yield core
-    core.stop()
+def make_engine(registry: VoiceRegistry) -> Iterator[Callable[..., EngineCore]]:
+    """Start engines for a test (``make_engine(config, voices=registry)``); each is stopped after it.
+
+    ``check_leaks=False`` exempts an engine whose test leaves streams open on purpose."""
+    started: list[tuple[EngineCore, bool]] = []
+
+    def make(
+        config: EngineConfig | None = None, voices: VoiceRegistry | None = None, check_leaks: bool = True
+    ) -> EngineCore:
+        core = EngineCore(voices or registry, config)
+        core.start()
+        started.append((core, check_leaks))
+        return core
+
+    yield make
+    try:
+        for core, check in started:
+            if check and core.running:
+                assert_no_leaked_streams(core)
+    finally:
+        for core, _ in started:
+            core.stop()
+
+
+@pytest.fixture()
+def engine(make_engine: Callable[..., EngineCore]) -> EngineCore:
+    return make_engine()
 
 
 @pytest.fixture()
@@ -49,47 +82,8 @@ async def server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncIterator[
     app = create_app(config, registry)
     srv = await aiohttp_server(app, host="127.0.0.1")
     yield f"ws://127.0.0.1:{srv.port}{STREAM_PATH}"
-
-
-@dataclass
-class Exchange:
-    """Everything one context sent back."""
-
-    events: list[dict[str, Any]] = field(default_factory=list)
-    audio: list[bytes] = field(default_factory=list)
-
-    def of_type(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind]
-
-    def decode_opus(self) -> np.ndarray:
-        decoder = OpusFrameDecoder()
-        if not self.audio:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate([decoder.decode(p) for p in self.audio])
-
-
-async def recv_json(ws: websockets.ClientConnection, timeout: float = 30.0) -> dict[str, Any]:
-    """The next text frame, skipping nothing (fails on binary)."""
-    message = await asyncio.wait_for(ws.recv(), timeout)
-    assert isinstance(message, str), f"expected a JSON event, got {len(message)} binary bytes"
-    return json.loads(message)
-
-
-async def collect_until(
-    ws: websockets.ClientConnection, kinds: tuple[str, ...] = ("done", "cancelled"), timeout: float = 60.0
-) -> Exchange:
-    """Read audio and events until an event of one of ``kinds`` arrives."""
-    exchange = Exchange()
-    while True:
-        message = await asyncio.wait_for(ws.recv(), timeout)
-        if isinstance(message, bytes):
-            exchange.audio.append(message)
-            continue
-        event = json.loads(message)
-        exchange.events.append(event)
-        if event["type"] in kinds:
-            return exchange
-
-
-async def send(ws: websockets.ClientConnection, **message: Any) -> None:
-    await ws.send(json.dumps(message))
+    engine = app[RUNTIME].engine
+    deadline = time.monotonic() + LEAK_WAIT_S
+    while engine.active_streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.active_streams == 0, f"{engine.active_streams} engine stream(s) leaked past the test"

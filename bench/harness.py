@@ -1,0 +1,79 @@
+"""What every benchmark shares: a free loopback port, a server in a child process, percentiles."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120.0) -> None:
+    """Return once ``/healthz`` answers; raise if the process exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("server exited during start-up") from None
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start within {timeout_s:.0f} s")
+
+
+def start_server(
+    threads: int,
+    max_lead: float = 0.0,
+    max_sessions: int = 64,
+    workers: int | None = 0,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``streamvox serve`` in a child process on a free port; returns it once /healthz answers.
+
+    ``env`` replaces the child's environment, ``workers=None`` leaves out ``--workers``
+    (``scripts/ab.py`` runs older checkouts, which may not know that flag) and ``extra``
+    is appended to the command line (voices, say)."""
+    port = free_port()
+    options = [] if workers is None else ["--workers", str(workers)]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamvox.stream_server.cli",
+            "--log-level",
+            "WARNING",
+            "serve",
+            "--port",
+            str(port),
+            "--threads",
+            str(threads),
+            "--max-lead",
+            str(max_lead),  # 0 (latency bench): how fast the server can go, not how it paces a listener
+            "--max-sessions",
+            str(max_sessions),
+            *options,
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        env=env,
+    )
+    wait_healthy(proc, port)
+    return proc, port

@@ -1,0 +1,252 @@
+"""``streamvox bench latency``: server TTFA against piper-tts, RTF and overhead, measured in one run.
+
+The server runs as a child process (so its CPU time is its own), and the
+same three-sentence paragraph is spoken by it and by ``piper-tts`` on the
+same voice, runs interleaved so both see the same machine conditions.
+
+* Server TTFA: from the moment the paragraph becomes speakable (the
+  ``flush``) to the first Opus packet written (the server's ``done.ttfa_ms``);
+  the client-observed figure is printed beside it.
+* piper-tts: time from ``synthesize()`` to its first audio chunk.
+* Overhead ratio: server CPU seconds per audio second divided by the raw
+  ONNX model's CPU seconds per audio second on the same text (one-shot,
+  sentence by sentence as Piper runs it), with onnxruntime's default
+  threading (what piper-tts does) and, beside it, single-threaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from streamvox.bench.harness import percentile, start_server
+
+PARAGRAPH = (
+    "The storm rolled in just after midnight, rattling the windows of the old farmhouse. "
+    "By morning the river had risen over its banks, and the road to town was under water. "
+    "Still, the neighbours gathered on the porch with coffee, trading stories until the sun came out."
+)
+LLM_WORDS_PER_S = 20.0
+
+
+@dataclass
+class ServerRun:
+    ttfa_server_ms: float
+    ttfa_client_ms: float
+    audio_s: float
+    rtf: float
+
+
+async def _server_utterance(url: str, text: str) -> ServerRun:
+    import websockets
+
+    async with websockets.connect(url, max_size=None) as ws:
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "text", "text": text}))
+        flushed = time.perf_counter()
+        await ws.send(json.dumps({"type": "end"}))
+        first: float | None = None
+        while True:
+            message = await ws.recv()
+            if isinstance(message, bytes):
+                first = first or time.perf_counter()
+                continue
+            event = json.loads(message)
+            if event["type"] == "done":
+                return ServerRun(event["ttfa_ms"], (first - flushed) * 1000, event["seconds"], event["rtf"])
+            if event["type"] == "error":
+                raise RuntimeError(f"server error: {event}")
+
+
+async def _llm_paced_ttfa(url: str, text: str) -> float:
+    """End to end: first text message to first audio, words sent at LLM pace."""
+    import websockets
+
+    async with websockets.connect(url, max_size=None) as ws:
+        json.loads(await ws.recv())
+        first_audio = asyncio.get_running_loop().create_future()
+
+        async def reader() -> None:
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes) and not first_audio.done():
+                    first_audio.set_result(time.perf_counter())
+                elif isinstance(message, str) and json.loads(message)["type"] == "done":
+                    return
+
+        task = asyncio.create_task(reader())
+        started = time.perf_counter()
+        for word in text.split(" "):
+            await ws.send(json.dumps({"type": "text", "text": word + " "}))
+            await asyncio.sleep(1 / LLM_WORDS_PER_S)
+        await ws.send(json.dumps({"type": "end"}))
+        await task
+        return (first_audio.result() - started) * 1000
+
+
+class RawOnnx:
+    """The unmodified Piper ONNX graph run one-shot per sentence, as Piper runs it: the floor."""
+
+    def __init__(self, text: str, threads: int) -> None:
+        import onnxruntime as ort
+        from streamvox.engine.backends.piper.backend import bundled_voice_path
+        from streamvox.engine.backends.piper.voice import PiperVoiceConfig
+        from streamvox.engine.text.phonemes import phoneme_ids, phonemize
+
+        model = bundled_voice_path()
+        config = PiperVoiceConfig.from_json(model.with_name(model.name + ".json"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.sample_rate = config.sample_rate
+        self.scales = np.array([config.noise_scale, config.length_scale, config.noise_w], dtype=np.float32)
+        self.sentences = [phoneme_ids(s, config.phoneme_id_map) for s in phonemize(text, config.espeak_voice)]
+        self.cpu_s = 0.0
+        self.audio_s = 0.0
+
+    def run(self) -> None:
+        """Synthesise the text once, adding its process CPU time and audio duration to the totals."""
+        cpu = time.process_time()
+        samples = 0
+        for ids in self.sentences:
+            feeds = {
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": self.scales,
+            }
+            samples += self.session.run(None, feeds)[0].size
+        self.cpu_s += time.process_time() - cpu
+        self.audio_s += samples / self.sample_rate
+
+    @property
+    def cpu_per_audio_s(self) -> float:
+        return self.cpu_s / self.audio_s
+
+
+def _piper_first_chunk_ms(voice: Any, text: str) -> tuple[float, float]:
+    started = time.perf_counter()
+    first = None
+    for _chunk in voice.synthesize(text):
+        first = first or time.perf_counter()
+    return (first - started) * 1000, (time.perf_counter() - started) * 1000
+
+
+def measure(runs: int, threads: int) -> dict[str, Any]:
+    import psutil
+
+    try:
+        from piper import PiperVoice as PiperTtsVoice
+    except ImportError:
+        raise SystemExit("bench latency needs piper-tts: pip install 'streamvox[bench]'") from None
+    from streamvox.engine.backends.piper.backend import bundled_voice_path
+
+    proc, port = start_server(threads)
+    url = f"ws://127.0.0.1:{port}/v1/stream"
+    raw_default = RawOnnx(PARAGRAPH, threads=0)
+    raw_single = RawOnnx(PARAGRAPH, threads=1)
+    try:
+        piper_voice = PiperTtsVoice.load(bundled_voice_path())
+        server_proc = psutil.Process(proc.pid)
+        asyncio.run(_server_utterance(url, PARAGRAPH))  # warm-up, every system
+        _piper_first_chunk_ms(piper_voice, PARAGRAPH)
+        raw_default.run()
+        raw_single.run()
+        raw_default.cpu_s = raw_default.audio_s = raw_single.cpu_s = raw_single.audio_s = 0.0
+        server_runs: list[ServerRun] = []
+        piper_first: list[float] = []
+        piper_total: list[float] = []
+        cpu_s = 0.0
+        for _ in range(runs):  # interleaved, so machine noise falls on all systems alike
+            before = server_proc.cpu_times()
+            server_runs.append(asyncio.run(_server_utterance(url, PARAGRAPH)))
+            after = server_proc.cpu_times()
+            cpu_s += (after.user + after.system) - (before.user + before.system)
+            first, total = _piper_first_chunk_ms(piper_voice, PARAGRAPH)
+            piper_first.append(first)
+            piper_total.append(total)
+            raw_default.run()
+            raw_single.run()
+        e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    raw = raw_default.cpu_per_audio_s
+    audio_s = sum(r.audio_s for r in server_runs)
+    server_cpu_per_audio_s = cpu_s / audio_s
+    ttfa = [r.ttfa_server_ms for r in server_runs]
+    ttfa_client = [r.ttfa_client_ms for r in server_runs]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}",
+        "runs": runs,
+        "text_words": len(PARAGRAPH.split()),
+        "server_ttfa_ms": {"p50": percentile(ttfa, 50), "p95": percentile(ttfa, 95)},
+        "client_ttfa_ms": {"p50": percentile(ttfa_client, 50), "p95": percentile(ttfa_client, 95)},
+        "llm_paced_ttfa_ms": {"p50": percentile(e2e, 50), "words_per_s": LLM_WORDS_PER_S},
+        "piper_tts_first_chunk_ms": {"p50": percentile(piper_first, 50), "p95": percentile(piper_first, 95)},
+        "piper_tts_total_ms": {"p50": percentile(piper_total, 50)},
+        "ttfa_ratio_p50": percentile(ttfa, 50) / percentile(piper_first, 50),
+        "ttfa_ratio_p95": percentile(ttfa, 95) / percentile(piper_first, 95),
+        "rtf_server": statistics.median(r.rtf for r in server_runs),
+        "server_cpu_s_per_audio_s": server_cpu_per_audio_s,
+        "raw_onnx_cpu_s_per_audio_s": raw,
+        "raw_onnx_1thread_cpu_s_per_audio_s": raw_single.cpu_per_audio_s,
+        "overhead_ratio": server_cpu_per_audio_s / raw,
+        "overhead_ratio_vs_1thread": server_cpu_per_audio_s / raw_single.cpu_per_audio_s,
+        "audio_s_per_utterance": audio_s / runs,
+    }
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    rows = [
+        (
+            "server TTFA (flush -> first Opus packet written)",
+            f"p50 {r['server_ttfa_ms']['p50']:.1f} ms",
+            f"p95 {r['server_ttfa_ms']['p95']:.1f} ms",
+        ),
+        (
+            "client TTFA (flush sent -> first packet received)",
+            f"p50 {r['client_ttfa_ms']['p50']:.1f} ms",
+            f"p95 {r['client_ttfa_ms']['p95']:.1f} ms",
+        ),
+        (
+            "piper-tts 1.8 first chunk (same voice, same text)",
+            f"p50 {r['piper_tts_first_chunk_ms']['p50']:.1f} ms",
+            f"p95 {r['piper_tts_first_chunk_ms']['p95']:.1f} ms",
+        ),
+        ("TTFA ratio streamvox / piper-tts", f"p50 {r['ttfa_ratio_p50']:.3f}", f"p95 {r['ttfa_ratio_p95']:.3f}"),
+        (
+            "LLM-paced TTFA (first word sent -> first audio)",
+            f"p50 {r['llm_paced_ttfa_ms']['p50']:.1f} ms",
+            f"at {r['llm_paced_ttfa_ms']['words_per_s']:.0f} words/s",
+        ),
+        ("RTF (engine compute / audio)", f"{r['rtf_server']:.4f}", ""),
+        ("server CPU s per audio s", f"{r['server_cpu_s_per_audio_s']:.4f}", ""),
+        ("raw ONNX CPU s per audio s (onnxruntime defaults)", f"{r['raw_onnx_cpu_s_per_audio_s']:.4f}", ""),
+        ("raw ONNX CPU s per audio s (1 thread)", f"{r['raw_onnx_1thread_cpu_s_per_audio_s']:.4f}", ""),
+        ("overhead ratio (server / raw defaults)", f"{r['overhead_ratio']:.3f}", ""),
+        ("overhead ratio (server / raw 1 thread)", f"{r['overhead_ratio_vs_1thread']:.3f}", ""),
+    ]
+    width = max(len(name) for name, _, _ in rows)
+    lines = [
+        f"streamvox bench latency — {r['date']}, {r['machine']}, {r['runs']} runs, "
+        f"{r['text_words']}-word paragraph ({r['audio_s_per_utterance']:.2f} s audio)"
+    ]
+    lines += [f"  {name:<{width}}  {a:<18} {b}" for name, a, b in rows]
+    return "\n".join(lines)
+
+
+def run_latency_bench(args: argparse.Namespace) -> int:
+    result = measure(args.runs, args.threads)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0

@@ -1,0 +1,321 @@
+"""``streamvox bench load``: many LLM-paced listeners at once, each simulating real-time playback.
+
+Each simulated client sends text at LLM pace (words/s), plays what arrives in
+real time after a short jitter buffer, reports its playback position to the
+server, and starts its next utterance when the last one has finished playing
+(plus ``--pause`` seconds, the user's turn in a conversation; 0 by default, so
+every listener hears speech all the time), until ``--seconds`` have passed.
+Clients connect spread evenly over ``--ramp`` seconds, as users arrive; with
+``--ramp 0`` they all start in the same instant.  It counts underruns (the buffer ran dry before
+the context was done) and records the server's TTFA for every utterance.
+
+In the same run the peer baseline serves the same utterances the way the
+popular servers do: ``piper-tts`` on the same voice, one request at a time
+(each client's first audio waits for every request queued before it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamvox.bench.harness import percentile, start_server
+
+UTTERANCES = [
+    "Sure, I can help with that. The quickest way is to restart the router, wait a minute, and then reconnect.",
+    "Here is a short summary of the meeting: the budget was approved, the launch moves to March, and hiring continues.",
+    "It looks like rain this afternoon, so you may want an umbrella. Tomorrow should be dry and a little warmer.",
+    "Your order shipped this morning and should arrive on Thursday. I will send you the tracking link by email.",
+]
+PREBUFFER_S = 0.1
+REPORT_EVERY_S = 0.25
+
+
+@dataclass(frozen=True)
+class LoadProfile:
+    """How the simulated listeners behave."""
+
+    words_per_s: float = 15.0
+    """LLM text pace per stream."""
+    ramp_s: float = 2.0
+    """Client ``i`` of ``n`` connects at ``i / n * ramp_s``."""
+    pause_s: float = 0.0
+    """Silence between the end of one reply's playback and the next reply's text."""
+
+
+@dataclass
+class ClientStats:
+    ttfa_ms: list[float] = field(default_factory=list)
+    underruns: int = 0
+    underrun_s: float = 0.0
+    audio_s: float = 0.0
+    contexts: int = 0
+    errors: list[str] = field(default_factory=list)
+    timeline: list[tuple[int, float | None, int]] = field(default_factory=list)
+    """Per utterance: (turn, TTFA ms, underruns)."""
+
+
+async def _client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
+    import websockets
+
+    words_per_s = profile.words_per_s
+
+    async with websockets.connect(url, max_size=None) as ws:
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            stats.errors.append(ready.get("code", "no ready"))
+            return
+        frame_s = ready["format"]["frame_ms"] / 1000
+        n = 0
+        while time.monotonic() < until:
+            text = UTTERANCES[(index + n) % len(UTTERANCES)]
+            cid = f"c{n}"
+            n += 1
+            received = 0.0
+            underruns_before = stats.underruns
+            playback_start: float | None = None
+            done = False
+            last_report = 0.0
+
+            async def sender(text: str = text, cid: str = cid) -> None:
+                for word in text.split(" "):
+                    await ws.send(json.dumps({"type": "text", "text": word + " ", "context_id": cid}))
+                    await asyncio.sleep(1 / words_per_s)
+                await ws.send(json.dumps({"type": "end", "context_id": cid}))
+
+            task = asyncio.create_task(sender())
+            while not done:
+                message = await ws.recv()
+                now = time.monotonic()
+                if isinstance(message, bytes):
+                    if playback_start is None:
+                        playback_start = now + PREBUFFER_S
+                    elif now - playback_start > received:  # the listener ran dry before this packet
+                        stall = now - playback_start - received
+                        stats.underruns += 1
+                        stats.underrun_s += stall
+                        playback_start += stall
+                    received += frame_s
+                    if now - last_report >= REPORT_EVERY_S:
+                        last_report = now
+                        played = max(0.0, min(received, now - playback_start)) * 1000
+                        await ws.send(json.dumps({"type": "report", "context_id": cid, "played_ms": played}))
+                    continue
+                event = json.loads(message)
+                if event["type"] == "done":
+                    done = True
+                    stats.contexts += 1
+                    stats.audio_s += event["seconds"]
+                    if event["ttfa_ms"] is not None:
+                        stats.ttfa_ms.append(event["ttfa_ms"])
+                    stats.timeline.append((n - 1, event["ttfa_ms"], stats.underruns - underruns_before))
+                elif event["type"] == "error":
+                    stats.errors.append(event["code"])
+                    if event.get("fatal"):
+                        return
+            await task
+            if playback_start is not None:  # listen to the end before the next turn
+                await asyncio.sleep(max(0.0, playback_start + received - time.monotonic()))
+            await asyncio.sleep(profile.pause_s)
+
+
+async def _load(url: str, streams: int, seconds: float, profile: LoadProfile) -> list[ClientStats]:
+    start = time.monotonic()
+    until = start + seconds
+    stats = [ClientStats() for _ in range(streams)]
+
+    async def arrive(i: int) -> None:
+        await asyncio.sleep(i / streams * profile.ramp_s)
+        await _client(url, i, until, profile, stats[i])
+
+    await asyncio.gather(*(arrive(i) for i in range(streams)))
+    return stats
+
+
+def run_load(url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None) -> dict[str, Any]:
+    import psutil
+
+    proc = psutil.Process(server_pid) if server_pid else None
+    cpu_before = proc.cpu_times() if proc else None
+    me = psutil.Process()
+    own_before = me.cpu_times()
+    wall = time.monotonic()
+    stats = asyncio.run(_load(url, streams, seconds, profile))
+    wall = time.monotonic() - wall
+    own_after = me.cpu_times()
+    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+    ttfa = [t for s in stats for t in s.ttfa_ms]
+    row: dict[str, Any] = {
+        "streams": streams,
+        "contexts": sum(s.contexts for s in stats),
+        "ttfa_ms_p50": percentile(ttfa, 50) if ttfa else None,
+        "ttfa_ms_p95": percentile(ttfa, 95) if ttfa else None,
+        "ttfa_ms_all": ttfa,
+        "underruns": sum(s.underruns for s in stats),
+        "underrun_ms": 1000 * sum(s.underrun_s for s in stats),
+        "streams_with_underruns": sum(1 for s in stats if s.underruns),
+        "audio_s": sum(s.audio_s for s in stats),
+        "errors": sorted({e for s in stats for e in s.errors}),
+        "per_stream": [s.timeline for s in stats],
+        "wall_s": wall,
+        # The simulated listeners share the machine with the server: what they cost is not the server's.
+        "client_cpu_percent": 100 * own_cpu / wall,
+    }
+    if proc and cpu_before:
+        after = proc.cpu_times()
+        cpu = (after.user + after.system) - (cpu_before.user + cpu_before.system)
+        row["server_cpu_percent"] = 100 * cpu / wall
+        row["server_cpu_s_per_audio_s"] = cpu / row["audio_s"] if row["audio_s"] else None
+    return row
+
+
+def passes(row: dict[str, Any], ttfa_bound_ms: float) -> bool:
+    return (
+        row["underruns"] == 0
+        and not row["errors"]
+        and row["ttfa_ms_p95"] is not None
+        and row["ttfa_ms_p95"] <= ttfa_bound_ms
+    )
+
+
+def peer_baseline(streams: int) -> dict[str, Any]:
+    """piper-tts, one request at a time: client i waits for the i requests before it."""
+    from piper import PiperVoice as PiperTtsVoice
+    from streamvox.engine.backends.piper.backend import bundled_voice_path
+
+    voice = PiperTtsVoice.load(bundled_voice_path())
+    list(voice.synthesize(UTTERANCES[0]))  # warm-up
+    queue_wait = 0.0
+    ttfa: list[float] = []
+    audio_s = 0.0
+    for i in range(streams):
+        started = time.perf_counter()
+        first = None
+        for chunk in voice.synthesize(UTTERANCES[i % len(UTTERANCES)]):
+            first = first or time.perf_counter()
+            audio_s += len(chunk.audio_float_array) / chunk.sample_rate
+        total = time.perf_counter() - started
+        ttfa.append(1000 * (queue_wait + (first - started)))
+        queue_wait += total
+    return {
+        "streams": streams,
+        "ttfa_ms_p50": percentile(ttfa, 50),
+        "ttfa_ms_p95": percentile(ttfa, 95),
+        "last_client_waits_ms": ttfa[-1],
+        "audio_s": audio_s,
+    }
+
+
+def _plot(rows: list[dict[str, Any]], path: str) -> None:
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ns = [r["streams"] for r in rows]
+    ax1.boxplot([r["ttfa_ms_all"] or [0] for r in rows], tick_labels=[str(n) for n in ns], showfliers=True)
+    ax1.axhline(250, color="tab:red", linestyle="--", linewidth=1, label="250 ms bound")
+    ax1.set_xlabel("concurrent streams")
+    ax1.set_ylabel("server TTFA (ms)")
+    ax1.set_title("TTFA distribution")
+    ax1.legend()
+    ax2.bar([str(n) for n in ns], [r["underrun_ms"] for r in rows], color="tab:orange")
+    ax2.set_xlabel("concurrent streams")
+    ax2.set_ylabel("total underrun (ms)")
+    ax2.set_title("client underruns")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def _table(result: dict[str, Any]) -> str:
+    lines = [
+        f"streamvox bench load — {result['date']}, {result['machine']}, {result['seconds']:.0f} s per step, "
+        f"text at {result['words_per_s']:.0f} words/s, arrivals over {result['ramp_s']:g} s, "
+        f"{result['pause_s']:g} s between replies"
+    ]
+    lines.append(
+        "  streams contexts  TTFA p50   TTFA p95  underruns  underrun ms  server CPU  CPU s/audio s  client CPU  pass"
+    )
+    for r in result["rows"]:
+        cpu = r.get("server_cpu_percent")
+        per = r.get("server_cpu_s_per_audio_s")
+        lines.append(
+            f"  {r['streams']:>7} {r['contexts']:>8} {r['ttfa_ms_p50'] or 0:>8.1f} ms {r['ttfa_ms_p95'] or 0:>7.1f} ms "
+            f"{r['underruns']:>9} {r['underrun_ms']:>11.0f}  {'' if cpu is None else f'{cpu:>8.0f} %'}"
+            f"  {'' if per is None else f'{per:>12.3f}'}  {r['client_cpu_percent']:>8.0f} %"
+            f"  {'yes' if r['pass'] else 'no'}" + (f"  errors: {','.join(r['errors'])}" if r["errors"] else "")
+        )
+    if result.get("max_streams") is not None:
+        lines.append(
+            f"  largest N with zero underruns and p95 TTFA <= {result['ttfa_bound_ms']:.0f} ms: {result['max_streams']}"
+        )
+    peer = result.get("peer")
+    if peer:
+        lines.append(
+            f"  peer: piper-tts one request at a time, {peer['streams']} queued requests: TTFA p50 "
+            f"{peer['ttfa_ms_p50']:.0f} ms, p95 {peer['ttfa_ms_p95']:.0f} ms (last client waits "
+            f"{peer['last_client_waits_ms']:.0f} ms)"
+        )
+    return "\n".join(lines)
+
+
+def run_load_bench(args: argparse.Namespace) -> int:
+    proc = None
+    url = args.url
+    pid = None
+    if url is None:
+        proc, port = start_server(
+            args.threads, max_lead=args.max_lead, max_sessions=max(64, 2 * args.streams), workers=args.workers
+        )
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        pid = proc.pid
+    profile = LoadProfile(words_per_s=args.words_per_s, ramp_s=args.ramp, pause_s=args.pause)
+    try:
+        steps = [args.streams]
+        if args.find_max:
+            steps = [n for n in (1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64) if n <= args.streams] or [args.streams]
+        rows = []
+        max_streams = None
+        for n in steps:
+            row = run_load(url, n, args.seconds, profile, pid)
+            row["pass"] = passes(row, args.ttfa_bound)
+            rows.append(row)
+            if row["pass"]:
+                max_streams = n
+            elif args.find_max:
+                break
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+    result: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "seconds": args.seconds,
+        "words_per_s": args.words_per_s,
+        "ramp_s": args.ramp,
+        "pause_s": args.pause,
+        "ttfa_bound_ms": args.ttfa_bound,
+        "rows": rows,
+        "max_streams": max_streams if args.find_max else None,
+        "peer": peer_baseline(max(r["streams"] for r in rows)) if not args.no_peer else None,
+    }
+    if args.plot:
+        _plot(rows, args.plot)
+    if args.json:
+        for r in result["rows"]:
+            r.pop("ttfa_ms_all", None)
+        print(json.dumps(result))
+    else:
+        print(_table(result))
+    return 0

@@ -1,0 +1,308 @@
+"""GPT-SoVITS's text-to-semantic (T2S) decoder over a preallocated static KV cache.
+
+The network (read from RVC-Boss/GPT-SoVITS, written anew here): phoneme
+embeddings plus a projection of 1024-d BERT features (zeros for English), and
+the prompt's semantic-token embeddings, each with sine positions scaled by a
+learnt ``alpha`` (audio positions restart at 0); a post-LN transformer (ReLU
+MLP) under a prefix-LM mask (text sees all text, audio sees all text and the
+audio before it); a linear head over 1025 semantic tokens (1024 is end of
+speech).
+
+The cache holds ``slots`` streams of up to ``max_len`` positions each, with a
+length per slot.  ``prefill`` fills one slot from its text and prompt;
+``step`` appends one token to each of a batch of slots and returns their next
+logits, attending only below each slot's own length, so streams join and
+leave between steps (continuous batching) without touching each other.
+``step(..., full_width=True)`` attends over the whole cache width with a mask
+instead of the longest active prefix, so the attention shapes stay the same
+from step to step (what ``torch.compile`` or a CUDA graph needs) and the
+tokens do not change (tested).  No compiled or graph-captured step is built
+yet: that waits for a GPU to check it on.
+
+Not thread-safe: one T2S call at a time per decoder (the backend's lane), on a worker.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+BERT_DIM = 1024
+
+
+@dataclass(frozen=True)
+class T2SConfig:
+    """Sizes of a T2S model (defaults: GPT-SoVITS v2)."""
+
+    hidden: int = 512
+    heads: int = 16
+    layers: int = 24
+    ffn: int = 2048
+    vocab: int = 1025
+    phoneme_vocab: int = 732
+    eos: int = 1024
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        if self.eos != self.vocab - 1:
+            raise ValueError("end of speech must be the last token")
+
+    @classmethod
+    def tiny(cls) -> T2SConfig:
+        """A seconds-fast model for tests."""
+        return cls(hidden=32, heads=2, layers=2, ffn=128)
+
+    @classmethod
+    def from_checkpoint(cls, config: Mapping[str, Any]) -> T2SConfig:
+        """From an s1 checkpoint's ``config`` (its ``model`` section)."""
+        try:
+            model = config["model"]
+            hidden = int(model["hidden_dim"])
+            if int(model.get("embedding_dim", hidden)) != hidden:
+                raise ValueError("embedding_dim must equal hidden_dim")
+            return cls(
+                hidden=hidden,
+                heads=int(model["head"]),
+                layers=int(model["n_layer"]),
+                ffn=4 * hidden,
+                vocab=int(model["vocab_size"]),
+                phoneme_vocab=int(model["phoneme_vocab_size"]),
+                eos=int(model["EOS"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a GPT-SoVITS s1 config: {exc}") from None
+
+
+def sine_positions(length: int, dim: int) -> torch.Tensor:
+    """Sine/cosine position table, ``(length, dim)``, float32."""
+    position = torch.arange(0, length, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * -(math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div)
+    return table
+
+
+class T2SDecoder:
+    """See the module docstring.  Weights are the s1 state dict without its ``model.`` prefix."""
+
+    def __init__(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        config: T2SConfig,
+        slots: int = 1,
+        max_len: int = 2048,
+        int8: bool = False,
+    ) -> None:
+        """``int8`` stores the transformer's linear weights as int8 per output channel (fbgemm dynamic
+        quantisation): a batch-1 step reads a quarter of the bytes, which is what bounds it on a CPU.
+        Logits then differ from fp32 by about 1 % per layer, so tokens may differ too; the parity
+        tests use fp32."""
+        self.config = config
+        self.int8 = int8
+        self.slots = slots
+        self.max_len = max_len
+
+        def w(name: str) -> torch.Tensor:
+            try:
+                tensor = weights[name]
+            except KeyError:
+                raise ValueError(f"T2S weights lack {name!r}") from None
+            return tensor.detach().to(torch.float32).contiguous()
+
+        self.bert_proj = (w("bert_proj.weight"), w("bert_proj.bias"))
+        self.text_embedding = w("ar_text_embedding.word_embeddings.weight")
+        self.audio_embedding = w("ar_audio_embedding.word_embeddings.weight")
+        self.text_alpha = w("ar_text_position.alpha")
+        self.audio_alpha = w("ar_audio_position.alpha")
+        self.head = w("ar_predict_layer.weight")
+        self._norms = []
+        self._linears = []
+        for i in range(config.layers):
+            p = f"h.layers.{i}."
+            self._norms.append(
+                {
+                    name: w(p + key)
+                    for name, key in (
+                        ("ln1_w", "norm1.weight"),
+                        ("ln1_b", "norm1.bias"),
+                        ("ln2_w", "norm2.weight"),
+                        ("ln2_b", "norm2.bias"),
+                    )
+                }
+            )
+            self._linears.append(
+                {
+                    name: _Linear(w(p + weight), w(p + bias), int8)
+                    for name, weight, bias in (
+                        ("qkv", "self_attn.in_proj_weight", "self_attn.in_proj_bias"),
+                        ("out", "self_attn.out_proj.weight", "self_attn.out_proj.bias"),
+                        ("fc1", "linear1.weight", "linear1.bias"),
+                        ("fc2", "linear2.weight", "linear2.bias"),
+                    )
+                }
+            )
+        if self.text_embedding.shape != (config.phoneme_vocab, config.hidden):
+            raise ValueError(f"text embedding is {tuple(self.text_embedding.shape)}, config says otherwise")
+        if self.head.shape != (config.vocab, config.hidden):
+            raise ValueError(f"output head is {tuple(self.head.shape)}, config says otherwise")
+        self.positions = sine_positions(max_len, config.hidden)
+        head_dim = config.hidden // config.heads
+        shape = (config.layers, slots, config.heads, max_len, head_dim)
+        self.k_cache = torch.zeros(shape)
+        self.v_cache = torch.zeros(shape)
+        self.lengths = torch.zeros(slots, dtype=torch.long)
+        """Cache positions filled per slot (text + prompt + tokens fed so far)."""
+        self.audio_lengths = torch.zeros(slots, dtype=torch.long)
+        """Semantic tokens per slot (prompt + fed): the next token's audio position."""
+
+    @torch.inference_mode()
+    def prefill(
+        self, slot: int, phonemes: torch.Tensor, prompt: torch.Tensor, bert: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fill ``slot`` with a text (phoneme ids) and a prompt (semantic tokens); return the
+        logits ``(vocab,)`` for the first token to generate.  ``bert`` is ``(1024, len(phonemes))``
+        or ``None`` for zeros (what GPT-SoVITS feeds for English)."""
+        n_text, n_audio = int(phonemes.shape[0]), int(prompt.shape[0])
+        total = n_text + n_audio
+        if total == 0 or total >= self.max_len:
+            raise ValueError(f"prefill needs 1..{self.max_len - 1} positions, got {total}")
+        if bert is None:
+            bert = torch.zeros(BERT_DIM, n_text)
+        text = F.embedding(phonemes.long(), self.text_embedding)
+        text = text + F.linear(bert.to(torch.float32).T, *self.bert_proj)
+        text = text + self.text_alpha * self.positions[:n_text]
+        audio = F.embedding(prompt.long(), self.audio_embedding) + self.audio_alpha * self.positions[:n_audio]
+        x = torch.cat([text, audio], dim=0).unsqueeze(0)
+        keep = torch.zeros(total, total, dtype=torch.bool)
+        keep[:, :n_text] = True
+        keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool))
+        for layer in range(self.config.layers):
+            q, k, v = self._qkv(x, layer)
+            self.k_cache[layer, slot, :, :total] = k[0]
+            self.v_cache[layer, slot, :, :total] = v[0]
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            x = self._finish_block(x, attn, layer)
+        self.lengths[slot] = total
+        self.audio_lengths[slot] = n_audio
+        return F.linear(x[0, -1], self.head)
+
+    @torch.inference_mode()
+    def step(self, slots: torch.Tensor, tokens: torch.Tensor, full_width: bool = False) -> torch.Tensor:
+        """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); return logits ``(len(slots), vocab)``."""
+        slots = slots.long()
+        positions = self.lengths[slots]
+        if int(positions.max()) >= self.max_len:
+            raise ValueError(f"a slot reached the cache length {self.max_len}")
+        batch, hidden, heads = len(slots), self.config.hidden, self.config.heads
+        head_dim, eps = hidden // heads, self.config.norm_eps
+        # One query per row, so rows stay 2-D ``(batch, hidden)`` and heads are views of them.
+        x = (
+            F.embedding(tokens.long(), self.audio_embedding)
+            + self.audio_alpha * self.positions[self.audio_lengths[slots]]
+        )
+        width = self.max_len if full_width else int(positions.max()) + 1
+        keep = torch.arange(width).unsqueeze(0) <= positions.unsqueeze(1)
+        bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+        flat_bias = bias.unsqueeze(1).expand(batch, heads, width).reshape(batch * heads, 1, width)
+        first = int(slots[0])
+        # Slots in one run (the usual case: the engine keeps live streams packed) are read as
+        # views; any other set is gathered, which copies the caches it reads.
+        packed = bool(torch.equal(slots, torch.arange(first, first + batch)))
+        # Where each (row, head) writes its new key and value in a layer's cache seen as rows of D.
+        write_at = (
+            (slots.unsqueeze(1) * heads + torch.arange(heads)) * self.max_len + positions.unsqueeze(1)
+        ).flatten()
+        for layer in range(self.config.layers):
+            norms, linears = self._norms[layer], self._linears[layer]
+            qkv = linears["qkv"](x)
+            q = qkv[:, :hidden].reshape(batch * heads, 1, head_dim)
+            self.k_cache[layer].view(-1, head_dim).index_copy_(
+                0, write_at, qkv[:, hidden : 2 * hidden].reshape(-1, head_dim)
+            )
+            self.v_cache[layer].view(-1, head_dim).index_copy_(0, write_at, qkv[:, 2 * hidden :].reshape(-1, head_dim))
+            if packed:
+                keys = self.k_cache[layer, first : first + batch, :, :width]
+                values = self.v_cache[layer, first : first + batch, :, :width]
+            else:
+                keys = self.k_cache[layer][slots, :, :width]
+                values = self.v_cache[layer][slots, :, :width]
+            attn = _attend_one(q, keys, values, flat_bias).view(batch, hidden)
+            x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
+            mlp = linears["fc2"](linears["fc1"].relu(x))
+            x = F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
+        self.lengths[slots] += 1
+        self.audio_lengths[slots] += 1
+        return F.linear(x, self.head)
+
+    def release(self, slot: int) -> None:
+        """Free a slot for the next stream (its old positions are masked out by its length)."""
+        self.lengths[slot] = 0
+        self.audio_lengths[slot] = 0
+
+    def _qkv(self, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, ...]:
+        batch, length, _ = x.shape
+        heads = self.config.heads
+        qkv = self._linears[layer]["qkv"](x)
+        q, k, v = qkv.chunk(3, dim=-1)
+        return tuple(t.view(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
+
+    def _finish_block(self, x: torch.Tensor, attn: torch.Tensor, layer: int) -> torch.Tensor:
+        batch, _, length, _ = attn.shape
+        hidden, eps = self.config.hidden, self.config.norm_eps
+        norms, linears = self._norms[layer], self._linears[layer]
+        attn = attn.transpose(1, 2).reshape(batch, length, hidden)
+        x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
+        mlp = linears["fc2"](F.relu(linears["fc1"](x)))
+        return F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
+
+
+class _Linear:
+    """``x @ W.T + b``, in fp32 or with W as int8 per output channel (fbgemm's dynamic linear)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> None:
+        self.weight: torch.Tensor | None = None if int8 else weight  # int8 keeps only the packed copy
+        self.bias = bias
+        self.packed = None
+        if int8:
+            scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
+            zero = torch.zeros(weight.shape[0], dtype=torch.long)
+            with warnings.catch_warnings():  # torch 2.13 marks quantised tensors deprecated; still supported
+                warnings.simplefilter("ignore")
+                quantized = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
+                self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
+
+    def relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(self(x))``, fused for int8."""
+        if self.packed is None:
+            return F.relu(F.linear(x, self.weight, self.bias))
+        flat = x.reshape(-1, x.shape[-1])
+        return torch.ops.quantized.linear_relu_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
+
+
+def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Attention for one query per (row, head): ``q`` ``(B * H, 1, D)`` against ``keys``/``values``
+    ``(B, H, W, D)``, with ``bias`` ``(B * H, 1, W)``; returns ``(B * H, 1, D)``.
+
+    Two batched matrix products over the ``B * H`` heads beat the fused CPU kernel here (it is
+    built for long queries).  For packed slots ``keys`` and ``values`` are views of the cache whose
+    first two dimensions merge without a copy.  Masked positions get ``-inf``, so exactly zero weight.
+    """
+    dim = q.shape[-1]
+    flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
+    scores = torch.baddbmm(bias, q, flat_keys.transpose(1, 2), alpha=dim**-0.5)
+    return torch.bmm(torch.softmax(scores, dim=-1), flat_values)

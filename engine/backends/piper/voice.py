@@ -1,0 +1,301 @@
+"""A Piper voice split into an encoder (phonemes -> prior frames), a flow and a decoder.
+
+The encoder runs once per text segment; the flow (prior ``z_p`` -> latent
+``z``) and the HiFi-GAN decoder (``z`` -> audio) then run on windows of frames
+padded with context frames on both sides, keeping only the window's own
+output.  With 24 flow and 12 decoder context frames this reproduces the
+one-shot synthesis at > 100 dB SNR on the bundled voice, and the first audio
+needs only the encoder plus one small window.  ``onnxruntime`` sessions are
+thread-safe and release the GIL: the engine's workers run windows of different
+streams on one voice at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
+from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
+from streamvox.engine.api import VoiceLoadError
+from streamvox.engine.backends.piper.graph import (
+    DURATIONS_OUTPUT,
+    NOISE_DP,
+    NOISE_Z,
+    Z_MASK,
+    Z_OUTPUT,
+    Z_PRIOR,
+    split_piper_graph,
+)
+from streamvox.engine.text.phonemes import phoneme_ids, phonemize
+
+HOP_LENGTH = 256
+"""Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""
+_MAX_FRAMES = 1_000_000
+_HONOURS = frozenset({"speed", "speaker", "seed", "noise"})
+_FRAMES_PER_ID_GUESS = 8
+"""First guess of latent frames per phoneme id when sizing the prior-noise buffer."""
+
+
+@dataclass(frozen=True)
+class PiperVoiceConfig:
+    """What a voice's ``.onnx.json`` says that synthesis needs."""
+
+    sample_rate: int
+    espeak_voice: str
+    phoneme_id_map: Mapping[str, Sequence[int]]
+    language: str
+    num_speakers: int = 1
+    noise_scale: float = 0.667
+    """Prior noise: expressiveness of each frame."""
+    length_scale: float = 1.0
+    """Duration multiplier: > 1 is slower speech."""
+    noise_w: float = 0.8
+    """Duration-predictor noise: rhythm variation."""
+
+    @classmethod
+    def from_json(cls, path: Path) -> PiperVoiceConfig:
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            inference = raw.get("inference", {})
+            if raw.get("phoneme_type", "espeak") != "espeak":
+                raise VoiceLoadError(f"{path}: phoneme_type {raw['phoneme_type']!r} is not supported (espeak only)")
+            return cls(
+                sample_rate=int(raw["audio"]["sample_rate"]),
+                espeak_voice=str(raw["espeak"]["voice"]),
+                phoneme_id_map={k: list(v) for k, v in raw["phoneme_id_map"].items()},
+                language=str(raw.get("language", {}).get("code", raw["espeak"]["voice"])),
+                num_speakers=int(raw.get("num_speakers", 1)),
+                noise_scale=float(inference.get("noise_scale", 0.667)),
+                length_scale=float(inference.get("length_scale", 1.0)),
+                noise_w=float(inference.get("noise_w", 0.8)),
+            )
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, VoiceLoadError):
+                raise
+            raise VoiceLoadError(f"{path}: not a Piper voice config ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class FrontOutput:
+    """The prior frames of one segment and how many frames each phoneme id lasts."""
+
+    z_p: np.ndarray
+    """float32, shape (channels, frames): the prior sample the flow turns into ``z``."""
+    durations: np.ndarray
+    """int, one entry per phoneme id."""
+
+    @property
+    def frames(self) -> int:
+        return int(self.z_p.shape[1])
+
+
+class PiperVoice:
+    """One loaded Piper voice; see the module docstring for the split."""
+
+    kind = "piper"
+
+    def __init__(
+        self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0, stream_threads: int = 1
+    ) -> None:
+        """``threads`` serve the latency-critical runs (each encoder, each stream's first window;
+        0 means one per core); ``stream_threads`` serve the steady windows after it, where a
+        single thread per run wastes nothing on synchronisation and leaves the other cores free."""
+        self.id = voice_id
+        self.model_path = model_path
+        self.config = config
+        try:
+            split = split_piper_graph(model_path.read_bytes())
+        except OSError as exc:
+            raise VoiceLoadError(f"{model_path}: cannot read ({exc})") from exc
+        self.has_speaker_input = split.has_speaker_input
+        self.z_channels = split.z_channels
+        # No session spins: each session has its own worker pool, and a pool spinning
+        # after its run steals the cores the next session's run needs (measured: the
+        # second window of a stream took 135 ms with spinning, 75 ms without).
+        fast, lean = _session_options(threads), _session_options(stream_threads)
+        providers = ["CPUExecutionProvider"]
+        self._encoder = {
+            True: ort.InferenceSession(split.encoder, fast, providers=providers),
+            False: ort.InferenceSession(split.encoder, lean, providers=providers),
+        }
+        self._flow = {
+            True: ort.InferenceSession(split.flow, fast, providers=providers),
+            False: ort.InferenceSession(split.flow, lean, providers=providers),
+        }
+        self._decoder = {
+            True: ort.InferenceSession(split.decoder, fast, providers=providers),
+            False: ort.InferenceSession(split.decoder, lean, providers=providers),
+        }
+
+    def warm_up(self) -> None:
+        """Run every session once on typical shapes, so the first client does not pay for
+        onnxruntime's first-run allocations (measured: a cold first utterance underran)."""
+        ids = self.text_to_ids("Warming up the voice, one window at a time.")
+        for urgent in (True, False):
+            front = self.front(ids, None, urgent=urgent)
+            z = self.flow_window(front.z_p, 0, min(front.frames, 64), 24, urgent=urgent)
+            self.decode_window(z, 0, min(z.shape[1], 32), 12, urgent=urgent)
+
+    @classmethod
+    def load(
+        cls, model_path: str | Path, voice_id: str | None = None, threads: int = 0, stream_threads: int = 1
+    ) -> PiperVoice:
+        """Load ``model.onnx`` with its ``model.onnx.json`` beside it."""
+        model = Path(model_path)
+        config_file = model.with_name(model.name + ".json")
+        if not model.is_file():
+            raise VoiceLoadError(f"no voice model at {model}")
+        if not config_file.is_file():
+            raise VoiceLoadError(f"no voice config at {config_file}")
+        config = PiperVoiceConfig.from_json(config_file)
+        return cls(voice_id or model.name.removesuffix(".onnx"), model, config, threads, stream_threads)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def language(self) -> str:
+        return self.config.language
+
+    @property
+    def num_speakers(self) -> int:
+        return self.config.num_speakers
+
+    @property
+    def length_scale(self) -> float:
+        return self.config.length_scale
+
+    @property
+    def honours(self) -> frozenset[str]:
+        return _HONOURS
+
+    def text_to_ids(self, text: str) -> list[int]:
+        """Phoneme ids of ``text``, all its sentences joined (empty if nothing speakable)."""
+        sentences = phonemize(text, self.config.espeak_voice)
+        flat = [p for sentence in sentences for p in sentence]
+        if not any(p.strip() for p in flat):
+            return []
+        return phoneme_ids(flat, self.config.phoneme_id_map)
+
+    def front(
+        self,
+        ids: Sequence[int],
+        rng: np.random.Generator | None,
+        length_scale: float | None = None,
+        noise_scale: float | None = None,
+        noise_w: float | None = None,
+        speaker: int = 0,
+        urgent: bool = True,
+    ) -> FrontOutput:
+        """Run the encoder on one segment's ids.
+
+        Noise comes from ``rng`` (``None`` means noise off: zeros), drawn in a
+        fixed order so a seeded stream is reproducible.  The prior-noise buffer
+        is sized from the phoneme count and regrown if the utterance is longer.
+        """
+        n = len(ids)
+        if n == 0:
+            raise ValueError("front needs at least one phoneme id")
+        cfg = self.config
+        scales = np.array(
+            [
+                cfg.noise_scale if noise_scale is None else noise_scale,
+                cfg.length_scale if length_scale is None else length_scale,
+                cfg.noise_w if noise_w is None else noise_w,
+            ],
+            dtype=np.float32,
+        )
+        noise_dp = _noise(rng, (1, 2, n))
+        z_seed = None if rng is None else int(rng.integers(0, 2**63 - 1))
+        max_frames = int(_FRAMES_PER_ID_GUESS * n * max(1.0, float(scales[1]))) + 64
+        while True:
+            feeds = {
+                "input": np.asarray([ids], dtype=np.int64),
+                "input_lengths": np.array([n], dtype=np.int64),
+                "scales": scales,
+                NOISE_DP: noise_dp,
+                NOISE_Z: _prior_noise(z_seed, self.z_channels, max_frames),
+            }
+            if self.has_speaker_input:
+                feeds["sid"] = np.array([speaker], dtype=np.int64)
+            try:
+                z_p, durations = self._encoder[urgent].run([Z_PRIOR, DURATIONS_OUTPUT], feeds)
+                break
+            except (OrtFail, OrtRuntimeException):
+                # The noise buffer was shorter than the utterance (the slice no
+                # longer broadcasts); regrow it.  The same seed gives the same
+                # noise for every frame the shorter buffer covered.
+                if max_frames > _MAX_FRAMES:
+                    raise
+                max_frames *= 4
+        return FrontOutput(z_p=np.ascontiguousarray(z_p[0]), durations=durations.reshape(-1).astype(np.int64))
+
+    def flow(self, z_p: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
+        """Prior frames ``(channels, frames)`` to latent frames ``z`` of the same shape."""
+        feeds = {
+            Z_PRIOR: np.ascontiguousarray(z_p[np.newaxis], dtype=np.float32),
+            Z_MASK: np.ones((1, 1, z_p.shape[1]), dtype=np.float32),
+        }
+        if self.has_speaker_input:
+            feeds["sid"] = np.array([speaker], dtype=np.int64)
+        return self._flow[urgent].run(None, feeds)[0][0]
+
+    def flow_window(
+        self, z_p: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
+    ) -> np.ndarray:
+        """``z`` for frames ``[start, end)``, computed with ``context`` prior frames either side."""
+        lo = max(0, start - context)
+        hi = min(z_p.shape[1], end + context)
+        z = self.flow(z_p[:, lo:hi], speaker, urgent)
+        return z[:, start - lo : end - lo]
+
+    def synthesize(self, ids: Sequence[int], rng: np.random.Generator | None = None) -> np.ndarray:
+        """One-shot synthesis of a segment (the reference the windowed path must match)."""
+        front = self.front(ids, rng)
+        return self.decode(self.flow(front.z_p))
+
+    def decode(self, z: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
+        """HiFi-GAN decode of latent frames ``(channels, frames)`` to float32 samples."""
+        feeds = {Z_OUTPUT: np.ascontiguousarray(z[np.newaxis], dtype=np.float32)}
+        if self.has_speaker_input:
+            feeds["sid"] = np.array([speaker], dtype=np.int64)
+        return self._decoder[urgent].run(None, feeds)[0].reshape(-1)
+
+    def decode_window(
+        self, z: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
+    ) -> np.ndarray:
+        """Samples of frames ``[start, end)`` decoded with ``context`` frames either side."""
+        lo = max(0, start - context)
+        hi = min(z.shape[1], end + context)
+        audio = self.decode(z[:, lo:hi], speaker, urgent)
+        offset = (start - lo) * HOP_LENGTH
+        return audio[offset : offset + (end - start) * HOP_LENGTH]
+
+
+def _session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _noise(rng: np.random.Generator | None, shape: tuple[int, ...]) -> np.ndarray:
+    if rng is None:
+        return np.zeros(shape, dtype=np.float32)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _prior_noise(seed: int | None, channels: int, frames: int) -> np.ndarray:
+    """Prior noise drawn frame-major, so frame ``t`` does not depend on the buffer length."""
+    if seed is None:
+        return np.zeros((1, channels, frames), dtype=np.float32)
+    draws = np.random.default_rng(seed).standard_normal((frames, channels), dtype=np.float32)
+    return np.ascontiguousarray(draws.T[np.newaxis])

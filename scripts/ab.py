@@ -1,0 +1,177 @@
+"""An earlier commit against the working tree, on this machine, in one run.
+
+    python scripts/ab.py 6eaf9d5 --runs 40 --load
+
+Checks out ``REV`` into a temporary git worktree, makes it importable as
+``streamvox`` through a shim folder on ``PYTHONPATH`` (no install needed),
+and starts a server from each tree, both serving the bundled voice and the
+same random-weight GPT-SoVITS voice.  Then:
+
+1. **Identical bytes.**  Seeded sessions (bundled voice in opus, pcm_s16le at
+   16 kHz, wav and mulaw; the GPT-SoVITS voice in pcm) are spoken through both
+   servers; every binary frame must be equal.  Exit status 1 if any differs.
+2. **Single-stream TTFA**: the latency benchmark's paragraph through each
+   server in alternating order (drift on a shared machine hits both alike);
+   p50 / p95 / mean of the server TTFA and the ratios now / before.
+3. With ``--load``: ``bench load --find-max`` steps run against both servers,
+   interleaved step by step, until both fail; the largest passing N of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.latency import PARAGRAPH, _server_utterance
+from streamvox.bench.load import LoadProfile, passes, run_load
+from streamvox.bench.random_voice import write_voice
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "stream_server", "codecs", "web_demo", "bench")
+AR_VOICE = "ab-gpt-sovits"
+TEXT = "Good morning! It is 9:30 and the forecast says 21 degrees. We will walk along the river, then have lunch."
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("piper opus", {"format": "opus", "seed": 7}),
+    ("piper pcm_s16le 16 kHz", {"format": {"codec": "pcm_s16le", "sample_rate": 16000}, "seed": 7}),
+    ("piper wav", {"format": "wav", "seed": 8}),
+    ("piper mulaw", {"format": "mulaw_8000", "seed": 9}),
+    ("piper noise off", {"format": {"codec": "pcm_s16le"}, "noise": False}),
+    ("gpt-sovits pcm", {"voice": AR_VOICE, "format": {"codec": "pcm_s16le"}, "seed": 5}),
+]
+LOAD_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 32)
+
+
+async def _session_bytes(url: str, configure: dict[str, Any], text: str) -> tuple[bytes, dict[str, Any]]:
+    """Every binary frame of one seeded context, joined, and its ``done`` event."""
+    import websockets
+
+    async with websockets.connect(url, max_size=None) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        await ws.send(json.dumps({"type": "configure", **configure}))
+        ready = json.loads(await ws.recv())
+        assert ready["type"] == "ready", ready
+        await ws.send(json.dumps({"type": "text", "text": text}))
+        await ws.send(json.dumps({"type": "end"}))
+        audio = bytearray()
+        while True:
+            message = await asyncio.wait_for(ws.recv(), 300)
+            if isinstance(message, bytes):
+                audio += message
+                continue
+            event = json.loads(message)
+            if event["type"] == "done":
+                return bytes(audio), event
+            if event["type"] in ("error", "cancelled"):
+                raise RuntimeError(f"server sent {event}")
+
+
+def _start(pythonpath: str | None, voice_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+    env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
+    proc, port = start_server(
+        threads=0, max_lead=0.0, workers=None, env=env, max_sessions=128, extra=["--gpt-sovits-voice", str(voice_dir)]
+    )
+    return proc, f"ws://127.0.0.1:{port}/v1/stream", proc.pid
+
+
+def _compare_bytes(servers: dict[str, tuple[Any, str, int]]) -> bool:
+    same = True
+    for name, configure in CASES:
+        got = {side: asyncio.run(_session_bytes(url, configure, TEXT)) for side, (_, url, _) in servers.items()}
+        (before, done_b), (now, done_n) = got["before"], got["now"]
+        equal = before == now and done_b["samples"] == done_n["samples"]
+        same &= equal
+        verdict = "identical" if equal else "DIFFERENT"
+        print(f"bytes {name}: {verdict} ({len(now)} bytes, {done_n['samples']} samples)")
+    return same
+
+
+def _compare_ttfa(servers: dict[str, tuple[Any, str, int]], runs: int, rev: str) -> None:
+    ttfa: dict[str, list[float]] = {"before": [], "now": []}
+    for i in range(runs + 2):  # the first two rounds warm both up
+        order = ("before", "now") if i % 2 == 0 else ("now", "before")
+        for side in order:
+            run = asyncio.run(_server_utterance(servers[side][1], PARAGRAPH))
+            if i >= 2:
+                ttfa[side].append(run.ttfa_server_ms)
+    for side, values in ttfa.items():
+        label = f"before ({rev})" if side == "before" else "now"
+        print(
+            f"{label}: server TTFA p50 {percentile(values, 50):.1f} ms, p95 {percentile(values, 95):.1f} ms, "
+            f"mean {statistics.mean(values):.1f} ms (n={len(values)})"
+        )
+    now, before = ttfa["now"], ttfa["before"]
+    print(
+        f"TTFA ratio now / before: p50 {percentile(now, 50) / percentile(before, 50):.3f}, "
+        f"p95 {percentile(now, 95) / percentile(before, 95):.3f}, "
+        f"mean {statistics.mean(now) / statistics.mean(before):.3f}"
+    )
+
+
+def _compare_load(servers: dict[str, tuple[Any, str, int]], seconds: float) -> None:
+    profile = LoadProfile()
+    best: dict[str, int | None] = {"before": None, "now": None}
+    failed = {"before": False, "now": False}
+    for n in LOAD_STEPS:
+        for side in ("before", "now") if n % 2 else ("now", "before"):
+            if failed[side]:
+                continue
+            _, url, pid = servers[side]
+            row = run_load(url, n, seconds, profile, pid)
+            ok = passes(row, 250.0)
+            print(
+                f"load {side} N={n}: {'pass' if ok else 'FAIL'} (TTFA p95 {row['ttfa_ms_p95']:.0f} ms, "
+                f"underruns {row['underruns']}, server CPU {row.get('server_cpu_percent', 0):.0f} %)"
+            )
+            if ok:
+                best[side] = n
+            else:
+                failed[side] = True
+        if all(failed.values()):
+            break
+    print(f"largest passing N: before {best['before']}, now {best['now']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("rev", help="the earlier commit")
+    parser.add_argument("--runs", type=int, default=40, help="TTFA utterances per server")
+    parser.add_argument("--load", action="store_true", help="also step bench load against both servers")
+    parser.add_argument("--load-seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tree, shim = Path(tmp) / "tree", Path(tmp) / "shim" / "streamvox"
+        voice_dir = write_voice(Path(tmp) / AR_VOICE, "tiny", seed=3, eos_scale=50.0)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.rev], check=True)
+        try:
+            shim.mkdir(parents=True)
+            (shim / "__init__.py").touch()
+            for name in PACKAGES:
+                if (tree / name).is_dir():
+                    (shim / name).symlink_to(tree / name)
+            servers = {"before": _start(str(shim.parent), voice_dir), "now": _start(None, voice_dir)}
+            try:
+                same = _compare_bytes(servers)
+                _compare_ttfa(servers, args.runs, args.rev)
+                if args.load:
+                    _compare_load(servers, args.load_seconds)
+            finally:
+                for proc, _, _ in servers.values():
+                    proc.terminate()
+                    proc.wait(30)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    print("identical bytes: yes" if same else "identical bytes: NO")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""What a dialect needs of a client socket, and its aiohttp implementation.
+
+Dialects read :class:`Incoming` frames and write text, bytes and a close
+through :class:`Transport`, so the same session code can later sit behind an
+ASGI server (Ray Serve) with a second implementation of this protocol.
+Event-loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One frame from the client: text, binary, or a socket error (then the reader stops)."""
+
+    kind: Literal["text", "binary", "error"]
+    data: str | bytes | None = None
+
+
+class Transport(Protocol):
+    """A message socket to one client."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def last_write(self) -> float:
+        """Monotonic time the socket last accepted a frame (a reader that stopped shows as none)."""
+        ...
+
+    def __aiter__(self) -> AsyncIterator[Incoming]: ...
+
+    async def send_text(self, text: str) -> None: ...
+
+    async def send_bytes(self, payload: bytes) -> None: ...
+
+    async def close(self, code: int, reason: bytes, drain: bool = True) -> None: ...
+
+    def abort(self) -> None:
+        """Drop the connection without a close frame (the peer sees 1006)."""
+        ...
+
+
+class AiohttpTransport:
+    """:class:`Transport` over an aiohttp ``WebSocketResponse``."""
+
+    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None = None) -> None:
+        """``raw`` is the TCP transport under ``ws``: :meth:`abort` closes it."""
+        self.ws = ws
+        self._raw = raw
+        self._last_write = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
+
+    @property
+    def last_write(self) -> float:
+        return self._last_write
+
+    async def __aiter__(self) -> AsyncIterator[Incoming]:
+        async for msg in self.ws:
+            if msg.type == WSMsgType.TEXT:
+                yield Incoming("text", msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                yield Incoming("binary", msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                log.info("socket error %s", self.ws.exception())
+                yield Incoming("error")
+                return
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_str(text)
+        self._last_write = time.monotonic()
+
+    async def send_bytes(self, payload: bytes) -> None:
+        await self.ws.send_bytes(payload)
+        self._last_write = time.monotonic()
+
+    async def close(self, code: int, reason: bytes, drain: bool = True) -> None:
+        await self.ws.close(code=code, message=reason, drain=drain)
+
+    def abort(self) -> None:
+        if self._raw is not None:
+            self._raw.abort()

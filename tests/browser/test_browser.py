@@ -1,0 +1,101 @@
+"""The web demo as a real client, driven in Debian's headless Chromium (playwright-core).
+
+One Node run (tests/browser/run_demo.mjs) plays every scenario against a real server
+and reports what the page itself measured; each test below asserts on one part of it.
+The mid-stream screenshot is kept in test-artifacts/browser/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from streamvox.bench.harness import free_port, wait_healthy
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "browser" / "run_demo.mjs"
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+FRAME_48K = 960  # one 20 ms Opus frame
+
+
+@pytest.fixture(scope="module")
+def demo_run() -> dict[str, Any]:
+    node = shutil.which("node")
+    assert node, "node is required (scripts/setup.sh test installs it)"
+    assert (ROOT / "tests" / "browser" / "node_modules" / "playwright-core").is_dir(), "run scripts/setup.sh test"
+    assert Path(os.environ.get("CHROMIUM", "/usr/bin/chromium")).exists(), "Debian chromium is required"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamvox.stream_server.cli", "--log-level", "WARNING", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_healthy(server, port, timeout_s=60)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        completed = subprocess.run(
+            [node, str(DRIVER), f"http://127.0.0.1:{port}/", str(ARTIFACTS)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=DRIVER.parent,
+        )
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=2))
+    assert "failure" not in result, result.get("failure")
+    return result
+
+
+def test_browser_has_webcodecs_opus_and_audioworklet(demo_run: dict[str, Any]) -> None:
+    assert demo_run["capabilities"] == {"audioDecoder": True, "audioWorklet": True}
+    assert not [line for line in demo_run["console"] if line.startswith(("pageerror", "error"))]
+
+
+@pytest.mark.parametrize(("scenario", "codec"), [("opus", "opus"), ("pcm", "pcm_s16le"), ("llm", "opus")])
+def test_decoded_audio_matches_done_and_never_underruns(demo_run: dict[str, Any], scenario: str, codec: str) -> None:
+    run = demo_run["scenarios"][scenario]
+    assert run["format"] == codec
+    done = run["done"]
+    assert done is not None and done["samples"] > 48000 * 5
+    assert abs(run["decodedSamples"] - done["samples"]) <= FRAME_48K
+    assert run["playedSamples"] == run["decodedSamples"]
+    assert run["underrunsAfterStart"] == 0, run.get("underrunLog")
+    assert run["ttfaMs"] is not None and run["ttfaMs"] > 0
+    assert not run["errorText"]
+
+
+def test_llm_paced_mode_streams_several_segments(demo_run: dict[str, Any]) -> None:
+    run = demo_run["scenarios"]["llm"]
+    assert run["mode"] == "llm" and run["done"]["segments"] >= 3
+
+
+def test_stop_silences_within_100_ms_and_server_cancels(demo_run: dict[str, Any]) -> None:
+    run = demo_run["scenarios"]["stop"]
+    assert run["cancelled"]["type"] == "cancelled" and run["cancelled"]["reason"] == "client"
+    assert run["stopped"]["latencyMs"] < 100
+    assert run["playedAfter"] == run["playedAtStop"]
+    assert run["levelAfter"] < 1e-4
+    assert run["done"] is None
+
+
+def test_unknown_voice_is_shown_to_the_person(demo_run: dict[str, Any]) -> None:
+    run = demo_run["scenarios"]["unknownVoice"]
+    assert run["errorVisible"] is True
+    assert "unknown_voice" in run["errorText"]
+
+
+def test_layout_fits_a_phone_and_screenshots_are_saved(demo_run: dict[str, Any]) -> None:
+    assert demo_run["phoneOverflow"] is False
+    assert (ARTIFACTS / "demo-mid-stream.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "demo-phone.png").stat().st_size > 10_000

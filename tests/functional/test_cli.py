@@ -1,0 +1,196 @@
+"""The console script: `say` writes real files; `serve` drains on SIGTERM and closes sockets with 1001."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import websockets
+from streamvox.bench.harness import free_port, wait_healthy
+from streamvox.stream_server.cli import build_parser
+
+from tests.helpers.asr import transcribe, wer
+
+STREAMVOX = [sys.executable, "-m", "streamvox.stream_server.cli"]
+
+
+@pytest.mark.asr
+def test_say_writes_intelligible_ogg_and_wav(tmp_path: Path) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    for name in ("out.ogg", "out.wav"):
+        target = tmp_path / name
+        result = subprocess.run(
+            [*STREAMVOX, "say", text, "-o", str(target), "--seed", "1"], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        audio, rate = sf.read(str(target), dtype="float32")
+        assert rate == (48000 if name.endswith(".ogg") else 22050)
+        assert 1.5 < len(audio) / rate < 6
+        assert wer(text, transcribe(audio, rate)) <= 0.15
+
+
+def test_say_rejects_unknown_output_type_and_voice(tmp_path: Path) -> None:
+    bad_type = subprocess.run([*STREAMVOX, "say", "hi", "-o", str(tmp_path / "x.mp3")], capture_output=True, text=True)
+    assert bad_type.returncode == 2 and "unsupported output" in bad_type.stderr
+    bad_voice = subprocess.run(
+        [*STREAMVOX, "say", "hi", "-o", str(tmp_path / "x.wav"), "--voice", "nobody"], capture_output=True, text=True
+    )
+    assert bad_voice.returncode == 2 and "unknown voice" in bad_voice.stderr
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port) == ("127.0.0.1", 8765)
+
+
+@pytest.mark.parametrize(("drain_timeout", "expect"), [(30.0, "done"), (0.3, "cancelled")])
+def test_sigterm_drains_contexts_and_closes_with_1001(drain_timeout: float, expect: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [*STREAMVOX, "serve", "--port", str(port), "--drain-timeout", str(drain_timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_healthy(proc, port)
+
+        async def client() -> tuple[list[str], int | None]:
+            events: list[str] = []
+            async with websockets.connect(f"ws://127.0.0.1:{port}/v1/stream", max_size=None) as ws:
+                await ws.recv()
+                await ws.send(json.dumps({"type": "text", "text": "Draining politely. " * 12}))
+                await ws.send(json.dumps({"type": "end"}))
+                while not isinstance(await ws.recv(), bytes):
+                    pass
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    while True:
+                        message = await asyncio.wait_for(ws.recv(), 60)
+                        if isinstance(message, str):
+                            events.append(json.loads(message)["type"])
+                except websockets.ConnectionClosed as closed:
+                    return events, closed.rcvd.code if closed.rcvd else None
+
+        events, code = asyncio.run(client())
+        assert expect in events
+        assert code == 1001
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_bench_load_smoke(tmp_path: Path) -> None:
+    """The load benchmark runs end to end and reports a sane row (figures themselves go in the README)."""
+    plot = tmp_path / "load.png"
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "--log-level",
+            "WARNING",
+            "bench",
+            "load",
+            "--streams",
+            "1",
+            "--seconds",
+            "3",
+            "--ramp",
+            "0.5",
+            "--pause",
+            "0.2",
+            "--json",
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    (row,) = result["rows"]
+    assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
+    assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
+    assert result["peer"]["ttfa_ms_p50"] > 0
+    assert plot.stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_bench_latency_smoke() -> None:
+    out = subprocess.run(
+        [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--runs", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["runs"] == 2
+    assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
+    assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
+
+
+@pytest.mark.slow
+def test_bench_batch_smoke() -> None:
+    """The batching benchmark times all three ways for each cell and names a winner."""
+    out = subprocess.run(
+        [*STREAMVOX, "bench", "batch", "--windows", "16", "--batches", "1", "2", "--repeats", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["window_frames"], r["batch"]) for r in result["rows"]] == [(16, 1), (16, 2)]
+    for row in result["rows"]:
+        speeds = [row[way] for way in ("batched_1_thread", "batched_all_cores", "parallel_1_thread_each")]
+        assert all(v > 0 for v in speeds)
+        assert row[row["winner"]] == max(speeds)
+
+
+@pytest.mark.slow
+def test_bench_ar_smoke() -> None:
+    """The AR benchmark runs ours and the reference on the same v2-size checkpoint and reports both."""
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "bench",
+            "ar",
+            "--tokens",
+            "4",
+            "--batches",
+            "1",
+            "2",
+            "--text-len",
+            "8",
+            "--prompt-len",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = [(r["weights"], r["batch"], r["tokens"]) for r in result["ours"]]
+    assert rows == [("fp32", 1, 4), ("fp32", 2, 8), ("int8", 1, 4), ("int8", 2, 8)]
+    assert result["reference"]["tokens"] == 4 and result["reference"]["tokens_per_s"] > 0
+    assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0
+    streaming = result["streaming"]
+    assert [r["weights"] for r in streaming] == ["fp32", "int8", "int8 + bf16 vocoder"]
+    for row in streaming:
+        assert row["tokens"] == 4 and row["audio_s"] == 4 * 1280 / 32000
+        assert row["first_chunk_ms"] > 0 and row["rtf"] > 0 and row["vocoder_one_shot_rtf"] > 0

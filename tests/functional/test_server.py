@@ -1,0 +1,272 @@
+"""Functional tests over a real server on a free loopback port, spoken to with `websockets`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+
+import aiohttp
+import pytest
+import websockets
+
+from tests.helpers.asr import transcribe, wer
+from tests.helpers.ws import Exchange, collect_until, recv_json, send
+
+PARAGRAPH = (
+    "Good morning! The weather today is sunny with a light breeze from the west. "
+    "We expect temperatures to rise slowly through the afternoon, so bring a hat if you go outside."
+)
+LONG_TEXT = " ".join(
+    [
+        "This paragraph keeps the second session busy while the first one misbehaves.",
+        "Every sentence becomes audio that is streamed in small packets.",
+        "The server must keep this stream intact whatever the other client sends.",
+    ]
+)
+
+
+async def speak(url: str, text: str, configure: dict | None = None, context_id: str | None = None) -> Exchange:
+    """One context on a fresh connection: configure, send all text, end, collect."""
+    async with websockets.connect(url, max_size=None) as ws:
+        assert (await recv_json(ws))["type"] == "ready"
+        if configure:
+            await send(ws, type="configure", **configure)
+            assert (await recv_json(ws))["type"] == "ready"
+        extra = {"context_id": context_id} if context_id else {}
+        await send(ws, type="text", text=text, **extra)
+        await send(ws, type="end", **extra)
+        return await collect_until(ws)
+
+
+async def test_http_routes(server: str) -> None:
+    base = server.replace("ws://", "http://").rsplit("/v1/", 1)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ok"
+        async with http.get(f"{base}/v1/voices") as r:
+            voices = (await r.json())["voices"]
+            assert voices == [
+                {"id": "en_US-joe-medium", "language": "en_US", "sample_rate": 22050, "kind": "piper", "default": True}
+            ]
+        async with http.get(f"{base}/") as r:
+            assert r.status == 200 and "streamvox" in await r.text()
+
+
+async def test_ready_describes_the_negotiated_format(server: str) -> None:
+    async with websockets.connect(server) as ws:
+        ready = await recv_json(ws)
+        assert ready["protocol"] == 1 and ready["voice"]["id"] == "en_US-joe-medium"
+        assert ready["format"] == {
+            "codec": "opus",
+            "sample_rate": 48000,
+            "channels": 1,
+            "frame_ms": 20,
+            "container": None,
+        }
+        await send(ws, type="configure", format={"codec": "pcm_s16le", "sample_rate": 16000})
+        ready = await recv_json(ws)
+        assert ready["format"]["codec"] == "pcm_s16le" and ready["format"]["sample_rate"] == 16000
+
+
+@pytest.mark.asr
+async def test_llm_paced_text_streams_intelligible_opus(server: str) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        received = asyncio.create_task(collect_until(ws))
+        for word in PARAGRAPH.split(" "):
+            await send(ws, type="text", text=word + " ")
+            await asyncio.sleep(1 / 25)  # 25 words per second, like a fast LLM
+        await send(ws, type="end")
+        exchange = await received
+    done = exchange.of_type("done")[0]
+    segments = exchange.of_type("segment")
+    assert len(segments) >= 3
+    assert segments[0]["text"] == "Good morning!"
+    assert [s["index"] for s in segments] == list(range(len(segments)))
+    assert all(b["start_sample"] > a["start_sample"] for a, b in zip(segments, segments[1:], strict=False))
+    assert len(exchange.audio) == math.ceil(done["samples"] / 960)
+    audio = exchange.decode_opus()
+    assert abs(len(audio) - done["samples"]) < 960 + 312
+    assert done["ttfa_ms"] is not None and 0 < done["ttfa_ms"] < 5000
+    assert 0 < done["rtf"] < 1
+    assert done["seconds"] == pytest.approx(done["samples"] / 48000, abs=1e-3)
+    transcript = transcribe(audio, 48000)
+    score = wer(PARAGRAPH, transcript)
+    print(f"WER {score:.3f}: {transcript}")
+    assert score <= 0.15, transcript
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "bytes_per_sample"), [("pcm_s16le", 22050, 2), ("pcm_s16le", 16000, 2), ("mulaw_8000", 8000, 1)]
+)
+async def test_pcm_formats_account_for_every_sample(server: str, fmt: str, rate: int, bytes_per_sample: int) -> None:
+    exchange = await speak(server, PARAGRAPH, {"format": {"codec": fmt, "sample_rate": rate}, "noise": False})
+    done = exchange.of_type("done")[0]
+    assert done["sample_rate"] == rate
+    assert sum(len(chunk) for chunk in exchange.audio) == done["samples"] * bytes_per_sample
+    expected = done["model_samples"] * rate / 22050
+    assert abs(done["samples"] - expected) <= 1
+
+
+async def test_wav_stream_starts_with_a_streaming_header(server: str) -> None:
+    exchange = await speak(server, "A short wave file.", {"format": "wav"})
+    header, body = exchange.audio[0], b"".join(exchange.audio[1:])
+    assert header[:4] == b"RIFF" and header[8:16] == b"WAVEfmt " and len(header) == 44
+    assert struct.unpack("<I", header[24:28])[0] == 22050
+    assert len(body) == 2 * exchange.of_type("done")[0]["samples"]
+
+
+async def test_session_audio_is_identical_alone_and_beside_fifteen_others(server: str) -> None:
+    """DESIGN invariant: a seeded session's bytes do not depend on what runs beside it (the engine's
+    workers interleave the 16 streams' windows in a load-dependent order)."""
+    settings = {"seed": 1234}
+    alone = await speak(server, PARAGRAPH, settings)
+    crowd = await asyncio.gather(*(speak(server, PARAGRAPH, settings) for _ in range(16)))
+    assert len(alone.audio) > 50
+    for exchange in crowd:
+        assert exchange.audio == alone.audio
+    other_seed = await speak(server, PARAGRAPH, {"seed": 99})
+    assert other_seed.audio != alone.audio
+
+
+async def test_cancel_stops_on_a_frame_boundary_and_nothing_follows(server: str) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="text", text=LONG_TEXT * 3, context_id="first")
+        await send(ws, type="flush", context_id="first")
+        packets = 0
+        while packets < 5:
+            if isinstance(await asyncio.wait_for(ws.recv(), 30), bytes):
+                packets += 1
+        await send(ws, type="cancel", context_id="first")
+        after_cancel = await collect_until(ws, kinds=("cancelled",))
+        cancelled = after_cancel.of_type("cancelled")[0]
+        assert cancelled["context_id"] == "first" and cancelled["reason"] == "client"
+        sent_packets = packets + len(after_cancel.audio)
+        assert cancelled["samples"] <= sent_packets * 960
+        assert all(len(p) > 0 for p in after_cancel.audio)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(ws.recv(), 1.0)  # nothing more for the cancelled context
+        # The session lives on: a new context speaks.
+        await send(ws, type="text", text="Still here.", context_id="second")
+        await send(ws, type="end", context_id="second")
+        second = await collect_until(ws)
+        assert second.of_type("done")[0]["context_id"] == "second" and second.audio
+
+
+BAD_INPUTS = [
+    ("{oops", "invalid_json"),
+    (json.dumps({"type": "shout"}), "unknown_type"),
+    (json.dumps({"type": "text", "text": "x", "volume": 11}), "unknown_field"),
+    (json.dumps({"type": "configure", "voice": "nobody"}), "unknown_voice"),
+    (json.dumps({"type": "configure", "format": {"codec": "mp3"}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "opus", "sample_rate": 16000}}), "bad_format"),
+    (json.dumps({"type": "text", "text": "y" * 4001}), "text_too_long"),
+    (json.dumps({"type": "text", "text": "z" * 9000}), "message_too_large"),
+    (b"\x00\x01binary", "binary_not_supported"),
+    (json.dumps({"type": "flush", "context_id": "never"}), "unknown_context"),
+]
+
+
+async def test_bad_inputs_get_typed_errors_while_another_session_streams(server: str) -> None:
+    settings = {"seed": 5}
+    reference = await speak(server, LONG_TEXT, settings)
+    busy = asyncio.create_task(speak(server, LONG_TEXT, settings))
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        for message, code in BAD_INPUTS:
+            await ws.send(message)
+            error = await recv_json(ws)
+            assert error["type"] == "error" and error["code"] == code, (message[:40], error)
+            assert error["fatal"] is False and error["message"]
+        # Context limit: many small texts adding up past max_context_chars.
+        for _ in range(2):
+            await send(ws, type="text", text="word " * 600, context_id="big")
+        await send(ws, type="text", text="word " * 600, context_id="big")
+        error = await recv_json_skipping_audio(ws)
+        assert error["code"] == "text_too_long" and error["context_id"] == "big"
+        await send(ws, type="cancel", context_id="big")
+        await collect_until(ws, kinds=("cancelled",))
+        # Text after end of a context.
+        await send(ws, type="text", text="Done soon.", context_id="short")
+        await send(ws, type="end", context_id="short")
+        await send(ws, type="text", text="Too late.", context_id="short")
+        late = await collect_until(ws, kinds=("error",))
+        assert late.of_type("error")[0]["code"] == "context_ended"
+        await collect_until(ws)
+        # The session still works after all of that.
+        await send(ws, type="text", text="All good.", context_id="after")
+        await send(ws, type="end", context_id="after")
+        assert (await collect_until(ws)).of_type("done")
+    other = await busy
+    assert other.audio == reference.audio
+    assert other.of_type("done") and not other.of_type("error")
+
+
+async def recv_json_skipping_audio(ws: websockets.ClientConnection) -> dict:
+    while True:
+        message = await asyncio.wait_for(ws.recv(), 30)
+        if isinstance(message, str):
+            event = json.loads(message)
+            if event["type"] != "segment":
+                return event
+
+
+async def test_a_voice_given_by_path_is_listed_and_served(aiohttp_server, registry, tmp_path) -> None:
+    from streamvox.engine.backends.piper.backend import bundled_voice_path
+    from streamvox.engine.backends.piper.voice import PiperVoice
+    from streamvox.engine.registry import VoiceRegistry
+    from streamvox.stream_server.app import STREAM_PATH, create_app
+    from streamvox.stream_server.config import ServerConfig
+
+    src = bundled_voice_path()
+    model = tmp_path / "en_US-second-medium.onnx"
+    model.symlink_to(src)
+    (tmp_path / "en_US-second-medium.onnx.json").write_bytes(src.with_name(src.name + ".json").read_bytes())
+    voices = VoiceRegistry()
+    voices.add(registry.get(None))
+    voices.add(PiperVoice.load(model))
+    srv = await aiohttp_server(create_app(ServerConfig(), voices), host="127.0.0.1")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{srv.port}/v1/voices") as r:
+            assert [v["id"] for v in (await r.json())["voices"]] == ["en_US-joe-medium", "en_US-second-medium"]
+    exchange = await speak(f"ws://127.0.0.1:{srv.port}{STREAM_PATH}", "Second voice.", {"voice": "en_US-second-medium"})
+    assert exchange.of_type("done") and exchange.audio
+
+
+async def test_busy_context_and_configure_rules(server: str) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="text", text=LONG_TEXT, context_id="a")
+        await send(ws, type="text", text="Other.", context_id="b")
+        assert (await recv_json_skipping_audio(ws))["code"] == "context_busy"
+        await send(ws, type="configure", format="pcm_s16le")
+        assert (await recv_json_skipping_audio(ws))["code"] == "context_busy"
+        await send(ws, type="end", context_id="a")
+        await collect_until(ws)
+        await send(ws, type="text", text="Reused.", context_id="a")
+        assert (await recv_json(ws))["code"] == "context_ended"
+
+
+async def test_oversized_frame_closes_with_1009(server: str) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        await ws.send("x" * (1024 * 1024 + 10))
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_client_disconnect_mid_stream_frees_the_engine(server: str, aiohttp_server) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="text", text=LONG_TEXT * 5)
+        await send(ws, type="flush")
+        while not isinstance(await ws.recv(), bytes):
+            pass
+    # The next client is served promptly and correctly.
+    exchange = await speak(server, "Next client.")
+    assert exchange.of_type("done")

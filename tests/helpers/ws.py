@@ -1,0 +1,56 @@
+"""Speaking to a server as a client does: send messages, read events and audio frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+from streamvox.codecs.opus import OpusFrameDecoder
+
+
+@dataclass
+class Exchange:
+    """Everything one context sent back."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audio: list[bytes] = field(default_factory=list)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def decode_opus(self) -> np.ndarray:
+        decoder = OpusFrameDecoder()
+        if not self.audio:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([decoder.decode(p) for p in self.audio])
+
+
+async def recv_json(ws: websockets.ClientConnection, timeout: float = 30.0) -> dict[str, Any]:
+    """The next text frame, skipping nothing (fails on binary)."""
+    message = await asyncio.wait_for(ws.recv(), timeout)
+    assert isinstance(message, str), f"expected a JSON event, got {len(message)} binary bytes"
+    return json.loads(message)
+
+
+async def collect_until(
+    ws: websockets.ClientConnection, kinds: tuple[str, ...] = ("done", "cancelled"), timeout: float = 60.0
+) -> Exchange:
+    """Read audio and events until an event of one of ``kinds`` arrives."""
+    exchange = Exchange()
+    while True:
+        message = await asyncio.wait_for(ws.recv(), timeout)
+        if isinstance(message, bytes):
+            exchange.audio.append(message)
+            continue
+        event = json.loads(message)
+        exchange.events.append(event)
+        if event["type"] in kinds:
+            return exchange
+
+
+async def send(ws: websockets.ClientConnection, **message: Any) -> None:
+    await ws.send(json.dumps(message))

@@ -1,0 +1,125 @@
+"""Incremental segmentation: small first span, sentence spans, no false cuts, time caps, offsets."""
+
+from __future__ import annotations
+
+import pytest
+from streamvox.engine.text.segmenter import Segmenter, SegmenterConfig
+
+
+def stream(text: str, step: int = 3) -> list[str]:
+    """Feed ``text`` a few characters at a time (no time passes), then flush."""
+    seg = Segmenter()
+    spans = []
+    for i in range(0, len(text), step):
+        spans += seg.push(text[i : i + step], now=0.0)
+    spans += seg.flush()
+    return [s.text for s in spans]
+
+
+def test_first_span_is_the_first_clause_then_sentences() -> None:
+    text = "Hello there, my friend. This is the second sentence. And a third!"
+    assert stream(text) == ["Hello there,", "my friend.", "This is the second sentence.", "And a third!"]
+
+
+def test_first_span_caps_at_n_words_without_punctuation() -> None:
+    spans = stream("one two three four five six seven eight nine ten. Next sentence here.")
+    assert spans[0] == "one two three four five six"
+    assert spans[1] == "seven eight nine ten."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Prices rose 3.5 percent to $10.25 today.",
+        "Dr. Smith and Mr. Jones met Prof. Lee.",
+        "Visit example.com or docs.python.org for more.",
+        "J. R. R. Tolkien wrote it, e.g. this one.",
+        "It was 10:30 a.m. in the U.S. office.",
+    ],
+)
+def test_no_false_sentence_cuts(text: str) -> None:
+    spans = stream(text, step=2)
+    assert " ".join(spans) == text
+    assert len([s for s in spans if s.endswith(".")]) == 1
+
+
+def test_abbreviation_that_ends_a_sentence_before_a_capital() -> None:
+    assert stream("We sold apples, pears, etc. Then we left.") == ["We sold apples,", "pears, etc.", "Then we left."]
+
+
+def test_question_and_exclamation_and_quotes() -> None:
+    assert stream('Hi, how are you? "Great!" she said. Ok.') == ["Hi, how are you?", '"Great!"', "she said.", "Ok."]
+
+
+def test_newlines_end_spans() -> None:
+    assert stream("# Title\n- first item\n- second item\n")[:3] == ["# Title", "- first item", "- second item"]
+
+
+def test_long_text_without_punctuation_is_split_at_word_boundaries() -> None:
+    words = [f"word{i}" for i in range(200)]
+    spans = stream(" ".join(words), step=7)
+    assert " ".join(spans).split() == words
+    assert all(len(s) <= SegmenterConfig().max_chars for s in spans)
+    assert len(spans) >= 4
+
+
+def test_long_sentence_prefers_a_clause_boundary() -> None:
+    text = "a " * 140 + "b, " + "c " * 40 + "d."
+    spans = stream(text)
+    assert any(s.endswith("b,") for s in spans)
+
+
+def test_boundary_waits_for_the_next_character() -> None:
+    seg = Segmenter()
+    assert seg.push("Pay 3.", now=0.0) == []
+    assert seg.push("50 now.", now=0.0) == []
+    assert [s.text for s in seg.push(" Ok", now=0.0)] == ["Pay 3.50 now."]
+
+
+def test_time_cap_releases_complete_words_only() -> None:
+    seg = Segmenter(SegmenterConfig(first_wait_s=0.3, later_wait_s=1.0))
+    assert seg.push("one two thr", now=10.0) == []
+    assert seg.deadline() == pytest.approx(10.3)
+    assert seg.poll(10.2) == []
+    assert [s.text for s in seg.poll(10.31)] == ["one two"]
+    assert seg.pending == " thr"
+    seg.push("ee four", now=10.4)
+    assert seg.deadline() == pytest.approx(11.31)
+    assert [s.text for s in seg.poll(11.4)] == ["three"]
+
+
+def test_offsets_point_into_the_client_text() -> None:
+    text = "  Hello there, world. Bye now.  "
+    seg = Segmenter()
+    spans = seg.push(text, now=0.0) + seg.flush()
+    for span in spans:
+        assert text[span.start : span.end] == span.text
+
+
+def test_unspeakable_spans_are_dropped() -> None:
+    assert stream("Hello. ... !!! ok.") == ["Hello.", "ok."]
+
+
+def test_flush_text_matches_push_then_flush() -> None:
+    text = "One, two. Three four five six seven eight nine. Ten!"
+    assert [s.text for s in Segmenter().flush_text(text)] == stream(text, step=len(text))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        SegmenterConfig(first_max_words=0)
+    with pytest.raises(ValueError):
+        SegmenterConfig(max_chars=5)
+
+
+def test_hurry_releases_up_to_the_last_clause_then_words() -> None:
+    seg = Segmenter()
+    assert [s.text for s in seg.push("Hello! This is going, to be long and", now=0.0)] == ["Hello!"]
+    assert seg.poll(0.1) == []  # no sentence end, time cap not reached
+    assert [s.text for s in seg.poll(0.1, hurry="clause")] == ["This is going,"]
+    assert seg.poll(0.15, hurry="clause") == []  # no clause boundary left: keep the sentence whole
+    assert [s.text for s in seg.poll(0.2, hurry="word")] == ["to be long"]
+    assert seg.pending == " and"
+    assert seg.poll(0.3, hurry="word") == []  # "and" may not be a complete word yet
+    with pytest.raises(ValueError):
+        seg.poll(0.4, hurry="now")

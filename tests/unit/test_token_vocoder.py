@@ -1,0 +1,145 @@
+"""The streaming token vocoder: chunk schedule, sample accounting, determinism, and closeness to
+the one-shot decode, on a tiny SoVITS v2 checkpoint written by the reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
+from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder, frame_noise
+
+from tests.helpers.gsv_runner import reference
+from tests.helpers.sovits import TINY_HPS, reference_audio
+
+pytestmark = pytest.mark.reference
+
+SPT = 1280
+RNG = np.random.default_rng(1)
+TOKENS = RNG.integers(0, 1024, 150).tolist()
+PHONEMES = torch.tensor(RNG.integers(0, 700, 40))
+
+
+@pytest.fixture(scope="module")
+def voice(tmp_path_factory: pytest.TempPathFactory) -> tuple[SoVITSDecoder, torch.Tensor]:
+    tmp = tmp_path_factory.mktemp("s2")
+    path = tmp / "tiny-v2.pth"
+    reference({"op": "make_s2", "hps": TINY_HPS, "seed": 11, "checkpoint": str(path)}, tmp)
+    decoder = SoVITSDecoder.load(path)
+    return decoder, decoder.speaker(decoder.reference_spectrogram(reference_audio()))
+
+
+def stream(
+    decoder: SoVITSDecoder, speaker: torch.Tensor, tokens: list[int], schedule: ChunkSchedule, step: int = 1
+) -> list[np.ndarray]:
+    vocoder = StreamingVocoder(UtteranceDecoder(decoder, PHONEMES.reshape(1, -1), speaker, 0.5, 3), schedule)
+    pieces = []
+    for i in range(0, len(tokens), step):
+        vocoder.add(tokens[i : i + step])
+        while vocoder.pending():
+            pieces.append(vocoder.decode())
+    pieces.append(vocoder.finish())
+    return pieces
+
+
+def snr_db(test: np.ndarray, ref: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(ref**2) / np.sum((test - ref) ** 2)))
+
+
+def test_schedule_starts_small_and_grows_to_its_cap() -> None:
+    ends = ChunkSchedule(first=12, growth=2.0, cap=96).boundaries()
+    assert [next(ends) for _ in range(6)] == [12, 36, 84, 180, 276, 372]
+    with pytest.raises(ValueError):
+        ChunkSchedule(first=2, overlap=2)
+
+
+@pytest.mark.parametrize("count", [1, 5, 12, 13, 16, 17, 40, 150])
+def test_every_token_yields_exactly_its_samples(voice: tuple[SoVITSDecoder, torch.Tensor], count: int) -> None:
+    decoder, speaker = voice
+    pieces = stream(decoder, speaker, TOKENS[:count], ChunkSchedule())
+    assert sum(len(p) for p in pieces) == count * SPT
+    if count >= 16:  # first chunk (12) + lookahead (4): audio before the tokens end
+        assert len(pieces) > 1 and len(pieces[0]) == (12 - 2) * SPT
+
+
+def test_first_audio_comes_after_first_chunk_plus_lookahead(voice: tuple[SoVITSDecoder, torch.Tensor]) -> None:
+    decoder, speaker = voice
+    vocoder = StreamingVocoder(
+        UtteranceDecoder(decoder, PHONEMES.reshape(1, -1), speaker, 0.5, 3), ChunkSchedule(first=8, lookahead=3)
+    )
+    vocoder.add(TOKENS[:10])
+    assert not vocoder.pending()
+    vocoder.add(TOKENS[10:11])
+    assert vocoder.pending()
+    assert len(vocoder.decode()) == (8 - 2) * SPT
+
+
+def test_audio_does_not_depend_on_how_tokens_arrive(voice: tuple[SoVITSDecoder, torch.Tensor]) -> None:
+    decoder, speaker = voice
+    one = np.concatenate(stream(decoder, speaker, TOKENS, ChunkSchedule(), step=1))
+    seven = np.concatenate(stream(decoder, speaker, TOKENS, ChunkSchedule(), step=7))
+    assert np.array_equal(one, seven)
+
+
+def test_windowed_synthesis_equals_one_shot_once_context_covers_the_receptive_field(
+    voice: tuple[SoVITSDecoder, torch.Tensor],
+) -> None:
+    """The flow and HiFi-GAN are local: with 12 tokens (24 frames) of context each side a
+    window reproduces the one-shot decode; with none it does not."""
+    decoder, speaker = voice
+    mean, log_scale = decoder.encode(torch.tensor([TOKENS]), PHONEMES.reshape(1, -1), speaker)
+    noise = frame_noise(3, 0, mean.shape[2], mean.shape[1]).unsqueeze(0)
+    full = decoder.synthesize(mean, log_scale, noise, speaker, 0.5)[0].numpy()
+    a, b = 100, 160
+    spf = decoder.config.samples_per_frame
+
+    def window(context: int) -> np.ndarray:
+        lo, hi = a - context, b + context
+        out = decoder.synthesize(mean[..., lo:hi], log_scale[..., lo:hi], noise[..., lo:hi], speaker, 0.5)[0]
+        return out.numpy()[(a - lo) * spf : (b - lo) * spf]
+
+    reference_part = full[a * spf : b * spf]
+    assert snr_db(window(0), reference_part) < 30
+    assert snr_db(window(24), reference_part) > 100
+
+
+def test_streamed_audio_approaches_the_one_shot_decode_with_more_context(
+    voice: tuple[SoVITSDecoder, torch.Tensor],
+) -> None:
+    """The content encoder attends over every token, so a chunk decoded before later tokens
+    exist cannot equal the one-shot decode exactly; more lookahead and left context bring it
+    closer.  (A random tiny model attends far more diffusely than a trained one.)"""
+    decoder, speaker = voice
+    offline = decoder.decode(TOKENS, PHONEMES, speaker, noise_scale=0.5, seed=3).numpy()
+    scores = [
+        snr_db(np.concatenate(stream(decoder, speaker, TOKENS, ChunkSchedule(left_context=lc, lookahead=la))), offline)
+        for lc, la in ((0, 0), (24, 4), (1000, 24))
+    ]
+    assert scores[0] < scores[1] < scores[2]
+    assert scores[1] > 25
+    whole = np.concatenate(stream(decoder, speaker, TOKENS, ChunkSchedule(lookahead=len(TOKENS))))
+    np.testing.assert_allclose(
+        whole, offline, atol=1e-5, err_msg="one chunk holding every token is the one-shot decode"
+    )
+
+
+def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecoder, torch.Tensor]) -> None:
+    """Windows are stretched left to a bucket multiple, so new shapes (each a one-off setup cost
+    in the convolution library) stay few; all of them are in the list a voice warms up."""
+    decoder, speaker = voice
+    schedule = ChunkSchedule()
+    seen: list[int] = []
+    real = decoder.synthesize
+
+    def recording(mean: torch.Tensor, *args: object) -> torch.Tensor:
+        seen.append(mean.shape[2] // decoder.config.frames_per_token)
+        return real(mean, *args)  # type: ignore[arg-type]
+
+    decoder.synthesize = recording  # type: ignore[method-assign]
+    try:
+        for count in (150, 97, 120):
+            stream(decoder, speaker, TOKENS[:count], schedule)
+    finally:
+        del decoder.synthesize
+    assert set(seen) <= set(schedule.window_sizes()), seen
+    assert len(set(seen)) < len(seen)
