@@ -322,8 +322,9 @@ class EngineCore:
         plan = self.scheduler.can_act(stream, self._busy_lanes)
         if plan is None:
             return  # taken into another stream's batch, or its lane was taken meanwhile
-        members = self.scheduler.group(stream, plan, self._runnable()[0], self._busy_lanes)
+        members = [stream]
         if plan.group is not None:
+            members = self.scheduler.group(stream, plan, self._runnable()[0], self._busy_lanes)
             self._counters.batch_sizes[len(members)] = self._counters.batch_sizes.get(len(members), 0) + 1
         unit = stream.backend.prepare(plan, [(m.state, m) for m in members])
         if plan.lane is not None:

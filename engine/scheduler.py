@@ -112,9 +112,9 @@ class DeadlineScheduler:
         self, lead: EngineStream, plan: Plan, runnable: list[EngineStream], busy_lanes: set[Hashable]
     ) -> list[EngineStream]:
         """``lead`` first, then every other runnable stream whose plan shares ``plan.group``."""
-        if plan.group is None:
-            return [lead]
         members = [lead]
+        if plan.group is None:
+            return members
         for other in runnable:
             if other is lead:
                 continue
