@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from streamvox.engine.events import EngineEvent
 
@@ -67,7 +67,6 @@ SETTINGS = ("speed", "speaker", "seed", "noise")
 """The per-request settings a voice can honour (``Voice.honours`` names a subset)."""
 
 
-@runtime_checkable
 class Voice(Protocol):
     """What sessions and the engine read of any loaded voice."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from streamvox.engine.api import UnknownBackendError, UnknownVoiceError, VoiceLoadError
+from streamvox.engine.api import SETTINGS, UnknownBackendError, UnknownVoiceError, VoiceLoadError
 from streamvox.engine.ar.slots import SlotPool
 from streamvox.engine.registry import BACKENDS, VoiceRegistry, VoiceSpec, load_backend
 
@@ -31,6 +31,7 @@ def test_voice_specs_parse_kind_and_path() -> None:
 def test_lookups_and_duplicates(registry: VoiceRegistry) -> None:
     voice = registry.get(None)
     assert registry.get(voice.id) is voice and registry.ids() == [voice.id]
+    assert voice.honours <= set(SETTINGS) and voice.honours
     with pytest.raises(UnknownVoiceError):
         registry.get("nobody")
     copy = VoiceRegistry()
