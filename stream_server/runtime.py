@@ -31,7 +31,7 @@ class ServerRuntime:
     metrics: Metrics
     sessions: set[DrainableSession] = field(default_factory=set)
     draining: bool = False
-    _client: EngineClient | None = None
+    _client: EngineClient | None = field(default=None, init=False, repr=False)
 
     @property
     def engine_client(self) -> EngineClient:
