@@ -51,7 +51,9 @@ class OggOpusWriter:
         self._serial = random.getrandbits(32) if serial is None else serial
         self._sequence = 0
         self._pre_skip = pre_skip
-        self._granule = pre_skip
+        self._granule = 0
+        """Samples decoded so far, pre-skip included (RFC 7845 section 4: a page's granule
+        counts every sample its packets decode to; players drop the first ``pre_skip``)."""
         self._pending: tuple[bytes, int] | None = None
         self._closed = False
         head = b"OpusHead" + struct.pack("<BBHIhB", 1, 1, pre_skip, input_sample_rate, 0, 0)
@@ -66,6 +68,18 @@ class OggOpusWriter:
             raise ValueError("write_packet after close")
         self._flush_pending(last=False)
         self._pending = (packet, samples)
+
+    def write_packet_now(
+        self, packet: bytes, samples: int, last: bool = False, total_samples: int | None = None
+    ) -> None:
+        """Write one packet's page at once (a live stream holds nothing back); ``last`` flags the
+        end of the stream, and ``total_samples`` (48 kHz, without pre-skip) then trims the padding."""
+        if self._closed:
+            raise ValueError("write_packet_now after close")
+        self._flush_pending(last=False)
+        self._pending = (packet, samples)
+        self._flush_pending(last=last, total_samples=total_samples)
+        self._closed = last
 
     def close(self, total_samples: int | None = None) -> None:
         """Write the final page; ``total_samples`` (48 kHz, without pre-skip) trims the padding."""

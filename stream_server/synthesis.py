@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from streamvox.codecs.formats import StreamEncoder, resolve_format
-from streamvox.codecs.ogg import OggOpusWriter
 from streamvox.codecs.resample import StreamResampler
 from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineCore
@@ -71,14 +70,12 @@ def write_audio(result: SynthesisResult, path: Path, sample_rate: int | None = N
         sf.write(str(path), audio, rate, subtype="PCM_16")
         return len(audio)
     if suffix in (".ogg", ".opus"):
-        encoder = StreamEncoder(resolve_format("opus", None, result.sample_rate), result.sample_rate)
-        frame = encoder.format.opus.frame_samples
+        encoder = StreamEncoder(resolve_format("ogg_opus", None, result.sample_rate), result.sample_rate)
         with path.open("wb") as out:
-            writer = OggOpusWriter(out, pre_skip=encoder.lookahead)
+            out.write(encoder.header() or b"")
             encoder.feed(result.audio)
             encoder.finish()
-            while (packet := encoder.pop()) is not None:
-                writer.write_packet(packet, frame)
-            writer.close(total_samples=encoder.samples_out)
+            while (page := encoder.pop()) is not None:
+                out.write(page)
         return encoder.samples_out
     raise ValueError(f"unsupported output {path.name}: use .wav, .ogg or .opus")

@@ -18,9 +18,11 @@ with warnings.catch_warnings():
 from streamvox.codecs.formats import FormatError, StreamEncoder, resolve_format
 from streamvox.codecs.ogg import OggOpusWriter, ogg_crc
 from streamvox.codecs.opus import OpusFrameDecoder, OpusFrameEncoder, OpusSettings
-from streamvox.codecs.pcm import float_to_s16, mulaw_to_s16, s16_to_mulaw
+from streamvox.codecs.pcm import alaw_to_s16, float_to_s16, mulaw_to_s16, s16_to_alaw, s16_to_mulaw
 from streamvox.codecs.resample import StreamResampler
 from streamvox.codecs.wav import wav_header
+
+from tests.helpers.audio import sf_read_stream
 
 
 def tone(seconds: float, rate: int, freq: float = 220.0) -> np.ndarray:
@@ -47,6 +49,53 @@ def test_mulaw_matches_g711_reference() -> None:
     assert ours == audioop.lin2ulaw(pcm.astype("<i2").tobytes(), 2)
     decoded = mulaw_to_s16(np.frombuffer(ours, dtype=np.uint8))
     assert decoded.astype("<i2").tobytes() == audioop.ulaw2lin(ours, 2)
+
+
+def test_alaw_matches_g711_reference() -> None:
+    pcm = np.arange(-32768, 32768).astype(np.int16)  # every 16-bit input
+    ours = s16_to_alaw(pcm).tobytes()
+    assert ours == audioop.lin2alaw(pcm.astype("<i2").tobytes(), 2)
+    codes = np.arange(256, dtype=np.uint8)
+    assert alaw_to_s16(codes).astype("<i2").tobytes() == audioop.alaw2lin(codes.tobytes(), 2)
+
+
+def _stream(codec: str, x: np.ndarray, rate: int, chunk: int = 3000) -> tuple[bytes, StreamEncoder]:
+    encoder = StreamEncoder(resolve_format(codec, None, rate), rate)
+    out = [encoder.header() or b""]
+    for i in range(0, len(x), chunk):
+        encoder.feed(x[i : i + chunk])
+        while (payload := encoder.pop()) is not None:
+            out.append(payload)
+    encoder.finish()
+    while (payload := encoder.pop()) is not None:
+        out.append(payload)
+    return b"".join(out), encoder
+
+
+@pytest.mark.parametrize(("codec", "seconds"), [("ogg_opus", 1.234), ("ogg_opus", 0.0001), ("flac", 1.234)])
+def test_streamed_containers_decode_to_the_exact_sample_count(codec: str, seconds: float) -> None:
+    x = tone(seconds, 22050)
+    data, encoder = _stream(codec, x, 22050)
+    decoded, rate = sf_read_stream(data)
+    assert rate == encoder.format.sample_rate
+    assert len(decoded) == encoder.samples_out == round(len(x) * rate / 22050)
+    if codec == "flac":  # lossless: the 16-bit signal itself
+        resampled = np.frombuffer(_stream("pcm_s16le", x, 22050)[0], dtype="<i2") / 32768.0
+        assert np.max(np.abs(decoded - resampled)) < 2e-4
+
+
+def test_a_cancelled_ogg_stream_ends_on_its_fade_page() -> None:
+    encoder = StreamEncoder(resolve_format("ogg_opus", None, 48000), 48000)
+    head = encoder.header() or b""
+    encoder.feed(tone(0.5, 48000))
+    pages = [p for p in iter(encoder.pop, None)]
+    fade = encoder.fade_out()
+    assert fade is not None and fade.startswith(b"OggS")
+    flags = [fade[i + 5] for i in range(len(fade)) if fade.startswith(b"OggS", i)]
+    assert flags[-1] & 0x04 and not any(f & 0x04 for f in flags[:-1])  # end of stream on the last page only
+    assert encoder.pop() is None
+    decoded, _ = sf_read_stream(head + b"".join(pages) + fade)
+    assert len(decoded) == encoder.samples_out
 
 
 def test_float_to_s16_clips_and_rounds() -> None:
@@ -140,12 +189,21 @@ def test_format_resolution() -> None:
     assert resolve_format("pcm_s16le", None, 22050).sample_rate == 22050
     assert resolve_format("pcm_s16le", 16000, 22050).sample_rate == 16000
     assert resolve_format("mulaw_8000", None, 22050).sample_rate == 8000
-    for codec, rate in [("opus", 16000), ("mulaw_8000", 16000), ("pcm_s16le", 12345), ("mp3", None)]:
+    assert resolve_format("alaw_8000", None, 22050).sample_rate == 8000
+    assert resolve_format("ogg_opus", None, 22050).describe()["container"] == "ogg"
+    assert resolve_format("flac", None, 32000).describe() == {
+        "codec": "flac", "sample_rate": 32000, "channels": 1, "frame_ms": None, "container": "flac"
+    }  # fmt: skip
+    for rate in (8000, 12345, 48000):
+        assert resolve_format("pcm_s16le", rate, 22050).sample_rate == rate
+    bad = [("opus", 16000), ("ogg_opus", 24000), ("mulaw_8000", 16000), ("alaw_8000", 16000), ("pcm_s16le", 7999),
+           ("pcm_s16le", 48001), ("flac", 96000), ("mp3", None)]  # fmt: skip
+    for codec, rate in bad:
         with pytest.raises(FormatError):
             resolve_format(codec, rate, 22050)
 
 
-@pytest.mark.parametrize("codec", ["opus", "pcm_s16le", "wav", "mulaw_8000"])
+@pytest.mark.parametrize("codec", ["opus", "pcm_s16le", "wav", "mulaw_8000", "alaw_8000", "ogg_opus", "flac"])
 def test_stream_encoder_accounts_for_every_sample(codec: str) -> None:
     fmt = resolve_format(codec, None, 22050)
     encoder = StreamEncoder(fmt, 22050)
@@ -162,11 +220,16 @@ def test_stream_encoder_accounts_for_every_sample(codec: str) -> None:
     assert abs(encoder.samples_out - expected) <= 1
     if codec == "opus":
         assert len(payloads) == -(-encoder.samples_out // 960)
-    elif codec == "mulaw_8000":
+    elif codec == "ogg_opus":  # the lookahead flush adds at most one packet
+        assert len(payloads) in (-(-encoder.samples_out // 960), -(-encoder.samples_out // 960) + 1)
+        assert all(p.startswith(b"OggS") for p in payloads)
+    elif codec in ("mulaw_8000", "alaw_8000"):
         assert sum(len(p) for p in payloads) == encoder.samples_out
+    elif codec == "flac":
+        assert b"".join(payloads).startswith(b"fLaC")
     else:
         assert sum(len(p) for p in payloads) == 2 * encoder.samples_out
-    assert (encoder.header() is not None) == (codec == "wav")
+    assert (encoder.header() is not None) == (codec in ("wav", "ogg_opus"))
 
 
 def test_fade_out_ends_in_silence() -> None:

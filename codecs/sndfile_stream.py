@@ -1,0 +1,96 @@
+"""FLAC encoded as a stream, through libsndfile (``soundfile``), bytes out as they are made.
+
+libsndfile writes to a file; here the file is :class:`_AppendOnlySink`, which
+hands out each byte once.  libsndfile seeks back at close to rewrite its
+header (FLAC's STREAMINFO totals): bytes already sent cannot change, so those
+rewrites are dropped, and the stream keeps "length unknown" (0) in its
+STREAMINFO, which the FLAC format allows for live streams.  Not thread-safe: one
+per stream.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile
+
+_FORMATS = {"flac": ("FLAC", "PCM_16")}
+
+
+class _AppendOnlySink(io.RawIOBase):
+    """A seekable file for libsndfile whose bytes, once taken, are never changed."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._pos = 0
+        self._taken = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        chunk = self._data[self._pos : self._pos + len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        data = bytes(data)
+        end = self._pos + len(data)
+        if len(self._data) < end:
+            self._data.extend(b"\0" * (end - len(self._data)))
+        keep = max(self._pos, self._taken)  # what was already taken stays as it was sent
+        if keep < end:
+            self._data[keep:end] = data[keep - self._pos :]
+        self._pos = end
+        return len(data)
+
+    def take(self) -> bytes:
+        """Every byte written since the last ``take``."""
+        out = bytes(self._data[self._taken :])
+        self._taken = len(self._data)
+        return out
+
+
+class SndfileStream:
+    """Encodes float32 mono at ``sample_rate`` to ``codec`` (``flac``) incrementally."""
+
+    def __init__(self, codec: str, sample_rate: int) -> None:
+        container, subtype = _FORMATS[codec]
+        self._sink = _AppendOnlySink()
+        self._file: soundfile.SoundFile | None = soundfile.SoundFile(
+            self._sink, "w", samplerate=sample_rate, channels=1, format=container, subtype=subtype
+        )
+
+    def write(self, samples: np.ndarray) -> bytes:
+        """Encode ``samples``; return the bytes the encoder has made so far (maybe none yet)."""
+        if self._file is None:
+            raise ValueError("write after close")
+        self._file.write(np.asarray(samples, dtype=np.float32))
+        return self._sink.take()
+
+    def close(self) -> bytes:
+        """Flush the encoder; return its last bytes."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        return self._sink.take()
+
+    @property
+    def closed(self) -> bool:
+        return self._file is None
