@@ -139,6 +139,64 @@ def _piper_first_chunk_ms(voice: Any, text: str) -> tuple[float, float]:
     return (first - started) * 1000, (time.perf_counter() - started) * 1000
 
 
+FORMATS: dict[str, Any] = {
+    "opus": "opus",
+    "ogg_opus": "ogg_opus",
+    "flac": "flac",
+    "wav": "wav",
+    "mulaw_8000": "mulaw_8000",
+    "alaw_8000": "alaw_8000",
+    "pcm_s16le 8 kHz": {"codec": "pcm_s16le", "sample_rate": 8000},
+    "pcm_s16le 48 kHz": {"codec": "pcm_s16le", "sample_rate": 48000},
+}
+"""Formats whose time to first byte is measured against ``pcm_s16le`` at the voice's rate."""
+FIRST_BYTES_TEXT = "Hello there, this is a short test of the first bytes."
+"""One short sentence: its encoder run is brief, so the comparison is not drowned in its jitter."""
+
+
+async def first_bytes_ms(url: str, fmt: Any, text: str = FIRST_BYTES_TEXT) -> float:
+    """On a fresh socket with noise off: text sent (all at once, then end) to the first binary frame;
+    the context is then cancelled."""
+    import websockets
+
+    async with websockets.connect(url, max_size=None) as ws:
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "configure", "format": fmt, "noise": False}))
+        ready = json.loads(await ws.recv())
+        if ready["type"] != "ready":
+            raise RuntimeError(f"server refused format {fmt!r}: {ready}")
+        started = time.perf_counter()
+        await ws.send(json.dumps({"type": "text", "text": text}))
+        await ws.send(json.dumps({"type": "end"}))
+        first: float | None = None
+        while True:
+            message = await ws.recv()
+            if isinstance(message, bytes):
+                if first is None:
+                    first = (time.perf_counter() - started) * 1000
+                    await ws.send(json.dumps({"type": "cancel"}))  # the rest is not measured
+                continue
+            event = json.loads(message)
+            if event["type"] == "cancelled" and first is not None:
+                return first
+            if event["type"] in ("error", "cancelled", "done"):
+                raise RuntimeError(f"no audio for format {fmt!r}: {event}")
+
+
+def format_first_bytes(url: str, runs: int) -> dict[str, dict[str, float]]:
+    """Each format's first-byte time against PCM's, interleaved run by run (medians, ratio)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, fmt in FORMATS.items():
+        pcm: list[float] = []
+        other: list[float] = []
+        for _ in range(runs):
+            pcm.append(asyncio.run(first_bytes_ms(url, "pcm_s16le")))
+            other.append(asyncio.run(first_bytes_ms(url, fmt)))
+        p, o = statistics.median(pcm), statistics.median(other)
+        out[name] = {"pcm_ms": p, "format_ms": o, "ratio": o / p}
+    return out
+
+
 def measure(runs: int, threads: int) -> dict[str, Any]:
     import psutil
 
@@ -175,6 +233,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
             raw_default.run()
             raw_single.run()
         e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
+        formats = format_first_bytes(url, max(5, runs // 2))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -203,6 +262,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
         "overhead_ratio": server_cpu_per_audio_s / raw,
         "overhead_ratio_vs_1thread": server_cpu_per_audio_s / raw_single.cpu_per_audio_s,
         "audio_s_per_utterance": audio_s / runs,
+        "format_first_bytes": formats,
     }
     return result
 
@@ -243,6 +303,12 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['text_words']}-word paragraph ({r['audio_s_per_utterance']:.2f} s audio)"
     ]
     lines += [f"  {name:<{width}}  {a:<18} {b}" for name, a, b in rows]
+    lines.append("  first bytes by format (text sent -> first binary frame, medians, interleaved with pcm_s16le):")
+    for name, f in r["format_first_bytes"].items():
+        lines.append(
+            f"    {name:<18} {f['format_ms']:7.1f} ms  vs pcm {f['pcm_ms']:7.1f} ms  ratio {f['ratio']:.3f}"
+            f"  ({f['format_ms'] - f['pcm_ms']:+.1f} ms)"
+        )
     return "\n".join(lines)
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import statistics
 import struct
 
 import aiohttp
 import pytest
 import websockets
+from streamvox.bench.latency import first_bytes_ms
 
 from tests.helpers.asr import transcribe, wer
+from tests.helpers.audio import sf_read_stream
 from tests.helpers.ws import Exchange, collect_until, recv_json, send
 
 PARAGRAPH = (
@@ -99,7 +102,16 @@ async def test_llm_paced_text_streams_intelligible_opus(server: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("fmt", "rate", "bytes_per_sample"), [("pcm_s16le", 22050, 2), ("pcm_s16le", 16000, 2), ("mulaw_8000", 8000, 1)]
+    ("fmt", "rate", "bytes_per_sample"),
+    [
+        ("pcm_s16le", 22050, 2),
+        ("pcm_s16le", 16000, 2),
+        ("pcm_s16le", 8000, 2),
+        ("pcm_s16le", 44100, 2),
+        ("pcm_s16le", 12345, 2),
+        ("mulaw_8000", 8000, 1),
+        ("alaw_8000", 8000, 1),
+    ],
 )
 async def test_pcm_formats_account_for_every_sample(server: str, fmt: str, rate: int, bytes_per_sample: int) -> None:
     exchange = await speak(server, PARAGRAPH, {"format": {"codec": fmt, "sample_rate": rate}, "noise": False})
@@ -108,6 +120,29 @@ async def test_pcm_formats_account_for_every_sample(server: str, fmt: str, rate:
     assert sum(len(chunk) for chunk in exchange.audio) == done["samples"] * bytes_per_sample
     expected = done["model_samples"] * rate / 22050
     assert abs(done["samples"] - expected) <= 1
+
+
+@pytest.mark.parametrize(("fmt", "rate"), [("ogg_opus", 48000), ("flac", 22050), ("flac", 16000)])
+async def test_streamed_containers_decode_to_the_samples_sent(server: str, fmt: str, rate: int) -> None:
+    exchange = await speak(server, PARAGRAPH, {"format": {"codec": fmt, "sample_rate": rate}, "noise": False})
+    done = exchange.of_type("done")[0]
+    decoded, decoded_rate = sf_read_stream(b"".join(exchange.audio))
+    assert decoded_rate == rate == done["sample_rate"]
+    assert len(decoded) == done["samples"]
+    assert abs(done["samples"] - done["model_samples"] * rate / 22050) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["ogg_opus", "flac", "alaw_8000", {"codec": "pcm_s16le", "sample_rate": 8000}])
+async def test_new_formats_start_as_soon_as_pcm(server: str, fmt: object) -> None:
+    """The first bytes of each format arrive within 20 ms of PCM's for the same text (medians of
+    interleaved runs: this shared machine's jitter is larger than a run's difference)."""
+    pcm: list[float] = []
+    other: list[float] = []
+    await first_bytes_ms(server, fmt)  # warm-up
+    for _ in range(7):
+        pcm.append(await first_bytes_ms(server, "pcm_s16le"))
+        other.append(await first_bytes_ms(server, fmt))
+    assert statistics.median(other) - statistics.median(pcm) <= 20.0, (pcm, other)
 
 
 async def test_wav_stream_starts_with_a_streaming_header(server: str) -> None:
@@ -163,6 +198,10 @@ BAD_INPUTS = [
     (json.dumps({"type": "configure", "voice": "nobody"}), "unknown_voice"),
     (json.dumps({"type": "configure", "format": {"codec": "mp3"}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "opus", "sample_rate": 16000}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "ogg_opus", "sample_rate": 24000}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "alaw_8000", "sample_rate": 16000}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "flac", "sample_rate": 96000}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "pcm_s16le", "sample_rate": 4000}}), "bad_format"),
     (json.dumps({"type": "text", "text": "y" * 4001}), "text_too_long"),
     (json.dumps({"type": "text", "text": "z" * 9000}), "message_too_large"),
     (b"\x00\x01binary", "binary_not_supported"),
