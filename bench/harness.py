@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -23,12 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120.0) -> None:
-    """Return once ``/healthz`` answers; raise if the process exits or the time runs out."""
+def wait_healthy(
+    proc: subprocess.Popen[bytes], port: int, timeout_s: float = 120.0, tls: ssl.SSLContext | None = None
+) -> None:
+    """Return once ``/healthz`` answers (over HTTPS with ``tls``, a client context that trusts the
+    server); raise if the process exits or the time runs out."""
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=tls):
                 return
         except OSError:
             if proc.poll() is not None:

@@ -45,25 +45,41 @@ def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
     from streamvox.stream_server.app import STREAM_PATH, create_app
+    from streamvox.stream_server.tls import TLSConfigError, server_ssl_context
 
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        voices=_voice_specs(args.voice, args.gpt_sovits_voice, args.voice_dir),
-        include_bundled_voice=not args.no_bundled_voice,
-        threads=args.threads,
-        drain_timeout_s=args.drain_timeout,
-        max_sessions=args.max_sessions,
-        engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
-    )
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            voices=_voice_specs(args.voice, args.gpt_sovits_voice, args.voice_dir),
+            include_bundled_voice=not args.no_bundled_voice,
+            threads=args.threads,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            drain_timeout_s=args.drain_timeout,
+            max_sessions=args.max_sessions,
+            engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
+        )
+        ssl_context = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    except (ValueError, TLSConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(config)
+    http, ws = config.scheme
     print(
-        f"streamvox serving on http://{config.host}:{config.port}/ "
-        f"(WebSocket ws://{config.host}:{config.port}{STREAM_PATH})",
+        f"streamvox serving on {http}://{config.host}:{config.port}/ "
+        f"(WebSocket {ws}://{config.host}:{config.port}{STREAM_PATH})",
         flush=True,
     )
-    web.run_app(app, host=config.host, port=config.port, print=None, shutdown_timeout=config.drain_timeout_s + 5)
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        ssl_context=ssl_context,
+        print=None,
+        shutdown_timeout=config.drain_timeout_s + 5,
+    )
     return 0
 
 
@@ -153,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers", type=int, default=0, help="windows of different streams run at once (0: one per core)"
     )
+    serve.add_argument(
+        "--tls-cert", default=None, metavar="CERT.pem", help="serve https:// and wss:// (needs --tls-key)"
+    )
+    serve.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
     serve.add_argument("--max-sessions", type=int, default=64, help="refuse sessions beyond this (close 1013)")
     serve.add_argument(

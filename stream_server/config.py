@@ -29,6 +29,10 @@ class ServerConfig:
     include_bundled_voice: bool = True
     threads: int = 0
     """onnxruntime intra-op threads (0: one per core)."""
+    tls_cert: str | None = None
+    """PEM certificate chain: serve ``https://`` and ``wss://`` (with ``tls_key``)."""
+    tls_key: str | None = None
+    """The certificate's PEM private key."""
     max_message_bytes: int = 64 * 1024
     """Larger text frames get ``message_too_large`` and are dropped; the session lives on."""
     hard_message_bytes: int = 1024 * 1024
@@ -69,3 +73,10 @@ class ServerConfig:
             raise ValueError("max_unsent_s and slow_reader_timeout_s must be > 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and a key")
+
+    @property
+    def scheme(self) -> tuple[str, str]:
+        """The HTTP and WebSocket URL schemes the server answers on."""
+        return ("https", "wss") if self.tls_cert else ("http", "ws")

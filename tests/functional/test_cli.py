@@ -6,8 +6,11 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,6 +51,66 @@ def test_say_rejects_unknown_output_type_and_voice(tmp_path: Path) -> None:
 def test_parser_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8765)
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made with the openssl command line."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_serves_https_and_wss(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*STREAMVOX, "serve", "--port", str(port), "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        wait_healthy(proc, port, tls=trust)
+
+        async def client() -> tuple[dict, list[bytes]]:
+            async with websockets.connect(f"wss://127.0.0.1:{port}/v1/stream", ssl=trust, max_size=None) as ws:
+                ready = json.loads(await ws.recv())
+                await ws.send(json.dumps({"type": "text", "text": "Spoken over TLS."}))
+                await ws.send(json.dumps({"type": "end"}))
+                audio = []
+                while isinstance(message := await asyncio.wait_for(ws.recv(), 60), bytes) or (
+                    json.loads(message)["type"] != "done"
+                ):
+                    if isinstance(message, bytes):
+                        audio.append(message)
+                return ready, audio
+
+        ready, audio = asyncio.run(client())
+        assert ready["type"] == "ready" and audio
+        with pytest.raises(urllib.error.URLError) as refused:  # a client that does not trust it is refused
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", timeout=5)
+        assert isinstance(refused.value.reason, ssl.SSLError)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert proc.stdout is not None and f"wss://127.0.0.1:{port}/v1/stream" in proc.stdout.read()
+
+
+def test_tls_needs_both_files_that_exist(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        [*STREAMVOX, "serve", "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none.pem")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "is not a file" in missing.stderr
+    cert, _ = _self_signed(tmp_path)
+    half = subprocess.run([*STREAMVOX, "serve", "--tls-cert", str(cert)], capture_output=True, text=True)
+    assert half.returncode == 2 and "both a certificate and a key" in half.stderr
 
 
 @pytest.mark.parametrize(("drain_timeout", "expect"), [(30.0, "done"), (0.3, "cancelled")])
