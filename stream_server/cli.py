@@ -57,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             drain_timeout_s=args.drain_timeout,
+            idle_timeout_s=args.idle_timeout or None,
+            ping_interval_s=args.ping_interval,
             max_sessions=args.max_sessions,
             engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
         )
@@ -173,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--tls-cert", default=None, metavar="CERT.pem", help="serve https:// and wss:// (needs --tls-key)"
     )
     serve.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=300.0, help="close sessions silent this long, none speaking (0: never)"
+    )
+    serve.add_argument("--ping-interval", type=float, default=30.0, help="seconds between WebSocket pings")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
     serve.add_argument("--max-sessions", type=int, default=64, help="refuse sessions beyond this (close 1013)")
     serve.add_argument(

@@ -52,6 +52,12 @@ class ServerConfig:
     generation pauses, so a stalled client costs bounded memory."""
     slow_reader_timeout_s: float = 10.0
     """While paused that way, a socket that accepts nothing for this long is closed (1008 ``slow_reader``)."""
+    idle_timeout_s: float | None = 300.0
+    """A session whose client has sent nothing (a ``keepalive`` counts) for this long, with no
+    context speaking, is closed (1000 ``idle_timeout``); ``None``: never.  Sessions may set
+    their own with ``configure``."""
+    ping_interval_s: float = 30.0
+    """WebSocket pings this often; a client that answers none within the interval is dropped."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long open contexts may run before they are cancelled."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
@@ -73,6 +79,10 @@ class ServerConfig:
             raise ValueError("max_unsent_s and slow_reader_timeout_s must be > 0")
         if self.threads < 0:
             raise ValueError("threads must be >= 0")
+        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be > 0 or None")
+        if self.ping_interval_s <= 0:
+            raise ValueError("ping_interval_s must be > 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
 

@@ -7,6 +7,7 @@ import json
 import math
 import statistics
 import struct
+import time
 
 import aiohttp
 import pytest
@@ -309,3 +310,31 @@ async def test_client_disconnect_mid_stream_frees_the_engine(server: str, aiohtt
     # The next client is served promptly and correctly.
     exchange = await speak(server, "Next client.")
     assert exchange.of_type("done")
+
+
+async def test_an_idle_session_is_closed_and_a_keepalive_or_speech_keeps_it_open(server: str) -> None:
+    async with websockets.connect(server, max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="configure", idle_timeout_s=0.6)
+        assert (await recv_json(ws))["type"] == "ready"
+        for _ in range(4):  # 1.2 s of keepalives, each inside the limit
+            await asyncio.sleep(0.3)
+            await send(ws, type="keepalive")
+        await send(ws, type="text", text=LONG_TEXT)  # speaks for longer than the limit
+        await send(ws, type="end")
+        assert (await collect_until(ws)).of_type("done")
+        started = time.monotonic()
+        error = await recv_json(ws, timeout=10)
+        assert error == {
+            "type": "error",
+            "code": "idle_timeout",
+            "message": "no message for 0.6 s; closing",
+            "fatal": True,
+        }
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+            1000,
+            "idle_timeout",
+        )
+        assert time.monotonic() - started < 2.0

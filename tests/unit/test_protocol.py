@@ -11,6 +11,7 @@ from streamvox.stream_server.dialects.native.messages import (
     End,
     Flush,
     FormatRequest,
+    Keepalive,
     ProtocolError,
     Report,
     Text,
@@ -35,6 +36,8 @@ def test_valid_messages() -> None:
     assert parse({"type": "configure", "format": {"codec": "pcm_s16le", "sample_rate": 16000}}) == Configure(
         format=FormatRequest("pcm_s16le", 16000)
     )
+    assert parse({"type": "keepalive"}) == Keepalive()
+    assert parse({"type": "configure", "idle_timeout_s": 20}) == Configure(idle_timeout_s=20.0)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +47,10 @@ def test_valid_messages() -> None:
         ("[1, 2]", "invalid_message"),
         ({"text": "no type"}, "invalid_message"),
         ({"type": "speak"}, "unknown_type"),
+        ({"type": "keepalive", "context_id": "c"}, "unknown_field"),
+        ({"type": "configure", "idle_timeout_s": 0}, "invalid_value"),
+        ({"type": "configure", "idle_timeout_s": 3601}, "invalid_value"),
+        ({"type": "configure", "idle_timeout_s": "soon"}, "invalid_value"),
         ({"type": "text", "text": "x", "colour": "red"}, "unknown_field"),
         ({"type": "configure", "format": {"codec": "opus", "quality": 3}}, "unknown_field"),
         ({"type": "text"}, "invalid_value"),

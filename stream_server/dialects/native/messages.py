@@ -47,6 +47,12 @@ class Configure:
     seed: int | None = None
     noise: bool | None = None
     speaker: int | None = None
+    idle_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Nothing to do: the client is still there (restarts the session's inactivity clock)."""
 
 
 @dataclass(frozen=True)
@@ -80,16 +86,18 @@ class Report:
     context_id: str | None = None
 
 
-ClientMessage = Configure | Text | Flush | End | Cancel | Report
+ClientMessage = Configure | Text | Flush | End | Cancel | Report | Keepalive
 
 _FIELDS: dict[str, set[str]] = {
-    "configure": {"voice", "format", "speed", "seed", "noise", "speaker"},
+    "configure": {"voice", "format", "speed", "seed", "noise", "speaker", "idle_timeout_s"},
     "text": {"text", "context_id"},
     "flush": {"context_id"},
     "end": {"context_id"},
     "cancel": {"context_id"},
     "report": {"played_ms", "underruns", "underrun_ms", "context_id"},
+    "keepalive": set(),
 }
+IDLE_TIMEOUT_MAX_S = 3600.0
 _FORMAT_FIELDS = {"codec", "sample_rate", "bitrate", "application"}
 
 
@@ -158,6 +166,8 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
                 "text_too_long", f"text of {len(text)} characters exceeds {max_text_chars} per message", context_id=cid
             )
         return Text(text=text, context_id=cid)
+    if kind == "keepalive":
+        return Keepalive()
     if kind == "flush":
         return Flush(cid)
     if kind == "end":
@@ -184,6 +194,7 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
     noise = raw.get("noise")
     speaker = raw.get("speaker")
     voice = raw.get("voice")
+    idle = raw.get("idle_timeout_s")
     config = Configure(
         voice=None if voice is None else _expect(voice, str, "voice"),
         format=None if raw.get("format") is None else _format(raw["format"]),
@@ -191,7 +202,12 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
         seed=None if seed is None else _expect(seed, int, "seed"),
         noise=None if noise is None else _expect(noise, bool, "noise"),
         speaker=None if speaker is None else _expect(speaker, int, "speaker"),
+        idle_timeout_s=None if idle is None else float(_expect(idle, (int, float), "idle_timeout_s")),
     )
+    if config.idle_timeout_s is not None and not 0 < config.idle_timeout_s <= IDLE_TIMEOUT_MAX_S:
+        raise ProtocolError(
+            "invalid_value", f"idle_timeout_s must be within 0..{IDLE_TIMEOUT_MAX_S:.0f} (exclusive of 0)"
+        )
     if config.speed is not None and not 0.25 <= config.speed <= 4.0:
         raise ProtocolError("invalid_value", f"speed must be within 0.25..4.0, got {config.speed}")
     if config.seed is not None and not 0 <= config.seed < 2**63:

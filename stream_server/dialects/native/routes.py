@@ -17,7 +17,9 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def stream_handler(request: web.Request) -> web.StreamResponse:
         config = runtime.config
         # No permessage-deflate: Opus and PCM do not compress, and deflating every packet costs CPU.
-        ws = web.WebSocketResponse(max_msg_size=config.hard_message_bytes, heartbeat=30.0, compress=False)
+        ws = web.WebSocketResponse(
+            max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
+        )
         await ws.prepare(request)
         refusal = runtime.refusal()
         if refusal == "draining":

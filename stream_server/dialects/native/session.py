@@ -46,12 +46,14 @@ from streamvox.stream_server.dialects.native.messages import (
     Configure,
     End,
     Flush,
+    Keepalive,
     ProtocolError,
     Report,
     Text,
     parse_client_message,
 )
 from streamvox.stream_server.engine_client import EngineClient
+from streamvox.stream_server.idle import IdleTimer
 from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.transport import Transport
 
@@ -102,13 +104,16 @@ class Session:
         self._ended_ids: dict[str, None] = {}
         self._sender: asyncio.Task[None] | None = None
         self._closing_slow_reader = False
+        self._idle = IdleTimer(config.idle_timeout_s, self._speaking, self._on_idle)
 
     async def run(self) -> None:
         """Read until the client leaves; always cleans up the engine streams."""
         self._sender = asyncio.create_task(self._send_loop(), name=f"sender-{self.id}")
         self._queue_json(self._ready_event())
+        self._idle.start()
         try:
             async for frame in self.transport:
+                self._idle.touch()
                 if frame.kind == "text":
                     assert isinstance(frame.data, str)
                     await self._on_text_frame(frame.data)
@@ -157,6 +162,8 @@ class Session:
 
     def _handle(self, message: ClientMessage) -> None:
         now = time.monotonic()
+        if isinstance(message, Keepalive):
+            return
         if isinstance(message, Configure):
             self._configure(message)
         elif isinstance(message, Text):
@@ -227,6 +234,8 @@ class Session:
             noise=params.noise if message.noise is None else message.noise,
         )
         self._settings = _Settings(voice, fmt, params)
+        if message.idle_timeout_s is not None:
+            self._idle.set_timeout(message.idle_timeout_s)
         self._queue_json(self._ready_event())
 
     def _ready_event(self) -> dict[str, Any]:
@@ -303,6 +312,19 @@ class Session:
             if ctx is not None:
                 ctx.audio_queued(len(event.pcm))
         self._outbox.put_nowait(event)
+
+    def _speaking(self) -> bool:
+        """A context is open: its audio is still being made or sent."""
+        return self._active is not None and self._active.open
+
+    def _on_idle(self) -> None:
+        timeout = self._idle.timeout_s
+        self._queue_json(error_event("idle_timeout", f"no message for {timeout:g} s; closing", fatal=True))
+        asyncio.create_task(self._close_idle(), name=f"idle-{self.id}")  # noqa: RUF006
+
+    async def _close_idle(self) -> None:
+        await self._outbox.join()  # the error event goes out first
+        await self.transport.close(1000, b"idle_timeout")
 
     def _on_slow_reader(self, ctx: Context) -> None:
         if self._closing_slow_reader:
@@ -412,6 +434,7 @@ class Session:
             await self.transport.send_text(json.dumps(event, separators=(",", ":")))
 
     async def _close(self) -> None:
+        self._idle.stop()
         ctx = self._active
         if ctx is not None:
             ctx.disarm_watchdog()
