@@ -107,6 +107,7 @@ def test_dialects_reach_the_engine_only_through_its_seam() -> None:
         "streamvox.stream_server.config",
         "streamvox.stream_server.contexts",
         "streamvox.stream_server.engine_client",
+        "streamvox.stream_server.idle",
         "streamvox.stream_server.metrics",
         "streamvox.stream_server.runtime",
         "streamvox.stream_server.transport",
