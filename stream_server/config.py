@@ -41,6 +41,8 @@ class ServerConfig:
     """Characters per ``text`` message."""
     max_context_chars: int = 100_000
     """Characters one context may accumulate."""
+    max_contexts: int = 8
+    """Protocol 2: contexts one session may have open (speaking) at once."""
     max_sessions: int = 64
     """Open sessions beyond this are refused (error ``overloaded``, close code 1013)."""
     hurry_margin_s: float = 0.6
@@ -71,6 +73,8 @@ class ServerConfig:
             raise ValueError("need 0 < max_message_bytes <= hard_message_bytes")
         if self.max_text_chars <= 0 or self.max_context_chars < self.max_text_chars:
             raise ValueError("need 0 < max_text_chars <= max_context_chars")
+        if not 1 <= self.max_contexts <= 255:
+            raise ValueError("max_contexts must be 1..255 (a context's channel is one byte)")
         if self.max_sessions < 1:
             raise ValueError("max_sessions must be >= 1")
         if self.hurry_margin_s < 0:

@@ -54,3 +54,44 @@ async def collect_until(
 
 async def send(ws: websockets.ClientConnection, **message: Any) -> None:
     await ws.send(json.dumps(message))
+
+
+@dataclass
+class Multiplex:
+    """What a protocol-2 socket sent back, sorted by context (binary frames by their channel byte)."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    channels: dict[int, str] = field(default_factory=dict)
+    audio: dict[str, list[bytes]] = field(default_factory=dict)
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each context's ``done`` or ``cancelled`` event."""
+    after_finish: list[str] = field(default_factory=list)
+    """Contexts that sent audio after their ``done``/``cancelled``: must stay empty."""
+
+    def take(self, message: str | bytes) -> dict[str, Any] | None:
+        if isinstance(message, bytes):
+            cid = self.channels[message[0]]
+            if cid in self.finished:
+                self.after_finish.append(cid)
+            self.audio.setdefault(cid, []).append(message[1:])
+            return None
+        event = json.loads(message)
+        self.events.append(event)
+        if event["type"] == "context":
+            self.channels[event["channel"]] = event["context_id"]
+        elif event["type"] in ("done", "cancelled"):
+            self.finished[event["context_id"]] = event
+        return event
+
+    def of(self, context_id: str) -> bytes:
+        return b"".join(self.audio.get(context_id, []))
+
+
+async def read_until_finished(
+    ws: websockets.ClientConnection, contexts: set[str], into: Multiplex | None = None, timeout: float = 60.0
+) -> Multiplex:
+    """Read a protocol-2 socket until every context in ``contexts`` is done or cancelled."""
+    mux = into or Multiplex()
+    while not contexts <= set(mux.finished):
+        mux.take(await asyncio.wait_for(ws.recv(), timeout))
+    return mux

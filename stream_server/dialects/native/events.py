@@ -16,6 +16,8 @@ from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 
 PROTOCOL_VERSION = 1
+"""What a client gets unless it asks for more (``?protocol=2``)."""
+PROTOCOL_VERSIONS = (1, 2)
 
 
 def error_event(code: str, message: str, fatal: bool = False, context_id: str | None = None) -> dict[str, Any]:
@@ -26,19 +28,29 @@ def error_event(code: str, message: str, fatal: bool = False, context_id: str | 
     return event
 
 
-def ready_event(session_id: str, voice: Voice, fmt: OutputFormat, config: ServerConfig) -> dict[str, Any]:
+def ready_event(
+    session_id: str, voice: Voice, fmt: OutputFormat, config: ServerConfig, protocol: int = PROTOCOL_VERSION
+) -> dict[str, Any]:
+    limits: dict[str, Any] = {
+        "max_message_bytes": config.max_message_bytes,
+        "max_text_chars": config.max_text_chars,
+        "max_context_chars": config.max_context_chars,
+    }
+    if protocol >= 2:
+        limits["max_contexts"] = config.max_contexts
     return {
         "type": "ready",
-        "protocol": PROTOCOL_VERSION,
+        "protocol": protocol,
         "session_id": session_id,
         "voice": {"id": voice.id, "sample_rate": voice.sample_rate, "language": voice.language},
         "format": fmt.describe(),
-        "limits": {
-            "max_message_bytes": config.max_message_bytes,
-            "max_text_chars": config.max_text_chars,
-            "max_context_chars": config.max_context_chars,
-        },
+        "limits": limits,
     }
+
+
+def context_event(ctx: Context, channel: int) -> dict[str, Any]:
+    """Protocol 2: context ``ctx`` has started; its binary frames begin with byte ``channel``."""
+    return {"type": "context", "context_id": ctx.id, "channel": channel}
 
 
 def segment_event(ctx: Context, index: int, span: Span, start_sample: int) -> dict[str, Any]:

@@ -1,5 +1,10 @@
 """One native-protocol session: client messages to context operations, engine events to frames.
 
+Protocol 1 speaks one context at a time.  Protocol 2 (``?protocol=2``) lets up to
+``max_contexts`` contexts speak at once, each its own engine stream; each
+context is given a channel number (1-255, announced by a ``context`` event
+before its audio) and every binary frame starts with that one byte.
+
 Two tasks share a session: the reader parses client messages and turns them
 into operations on the open context (see ``contexts.py``); the sender drains
 the outbox in order, encoding each context's audio payload by payload so a
@@ -34,7 +39,9 @@ from streamvox.engine.text.segmenter import Segmenter
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.dialects.native.events import (
+    PROTOCOL_VERSION,
     cancelled_event,
+    context_event,
     done_event,
     error_event,
     ready_event,
@@ -87,8 +94,10 @@ class Session:
         voices: VoiceRegistry,
         config: ServerConfig,
         metrics: Metrics,
+        protocol: int = PROTOCOL_VERSION,
     ) -> None:
         self.id = f"s{next(_session_ids)}"
+        self.protocol = protocol
         self.transport = transport
         self.engine = engine
         self.voices = voices
@@ -101,6 +110,12 @@ class Session:
             voice, resolve_format("opus", None, voice.sample_rate, config.opus), SynthesisParams()
         )
         self._active: Context | None = None
+        """The context started last: the one a message without ``context_id`` means."""
+        self._contexts: dict[str, Context] = {}
+        """Contexts not retired yet, by id (protocol 1: the active one alone)."""
+        self._streams: dict[str, Context] = {}
+        self._channels: dict[str, int] = {}
+        """Protocol 2: each open context's channel, the first byte of its binary frames."""
         self._ended_ids: dict[str, None] = {}
         self._sender: asyncio.Task[None] | None = None
         self._closing_slow_reader = False
@@ -128,20 +143,24 @@ class Session:
             await self._close()
 
     async def drain(self, timeout: float) -> None:
-        """Shutdown: let the open context finish for ``timeout`` seconds, then cancel it; close with 1001."""
+        """Shutdown: let open contexts finish for ``timeout`` seconds, then cancel them; close with 1001."""
         self.draining = True
-        ctx = self._active
-        if ctx is not None and ctx.open:
-            try:
-                await asyncio.wait_for(ctx.finished.wait(), timeout)
-            except TimeoutError:
-                self._cancel(ctx, "shutdown")
-                try:
-                    await asyncio.wait_for(ctx.finished.wait(), 2.0)
-                except TimeoutError:
-                    pass
+        await asyncio.gather(*(self._drain_context(ctx, timeout) for ctx in self._open_contexts()))
         await self._outbox.join()
         await self.transport.close(1001, b"server shutting down")
+
+    async def _drain_context(self, ctx: Context, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(ctx.finished.wait(), timeout)
+        except TimeoutError:
+            self._cancel(ctx, "shutdown")
+            try:
+                await asyncio.wait_for(ctx.finished.wait(), 2.0)
+            except TimeoutError:
+                pass
+
+    def _open_contexts(self) -> list[Context]:
+        return [ctx for ctx in self._contexts.values() if ctx.open]
 
     async def _on_text_frame(self, data: str) -> None:
         size = len(data.encode("utf-8"))
@@ -193,8 +212,9 @@ class Session:
             self._cancel(ctx, "client")
 
     def _configure(self, message: Configure) -> None:
-        if self._active is not None and self._active.open:
-            raise ProtocolError("context_busy", "configure only between contexts", context_id=self._active.id)
+        speaking = self._open_contexts()
+        if speaking:
+            raise ProtocolError("context_busy", "configure only between contexts", context_id=speaking[-1].id)
         settings = self._settings
         voice = settings.voice
         if message.voice is not None:
@@ -240,13 +260,15 @@ class Session:
 
     def _ready_event(self) -> dict[str, Any]:
         s = self._settings
-        return ready_event(self.id, s.voice, s.format, self.config)
+        return ready_event(self.id, s.voice, s.format, self.config, self.protocol)
 
     def _lookup(self, context_id: str | None) -> Context | None:
-        active = self._active
-        if context_id is None or (active is not None and active.id == context_id):
-            return active
-        return None
+        if context_id is None:
+            return self._active
+        ctx = self._contexts.get(context_id)
+        if ctx is None and self.protocol >= 2 and context_id in self._ended_ids:
+            raise ProtocolError("context_ended", f"context {context_id!r} already finished", context_id=context_id)
+        return ctx
 
     def _open_context(self, context_id: str | None, verb: str) -> Context:
         ctx = self._lookup(context_id)
@@ -260,23 +282,30 @@ class Session:
 
     def _context_for_text(self, context_id: str | None) -> Context:
         cid = context_id or (self._active.id if self._active is not None else DEFAULT_CONTEXT)
-        active = self._active
-        if active is not None and active.id == cid:
-            if active.ended or not active.open:
+        known = self._contexts.get(cid)
+        if known is not None:
+            if known.ended or not known.open:
                 raise ProtocolError(
                     "context_ended", f"text after end of context {cid!r}; use a new context_id", context_id=cid
                 )
-            return active
+            return known
         if cid in self._ended_ids:
             raise ProtocolError("context_ended", f"context {cid!r} already finished", context_id=cid)
-        if active is not None and active.open:
+        speaking = self._open_contexts()
+        if speaking and self.protocol < 2:
             raise ProtocolError(
-                "context_busy", f"context {active.id!r} is still speaking; end or cancel it first", context_id=cid
+                "context_busy", f"context {speaking[-1].id!r} is still speaking; end or cancel it first", context_id=cid
+            )
+        if len(speaking) >= self.config.max_contexts:
+            raise ProtocolError(
+                "too_many_contexts",
+                f"{len(speaking)} contexts are open, the most a session may have; end or cancel one first",
+                context_id=cid,
             )
         if self.draining:
             raise ProtocolError("server_draining", "server is shutting down; no new contexts", context_id=cid)
-        if active is not None:
-            self._retire(active)
+        for finished in [c for c in self._contexts.values() if not c.open]:
+            self._retire(finished)
         s = self._settings
         ctx = Context(
             id=cid,
@@ -291,10 +320,20 @@ class Session:
             on_slow_reader=self._on_slow_reader,
         )
         self._active = ctx
+        self._contexts[cid] = ctx
+        self._streams[ctx.stream_id] = ctx
+        if self.protocol >= 2:
+            used = set(self._channels.values())
+            channel = next(n for n in range(1, 256) if n not in used)
+            self._channels[cid] = channel
+            self._queue_json(context_event(ctx, channel))
         self.engine.open(ctx.stream_id, s.voice.id, s.params, self._accept)
         return ctx
 
     def _retire(self, ctx: Context) -> None:
+        del self._contexts[ctx.id]
+        del self._streams[ctx.stream_id]
+        self._channels.pop(ctx.id, None)
         self._ended_ids[ctx.id] = None
         while len(self._ended_ids) > _ENDED_IDS_KEPT:
             self._ended_ids.pop(next(iter(self._ended_ids)))
@@ -315,7 +354,7 @@ class Session:
 
     def _speaking(self) -> bool:
         """A context is open: its audio is still being made or sent."""
-        return self._active is not None and self._active.open
+        return bool(self._open_contexts())
 
     def _on_idle(self) -> None:
         timeout = self._idle.timeout_s
@@ -406,22 +445,24 @@ class Session:
             await self._finish_cancel(_CancelMarker(ctx, "engine"))
 
     def _by_stream(self, stream_id: str) -> Context | None:
-        ctx = self._active
-        if ctx is not None and ctx.stream_id == stream_id:
-            return ctx
-        return None
+        return self._streams.get(stream_id)
 
     async def _pump(self, ctx: Context) -> None:
         """Send every payload the encoder has, stopping at once if a cancel arrives."""
         for payload in ctx.payloads():
-            await self.transport.send_bytes(payload)
+            await self._send_audio(ctx, payload)
+
+    async def _send_audio(self, ctx: Context, payload: bytes) -> None:
+        """One binary frame of ``ctx``'s audio (protocol 2: after its channel byte)."""
+        channel = self._channels.get(ctx.id)
+        await self.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
 
     async def _finish_cancel(self, marker: _CancelMarker) -> None:
         ctx = marker.context
         if ctx.finished.is_set():
             return
         if ctx.header_sent and (fade := ctx.encoder.fade_out()) is not None:
-            await self.transport.send_bytes(fade)
+            await self._send_audio(ctx, fade)
         await self._send_json(cancelled_event(ctx, marker.reason))
         ctx.finished.set()
         self.metrics.contexts.labels("cancelled").inc()
@@ -435,11 +476,10 @@ class Session:
 
     async def _close(self) -> None:
         self._idle.stop()
-        ctx = self._active
-        if ctx is not None:
+        for ctx in self._contexts.values():
             ctx.disarm_watchdog()
-        if ctx is not None and ctx.open and not ctx.cancel_requested:
-            ctx.stop_generation()
+            if ctx.open and not ctx.cancel_requested:
+                ctx.stop_generation()
         if self._sender is not None:
             self._sender.cancel()
             try:
