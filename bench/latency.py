@@ -183,6 +183,55 @@ async def first_bytes_ms(url: str, fmt: Any, text: str = FIRST_BYTES_TEXT) -> fl
                 raise RuntimeError(f"no audio for format {fmt!r}: {event}")
 
 
+async def second_context_first_bytes_ms(url: str, text: str = FIRST_BYTES_TEXT) -> float:
+    """Protocol 2: while a first context speaks the paragraph, a second starts; its text sent (all,
+    then end) to its first binary frame.  Both are cancelled afterwards."""
+    import websockets
+
+    async with websockets.connect(f"{url}?protocol=2", max_size=None) as ws:
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "configure", "format": "pcm_s16le", "noise": False}))
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "text", "text": PARAGRAPH, "context_id": "first"}))
+        await ws.send(json.dumps({"type": "end", "context_id": "first"}))
+        channels: dict[int, str] = {}
+        started: float | None = None
+        while True:
+            message = await ws.recv()
+            if isinstance(message, str):
+                event = json.loads(message)
+                if event["type"] == "context":
+                    channels[event["channel"]] = event["context_id"]
+                elif event["type"] in ("error", "done"):
+                    raise RuntimeError(f"second-context run ended early: {event}")
+                continue
+            if channels[message[0]] == "first" and started is None:
+                started = time.perf_counter()  # the first context is speaking: start the second
+                await ws.send(json.dumps({"type": "text", "text": text, "context_id": "second"}))
+                await ws.send(json.dumps({"type": "end", "context_id": "second"}))
+            elif channels[message[0]] == "second" and started is not None:
+                first = (time.perf_counter() - started) * 1000
+                for cid in ("first", "second"):
+                    await ws.send(json.dumps({"type": "cancel", "context_id": cid}))
+                cancelled = 0
+                while cancelled < 2:
+                    reply = await ws.recv()
+                    if isinstance(reply, str) and json.loads(reply)["type"] in ("cancelled", "done"):
+                        cancelled += 1
+                return first
+
+
+def second_context(url: str, runs: int) -> dict[str, float]:
+    """A second context's first bytes while the first speaks, against a lone context's (pcm_s16le)."""
+    alone: list[float] = []
+    second: list[float] = []
+    for _ in range(runs):
+        alone.append(asyncio.run(first_bytes_ms(url, "pcm_s16le")))
+        second.append(asyncio.run(second_context_first_bytes_ms(url)))
+    a, b = statistics.median(alone), statistics.median(second)
+    return {"alone_ms": a, "second_ms": b, "ratio": b / a}
+
+
 def format_first_bytes(url: str, runs: int) -> dict[str, dict[str, float]]:
     """Each format's first-byte time against PCM's, interleaved run by run (medians, ratio)."""
     out: dict[str, dict[str, float]] = {}
@@ -234,6 +283,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
             raw_single.run()
         e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
         formats = format_first_bytes(url, max(5, runs // 2))
+        contexts = second_context(url, max(5, runs // 2))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -263,6 +313,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
         "overhead_ratio_vs_1thread": server_cpu_per_audio_s / raw_single.cpu_per_audio_s,
         "audio_s_per_utterance": audio_s / runs,
         "format_first_bytes": formats,
+        "second_context_first_bytes": contexts,
     }
     return result
 
@@ -309,6 +360,11 @@ def format_table(r: dict[str, Any]) -> str:
             f"    {name:<18} {f['format_ms']:7.1f} ms  vs pcm {f['pcm_ms']:7.1f} ms  ratio {f['ratio']:.3f}"
             f"  ({f['format_ms'] - f['pcm_ms']:+.1f} ms)"
         )
+    c = r["second_context_first_bytes"]
+    lines.append(
+        f"  second context while the first speaks (protocol 2): first bytes {c['second_ms']:.1f} ms vs "
+        f"{c['alone_ms']:.1f} ms alone, ratio {c['ratio']:.3f}"
+    )
     return "\n".join(lines)
 
 
