@@ -19,9 +19,8 @@ from streamvox.codecs.sndfile_stream import SndfileStream
 from streamvox.codecs.wav import wav_header
 
 CODECS = ("opus", "ogg_opus", "pcm_s16le", "wav", "flac", "mulaw_8000", "alaw_8000")
-PCM_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
-"""The common rates; PCM, WAV and FLAC take any rate from ``MIN_RATE`` to ``MAX_RATE``."""
 MIN_RATE, MAX_RATE = 8000, 48000
+"""PCM, WAV and FLAC take any rate in this range (or the model's own)."""
 FADE_MS = 10
 _CONTAINERS = {"wav": "wav", "ogg_opus": "ogg", "flac": "flac"}
 _TELEPHONY = ("mulaw_8000", "alaw_8000")
@@ -145,7 +144,7 @@ class StreamEncoder:
                 if taken < n:
                     frame = np.concatenate([frame, np.zeros(n - taken, dtype=np.float32)])
                 return self._emit(self._packet(frame, real, last=self._finished and not len(self._buffer)), real)
-            if self._ogg is not None and self._finished and self.samples_out == 0 and self.payloads_out == 0:
+            if self._ogg is not None and self._finished and self.payloads_out == 0:
                 self._ogg.close(total_samples=0)  # nothing was spoken: end the stream
                 return self._emit(self._take_pages(), 0)
             return None
@@ -173,16 +172,14 @@ class StreamEncoder:
         assert self._opus is not None and self._ogg is not None
         n = self._opus.settings.frame_samples
         tail = np.concatenate([faded, np.zeros(self.lookahead, dtype=np.float32)])
-        count = -(-len(tail) // n)
-        tail = np.concatenate([tail, np.zeros(count * n - len(tail), dtype=np.float32)])
-        total = self.samples_out + len(faded)
-        for i in range(count):
-            last = i == count - 1
-            packet = self._opus.encode(tail[i * n : (i + 1) * n])
-            self._ogg.write_packet_now(packet, n, last=last, total_samples=total if last else None)
+        frames = np.concatenate([tail, np.zeros(-len(tail) % n, dtype=np.float32)]).reshape(-1, n)
+        last = len(frames) - 1
+        pages = b"".join(
+            self._packet(frame, len(faded) if i == last else 0, last=i == last) for i, frame in enumerate(frames)
+        )
         self._buffer = np.zeros(0, dtype=np.float32)  # the stream ends here
         self._finished = True
-        return self._take_pages()
+        return pages
 
     def _pop_sndfile(self) -> bytes | None:
         assert self._sndfile is not None

@@ -23,6 +23,7 @@ class _AppendOnlySink(io.RawIOBase):
 
     def __init__(self) -> None:
         self._data = bytearray()
+        """The bytes from offset ``_taken`` on: what was taken is gone (it cannot change)."""
         self._pos = 0
         self._taken = 0
 
@@ -36,7 +37,7 @@ class _AppendOnlySink(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._data)}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._taken + len(self._data)}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
@@ -44,26 +45,33 @@ class _AppendOnlySink(io.RawIOBase):
         return self._pos
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        chunk = self._data[self._pos : self._pos + len(buffer)]
-        buffer[: len(chunk)] = chunk
-        self._pos += len(chunk)
-        return len(chunk)
+        """Reads of bytes already taken see zeros (the encoder only ever rereads its header)."""
+        size = max(0, min(len(buffer), self._taken + len(self._data) - self._pos))
+        chunk = bytearray(size)
+        lo, hi = max(self._pos, self._taken), self._pos + size
+        if lo < hi:
+            chunk[lo - self._pos :] = self._data[lo - self._taken : hi - self._taken]
+        buffer[:size] = chunk
+        self._pos += size
+        return size
 
     def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
         data = bytes(data)
         end = self._pos + len(data)
-        if len(self._data) < end:
-            self._data.extend(b"\0" * (end - len(self._data)))
-        keep = max(self._pos, self._taken)  # what was already taken stays as it was sent
-        if keep < end:
-            self._data[keep:end] = data[keep - self._pos :]
+        start = max(self._pos, self._taken)  # what was already taken stays as it was sent
+        if start < end:
+            lo, hi = start - self._taken, end - self._taken
+            if len(self._data) < hi:
+                self._data.extend(bytes(hi - len(self._data)))
+            self._data[lo:hi] = data[start - self._pos :]
         self._pos = end
         return len(data)
 
     def take(self) -> bytes:
-        """Every byte written since the last ``take``."""
-        out = bytes(self._data[self._taken :])
-        self._taken = len(self._data)
+        """Every byte written since the last ``take``; only those are kept in memory."""
+        out = bytes(self._data)
+        self._taken += len(self._data)
+        self._data = bytearray()
         return out
 
 

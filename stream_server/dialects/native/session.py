@@ -113,7 +113,6 @@ class Session:
         """The context started last: the one a message without ``context_id`` means."""
         self._contexts: dict[str, Context] = {}
         """Contexts not retired yet, by id (protocol 1: the active one alone)."""
-        self._streams: dict[str, Context] = {}
         self._channels: dict[str, int] = {}
         """Protocol 2: each open context's channel, the first byte of its binary frames."""
         self._ended_ids: dict[str, None] = {}
@@ -321,7 +320,6 @@ class Session:
         )
         self._active = ctx
         self._contexts[cid] = ctx
-        self._streams[ctx.stream_id] = ctx
         if self.protocol >= 2:
             used = set(self._channels.values())
             channel = next(n for n in range(1, 256) if n not in used)
@@ -332,7 +330,6 @@ class Session:
 
     def _retire(self, ctx: Context) -> None:
         del self._contexts[ctx.id]
-        del self._streams[ctx.stream_id]
         self._channels.pop(ctx.id, None)
         self._ended_ids[ctx.id] = None
         while len(self._ended_ids) > _ENDED_IDS_KEPT:
@@ -445,7 +442,9 @@ class Session:
             await self._finish_cancel(_CancelMarker(ctx, "engine"))
 
     def _by_stream(self, stream_id: str) -> Context | None:
-        return self._streams.get(stream_id)
+        """The live context whose engine stream is ``stream_id`` (its id is ``session/context``)."""
+        ctx = self._contexts.get(stream_id.removeprefix(f"{self.id}/"))
+        return ctx if ctx is not None and ctx.stream_id == stream_id else None
 
     async def _pump(self, ctx: Context) -> None:
         """Send every payload the encoder has, stopping at once if a cancel arrives."""
