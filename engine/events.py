@@ -22,6 +22,30 @@ class SegmentStarted:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """One word of a segment: where it is in the segment's text and when it sounds.
+
+    Offsets are characters of the segment's raw client text (``char_end`` exclusive);
+    samples are model-rate samples from the segment's start (``SegmentStarted.start_sample``).
+    """
+
+    char_start: int
+    char_end: int
+    start_sample: int
+    end_sample: int
+
+
+@dataclass(frozen=True)
+class SegmentWords:
+    """The word timings of segment ``index``: exact (model durations) or ``estimated``."""
+
+    stream_id: str
+    index: int
+    words: tuple[WordTiming, ...]
+    estimated: bool
+
+
+@dataclass(frozen=True)
 class SegmentFinished:
     """Every sample of segment ``index`` has been emitted (or it had nothing to speak)."""
 
@@ -63,4 +87,4 @@ class StreamFailed:
     message: str
 
 
-EngineEvent = SegmentStarted | SegmentFinished | AudioChunk | StreamDone | StreamAborted | StreamFailed
+EngineEvent = SegmentStarted | SegmentWords | SegmentFinished | AudioChunk | StreamDone | StreamAborted | StreamFailed

@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from streamvox.codecs.formats import StreamEncoder
 from streamvox.engine.api import Voice
+from streamvox.engine.events import WordTiming
 from streamvox.engine.text.segmenter import Segmenter, Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.timeline import Heard, TimedWord, Timeline
 
 
 @dataclass
@@ -57,6 +59,13 @@ class Context:
     """Model-rate samples the engine produced that are not yet written to the socket."""
     held: bool = False
     watchdog: asyncio.TimerHandle | None = None
+    segment_starts: dict[int, int] = field(default_factory=dict)
+    """Where each segment's audio begins, model-rate samples of the context's output."""
+    timeline: Timeline = field(default_factory=Timeline)
+    played_s: float | None = None
+    """The listener's last reported playback position."""
+    timestamps: str = "none"
+    """Which timing events the session asked for: ``none``, ``word`` or ``char``."""
 
     @property
     def open(self) -> bool:
@@ -92,6 +101,27 @@ class Context:
             if self.first_speakable_at is None:
                 self.first_speakable_at = now
             self.engine.add_segment(self.stream_id, index, span.text)
+
+    # --- timings -------------------------------------------------------------------------------
+
+    def segment_started(self, index: int, start_sample: int) -> None:
+        self.segment_starts[index] = start_sample
+
+    def segment_words(self, index: int, words: Sequence[WordTiming], estimated: bool) -> list[TimedWord]:
+        """Segment ``index``'s word timings, lifted into the context's text and audio."""
+        span, _ = self.segments[index]
+        start_s = self.segment_starts.get(index, 0) / self.voice.sample_rate
+        return self.timeline.add(span.start, start_s, words, self.voice.sample_rate, estimated)
+
+    def heard(self, played_ms: float | None = None) -> Heard | None:
+        """What the listener heard at ``played_ms`` (else the last reported position), if known.
+
+        A position past the audio sent is clamped to it: nothing unsent was heard."""
+        played_s = self.played_s if played_ms is None else played_ms / 1000
+        if played_s is None:
+            return None
+        sent_s = self.encoder.samples_out / self.encoder.format.sample_rate
+        return self.timeline.heard(min(played_s, sent_s))
 
     # --- hurry timers ------------------------------------------------------------------------
 
@@ -155,6 +185,7 @@ class Context:
             if new_s > 0:
                 self.metrics.client_underrun_seconds.inc(new_s)
                 self.reported_underrun_s = underrun_ms / 1000
+        self.played_s = played_ms / 1000
         if self.open and not self.cancel_requested:
             self.engine.report_playback(self.stream_id, played_ms / 1000)
 

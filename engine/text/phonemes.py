@@ -153,11 +153,24 @@ def phoneme_ids(phonemes: Sequence[str], id_map: Mapping[str, Sequence[int]]) ->
 
     Phonemes the voice does not know are dropped, as Piper drops them.
     """
+    return phoneme_ids_with_sources(phonemes, id_map)[0]
+
+
+def phoneme_ids_with_sources(
+    phonemes: Sequence[str], id_map: Mapping[str, Sequence[int]]
+) -> tuple[list[int], list[int]]:
+    """:func:`phoneme_ids` and, for each id, the index of the phoneme it came from.
+
+    A phoneme's PAD counts as its own (the model spends that time on it); BOS, the
+    first PAD and EOS come from no phoneme (-1)."""
     ids = [*id_map[BOS], *id_map[PAD]]
-    for phoneme in phonemes:
+    sources = [-1] * len(ids)
+    for index, phoneme in enumerate(phonemes):
         mapped = id_map.get(phoneme)
         if mapped is not None:
             ids.extend(mapped)
             ids.extend(id_map[PAD])
+            sources.extend([index] * (len(mapped) + len(id_map[PAD])))
     ids.extend(id_map[EOS])
-    return ids
+    sources.extend([-1] * len(id_map[EOS]))
+    return ids, sources

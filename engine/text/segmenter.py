@@ -79,6 +79,11 @@ class Segmenter:
         return self._text[self._pos :]
 
     @property
+    def text(self) -> str:
+        """Everything received so far (what offsets point into)."""
+        return self._text
+
+    @property
     def total_chars(self) -> int:
         return len(self._text)
 

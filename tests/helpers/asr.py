@@ -31,3 +31,12 @@ def wer(reference: str, hypothesis: str) -> float:
     """Word error rate after Whisper's English normalisation of both sides."""
     normalize = EnglishTextNormalizer()
     return float(jiwer.wer(normalize(reference), normalize(hypothesis)))
+
+
+def word_timestamps(audio: np.ndarray, sample_rate: int) -> list[tuple[str, float, float, float]]:
+    """Whisper's words: text, start and end (seconds) from ``word_timestamps=True``, and the
+    probability it gives the word (its timing is unreliable where that is low, and where it
+    makes a word of no length)."""
+    audio16 = soxr.resample(audio.astype(np.float32), sample_rate, 16000)
+    segments, _ = _model().transcribe(audio16, beam_size=5, language="en", word_timestamps=True)
+    return [(w.word.strip(), float(w.start), float(w.end), float(w.probability)) for s in segments for w in s.words]

@@ -38,6 +38,8 @@ def test_valid_messages() -> None:
     )
     assert parse({"type": "keepalive"}) == Keepalive()
     assert parse({"type": "configure", "idle_timeout_s": 20}) == Configure(idle_timeout_s=20.0)
+    assert parse({"type": "configure", "timestamps": "char"}) == Configure(timestamps="char")
+    assert parse({"type": "cancel", "played_ms": 1200}) == Cancel(None, 1200.0)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,11 @@ def test_valid_messages() -> None:
         ({"type": "report"}, "invalid_value"),
         ({"type": "report", "played_ms": "1"}, "invalid_value"),
         ({"type": "report", "played_ms": 5, "underruns": -1}, "invalid_value"),
+        ('{"type": "report", "played_ms": NaN}', "invalid_value"),
+        ({"type": "configure", "timestamps": "words"}, "invalid_value"),
+        ({"type": "configure", "timestamps": 1}, "invalid_value"),
+        ({"type": "cancel", "played_ms": -1}, "invalid_value"),
+        ('{"type": "cancel", "played_ms": Infinity}', "invalid_value"),
     ],
 )
 def test_bad_messages_get_typed_errors(message: object, code: str) -> None:

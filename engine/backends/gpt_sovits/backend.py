@@ -22,8 +22,9 @@ from streamvox.engine.api import Plan, Segment, StreamInput, StreamSettings, Syn
 from streamvox.engine.ar.slots import SlotPool
 from streamvox.engine.audio.stream_output import StreamOutput
 from streamvox.engine.backends.gpt_sovits.voice import ARSegment, GptSovitsVoice
-from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted
-from streamvox.engine.text.normalize import normalize_for_speech
+from streamvox.engine.backends.gpt_sovits.words import word_weights
+from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted, SegmentWords
+from streamvox.engine.text.words import SpokenWord, proportional_timings, spoken_words
 
 _UNKNOWN_LENGTH = 1 << 40
 """An AR segment's length is known only at its end; the seam before it uses the full overlap."""
@@ -52,6 +53,10 @@ class GptSovitsStream:
     output: StreamOutput
     lane: _VoiceLane
     ar: ARSegment | None = None
+    words: list[SpokenWord] | None = None
+    """The words of the segment being generated (for its estimated timings)."""
+    piece_start: int = 0
+    """``smoother.samples_in`` when that segment's audio began."""
 
     def in_progress(self) -> bool:
         return self.ar is not None
@@ -91,13 +96,15 @@ class _Prefill(_ARUnit):
 
     def run(self) -> list[EngineEvent]:
         state = self.state
-        index, text = self.segment
-        text = normalize_for_speech(text)
+        index, raw = self.segment
+        text, words = spoken_words(raw)
         if not any(c.isalnum() for c in text):
             return [SegmentFinished(state.stream_id, index)]
         seed = _segment_seed(state.params, index)
         voice = state.voice
         state.ar = voice.start_segment(index, self.slot, voice.text_ids(text), seed, greedy=not state.params.noise)
+        state.words = words
+        state.piece_start = state.output.smoother.samples_in
         return [SegmentStarted(state.stream_id, index, state.output.smoother.start_piece(_UNKNOWN_LENGTH))]
 
     def settle(self, gone: Sequence[bool], failed: bool) -> None:
@@ -128,7 +135,14 @@ class _Final(_ARUnit):
         smoother = state.output.smoother
         out = np.concatenate([smoother.add(segment.vocoder.finish()), smoother.end_piece()])
         state.ar = None  # its slot went back when its generation ended
-        return [*state.output.chunk(out), SegmentFinished(state.stream_id, segment.index)]
+        words = state.words or []
+        weights, pauses = word_weights(words)
+        timings = proportional_timings(words, weights, pauses, smoother.samples_in - state.piece_start)
+        return [
+            SegmentWords(state.stream_id, segment.index, tuple(timings), estimated=True),
+            *state.output.chunk(out),
+            SegmentFinished(state.stream_id, segment.index),
+        ]
 
 
 class _Finish(_ARUnit):

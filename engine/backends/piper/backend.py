@@ -21,9 +21,10 @@ from streamvox.engine.api import (
 from streamvox.engine.audio.stream_output import StreamOutput
 from streamvox.engine.audio.windows import WindowPlan
 from streamvox.engine.backends.piper.segment import PiperSegment
-from streamvox.engine.backends.piper.voice import PiperVoice
-from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted
-from streamvox.engine.text.normalize import normalize_for_speech
+from streamvox.engine.backends.piper.voice import HOP_LENGTH, PiperVoice
+from streamvox.engine.backends.piper.words import phoneme_words, word_timings
+from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted, SegmentWords
+from streamvox.engine.text.words import spoken_words
 
 BUNDLED_VOICE_ID = "en_US-joe-medium"
 
@@ -70,7 +71,9 @@ class _WindowUnit:
         smoother = state.output.smoother
         if self.segment is not None:
             index, text = self.segment
-            ids = state.voice.text_to_ids(normalize_for_speech(text))
+            normalized, words = spoken_words(text)
+            phonemes = state.voice.phonemes(normalized)
+            ids, sources = state.voice.ids_with_sources(phonemes)
             if not ids:
                 return [SegmentFinished(state.stream_id, index)]
             p = state.params
@@ -78,6 +81,9 @@ class _WindowUnit:
             front = state.voice.front(ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first)
             segment = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first)
             events.append(SegmentStarted(state.stream_id, index, smoother.start_piece(segment.samples)))
+            labels = phoneme_words(phonemes, words, state.voice.config.espeak_voice)
+            timings = word_timings(words, labels, sources, front.durations, HOP_LENGTH)
+            events.append(SegmentWords(state.stream_id, index, tuple(timings), estimated=False))
             state.current = segment
             state.current_index = index
             # The first window goes out in the same unit: with the encoder it decides TTFA.

@@ -31,7 +31,7 @@ from streamvox.engine.backends.piper.graph import (
     Z_PRIOR,
     split_piper_graph,
 )
-from streamvox.engine.text.phonemes import phoneme_ids, phonemize
+from streamvox.engine.text.phonemes import phoneme_ids_with_sources, phonemize
 
 HOP_LENGTH = 256
 """Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""
@@ -177,11 +177,20 @@ class PiperVoice:
 
     def text_to_ids(self, text: str) -> list[int]:
         """Phoneme ids of ``text``, all its sentences joined (empty if nothing speakable)."""
-        sentences = phonemize(text, self.config.espeak_voice)
-        flat = [p for sentence in sentences for p in sentence]
-        if not any(p.strip() for p in flat):
-            return []
-        return phoneme_ids(flat, self.config.phoneme_id_map)
+        return self.ids_with_sources(self.phonemes(text))[0]
+
+    def phonemes(self, text: str) -> list[str]:
+        """The code points espeak-ng reads ``text`` as, all its sentences joined (empty if
+        nothing speakable)."""
+        flat = [p for sentence in phonemize(text, self.config.espeak_voice) for p in sentence]
+        return flat if any(p.strip() for p in flat) else []
+
+    def ids_with_sources(self, phonemes: Sequence[str]) -> tuple[list[int], list[int]]:
+        """The ids of ``phonemes`` and, per id, the phoneme it came from (see
+        :func:`phoneme_ids_with_sources`); nothing for nothing."""
+        if not phonemes:
+            return [], []
+        return phoneme_ids_with_sources(phonemes, self.config.phoneme_id_map)
 
     def front(
         self,

@@ -6,6 +6,7 @@ docs/protocol.md gives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from streamvox.codecs.formats import OutputFormat
@@ -14,6 +15,7 @@ from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.timeline import Heard, TimedWord, char_alignment
 
 PROTOCOL_VERSION = 1
 """What a client gets unless it asks for more (``?protocol=2``)."""
@@ -69,6 +71,45 @@ def segment_event(ctx: Context, index: int, span: Span, start_sample: int) -> di
     }
 
 
+def words_event(ctx: Context, index: int, words: Sequence[TimedWord], estimated: bool) -> dict[str, Any]:
+    """Segment ``index``'s words: offsets in the context's text, times in its audio."""
+    text = ctx.segmenter.text
+    return {
+        "type": "words",
+        "context_id": ctx.id,
+        "index": index,
+        "estimated": estimated,
+        "words": [
+            {
+                "text": text[w.char_start : w.char_end],
+                "char_start": w.char_start,
+                "char_end": w.char_end,
+                "start_s": round(w.start_s, 3),
+                "end_s": round(w.end_s, 3),
+            }
+            for w in words
+        ],
+    }
+
+
+def alignment_event(
+    ctx: Context, index: int, span: Span, words: Sequence[TimedWord], estimated: bool
+) -> dict[str, Any]:
+    """Segment ``index`` character by character (ElevenLabs style): every character of its span."""
+    start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
+    aligned = char_alignment(span.text, span.start, words, start_s)
+    return {
+        "type": "alignment",
+        "context_id": ctx.id,
+        "index": index,
+        "estimated": estimated,
+        "char_start": aligned.char_start,
+        "chars": list(aligned.text),
+        "char_start_ms": list(aligned.start_ms),
+        "char_duration_ms": list(aligned.duration_ms),
+    }
+
+
 def done_event(ctx: Context, done: StreamDone) -> dict[str, Any]:
     fmt = ctx.encoder.format
     audio_s = done.samples / ctx.voice.sample_rate
@@ -88,12 +129,21 @@ def done_event(ctx: Context, done: StreamDone) -> dict[str, Any]:
     }
 
 
-def cancelled_event(ctx: Context, reason: str) -> dict[str, Any]:
+def cancelled_event(ctx: Context, reason: str, heard: Heard | None = None) -> dict[str, Any]:
+    """The context stopped; ``heard`` (when the listener's position is known) says what of it
+    they heard: the character offset reached, the text before it and the words begun."""
     fmt = ctx.encoder.format
-    return {
+    event: dict[str, Any] = {
         "type": "cancelled",
         "context_id": ctx.id,
         "reason": reason,
         "samples": ctx.encoder.samples_out,
         "seconds": round(ctx.encoder.samples_out / fmt.sample_rate, 4),
     }
+    if heard is not None:
+        text = ctx.segmenter.text
+        event["played_s"] = round(heard.played_s, 3)
+        event["heard_char_offset"] = heard.char_offset
+        event["heard_text"] = text[: heard.char_offset]
+        event["heard_words"] = [text[w.char_start : w.char_end] for w in heard.words]
+    return event

@@ -48,6 +48,12 @@ class Configure:
     noise: bool | None = None
     speaker: int | None = None
     idle_timeout_s: float | None = None
+    timestamps: str | None = None
+    """``"none"``, ``"word"`` or ``"char"`` (see :data:`TIMESTAMPS`)."""
+
+
+TIMESTAMPS = ("none", "word", "char")
+"""Timing events a session may ask for: none, ``words`` events, or ``words`` and ``alignment``."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,8 @@ class End:
 @dataclass(frozen=True)
 class Cancel:
     context_id: str | None = None
+    played_ms: float | None = None
+    """How much of the context the listener had played when it barged in."""
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,11 @@ class Report:
 ClientMessage = Configure | Text | Flush | End | Cancel | Report | Keepalive
 
 _FIELDS: dict[str, set[str]] = {
-    "configure": {"voice", "format", "speed", "seed", "noise", "speaker", "idle_timeout_s"},
+    "configure": {"voice", "format", "speed", "seed", "noise", "speaker", "idle_timeout_s", "timestamps"},
     "text": {"text", "context_id"},
     "flush": {"context_id"},
     "end": {"context_id"},
-    "cancel": {"context_id"},
+    "cancel": {"context_id", "played_ms"},
     "report": {"played_ms", "underruns", "underrun_ms", "context_id"},
     "keepalive": set(),
 }
@@ -173,7 +181,13 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
     if kind == "end":
         return End(cid)
     if kind == "cancel":
-        return Cancel(cid)
+        played = raw.get("played_ms")
+        if played is None:
+            return Cancel(cid)
+        played = float(_expect(played, (int, float), "played_ms"))
+        if not 0 <= played < float("inf"):
+            raise ProtocolError("invalid_value", "cancel played_ms must be >= 0", context_id=cid)
+        return Cancel(cid, played)
     if kind == "report":
         if "played_ms" not in raw:
             raise ProtocolError("invalid_value", "report needs played_ms", context_id=cid)
@@ -186,7 +200,7 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
             underrun_ms=None if underrun_ms is None else float(_expect(underrun_ms, (int, float), "underrun_ms")),
             context_id=cid,
         )
-        if report.played_ms < 0 or (report.underruns or 0) < 0 or (report.underrun_ms or 0) < 0:
+        if not 0 <= report.played_ms < float("inf") or (report.underruns or 0) < 0 or (report.underrun_ms or 0) < 0:
             raise ProtocolError("invalid_value", "report values must be >= 0", context_id=cid)
         return report
     speed = raw.get("speed")
@@ -195,6 +209,9 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
     speaker = raw.get("speaker")
     voice = raw.get("voice")
     idle = raw.get("idle_timeout_s")
+    timestamps = raw.get("timestamps")
+    if timestamps is not None and _expect(timestamps, str, "timestamps") not in TIMESTAMPS:
+        raise ProtocolError("invalid_value", f"timestamps must be one of {', '.join(TIMESTAMPS)}, not {timestamps!r}")
     config = Configure(
         voice=None if voice is None else _expect(voice, str, "voice"),
         format=None if raw.get("format") is None else _format(raw["format"]),
@@ -203,6 +220,7 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
         noise=None if noise is None else _expect(noise, bool, "noise"),
         speaker=None if speaker is None else _expect(speaker, int, "speaker"),
         idle_timeout_s=None if idle is None else float(_expect(idle, (int, float), "idle_timeout_s")),
+        timestamps=timestamps,
     )
     if config.idle_timeout_s is not None and not 0 < config.idle_timeout_s <= IDLE_TIMEOUT_MAX_S:
         raise ProtocolError(

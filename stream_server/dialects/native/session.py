@@ -30,6 +30,7 @@ from streamvox.engine.events import (
     EngineEvent,
     SegmentFinished,
     SegmentStarted,
+    SegmentWords,
     StreamAborted,
     StreamDone,
     StreamFailed,
@@ -40,12 +41,14 @@ from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.dialects.native.events import (
     PROTOCOL_VERSION,
+    alignment_event,
     cancelled_event,
     context_event,
     done_event,
     error_event,
     ready_event,
     segment_event,
+    words_event,
 )
 from streamvox.stream_server.dialects.native.messages import (
     Cancel,
@@ -62,6 +65,7 @@ from streamvox.stream_server.dialects.native.messages import (
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.idle import IdleTimer
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -76,12 +80,24 @@ class _Settings:
     voice: Voice
     format: OutputFormat
     params: SynthesisParams
+    timestamps: str = "none"
 
 
 @dataclass(frozen=True)
 class _CancelMarker:
     context: Context
     reason: str
+    played_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class _Words:
+    """A segment's word timings, lifted into its context, waiting for their turn to be sent."""
+
+    context: Context
+    index: int
+    words: list[TimedWord]
+    estimated: bool
 
 
 class Session:
@@ -208,7 +224,7 @@ class Session:
                 raise ProtocolError("unknown_context", "no context to cancel", context_id=message.context_id)
             if not ctx.open:
                 raise ProtocolError("context_ended", f"context {ctx.id!r} already finished", context_id=ctx.id)
-            self._cancel(ctx, "client")
+            self._cancel(ctx, "client", message.played_ms)
 
     def _configure(self, message: Configure) -> None:
         speaking = self._open_contexts()
@@ -252,7 +268,8 @@ class Session:
             seed=params.seed if message.seed is None else message.seed,
             noise=params.noise if message.noise is None else message.noise,
         )
-        self._settings = _Settings(voice, fmt, params)
+        timestamps = settings.timestamps if message.timestamps is None else message.timestamps
+        self._settings = _Settings(voice, fmt, params, timestamps)
         if message.idle_timeout_s is not None:
             self._idle.set_timeout(message.idle_timeout_s)
         self._queue_json(self._ready_event())
@@ -317,6 +334,7 @@ class Session:
             metrics=self.metrics,
             last_write=lambda: self.transport.last_write,
             on_slow_reader=self._on_slow_reader,
+            timestamps=s.timestamps,
         )
         self._active = ctx
         self._contexts[cid] = ctx
@@ -335,18 +353,25 @@ class Session:
         while len(self._ended_ids) > _ENDED_IDS_KEPT:
             self._ended_ids.pop(next(iter(self._ended_ids)))
 
-    def _cancel(self, ctx: Context, reason: str) -> None:
+    def _cancel(self, ctx: Context, reason: str, played_ms: float | None = None) -> None:
         if ctx.cancel_requested:
             return
         ctx.stop_generation()
-        self._outbox.put_nowait(_CancelMarker(ctx, reason))
+        self._outbox.put_nowait(_CancelMarker(ctx, reason, played_ms))
 
     def _accept(self, event: EngineEvent) -> None:
-        """An engine event reaches the loop: queue it, and count the audio the socket still owes."""
-        if isinstance(event, AudioChunk):
-            ctx = self._by_stream(event.stream_id)
-            if ctx is not None:
+        """An engine event reaches the loop: queue it, count the audio the socket still owes and
+        keep the context's timeline (current at once, so a barge-in can use it)."""
+        ctx = self._by_stream(event.stream_id)
+        if ctx is not None:
+            if isinstance(event, AudioChunk):
                 ctx.audio_queued(len(event.pcm))
+            elif isinstance(event, SegmentStarted):
+                ctx.segment_started(event.index, event.start_sample)
+            elif isinstance(event, SegmentWords):
+                words = ctx.segment_words(event.index, event.words, event.estimated)
+                self._outbox.put_nowait(_Words(ctx, event.index, words, event.estimated))
+                return
         self._outbox.put_nowait(event)
 
     def _speaking(self) -> bool:
@@ -408,6 +433,9 @@ class Session:
         if isinstance(item, _CancelMarker):
             await self._finish_cancel(item)
             return
+        if isinstance(item, _Words):
+            await self._send_words(item)
+            return
         ctx = self._by_stream(getattr(item, "stream_id", ""))
         if ctx is None or ctx.cancel_requested or not ctx.open:
             return
@@ -456,13 +484,26 @@ class Session:
         channel = self._channels.get(ctx.id)
         await self.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
 
+    async def _send_words(self, item: _Words) -> None:
+        ctx = item.context
+        mode = ctx.timestamps
+        if mode == "none" or ctx.cancel_requested or not ctx.open:
+            return
+        await self._send_json(words_event(ctx, item.index, item.words, item.estimated))
+        if mode == "char":
+            span, _ = ctx.segments[item.index]
+            await self._send_json(alignment_event(ctx, item.index, span, item.words, item.estimated))
+
     async def _finish_cancel(self, marker: _CancelMarker) -> None:
         ctx = marker.context
         if ctx.finished.is_set():
             return
         if ctx.header_sent and (fade := ctx.encoder.fade_out()) is not None:
             await self._send_audio(ctx, fade)
-        await self._send_json(cancelled_event(ctx, marker.reason))
+        heard = None
+        if self.protocol >= 2 or ctx.timestamps != "none" or marker.played_ms is not None:
+            heard = ctx.heard(marker.played_ms)
+        await self._send_json(cancelled_event(ctx, marker.reason, heard))
         ctx.finished.set()
         self.metrics.contexts.labels("cancelled").inc()
         self.metrics.audio_seconds.inc(ctx.encoder.samples_out / ctx.encoder.format.sample_rate)
