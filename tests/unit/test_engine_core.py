@@ -101,7 +101,7 @@ class _BrokenVoice:
     def __init__(self, real: PiperVoice) -> None:
         self.sample_rate = real.sample_rate
 
-    def text_to_ids(self, text: str) -> list[int]:
+    def phonemes(self, text: str) -> list[str]:
         raise RuntimeError("model exploded")
 
 
