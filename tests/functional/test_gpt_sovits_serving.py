@@ -182,6 +182,22 @@ async def test_the_voice_is_listed_and_streams_through_the_protocol(
     assert done["rtf"] > 0 and exchange.of_type("segment")
 
 
+async def test_its_word_timings_are_estimates_that_cover_the_text(ar_server: str, short_voice: GptSovitsVoice) -> None:
+    async with websockets.connect(f"ws://{ar_server}{STREAM_PATH}", max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="configure", voice=short_voice.id, format={"codec": "pcm_s16le"}, seed=3, timestamps="word")
+        await recv_json(ws)
+        await send(ws, type="text", text=TEXT)
+        await send(ws, type="end")
+        exchange = await collect_until(ws)
+    events = exchange.of_type("words")
+    assert events and all(e["estimated"] for e in events)
+    words = [w for e in events for w in e["words"]]
+    assert [w["text"] for w in words] == [w.strip(".,!?") for w in TEXT.split()]
+    assert all(a["end_s"] <= b["start_s"] for a, b in zip(words, words[1:], strict=False))
+    assert words[-1]["end_s"] <= exchange.of_type("done")[0]["seconds"] + 1e-3
+
+
 async def test_speed_is_refused_for_the_voice_and_the_session_lives_on(
     ar_server: str, short_voice: GptSovitsVoice
 ) -> None:
