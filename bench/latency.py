@@ -143,6 +143,7 @@ FORMATS: dict[str, Any] = {
     "opus": "opus",
     "ogg_opus": "ogg_opus",
     "flac": "flac",
+    "mp3": "mp3",
     "wav": "wav",
     "mulaw_8000": "mulaw_8000",
     "alaw_8000": "alaw_8000",

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
+from streamvox.codecs.mp3 import MP3_DECODED_DELAY, MP3_RATES
 from streamvox.codecs.ogg import OggOpusWriter
 from streamvox.codecs.opus import OPUS_RATE, OpusFrameEncoder, OpusSettings
 from streamvox.codecs.pcm import float_to_s16, float_to_s16le_bytes, s16_to_alaw, s16_to_mulaw
@@ -18,11 +19,12 @@ from streamvox.codecs.resample import StreamResampler
 from streamvox.codecs.sndfile_stream import SndfileStream
 from streamvox.codecs.wav import wav_header
 
-CODECS = ("opus", "ogg_opus", "pcm_s16le", "wav", "flac", "mulaw_8000", "alaw_8000")
+CODECS = ("opus", "ogg_opus", "pcm_s16le", "wav", "flac", "mp3", "mulaw_8000", "alaw_8000")
 MIN_RATE, MAX_RATE = 8000, 48000
 """PCM, WAV and FLAC take any rate in this range (or the model's own)."""
 FADE_MS = 10
-_CONTAINERS = {"wav": "wav", "ogg_opus": "ogg", "flac": "flac"}
+_CONTAINERS = {"wav": "wav", "ogg_opus": "ogg", "flac": "flac", "mp3": "mp3"}
+_SNDFILE = ("flac", "mp3")
 _TELEPHONY = ("mulaw_8000", "alaw_8000")
 
 
@@ -42,14 +44,18 @@ class OutputFormat:
     opus: OpusSettings = field(default_factory=OpusSettings)
 
     def describe(self) -> dict[str, object]:
-        """The JSON shape sent in the ``ready`` event."""
-        return {
+        """The JSON shape sent in the ``ready`` event (MP3 adds the samples of encoder delay a
+        decoder without gapless information plays before the audio)."""
+        shape: dict[str, object] = {
             "codec": self.codec,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "frame_ms": self.frame_ms,
             "container": _CONTAINERS.get(self.codec),
         }
+        if self.codec == "mp3":
+            shape["encoder_delay"] = MP3_DECODED_DELAY
+        return shape
 
 
 def resolve_format(
@@ -67,6 +73,11 @@ def resolve_format(
         if sample_rate not in (None, 8000):
             raise FormatError(f"{codec} is sent at 8000 Hz only, not {sample_rate}")
         return OutputFormat(codec, 8000)
+    if codec == "mp3":
+        rate = sample_rate if sample_rate is not None else (model_rate if model_rate in MP3_RATES else 24000)
+        if rate not in MP3_RATES:
+            raise FormatError(f"mp3 carries {', '.join(map(str, MP3_RATES))} Hz, not {rate}")
+        return OutputFormat(codec, rate)
     rate = model_rate if sample_rate is None else sample_rate
     if not MIN_RATE <= rate <= MAX_RATE and rate != model_rate:
         raise FormatError(f"sample_rate {rate} not supported; use {MIN_RATE} to {MAX_RATE} Hz")
@@ -78,8 +89,8 @@ class StreamEncoder:
 
     Opus is one packet per payload: raw, or (``ogg_opus``) each in its own Ogg page, written
     as soon as the packet is made, so ``<audio>`` and HTTP clients play it while it is
-    generated; the last page ends the stream and trims its padding.  FLAC payloads are
-    whatever the encoder has made since the last one."""
+    generated; the last page ends the stream and trims its padding.  FLAC and MP3 payloads
+    are whatever the encoder has made since the last one."""
 
     def __init__(self, fmt: OutputFormat, model_rate: int) -> None:
         self.format = fmt
@@ -92,7 +103,7 @@ class StreamEncoder:
         if fmt.codec == "ogg_opus":
             assert self._opus is not None
             self._ogg = OggOpusWriter(self._pages, pre_skip=self._opus.lookahead)
-        self._sndfile = SndfileStream(fmt.codec, fmt.sample_rate) if fmt.codec == "flac" else None
+        self._sndfile = SndfileStream(fmt.codec, fmt.sample_rate) if fmt.codec in _SNDFILE else None
         self._tail_pad = 0
         """Zeros at the end of the buffer that only flush the encoder (not counted as audio)."""
         self.samples_out = 0

@@ -1,11 +1,12 @@
-"""FLAC encoded as a stream, through libsndfile (``soundfile``), bytes out as they are made.
+"""FLAC and MP3 encoded as a stream, through libsndfile (``soundfile``), bytes out as they are made.
 
 libsndfile writes to a file; here the file is :class:`_AppendOnlySink`, which
 hands out each byte once.  libsndfile seeks back at close to rewrite its
 header (FLAC's STREAMINFO totals): bytes already sent cannot change, so those
 rewrites are dropped, and the stream keeps "length unknown" (0) in its
-STREAMINFO, which the FLAC format allows for live streams.  Not thread-safe: one
-per stream.
+STREAMINFO, which the FLAC format allows for live streams.  MP3 is constant
+bitrate (what live-stream players expect) without its blank Info frame (see
+``mp3.py``).  Not thread-safe: one per stream.
 """
 
 from __future__ import annotations
@@ -14,8 +15,13 @@ import io
 
 import numpy as np
 import soundfile
+from streamvox.codecs.mp3 import FrameTrimmer, drop_blank_first_frame
 
-_FORMATS = {"flac": ("FLAC", "PCM_16")}
+_FORMATS: dict[str, tuple[str, str, dict[str, object]]] = {
+    "flac": ("FLAC", "PCM_16", {}),
+    "mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": 0.5}),
+}
+"""libsndfile's container, subtype and options per codec (MP3 at level 0.5: 80 kbit/s at 22.05 kHz)."""
 
 
 class _AppendOnlySink(io.RawIOBase):
@@ -76,28 +82,52 @@ class _AppendOnlySink(io.RawIOBase):
 
 
 class SndfileStream:
-    """Encodes float32 mono at ``sample_rate`` to ``codec`` (``flac``) incrementally."""
+    """Encodes float32 mono at ``sample_rate`` to ``codec`` (``flac`` or ``mp3``) incrementally."""
 
     def __init__(self, codec: str, sample_rate: int) -> None:
-        container, subtype = _FORMATS[codec]
+        container, subtype, options = _FORMATS[codec]
         self._sink = _AppendOnlySink()
         self._file: soundfile.SoundFile | None = soundfile.SoundFile(
-            self._sink, "w", samplerate=sample_rate, channels=1, format=container, subtype=subtype
+            self._sink, "w", samplerate=sample_rate, channels=1, format=container, subtype=subtype, **options
         )
+        self._pending = b""
+        """MP3: bytes held until the first frame is whole (it may be the blank Info frame)."""
+        self._first_settled = codec != "mp3"
+        self._trimmer = FrameTrimmer() if codec == "mp3" else None
+        self._samples = 0
 
     def write(self, samples: np.ndarray) -> bytes:
         """Encode ``samples``; return the bytes the encoder has made so far (maybe none yet)."""
         if self._file is None:
             raise ValueError("write after close")
         self._file.write(np.asarray(samples, dtype=np.float32))
-        return self._sink.take()
+        self._samples += len(samples)
+        data = self._settle(self._sink.take())
+        if self._trimmer is not None and data:
+            self._trimmer.follow(data)
+        return data
 
     def close(self) -> bytes:
         """Flush the encoder; return its last bytes."""
         if self._file is not None:
             self._file.close()
             self._file = None
-        return self._sink.take()
+        data = self._settle(self._sink.take())
+        data, self._pending = self._pending + data, b""
+        if self._trimmer is not None:
+            data = self._trimmer.trim_end(data, self._samples)
+            self._trimmer = None
+        return data
+
+    def _settle(self, data: bytes) -> bytes:
+        if self._first_settled:
+            return data
+        data, self._first_settled = drop_blank_first_frame(self._pending + data)
+        if not self._first_settled:
+            self._pending = data
+            return b""
+        self._pending = b""
+        return data
 
     @property
     def closed(self) -> bool:

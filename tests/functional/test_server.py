@@ -16,6 +16,7 @@ from streamvox.bench.latency import first_bytes_ms
 
 from tests.helpers.asr import transcribe, wer
 from tests.helpers.audio import sf_read_stream
+from tests.helpers.mp3 import decode_mp3
 from tests.helpers.ws import Exchange, collect_until, recv_json, send
 
 PARAGRAPH = (
@@ -133,7 +134,17 @@ async def test_streamed_containers_decode_to_the_samples_sent(server: str, fmt: 
     assert abs(done["samples"] - done["model_samples"] * rate / 22050) <= 1
 
 
-@pytest.mark.parametrize("fmt", ["ogg_opus", "flac", "alaw_8000", {"codec": "pcm_s16le", "sample_rate": 8000}])
+@pytest.mark.parametrize("rate", [22050, 44100])
+async def test_streamed_mp3_decodes_to_the_samples_sent_after_its_delay(server: str, rate: int) -> None:
+    exchange = await speak(server, PARAGRAPH, {"format": {"codec": "mp3", "sample_rate": rate}, "noise": False})
+    done = exchange.of_type("done")[0]
+    decoded = decode_mp3(b"".join(exchange.audio), rate)
+    frame = 1152 if rate >= 32000 else 576
+    assert 0 <= len(decoded) - 1105 - done["samples"] < frame
+    assert abs(done["samples"] - done["model_samples"] * rate / 22050) <= 1
+
+
+@pytest.mark.parametrize("fmt", ["ogg_opus", "flac", "mp3", "alaw_8000", {"codec": "pcm_s16le", "sample_rate": 8000}])
 async def test_new_formats_start_as_soon_as_pcm(server: str, fmt: object) -> None:
     """The first bytes of each format arrive within 20 ms of PCM's for the same text: the median
     of paired differences over interleaved runs (this shared machine's jitter between two runs is
@@ -202,6 +213,7 @@ BAD_INPUTS = [
     (json.dumps({"type": "configure", "format": {"codec": "ogg_opus", "sample_rate": 24000}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "alaw_8000", "sample_rate": 16000}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "flac", "sample_rate": 96000}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "mp3", "sample_rate": 22000}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "pcm_s16le", "sample_rate": 4000}}), "bad_format"),
     (json.dumps({"type": "text", "text": "y" * 4001}), "text_too_long"),
     (json.dumps({"type": "text", "text": "z" * 9000}), "message_too_large"),

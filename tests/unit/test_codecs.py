@@ -16,6 +16,7 @@ with warnings.catch_warnings():
     import audioop  # the G.711 reference; deprecated but present on Python 3.11
 
 from streamvox.codecs.formats import FormatError, StreamEncoder, resolve_format
+from streamvox.codecs.mp3 import FrameTrimmer, drop_blank_first_frame, frame_length
 from streamvox.codecs.ogg import OggOpusWriter, ogg_crc
 from streamvox.codecs.opus import OpusFrameDecoder, OpusFrameEncoder, OpusSettings
 from streamvox.codecs.pcm import alaw_to_s16, float_to_s16, mulaw_to_s16, s16_to_alaw, s16_to_mulaw
@@ -23,6 +24,7 @@ from streamvox.codecs.resample import StreamResampler
 from streamvox.codecs.wav import wav_header
 
 from tests.helpers.audio import sf_read_stream
+from tests.helpers.mp3 import decode_mp3
 
 
 def tone(seconds: float, rate: int, freq: float = 220.0) -> np.ndarray:
@@ -59,8 +61,10 @@ def test_alaw_matches_g711_reference() -> None:
     assert alaw_to_s16(codes).astype("<i2").tobytes() == audioop.alaw2lin(codes.tobytes(), 2)
 
 
-def _stream(codec: str, x: np.ndarray, rate: int, chunk: int = 3000) -> tuple[bytes, StreamEncoder]:
-    encoder = StreamEncoder(resolve_format(codec, None, rate), rate)
+def _stream(
+    codec: str, x: np.ndarray, rate: int, out_rate: int | None = None, chunk: int = 3000
+) -> tuple[bytes, StreamEncoder]:
+    encoder = StreamEncoder(resolve_format(codec, out_rate, rate), rate)
     out = [encoder.header() or b""]
     for i in range(0, len(x), chunk):
         encoder.feed(x[i : i + chunk])
@@ -194,16 +198,19 @@ def test_format_resolution() -> None:
     assert resolve_format("flac", None, 32000).describe() == {
         "codec": "flac", "sample_rate": 32000, "channels": 1, "frame_ms": None, "container": "flac"
     }  # fmt: skip
+    assert resolve_format("mp3", None, 22050).describe()["encoder_delay"] == 1105
+    assert resolve_format("mp3", None, 32000).sample_rate == 32000
+    assert resolve_format("mp3", None, 22000).sample_rate == 24000
     for rate in (8000, 12345, 48000):
         assert resolve_format("pcm_s16le", rate, 22050).sample_rate == rate
     bad = [("opus", 16000), ("ogg_opus", 24000), ("mulaw_8000", 16000), ("alaw_8000", 16000), ("pcm_s16le", 7999),
-           ("pcm_s16le", 48001), ("flac", 96000), ("mp3", None)]  # fmt: skip
+           ("pcm_s16le", 48001), ("flac", 96000), ("mp3", 22000), ("mp3", 96000)]  # fmt: skip
     for codec, rate in bad:
         with pytest.raises(FormatError):
             resolve_format(codec, rate, 22050)
 
 
-@pytest.mark.parametrize("codec", ["opus", "pcm_s16le", "wav", "mulaw_8000", "alaw_8000", "ogg_opus", "flac"])
+@pytest.mark.parametrize("codec", ["opus", "pcm_s16le", "wav", "mulaw_8000", "alaw_8000", "ogg_opus", "flac", "mp3"])
 def test_stream_encoder_accounts_for_every_sample(codec: str) -> None:
     fmt = resolve_format(codec, None, 22050)
     encoder = StreamEncoder(fmt, 22050)
@@ -227,6 +234,8 @@ def test_stream_encoder_accounts_for_every_sample(codec: str) -> None:
         assert sum(len(p) for p in payloads) == encoder.samples_out
     elif codec == "flac":
         assert b"".join(payloads).startswith(b"fLaC")
+    elif codec == "mp3":
+        assert frame_length(b"".join(payloads)[:4]) is not None
     else:
         assert sum(len(p) for p in payloads) == 2 * encoder.samples_out
     assert (encoder.header() is not None) == (codec in ("wav", "ogg_opus"))
@@ -241,3 +250,58 @@ def test_fade_out_ends_in_silence() -> None:
     assert np.all(np.diff(faded.astype(int)) <= 0)
     opus = StreamEncoder(resolve_format("opus", None, 48000), 48000)
     assert isinstance(opus.fade_out(), bytes)  # nothing buffered: a silent frame still flushes the encoder
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 24000, 44100, 48000])
+def test_mp3_decodes_to_every_sample_after_the_encoder_delay(rate: int) -> None:
+    """libmpg123 (no gapless tag in a live stream) plays the documented delay, then the audio,
+    then under one frame of padding; the audio lines up with PCM's."""
+    t = np.arange(int(1.3 * 22050)) / 22050
+    x = (0.4 * np.sin(2 * np.pi * (200 * t + 600 * t**2))).astype(np.float32)  # a chirp: one best lag
+    data, encoder = _stream("mp3", x, 22050, rate)
+    decoded = decode_mp3(data, rate)
+    delay = encoder.format.describe()["encoder_delay"]
+    frame = 1152 if rate >= 32000 else 576
+    assert 0 <= len(decoded) - delay - encoder.samples_out < frame
+    reference = np.frombuffer(_stream("pcm_s16le", x, 22050, rate)[0], dtype="<i2") / 32768.0
+    window = reference[rate // 10 : rate // 10 + rate // 5]
+    lag = int(np.argmax(np.correlate(decoded[: rate // 2 + 2 * delay], window, "valid"))) - rate // 10
+    assert lag == delay
+
+
+def test_mp3_stream_has_no_blank_info_frame_and_starts_with_the_first_window() -> None:
+    encoder = StreamEncoder(resolve_format("mp3", None, 22050), 22050)
+    encoder.feed(tone(8192 / 22050, 22050))  # one first window
+    first = encoder.pop()
+    assert first is not None and frame_length(first[:4]) is not None
+    assert any(first[4 : frame_length(first[:4])])
+
+
+def test_blank_first_frame_is_dropped_only_when_whole() -> None:
+    header = bytes([0xFF, 0xF3, 0x80, 0xC4])  # MPEG-2 Layer III, 64 kbit/s, 22.05 kHz
+    length = frame_length(header)
+    assert length == 208
+    blank = header + bytes(length - 4)
+    assert drop_blank_first_frame(blank[:100]) == (blank[:100], False)
+    assert drop_blank_first_frame(blank + b"next") == (b"next", True)
+    real = header + b"\x01" + bytes(length - 5)
+    assert drop_blank_first_frame(real) == (real, True)
+    assert frame_length(b"RIFF") is None
+
+
+def test_frame_trimmer_follows_frames_split_anywhere_and_drops_pure_padding() -> None:
+    header = bytes([0xFF, 0xF3, 0x80, 0xC4])  # 208-byte frames of 576 samples
+    frames = [header + bytes([i + 1]) * 204 for i in range(10)]
+    stream = b"".join(frames[:7])
+    trimmer = FrameTrimmer()
+    for cut in (0, 3, 1, 250, 209, 500):  # through a header, mid-body, on a boundary
+        trimmer.follow(stream[:cut])
+        stream = stream[cut:]
+    trimmer.follow(stream)
+    assert trimmer.frames == 7 and not trimmer.lost
+    tail = b"".join(frames[7:])
+    # 10 frames decode to 5760 samples: 1105 of delay + 3500 real leave 1155, two whole frames
+    assert trimmer.trim_end(tail, 3500) == frames[7]
+    fresh = FrameTrimmer()
+    fresh.follow(b"".join(frames[:7]))
+    assert fresh.trim_end(tail, 5760 - 1105) == tail
