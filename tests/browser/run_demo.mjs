@@ -38,9 +38,9 @@ try {
 
   const lastRun = () => page.evaluate(() => {
     const r = window.streamvoxDemo.runs.at(-1);
-    return JSON.parse(JSON.stringify(r, (k, v) => (k === "block" || k === "word" ? undefined : v)));
+    return JSON.parse(JSON.stringify(r, (k, v) => (k === "block" || k === "node" ? undefined : v)));
   });
-  const waitRun = () => page.waitForFunction(() => window.streamvoxDemo.runs.at(-1)?.finished === true, null, { timeout: 60000 });
+  const waitRun = () => page.waitForFunction(() => window.streamvoxDemo.runs.every((r) => r.finished === true), null, { timeout: 60000 });
 
   async function speakScenario(name, { format = "auto", llm = false, wps = 20, screenshot = false } = {}) {
     await page.selectOption("#format", format);
@@ -61,6 +61,17 @@ try {
   await speakScenario("pcm", { format: "pcm" });
   await speakScenario("llm", { llm: true, wps: 20 });
 
+  // A second context while the first plays: it is generated at once and plays right after.
+  await page.fill("#text", "The first reply is still speaking, for a sentence or two, when the next one is asked for. It keeps going a little longer.");
+  await page.click("#speak");
+  await page.waitForFunction(() => window.streamvoxDemo.client?.stats.playedSamples > 48000 * 0.3, null, { timeout: 30000 });
+  await page.fill("#text", "And here is the second reply.");
+  await page.click("#speak");
+  await waitRun();
+  const pair = await page.evaluate(() => window.streamvoxDemo.runs.slice(-2).map((r) =>
+    JSON.parse(JSON.stringify(r, (k, v) => (k === "block" || k === "node" ? undefined : v)))));
+  result.scenarios.second = { first: pair[0], second: pair[1] };
+
   // Stop (barge-in): wait until playback has run for a while, then press Stop.
   await page.fill("#text", LONG);
   await page.selectOption("#format", "auto");
@@ -76,7 +87,10 @@ try {
     played: window.streamvoxDemo.client.stats.playedSamples,
     level: window.streamvoxDemo.client.level(),
   }));
-  result.scenarios.stop = { ...(await lastRun()), playedAtStop, playedAfter: after.played, levelAfter: after.level };
+  result.scenarios.stop = {
+    ...(await lastRun()), playedAtStop, playedAfter: after.played, levelAfter: after.level,
+    heardShown: await page.textContent("#heard"), sentText: LONG,
+  };
 
   // An unknown voice: the person sees the server's error.
   await page.evaluate(() => {

@@ -80,6 +80,40 @@ def test_llm_paced_mode_streams_several_segments(demo_run: dict[str, Any]) -> No
     assert run["mode"] == "llm" and run["done"]["segments"] >= 3
 
 
+def test_captions_follow_the_words_as_they_sound(demo_run: dict[str, Any]) -> None:
+    """The highlighted word, sampled as the page played, was the one whose timestamps hold the
+    playback position, in text order, through the whole utterance."""
+    run = demo_run["scenarios"]["opus"]
+    log = run["captionLog"]
+    assert len(log) >= 0.6 * len(run["words"]) > 10
+    assert [c["char_start"] for c in log] == sorted(c["char_start"] for c in log)
+    assert all(c["start_s"] <= c["at_s"] < c["end_s"] for c in log)
+    assert log[-1]["char_start"] >= run["words"][-2]["char_start"]
+
+
+def test_a_second_context_plays_right_after_the_first(demo_run: dict[str, Any]) -> None:
+    pair = demo_run["scenarios"]["second"]
+    first, second = pair["first"], pair["second"]
+    for run in (first, second):
+        assert run["done"] is not None and abs(run["decodedSamples"] - run["done"]["samples"]) <= FRAME_48K
+        assert run["playedSamples"] == run["decodedSamples"] and run["underrunsAfterStart"] == 0
+    assert first["id"] != second["id"]
+    assert second["ttfaMs"] is not None and second["ttfaMs"] < 1000  # generated while the first played
+    assert second["startedAt"] >= first["drainedAt"] - 5  # then queued behind it
+
+
+def test_stop_reports_what_was_heard(demo_run: dict[str, Any]) -> None:
+    run = demo_run["scenarios"]["stop"]
+    heard, cancelled, text = run["heard"], run["cancelled"], run["sentText"]
+    assert abs(heard["played_s"] - run["playedAfter"] / 48000) < 1e-3
+    assert heard["text"] and text.startswith(heard["text"]) and heard["words"]
+    assert run["heardShown"].startswith("Heard: “") and heard["text"] in run["heardShown"]
+    # the server's account, from the played_ms the Stop sent: the same words, give or take one
+    assert abs(cancelled["played_s"] - heard["played_s"]) < 0.1
+    assert text.startswith(cancelled["heard_text"])
+    assert abs(len(cancelled["heard_words"]) - len(heard["words"])) <= 1
+
+
 def test_stop_silences_within_100_ms_and_server_cancels(demo_run: dict[str, Any]) -> None:
     run = demo_run["scenarios"]["stop"]
     assert run["cancelled"]["type"] == "cancelled" and run["cancelled"]["reason"] == "client"

@@ -1,4 +1,6 @@
-// The demo page: wires the StreamvoxClient to the controls, figures, waveform and timeline.
+// The demo page: wires the StreamvoxClient to the controls, figures, waveform, timeline and
+// captions. Speak while something plays queues a new utterance behind it (protocol 2: both
+// are generated at once on one socket); Stop cancels everything and shows what was heard.
 // window.streamvoxDemo exposes its state (the headless-browser tests read it).
 import { StreamvoxClient } from "./streamvox-client.js";
 
@@ -34,54 +36,121 @@ async function loadVoices() {
   demo.voicesLoaded = true;
 }
 
+function runOf(id) { return demo.runs.find((r) => r.id === id) || null; }
+
 function wantedClient() {
   if (demo.client) {
     demo.client.configure({ voice: $("voice").value, format: $("format").value });
     return demo.client;
   }
   const client = new StreamvoxClient({ url: wsUrl, voice: $("voice").value, format: $("format").value });
-  client.addEventListener("ttfa", (e) => { $("ttfa").textContent = `${e.detail.ms.toFixed(0)} ms`; if (demo.current) demo.current.ttfaMs = e.detail.ms; });
+  client.addEventListener("ttfa", (e) => {
+    const run = runOf(e.detail.id);
+    if (run) run.ttfaMs = e.detail.ms;
+    if (run === demo.current) $("ttfa").textContent = `${e.detail.ms.toFixed(0)} ms`;
+  });
   client.addEventListener("buffered", (e) => ($("buffered").textContent = `${e.detail.ms.toFixed(0)} ms`));
   client.addEventListener("stats", (e) => {
+    const run = runOf(e.detail.playing);
+    if (!run) return;
     $("underruns").textContent = e.detail.underruns;
     $("played").textContent = `${(e.detail.playedSamples / 48000).toFixed(2)} s`;
-    updatePlayhead(e.detail.playedSamples / 48000);
+    show(run);
+    updatePlayhead(run, e.detail.playedSamples / 48000);
   });
-  client.addEventListener("segment", (e) => addSegment(e.detail));
-  client.addEventListener("underrun", (e) => { if (demo.current) (demo.current.underrunLog ||= []).push(e.detail); });
-  client.addEventListener("done", (e) => { $("rtf").textContent = e.detail.rtf == null ? "—" : e.detail.rtf.toFixed(3); });
-  client.addEventListener("error", (e) => showError(`${e.detail.code}: ${e.detail.message}`));
-  client.addEventListener("close", (e) => { if (!e.detail.expected) setStatus("disconnected", "bad"); });
+  client.addEventListener("segment", (e) => { const run = runOf(e.detail.context_id); if (run) addSegment(run, e.detail); });
+  client.addEventListener("words", (e) => { const run = runOf(e.detail.context_id); if (run) addWords(run, e.detail.words); });
+  client.addEventListener("underrun", (e) => { const run = runOf(e.detail.id); if (run) (run.underrunLog ||= []).push(e.detail); });
+  client.addEventListener("done", (e) => {
+    const run = runOf(e.detail.context_id);
+    if (run) {
+      run.done = e.detail;
+      run.decodedSamples = client.contexts.get(run.id)?.decodedSamples;
+      run.tail = document.createTextNode((client.contexts.get(run.id)?.text || "").slice(run.captionedTo || 0));
+      if (shown === run) $("spoken").append(run.tail);
+    }
+    $("rtf").textContent = e.detail.rtf == null ? "—" : e.detail.rtf.toFixed(3);
+  });
+  client.addEventListener("cancelled", (e) => { const run = runOf(e.detail.context_id); if (run) run.cancelled = e.detail; });
+  client.addEventListener("started", (e) => { const run = runOf(e.detail.id); if (run) run.startedAt = performance.now(); });
+  client.addEventListener("drained", (e) => settle(runOf(e.detail.id), e.detail, false));
+  client.addEventListener("stopped", (e) => settle(runOf(e.detail.id), e.detail, true));
+  client.addEventListener("error", (e) => {
+    showError(`${e.detail.code}: ${e.detail.message}`);
+    const run = runOf(e.detail.context_id);
+    if (run && run.settle) run.settle();
+  });
+  client.addEventListener("close", (e) => {
+    if (!e.detail.expected) setStatus("disconnected", "bad");
+    for (const run of demo.runs) if (run.settle) run.settle();
+  });
   demo.client = client;
   return client;
 }
 
-let segments = [];
+function settle(run, detail, stopped) {
+  if (!run) return;
+  run.drainedAt = performance.now();
+  if (stopped) {
+    run.stopped = detail;
+    run.heard = detail.heard;
+    $("heard").textContent = detail.heard && detail.heard.text ? `Heard: “${detail.heard.text}”` : "Heard: nothing yet";
+  }
+  if (run.settle) run.settle();
+}
+
+let shown = null;
 let timelineSeconds = 10;
 
 function resetView() {
-  segments = [];
+  shown = null;
   timelineSeconds = 10;
   $("timeline").querySelectorAll(".seg").forEach((n) => n.remove());
   $("spoken").textContent = "";
+  $("heard").textContent = "";
   for (const id of ["ttfa", "buffered", "rtf", "played"]) $(id).textContent = "—";
   $("underruns").textContent = "0";
 }
 
-function addSegment(segment) {
+/** Show `run`'s segments and captions (the context playing now). */
+function show(run) {
+  if (shown === run) return;
+  shown = run;
+  timelineSeconds = 10;
+  $("timeline").querySelectorAll(".seg").forEach((n) => n.remove());
+  $("spoken").textContent = "";
+  for (const segment of run.segments) $("timeline").append(segment.block);
+  for (const word of run.words) $("spoken").append(word.gap, word.node);
+  if (run.tail) $("spoken").append(run.tail);
+  layoutTimeline(run);
+}
+
+function addSegment(run, segment) {
   const block = document.createElement("div");
   block.className = "seg";
   block.textContent = segment.text;
   block.title = `${segment.start_s.toFixed(2)} s: ${segment.text}`;
-  $("timeline").append(block);
-  const word = document.createElement("span");
-  word.textContent = `${segment.text} `;
-  $("spoken").append(word);
-  segments.push({ ...segment, block, word });
-  layoutTimeline();
+  run.segments.push({ ...segment, block });
+  if (shown === run) { $("timeline").append(block); layoutTimeline(run); }
 }
 
-function layoutTimeline() {
+/** Captions are the text as sent, each timed word a span: the punctuation between words
+ * stays as the person wrote it. */
+function addWords(run, words) {
+  const text = demo.client.contexts.get(run.id)?.text || "";
+  for (const word of words) {
+    const node = document.createElement("span");
+    node.className = "word";
+    node.textContent = word.text;
+    const gap = document.createTextNode(text.slice(run.captionedTo || 0, word.char_start));
+    run.captionedTo = word.char_end;
+    run.words.push({ ...word, node, gap });
+    if (shown === run) $("spoken").append(gap, node);
+  }
+}
+
+function layoutTimeline(run) {
+  const segments = run.segments;
   const last = segments[segments.length - 1];
   if (last) timelineSeconds = Math.max(timelineSeconds, last.start_s + 4);
   segments.forEach((s, i) => {
@@ -91,15 +160,20 @@ function layoutTimeline() {
   });
 }
 
-function updatePlayhead(seconds) {
+function updatePlayhead(run, seconds) {
   $("playhead").style.left = `${Math.min(100, (100 * seconds) / timelineSeconds)}%`;
-  segments.forEach((s, i) => {
-    const end = i + 1 < segments.length ? segments[i + 1].start_s : Infinity;
-    const speaking = seconds >= s.start_s && seconds < end && seconds > 0;
-    s.block.classList.toggle("speaking", speaking);
-    s.word.classList.toggle("speaking", speaking);
-    s.word.classList.toggle("spoken-done", seconds >= end);
+  run.segments.forEach((s, i) => {
+    const end = i + 1 < run.segments.length ? run.segments[i + 1].start_s : Infinity;
+    s.block.classList.toggle("speaking", seconds >= s.start_s && seconds < end && seconds > 0);
   });
+  const sounding = demo.client.wordAt(run.id, seconds);
+  for (const word of run.words) {
+    word.node.classList.toggle("speaking", Boolean(sounding) && word.char_start === sounding.char_start);
+    word.node.classList.toggle("spoken-done", seconds >= word.end_s);
+  }
+  if (sounding && run.captionLog.at(-1)?.char_start !== sounding.char_start) {
+    run.captionLog.push({ text: sounding.text, char_start: sounding.char_start, at_s: seconds, start_s: sounding.start_s, end_s: sounding.end_s });
+  }
 }
 
 const waveData = new Float32Array(1024);
@@ -131,9 +205,12 @@ function drawWave(now) {
 
 async function speak() {
   clearError();
-  resetView();
-  $("speak").disabled = true;
-  const run = { mode: $("llm").checked ? "llm" : "text", format: null, ttfaMs: null, done: null, cancelled: null, stopped: null, underrunsAfterStart: 0, decodedSamples: 0 };
+  const run = {
+    id: null, mode: $("llm").checked ? "llm" : "text", format: null, ttfaMs: null, done: null, cancelled: null,
+    stopped: null, heard: null, underrunsAfterStart: 0, decodedSamples: 0, segments: [], words: [], captionLog: [],
+  };
+  const first = !demo.runs.some((r) => !r.finished);
+  if (first) resetView();
   demo.current = run;
   demo.runs.push(run);
   try {
@@ -142,49 +219,43 @@ async function speak() {
     if (!client.connected) { setStatus("connecting…"); await client.connect(); }
     setStatus(`connected · ${client.format}`, "ok");
     run.format = client.format;
+    const finished = new Promise((resolve) => (run.settle = resolve));
     const id = client.begin();
-    const finished = new Promise((resolve) => {
-      const settle = () => resolve();
-      client.addEventListener("drained", settle, { once: true });
-      client.addEventListener("stopped", (e) => { run.stopped = e.detail; settle(); }, { once: true });
-      client.addEventListener("error", settle, { once: true });
-      client.addEventListener("close", settle, { once: true });
-    });
-    client.addEventListener("done", (e) => { run.done = e.detail; run.decodedSamples = client.stats.decodedSamples; }, { once: true });
-    client.addEventListener("cancelled", (e) => (run.cancelled = e.detail), { once: true });
+    run.id = id;
+    const state = client.contexts.get(id);
     const text = $("text").value;
     if ($("llm").checked) {
       const delay = 1000 / Math.max(1, Number($("wps").value) || 20);
       for (const word of text.split(/(?<=\s)/)) {
-        if (run.stopped || client.stats.cancelled || client.stopRequestedAt !== null) break;
+        if (run.stopped || state.cancelled || state.stopRequestedAt !== null) break;
         client.sendText(word, id);
         await new Promise((r) => setTimeout(r, delay));
       }
     } else {
       client.sendText(text, id);
     }
-    if (client.stopRequestedAt === null) client.end(id);
+    if (state.stopRequestedAt === null) client.end(id);
     await finished;
-    run.underrunsAfterStart = client.stats.underruns;
-    run.firstDecodedMs = client.stats.firstDecodedMs;
-    run.startedMs = client.stats.startedMs;
-    run.playedSamples = client.stats.playedSamples;
-    run.decodedSamples = client.stats.decodedSamples;
+    run.underrunsAfterStart = state.underruns;
+    run.firstDecodedMs = state.firstDecodedMs;
+    run.startedMs = state.startedMs;
+    run.playedSamples = state.playedSamples;
+    run.decodedSamples = state.decodedSamples;
   } catch (error) {
     showError(`${error.code || "error"}: ${error.message}`);
     setStatus("not connected", "bad");
     run.error = error.message;
   } finally {
     run.finished = true;
-    $("speak").disabled = false;
   }
 }
 
+/** Barge-in: everything playing or queued stops, and the page says what was heard. */
 function stop() {
   const client = demo.client;
   if (!client || !client.node) return;
   if (demo.current) demo.current.stopClickedAt = performance.now();
-  client.cancel();
+  client.cancelAll();
 }
 
 $("speak").addEventListener("click", speak);

@@ -1,117 +1,155 @@
-// AudioWorklet ring-buffer player for streamvox: samples pushed from the main thread play
-// back to back, with no gap or overlap at packet or segment seams, whatever the jitter.
-// In:  {type:"begin"} (new utterance)  {type:"push", samples: Float32Array}  {type:"end"}  {type:"stop"}
-// Out: {type:"started"} {type:"underrun"} {type:"drained"} {type:"stopped"} {type:"stats", ...}
+// AudioWorklet player for streamvox: each context (utterance) has its own queue of samples;
+// contexts play one after another in the order they began, back to back, with no gap or
+// overlap at packet, segment or context seams, whatever the network jitter.
+// In:  {type:"begin", id}  {type:"push", id, samples: Float32Array}  {type:"end", id}
+//      {type:"stop", id} (fade out if playing, else drop)  {type:"stopAll"}
+// Out: {type:"started", id} {type:"underrun", id, played} {type:"drained", id, played}
+//      {type:"stopped", id, played} {type:"stats", playing, contexts: [{id, played, buffered, started}], ...}
 
 const STOP_FADE_S = 0.005;
 const REPORT_EVERY_S = 0.05;
+
+class Queue {
+  constructor(id) {
+    this.id = id;
+    this.chunks = [];
+    this.offset = 0; // samples of chunks[0] already played
+    this.buffered = 0;
+    this.played = 0;
+    this.ended = false; // no more samples will come
+    this.started = false;
+    this.starved = false;
+    this.fading = 0; // samples left in a stop fade
+    this.underruns = 0;
+    this.underrunSamples = 0;
+  }
+
+  take() {
+    const chunk = this.chunks[0];
+    const value = chunk[this.offset++];
+    if (this.offset === chunk.length) {
+      this.chunks.shift();
+      this.offset = 0;
+    }
+    this.buffered -= 1;
+    this.played += 1;
+    return value;
+  }
+}
 
 class StreamvoxPlayer extends AudioWorkletProcessor {
   constructor(options) {
     super();
     const opts = options.processorOptions || {};
-    this.ring = new Float32Array(Math.ceil(sampleRate * (opts.bufferSeconds || 120)));
     this.prebuffer = Math.round((sampleRate * (opts.prebufferMs ?? 40)) / 1000);
     this.fadeLength = Math.max(1, Math.round(sampleRate * STOP_FADE_S));
+    this.queues = new Map();
+    this.order = []; // ids in play order; order[0] is playing (or about to)
     this.lastReport = 0;
-    this.reset();
+    this.underruns = 0;
+    this.underrunSamples = 0;
     this.port.onmessage = (event) => this.onMessage(event.data);
   }
 
-  reset() {
-    this.read = 0; // absolute sample counters; the ring index is counter % length
-    this.write = 0;
-    this.playing = false;
-    this.ended = false; // no more samples will come for this utterance
-    this.halted = false; // stopped: ignore everything until the next "begin"
-    this.starved = false;
-    this.fading = 0; // samples left in a stop fade
-    this.played = 0;
-    this.underruns = 0;
-    this.underrunSamples = 0;
-    this.overflowed = 0;
-  }
-
   onMessage(message) {
+    const queue = this.queues.get(message.id);
     switch (message.type) {
       case "begin":
-        this.reset();
+        if (!queue) {
+          this.queues.set(message.id, new Queue(message.id));
+          this.order.push(message.id);
+        }
         break;
-      case "push": {
-        if (this.halted) break;
-        const samples = message.samples;
-        const count = Math.min(samples.length, this.ring.length - (this.write - this.read));
-        for (let i = 0; i < count; i++) this.ring[(this.write + i) % this.ring.length] = samples[i];
-        this.write += count;
-        this.overflowed += samples.length - count;
+      case "push":
+        if (queue && queue.fading === 0) {
+          queue.chunks.push(message.samples);
+          queue.buffered += message.samples.length;
+        }
         break;
-      }
       case "end":
-        this.ended = true;
+        if (queue) queue.ended = true;
         break;
       case "stop":
-        if (this.playing && this.read < this.write) this.fading = this.fadeLength;
-        else this.halt();
+        if (queue) this.stop(queue);
+        break;
+      case "stopAll":
+        for (const id of [...this.order]) this.stop(this.queues.get(id));
         break;
     }
   }
 
-  halt() {
-    this.read = this.write;
-    this.playing = false;
-    this.halted = true;
-    this.fading = 0;
-    this.port.postMessage({ type: "stopped", played: this.played, time: currentTime });
+  stop(queue) {
+    if (queue === this.current() && queue.started && queue.buffered > 0) {
+      queue.fading = Math.min(this.fadeLength, queue.buffered);
+    } else {
+      this.drop(queue, "stopped");
+    }
+  }
+
+  drop(queue, why) {
+    this.queues.delete(queue.id);
+    this.order = this.order.filter((id) => id !== queue.id);
+    this.port.postMessage({ type: why, id: queue.id, played: queue.played, time: currentTime });
+  }
+
+  current() {
+    return this.order.length ? this.queues.get(this.order[0]) : null;
   }
 
   process(_inputs, outputs) {
     const out = outputs[0][0];
     const n = out.length;
     let i = 0;
-    const available = this.write - this.read;
-    if (!this.playing && !this.halted && available > 0 && (available >= this.prebuffer || this.ended)) {
-      this.playing = true;
-      this.port.postMessage({ type: "started", time: currentTime });
-    }
-    if (this.playing) {
-      const stopping = this.fading > 0;
-      while (i < n && this.read < this.write) {
-        let value = this.ring[this.read % this.ring.length];
-        if (stopping) value *= --this.fading / this.fadeLength;
-        out[i++] = value;
-        this.read += 1;
-        this.played += 1;
-        if (stopping && this.fading === 0) break;
-      }
-      if (stopping) {
-        // Drop the rest of the utterance once the fade reached silence (or the buffer ran out).
-        if (this.fading === 0 || this.read >= this.write) this.halt();
-      } else if (i < n) {
-        if (this.ended) {
-          this.playing = false;
-          this.port.postMessage({ type: "drained", played: this.played, time: currentTime });
-        } else {
-          if (!this.starved) {
-            this.starved = true;
-            this.underruns += 1;
-            this.port.postMessage({ type: "underrun", time: currentTime, played: this.played });
+    while (i < n) {
+      const queue = this.current();
+      if (!queue) break;
+      if (!queue.started) {
+        if (queue.buffered === 0 || (queue.buffered < this.prebuffer && !queue.ended)) {
+          if (queue.ended && queue.buffered === 0) {
+            this.drop(queue, "drained"); // nothing was spoken
+            continue;
           }
-          this.underrunSamples += n - i;
+          break; // still prebuffering
         }
-      } else {
-        this.starved = false;
+        queue.started = true;
+        this.port.postMessage({ type: "started", id: queue.id, time: currentTime });
       }
+      if (queue.fading > 0) {
+        while (i < n && queue.fading > 0 && queue.buffered > 0) out[i++] = (queue.take() * --queue.fading) / this.fadeLength;
+        if (queue.fading === 0 || queue.buffered === 0) this.drop(queue, "stopped");
+        continue;
+      }
+      while (i < n && queue.buffered > 0) out[i++] = queue.take();
+      if (i < n) {
+        if (queue.ended) {
+          this.drop(queue, "drained");
+          continue; // the next context starts in this same block, sample-exact
+        }
+        if (!queue.starved) {
+          queue.starved = true;
+          queue.underruns += 1;
+          this.underruns += 1;
+          this.port.postMessage({ type: "underrun", id: queue.id, played: queue.played, time: currentTime });
+        }
+        queue.underrunSamples += n - i;
+        this.underrunSamples += n - i;
+        break;
+      }
+      queue.starved = false;
     }
     out.fill(0, i);
     if (currentTime - this.lastReport >= REPORT_EVERY_S) {
       this.lastReport = currentTime;
+      const current = this.current();
       this.port.postMessage({
         type: "stats",
-        played: this.played,
-        buffered: this.write - this.read,
+        playing: current && current.started ? current.id : null,
         underruns: this.underruns,
         underrunSamples: this.underrunSamples,
-        overflowed: this.overflowed,
+        contexts: this.order.map((id) => {
+          const q = this.queues.get(id);
+          return { id, played: q.played, buffered: q.buffered, started: q.started, underruns: q.underruns, underrunSamples: q.underrunSamples };
+        }),
       });
     }
     return true;
