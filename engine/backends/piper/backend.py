@@ -1,13 +1,17 @@
 """The Piper backend: a unit is one vocoder window; a segment's first unit also runs its encoder.
 
+Each segment's word timings come with its first unit, except a stream's first segment's: they
+come with its second, so working them out (about 1 ms) never delays the first audio.
+
 Piper streams need no lane and are never batched: single-threaded windows of
 different streams side by side beat one batched call (``streamvox bench batch``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +25,10 @@ from streamvox.engine.api import (
 from streamvox.engine.audio.stream_output import StreamOutput
 from streamvox.engine.audio.windows import WindowPlan
 from streamvox.engine.backends.piper.segment import PiperSegment
-from streamvox.engine.backends.piper.voice import HOP_LENGTH, PiperVoice
+from streamvox.engine.backends.piper.voice import HOP_LENGTH, FrontOutput, PiperVoice
 from streamvox.engine.backends.piper.words import phoneme_words, word_timings
 from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted, SegmentWords
-from streamvox.engine.text.words import spoken_words
+from streamvox.engine.text.words import SpokenWord, spoken_words
 
 BUNDLED_VOICE_ID = "en_US-joe-medium"
 
@@ -51,9 +55,25 @@ class PiperStream:
     current: PiperSegment | None = None
     current_index: int = -1
     windows_done: int = 0
+    untimed: Callable[[], SegmentWords] | None = None
+    """The current segment's word timings, not yet worked out (see ``_WindowUnit.run``)."""
 
     def in_progress(self) -> bool:
         return self.current is not None
+
+
+def _timed_words(
+    stream_id: str,
+    index: int,
+    voice: PiperVoice,
+    phonemes: list[str],
+    words: list[SpokenWord],
+    sources: list[int],
+    front: FrontOutput,
+) -> SegmentWords:
+    labels = phoneme_words(phonemes, words, voice.config.espeak_voice)
+    timings = word_timings(words, labels, sources, front.durations, HOP_LENGTH)
+    return SegmentWords(stream_id, index, tuple(timings), estimated=False)
 
 
 class _WindowUnit:
@@ -81,9 +101,10 @@ class _WindowUnit:
             front = state.voice.front(ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first)
             segment = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first)
             events.append(SegmentStarted(state.stream_id, index, smoother.start_piece(segment.samples)))
-            labels = phoneme_words(phonemes, words, state.voice.config.espeak_voice)
-            timings = word_timings(words, labels, sources, front.durations, HOP_LENGTH)
-            events.append(SegmentWords(state.stream_id, index, tuple(timings), estimated=False))
+            state.untimed = partial(_timed_words, state.stream_id, index, state.voice, phonemes, words, sources, front)
+            if not first:
+                events.append(state.untimed())
+                state.untimed = None
             state.current = segment
             state.current_index = index
             # The first window goes out in the same unit: with the encoder it decides TTFA.
@@ -98,6 +119,10 @@ class _WindowUnit:
                 state.current = None
                 out = np.concatenate([out, smoother.end_piece()])
             events.extend(state.output.chunk(out))
+            if state.untimed is not None and (self.segment is None or segment.done):
+                # A stream's first words are timed in its second unit: never before its first audio.
+                events.append(state.untimed())
+                state.untimed = None
             if segment.done:
                 events.append(SegmentFinished(state.stream_id, state.current_index))
             return events
