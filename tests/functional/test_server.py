@@ -208,7 +208,7 @@ BAD_INPUTS = [
     (json.dumps({"type": "shout"}), "unknown_type"),
     (json.dumps({"type": "text", "text": "x", "volume": 11}), "unknown_field"),
     (json.dumps({"type": "configure", "voice": "nobody"}), "unknown_voice"),
-    (json.dumps({"type": "configure", "format": {"codec": "mp3"}}), "bad_format"),
+    (json.dumps({"type": "configure", "format": {"codec": "aac"}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "opus", "sample_rate": 16000}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "ogg_opus", "sample_rate": 24000}}), "bad_format"),
     (json.dumps({"type": "configure", "format": {"codec": "alaw_8000", "sample_rate": 16000}}), "bad_format"),
