@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from streamvox.codecs.formats import StreamEncoder
 from streamvox.engine.api import Voice
-from streamvox.engine.events import WordTiming
+from streamvox.engine.events import StreamDone, WordTiming
 from streamvox.engine.text.segmenter import Segmenter, Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.engine_client import EngineClient
@@ -101,6 +101,24 @@ class Context:
             if self.first_speakable_at is None:
                 self.first_speakable_at = now
             self.engine.add_segment(self.stream_id, index, span.text)
+
+    # --- figures -------------------------------------------------------------------------------
+
+    @property
+    def seconds_sent(self) -> float:
+        """Audio handed to the socket so far, padding excluded."""
+        return self.encoder.samples_out / self.encoder.format.sample_rate
+
+    def ttfa_ms(self) -> float | None:
+        """First span speakable -> first payload written, or ``None`` before both."""
+        if self.first_audio_at is None or self.first_speakable_at is None:
+            return None
+        return round((self.first_audio_at - self.first_speakable_at) * 1000, 2)
+
+    def rtf(self, done: StreamDone) -> float | None:
+        """Engine compute time over the audio's duration."""
+        audio_s = done.samples / self.voice.sample_rate
+        return round(done.compute_s / audio_s, 4) if audio_s else None
 
     # --- timings -------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.helpers.ws import Multiplex, collect_until, read_until_finished, recv_json, send
+from tests.helpers.ws import Multiplex, collect_until, read_until_finished, recv_json, send, speak_whole
 
 TEXTS = {
     "a": "The first reply starts here, and it keeps going for a couple of sentences. Then it stops.",
@@ -109,13 +109,7 @@ async def test_the_context_limit_is_a_typed_error_and_loses_nothing_else(server:
 
 
 async def collect_until_spoken(url: str, settings: dict[str, Any]) -> Any:
-    async with websockets.connect(url, max_size=None) as ws:
-        await recv_json(ws)
-        await send(ws, type="configure", **settings)
-        await recv_json(ws)
-        await send(ws, type="text", text=TEXTS["a"] * 2)
-        await send(ws, type="end")
-        return await collect_until(ws)
+    return await speak_whole(url, TEXTS["a"] * 2, settings)
 
 
 async def test_protocol_1_still_speaks_one_context_at_a_time(server: str) -> None:

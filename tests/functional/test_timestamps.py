@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import websockets
 
-from tests.functional.test_contexts import collect_until_spoken
-from tests.helpers.ws import Exchange, collect_until, recv_json, send
+from tests.helpers.ws import Exchange, collect_until, recv_json, send, speak_whole
 
 PCM = {"codec": "pcm_s16le"}
 RATE = 22050
@@ -232,8 +231,8 @@ async def test_bad_timing_input_is_a_typed_error_and_loses_nothing_else(
     server: str, message: dict[str, Any], code: str
 ) -> None:
     settings: dict[str, Any] = {"seed": 4}
-    reference = b"".join((await collect_until_spoken(server, settings)).audio)
-    other = asyncio.create_task(collect_until_spoken(server, settings))
+    reference = b"".join((await speak_whole(server, PLAIN, settings)).audio)
+    other = asyncio.create_task(speak_whole(server, PLAIN, settings))
     async with websockets.connect(server, max_size=None) as ws:
         await recv_json(ws)
         await ws.send(json.dumps(message))

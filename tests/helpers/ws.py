@@ -95,3 +95,14 @@ async def read_until_finished(
     while not contexts <= set(mux.finished):
         mux.take(await asyncio.wait_for(ws.recv(), timeout))
     return mux
+
+
+async def speak_whole(url: str, text: str, settings: dict[str, Any]) -> Exchange:
+    """One context on a fresh socket: ``configure`` with ``settings``, all of ``text``, ``end``."""
+    async with websockets.connect(url, max_size=None) as ws:
+        await recv_json(ws)
+        await send(ws, type="configure", **settings)
+        await recv_json(ws)
+        await send(ws, type="text", text=text)
+        await send(ws, type="end")
+        return await collect_until(ws)

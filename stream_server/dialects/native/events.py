@@ -112,20 +112,16 @@ def alignment_event(
 
 def done_event(ctx: Context, done: StreamDone) -> dict[str, Any]:
     fmt = ctx.encoder.format
-    audio_s = done.samples / ctx.voice.sample_rate
-    ttfa = None
-    if ctx.first_audio_at is not None and ctx.first_speakable_at is not None:
-        ttfa = round((ctx.first_audio_at - ctx.first_speakable_at) * 1000, 2)
     return {
         "type": "done",
         "context_id": ctx.id,
         "samples": ctx.encoder.samples_out,
         "sample_rate": fmt.sample_rate,
-        "seconds": round(ctx.encoder.samples_out / fmt.sample_rate, 4),
+        "seconds": round(ctx.seconds_sent, 4),
         "model_samples": done.samples,
         "segments": len(ctx.segments),
-        "ttfa_ms": ttfa,
-        "rtf": round(done.compute_s / audio_s, 4) if audio_s else None,
+        "ttfa_ms": ctx.ttfa_ms(),
+        "rtf": ctx.rtf(done),
     }
 
 

@@ -5,11 +5,10 @@ Protocol 1 speaks one context at a time.  Protocol 2 (``?protocol=2``) lets up t
 context is given a channel number (1-255, announced by a ``context`` event
 before its audio) and every binary frame starts with that one byte.
 
-Two tasks share a session: the reader parses client messages and turns them
-into operations on the open context (see ``contexts.py``); the sender drains
-the outbox in order, encoding each context's audio payload by payload so a
-cancel can stop between any two packets and end on a short fade.  Everything
-here runs on the event loop; engine events arrive through the engine client.
+The reader task parses client messages and turns them into operations on the
+session's :class:`~streamvox.stream_server.conversation.Conversation`; the
+conversation's sender hands each context's life back to :class:`NativePresenter`,
+which writes the native events and frames.  Event-loop only.
 """
 
 from __future__ import annotations
@@ -22,23 +21,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from streamvox.codecs.formats import FormatError, OutputFormat, StreamEncoder, resolve_format
+from streamvox.codecs.formats import FormatError, OutputFormat, resolve_format
 from streamvox.codecs.opus import OpusSettings
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
-from streamvox.engine.events import (
-    AudioChunk,
-    EngineEvent,
-    SegmentFinished,
-    SegmentStarted,
-    SegmentWords,
-    StreamAborted,
-    StreamDone,
-    StreamFailed,
-)
+from streamvox.engine.events import StreamDone
 from streamvox.engine.registry import VoiceRegistry
-from streamvox.engine.text.segmenter import Segmenter
+from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.conversation import Conversation
 from streamvox.stream_server.dialects.native.events import (
     PROTOCOL_VERSION,
     alignment_event,
@@ -83,21 +74,39 @@ class _Settings:
     timestamps: str = "none"
 
 
-@dataclass(frozen=True)
-class _CancelMarker:
-    context: Context
-    reason: str
-    played_ms: float | None = None
+class NativePresenter:
+    """The native events and binary frames of a session's contexts (see docs/protocol.md)."""
 
+    def __init__(self, session: Session) -> None:
+        self.session = session
 
-@dataclass(frozen=True)
-class _Words:
-    """A segment's word timings, lifted into its context, waiting for their turn to be sent."""
+    async def segment(self, ctx: Context, index: int, span: Span, start_sample: int) -> None:
+        await self.session.send_json(segment_event(ctx, index, span, start_sample))
 
-    context: Context
-    index: int
-    words: list[TimedWord]
-    estimated: bool
+    async def words(self, ctx: Context, index: int, words: list[TimedWord], estimated: bool) -> None:
+        if ctx.timestamps == "none":
+            return
+        await self.session.send_json(words_event(ctx, index, words, estimated))
+        if ctx.timestamps == "char":
+            span, _ = ctx.segments[index]
+            await self.session.send_json(alignment_event(ctx, index, span, words, estimated))
+
+    async def audio(self, ctx: Context, payload: bytes) -> None:
+        """One binary frame of ``ctx``'s audio (protocol 2: after its channel byte)."""
+        channel = self.session.channels.get(ctx.id)
+        await self.session.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
+
+    async def done(self, ctx: Context, done: StreamDone) -> None:
+        await self.session.send_json(done_event(ctx, done))
+
+    async def cancelled(self, ctx: Context, reason: str, played_ms: float | None) -> None:
+        heard = None
+        if self.session.protocol >= 2 or ctx.timestamps != "none" or played_ms is not None:
+            heard = ctx.heard(played_ms)
+        await self.session.send_json(cancelled_event(ctx, reason, heard))
+
+    async def failed(self, ctx: Context, code: str, message: str) -> None:
+        await self.session.send_json(error_event(code, message, False, ctx.id))
 
 
 class Session:
@@ -120,25 +129,29 @@ class Session:
         self.config = config
         self.metrics = metrics
         self.draining = False
-        self._outbox: asyncio.Queue[object] = asyncio.Queue()
+        self.conversation = Conversation(
+            self.id,
+            engine,
+            config,
+            metrics,
+            NativePresenter(self),
+            lambda: transport.last_write,
+            self._on_slow_reader,
+        )
         voice = voices.get(None)
         self._settings = _Settings(
             voice, resolve_format("opus", None, voice.sample_rate, config.opus), SynthesisParams()
         )
         self._active: Context | None = None
         """The context started last: the one a message without ``context_id`` means."""
-        self._contexts: dict[str, Context] = {}
-        """Contexts not retired yet, by id (protocol 1: the active one alone)."""
-        self._channels: dict[str, int] = {}
+        self.channels: dict[str, int] = {}
         """Protocol 2: each open context's channel, the first byte of its binary frames."""
         self._ended_ids: dict[str, None] = {}
-        self._sender: asyncio.Task[None] | None = None
-        self._closing_slow_reader = False
         self._idle = IdleTimer(config.idle_timeout_s, self._speaking, self._on_idle)
 
     async def run(self) -> None:
         """Read until the client leaves; always cleans up the engine streams."""
-        self._sender = asyncio.create_task(self._send_loop(), name=f"sender-{self.id}")
+        self.conversation.start()
         self._queue_json(self._ready_event())
         self._idle.start()
         try:
@@ -161,7 +174,7 @@ class Session:
         """Shutdown: let open contexts finish for ``timeout`` seconds, then cancel them; close with 1001."""
         self.draining = True
         await asyncio.gather(*(self._drain_context(ctx, timeout) for ctx in self._open_contexts()))
-        await self._outbox.join()
+        await self.conversation.flushed()
         await self.transport.close(1001, b"server shutting down")
 
     async def _drain_context(self, ctx: Context, timeout: float) -> None:
@@ -175,7 +188,7 @@ class Session:
                 pass
 
     def _open_contexts(self) -> list[Context]:
-        return [ctx for ctx in self._contexts.values() if ctx.open]
+        return self.conversation.open_contexts()
 
     async def _on_text_frame(self, data: str) -> None:
         size = len(data.encode("utf-8"))
@@ -281,7 +294,7 @@ class Session:
     def _lookup(self, context_id: str | None) -> Context | None:
         if context_id is None:
             return self._active
-        ctx = self._contexts.get(context_id)
+        ctx = self.conversation.contexts.get(context_id)
         if ctx is None and self.protocol >= 2 and context_id in self._ended_ids:
             raise ProtocolError("context_ended", f"context {context_id!r} already finished", context_id=context_id)
         return ctx
@@ -298,7 +311,7 @@ class Session:
 
     def _context_for_text(self, context_id: str | None) -> Context:
         cid = context_id or (self._active.id if self._active is not None else DEFAULT_CONTEXT)
-        known = self._contexts.get(cid)
+        known = self.conversation.contexts.get(cid)
         if known is not None:
             if known.ended or not known.open:
                 raise ProtocolError(
@@ -320,59 +333,27 @@ class Session:
             )
         if self.draining:
             raise ProtocolError("server_draining", "server is shutting down; no new contexts", context_id=cid)
-        for finished in [c for c in self._contexts.values() if not c.open]:
+        for finished in self.conversation.finished_contexts():
             self._retire(finished)
         s = self._settings
-        ctx = Context(
-            id=cid,
-            stream_id=f"{self.id}/{cid}",
-            voice=s.voice,
-            encoder=StreamEncoder(s.format, s.voice.sample_rate),
-            segmenter=Segmenter(self.config.segmenter),
-            engine=self.engine,
-            config=self.config,
-            metrics=self.metrics,
-            last_write=lambda: self.transport.last_write,
-            on_slow_reader=self._on_slow_reader,
-            timestamps=s.timestamps,
-        )
+        ctx = self.conversation.open_context(cid, s.voice, s.format, s.params, s.timestamps)
         self._active = ctx
-        self._contexts[cid] = ctx
         if self.protocol >= 2:
-            used = set(self._channels.values())
+            used = set(self.channels.values())
             channel = next(n for n in range(1, 256) if n not in used)
-            self._channels[cid] = channel
+            self.channels[cid] = channel
             self._queue_json(context_event(ctx, channel))
-        self.engine.open(ctx.stream_id, s.voice.id, s.params, self._accept)
         return ctx
 
     def _retire(self, ctx: Context) -> None:
-        del self._contexts[ctx.id]
-        self._channels.pop(ctx.id, None)
+        self.conversation.retire(ctx)
+        self.channels.pop(ctx.id, None)
         self._ended_ids[ctx.id] = None
         while len(self._ended_ids) > _ENDED_IDS_KEPT:
             self._ended_ids.pop(next(iter(self._ended_ids)))
 
     def _cancel(self, ctx: Context, reason: str, played_ms: float | None = None) -> None:
-        if ctx.cancel_requested:
-            return
-        ctx.stop_generation()
-        self._outbox.put_nowait(_CancelMarker(ctx, reason, played_ms))
-
-    def _accept(self, event: EngineEvent) -> None:
-        """An engine event reaches the loop: queue it, count the audio the socket still owes and
-        keep the context's timeline (current at once, so a barge-in can use it)."""
-        ctx = self._by_stream(event.stream_id)
-        if ctx is not None:
-            if isinstance(event, AudioChunk):
-                ctx.audio_queued(len(event.pcm))
-            elif isinstance(event, SegmentStarted):
-                ctx.segment_started(event.index, event.start_sample)
-            elif isinstance(event, SegmentWords):
-                words = ctx.segment_words(event.index, event.words, event.estimated)
-                self._outbox.put_nowait(_Words(ctx, event.index, words, event.estimated))
-                return
-        self._outbox.put_nowait(event)
+        self.conversation.cancel(ctx, reason, played_ms)
 
     def _speaking(self) -> bool:
         """A context is open: its audio is still being made or sent."""
@@ -384,23 +365,10 @@ class Session:
         asyncio.create_task(self._close_idle(), name=f"idle-{self.id}")  # noqa: RUF006
 
     async def _close_idle(self) -> None:
-        await self._outbox.join()  # the error event goes out first
+        await self.conversation.flushed()  # the error event goes out first
         await self.transport.close(1000, b"idle_timeout")
 
     def _on_slow_reader(self, ctx: Context) -> None:
-        if self._closing_slow_reader:
-            return
-        self._closing_slow_reader = True
-        log.warning(
-            "session %s: client read nothing for %.1f s with %.1f s of audio waiting; closing",
-            self.id,
-            self.config.slow_reader_timeout_s,
-            ctx.unsent_samples / ctx.voice.sample_rate,
-        )
-        self.metrics.errors.labels("slow_reader").inc()
-        self.metrics.contexts.labels("slow_reader").inc()
-        ctx.stop_generation()
-        ctx.finished.set()
         asyncio.create_task(self._close_slow_reader(), name=f"slow-reader-{self.id}")  # noqa: RUF006
 
     async def _close_slow_reader(self) -> None:
@@ -412,103 +380,10 @@ class Session:
         self.transport.abort()
 
     def _queue_json(self, event: dict[str, Any]) -> None:
-        self._outbox.put_nowait(event)
+        """Send ``event`` in its turn, after everything queued before it."""
+        self.conversation.post(lambda: self.send_json(event))
 
-    async def _send_loop(self) -> None:
-        while True:
-            item = await self._outbox.get()
-            try:
-                await self._deliver(item)
-            except (ConnectionResetError, RuntimeError) as exc:
-                log.info("session %s: send failed (%s); client gone", self.id, exc)
-            except Exception:
-                log.exception("session %s: sender failed on %r", self.id, type(item).__name__)
-            finally:
-                self._outbox.task_done()
-
-    async def _deliver(self, item: object) -> None:
-        if isinstance(item, dict):
-            await self._send_json(item)
-            return
-        if isinstance(item, _CancelMarker):
-            await self._finish_cancel(item)
-            return
-        if isinstance(item, _Words):
-            await self._send_words(item)
-            return
-        ctx = self._by_stream(getattr(item, "stream_id", ""))
-        if ctx is None or ctx.cancel_requested or not ctx.open:
-            return
-        if isinstance(item, SegmentStarted):
-            span, _ = ctx.segments[item.index]
-            await self._send_json(segment_event(ctx, item.index, span, item.start_sample))
-        elif isinstance(item, AudioChunk):
-            ctx.encoder.feed(item.pcm)
-            await self._pump(ctx)
-            ctx.audio_sent(len(item.pcm))
-        elif isinstance(item, SegmentFinished):
-            ctx.segments_finished += 1
-            ctx.rearm_if_buffered()  # the engine is idle: hurry deadlines apply now
-        elif isinstance(item, StreamDone):
-            ctx.encoder.finish()
-            await self._pump(ctx)
-            if not ctx.cancel_requested:
-                done = done_event(ctx, item)
-                await self._send_json(done)
-                ctx.finished.set()
-                self.metrics.contexts.labels("done").inc()
-                self.metrics.audio_seconds.inc(done["seconds"])
-                if done["ttfa_ms"] is not None:
-                    self.metrics.ttfa.observe(done["ttfa_ms"] / 1000)
-                if done["rtf"] is not None:
-                    self.metrics.rtf.observe(done["rtf"])
-        elif isinstance(item, StreamFailed):
-            await self._send_json(error_event(item.code, item.message, False, ctx.id))
-            ctx.finished.set()
-            self.metrics.contexts.labels("failed").inc()
-        elif isinstance(item, StreamAborted):
-            await self._finish_cancel(_CancelMarker(ctx, "engine"))
-
-    def _by_stream(self, stream_id: str) -> Context | None:
-        """The live context whose engine stream is ``stream_id`` (its id is ``session/context``)."""
-        ctx = self._contexts.get(stream_id.removeprefix(f"{self.id}/"))
-        return ctx if ctx is not None and ctx.stream_id == stream_id else None
-
-    async def _pump(self, ctx: Context) -> None:
-        """Send every payload the encoder has, stopping at once if a cancel arrives."""
-        for payload in ctx.payloads():
-            await self._send_audio(ctx, payload)
-
-    async def _send_audio(self, ctx: Context, payload: bytes) -> None:
-        """One binary frame of ``ctx``'s audio (protocol 2: after its channel byte)."""
-        channel = self._channels.get(ctx.id)
-        await self.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
-
-    async def _send_words(self, item: _Words) -> None:
-        ctx = item.context
-        mode = ctx.timestamps
-        if mode == "none" or ctx.cancel_requested or not ctx.open:
-            return
-        await self._send_json(words_event(ctx, item.index, item.words, item.estimated))
-        if mode == "char":
-            span, _ = ctx.segments[item.index]
-            await self._send_json(alignment_event(ctx, item.index, span, item.words, item.estimated))
-
-    async def _finish_cancel(self, marker: _CancelMarker) -> None:
-        ctx = marker.context
-        if ctx.finished.is_set():
-            return
-        if ctx.header_sent and (fade := ctx.encoder.fade_out()) is not None:
-            await self._send_audio(ctx, fade)
-        heard = None
-        if self.protocol >= 2 or ctx.timestamps != "none" or marker.played_ms is not None:
-            heard = ctx.heard(marker.played_ms)
-        await self._send_json(cancelled_event(ctx, marker.reason, heard))
-        ctx.finished.set()
-        self.metrics.contexts.labels("cancelled").inc()
-        self.metrics.audio_seconds.inc(ctx.encoder.samples_out / ctx.encoder.format.sample_rate)
-
-    async def _send_json(self, event: dict[str, Any]) -> None:
+    async def send_json(self, event: dict[str, Any]) -> None:
         if event["type"] == "error":
             self.metrics.errors.labels(event["code"]).inc()
         if not self.transport.closed:
@@ -516,13 +391,4 @@ class Session:
 
     async def _close(self) -> None:
         self._idle.stop()
-        for ctx in self._contexts.values():
-            ctx.disarm_watchdog()
-            if ctx.open and not ctx.cancel_requested:
-                ctx.stop_generation()
-        if self._sender is not None:
-            self._sender.cancel()
-            try:
-                await self._sender
-            except asyncio.CancelledError:
-                pass
+        await self.conversation.close()
