@@ -41,6 +41,13 @@ def _add_voice_dir(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _voice_alias(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name or not target:
+        raise argparse.ArgumentTypeError(f"expected NAME=VOICE_ID, got {text!r}")
+    return name, target
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
@@ -53,6 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             voices=_voice_specs(args.voice, args.gpt_sovits_voice, args.voice_dir),
             include_bundled_voice=not args.no_bundled_voice,
+            voice_aliases=tuple(args.voice_alias),
+            default_seed=args.seed,
             threads=args.threads,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -177,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
     serve.add_argument(
         "--idle-timeout", type=float, default=300.0, help="close sessions silent this long, none speaking (0: never)"
+    )
+    serve.add_argument(
+        "--seed", type=int, default=None, help="seed contexts whose client names none (reproducible audio)"
+    )
+    serve.add_argument(
+        "--voice-alias",
+        action="append",
+        default=[],
+        type=_voice_alias,
+        metavar="NAME=VOICE_ID",
+        help="a voice name the compatible dialects accept (OpenAI, ElevenLabs, Cartesia ids); repeatable",
     )
     serve.add_argument("--ping-interval", type=float, default=30.0, help="seconds between WebSocket pings")
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")

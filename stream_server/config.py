@@ -27,8 +27,14 @@ class ServerConfig:
     files (``.onnx.json`` beside them), GPT-SoVITS v2 directories (``voice.json`` and the files
     it names)."""
     include_bundled_voice: bool = True
+    voice_aliases: tuple[tuple[str, str], ...] = ()
+    """Names the compatible dialects accept for our voices (an OpenAI, ElevenLabs or Cartesia
+    voice id -> one of ours); see ``voice_names.py``."""
     threads: int = 0
     """onnxruntime intra-op threads (0: one per core)."""
+    default_seed: int | None = None
+    """The seed of every context whose client names none (the compatible dialects have no seed
+    field): with it, the same text and voice give the same audio through every dialect."""
     tls_cert: str | None = None
     """PEM certificate chain: serve ``https://`` and ``wss://`` (with ``tls_key``)."""
     tls_key: str | None = None
@@ -66,7 +72,13 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_lead_s=DEFAULT_MAX_LEAD_S))
     opus: OpusSettings = field(default_factory=OpusSettings)
 
+    @property
+    def aliases(self) -> dict[str, str]:
+        return dict(self.voice_aliases)
+
     def __post_init__(self) -> None:
+        if self.default_seed is not None and not 0 <= self.default_seed < 2**63:
+            raise ValueError("default_seed must be within 0..2**63-1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
         if self.max_message_bytes <= 0 or self.hard_message_bytes < self.max_message_bytes:

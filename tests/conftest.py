@@ -87,3 +87,26 @@ async def server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncIterator[
     while engine.active_streams and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert engine.active_streams == 0, f"{engine.active_streams} engine stream(s) leaked past the test"
+
+
+DIALECT_SEED = 7
+"""The seed the dialect server gives every context (the dialects have no seed field)."""
+
+
+@pytest.fixture()
+async def dialect_server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncIterator[tuple[str, Any]]:
+    """A real server for the compatible dialects: seeded by default, with vendor voice aliases;
+    yields its ``http://host:port`` base and the app."""
+    config = ServerConfig(
+        default_seed=DIALECT_SEED,
+        voice_aliases=(("21m00Tcm4TlvDq8ikWAM", "en_US-joe-medium"), ("joe", "en_US-joe-medium")),
+        engine=EngineConfig(max_lead_s=None),
+    )
+    app = create_app(config, registry)
+    srv = await aiohttp_server(app, host="127.0.0.1")
+    yield f"http://127.0.0.1:{srv.port}", app
+    engine = app[RUNTIME].engine
+    deadline = time.monotonic() + LEAK_WAIT_S
+    while engine.active_streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.active_streams == 0, f"{engine.active_streams} engine stream(s) leaked past the test"

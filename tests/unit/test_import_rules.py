@@ -108,11 +108,13 @@ def test_dialects_reach_the_engine_only_through_its_seam() -> None:
         "streamvox.stream_server.contexts",
         "streamvox.stream_server.conversation",
         "streamvox.stream_server.engine_client",
+        "streamvox.stream_server.http_speech",
         "streamvox.stream_server.idle",
         "streamvox.stream_server.metrics",
         "streamvox.stream_server.runtime",
         "streamvox.stream_server.timeline",
         "streamvox.stream_server.transport",
+        "streamvox.stream_server.voice_names",
         "streamvox.stream_server.dialects",
     )
     assert _violations("streamvox.stream_server.dialects", allowed) == []

@@ -140,7 +140,9 @@ class Session:
         )
         voice = voices.get(None)
         self._settings = _Settings(
-            voice, resolve_format("opus", None, voice.sample_rate, config.opus), SynthesisParams()
+            voice,
+            resolve_format("opus", None, voice.sample_rate, config.opus),
+            SynthesisParams(seed=config.default_seed),
         )
         self._active: Context | None = None
         """The context started last: the one a message without ``context_id`` means."""

@@ -1,0 +1,90 @@
+"""One utterance spoken into an HTTP response, for the dialects whose speech is a POST.
+
+The whole text is known up front: it is one context of a one-context
+:class:`Conversation`, segmented and fed to the engine at once, its audio
+written to the response by the dialect's presenter as each payload is made.
+A client that goes away mid-stream cancels the context (the engine stops
+within one unit); a shutdown lets it finish within the drain window.
+Event-loop only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+
+from streamvox.codecs.formats import OutputFormat
+from streamvox.engine.api import SynthesisParams, Voice
+from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.conversation import Conversation, Presenter
+from streamvox.stream_server.runtime import ServerRuntime
+
+_ids = itertools.count(1)
+
+
+class HttpSpeech:
+    """One POSTed utterance; :meth:`run` returns once every byte was written (or the client left)."""
+
+    def __init__(
+        self,
+        runtime: ServerRuntime,
+        presenter: Presenter,
+        last_write: Callable[[], float],
+        abort: Callable[[], None],
+    ) -> None:
+        """``abort`` drops the connection (a client that stopped reading while audio waited)."""
+        self.id = f"h{next(_ids)}"
+        self.runtime = runtime
+        self.conversation = Conversation(
+            self.id,
+            runtime.engine_client,
+            runtime.config,
+            runtime.metrics,
+            presenter,
+            last_write,
+            lambda _ctx: abort(),
+        )
+        self.context: Context | None = None
+
+    async def run(
+        self,
+        voice: Voice,
+        fmt: OutputFormat,
+        params: SynthesisParams,
+        text: str,
+        timestamps: str = "none",
+        started: Callable[[Context], Awaitable[None]] | None = None,
+    ) -> Context:
+        """Speak ``text``; ``started`` runs (on the sender, before any audio) once the context is open."""
+        conversation = self.conversation
+        conversation.start()
+        ctx = conversation.open_context("speech", voice, fmt, params, timestamps)
+        self.context = ctx
+        if started is not None:
+            conversation.post(lambda: started(ctx))
+        now = time.monotonic()
+        try:
+            ctx.push_text(text, now)
+            ctx.end(now)
+            await ctx.finished.wait()
+            await conversation.flushed()
+        finally:
+            await conversation.close()
+        return ctx
+
+    def gone(self) -> None:
+        """The client disconnected: stop generating."""
+        if self.context is not None and self.context.open:
+            self.conversation.cancel(self.context, "client_gone")
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: finish within ``timeout`` seconds, else cut."""
+        ctx = self.context
+        if ctx is None:
+            return
+        try:
+            await asyncio.wait_for(ctx.finished.wait(), timeout)
+        except TimeoutError:
+            self.conversation.cancel(ctx, "shutdown")
