@@ -1,0 +1,273 @@
+"""The ElevenLabs dialect's routes: its two WebSockets, its HTTP speech, its voice list.
+
+Everything is served under ``/v1/…`` where it does not clash with our own
+routes, and all of it also under ``/elevenlabs/v1/…`` (an SDK's base URL
+``http://host:port/elevenlabs``), where ``GET /elevenlabs/v1/voices`` gives
+ElevenLabs' shape of our voice list (``/v1/voices`` is ours).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from streamvox.codecs.formats import FormatError, OutputFormat
+from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
+from streamvox.engine.events import StreamDone
+from streamvox.engine.text.segmenter import Span
+from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.dialects.elevenlabs.formats import CONTENT_TYPES, DEFAULT_FORMAT, elevenlabs_format
+from streamvox.stream_server.dialects.elevenlabs.session import (
+    DEFAULT_INACTIVITY_S,
+    MAX_INACTIVITY_S,
+    SPEED_RANGE,
+    ElevenLabsError,
+    ElevenLabsSession,
+    SocketSettings,
+)
+from streamvox.stream_server.http_speech import HttpSpeech
+from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.timeline import TimedWord, char_alignment
+from streamvox.stream_server.transport import AiohttpTransport
+from streamvox.stream_server.voice_names import resolve_voice
+
+PREFIXES = ("", "/elevenlabs")
+MAX_HTTP_TEXT = 10_000
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def response(self) -> web.Response:
+        return web.json_response({"detail": {"status": self.code, "message": self.message}}, status=self.status)
+
+
+def _voice(runtime: ServerRuntime, voice_id: str) -> Voice:
+    try:
+        return resolve_voice(runtime.voices, voice_id, runtime.config.aliases)
+    except UnknownVoiceError:
+        raise _HttpError(404, "voice_not_found", f"A voice with the voice_id {voice_id} was not found.") from None
+
+
+def _format(runtime: ServerRuntime, name: str, voice: Voice) -> OutputFormat:
+    try:
+        return elevenlabs_format(name, voice.sample_rate, runtime.config.opus)
+    except FormatError as exc:
+        raise _HttpError(422, "invalid_output_format", str(exc)) from None
+
+
+def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
+    async def websocket(request: web.Request, multi: bool) -> web.StreamResponse:
+        config = runtime.config
+        ws = web.WebSocketResponse(
+            max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
+        )
+        await ws.prepare(request)
+        try:
+            voice = _voice(runtime, request.match_info["voice_id"])
+            fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
+            inactivity = _inactivity(request.query.get("inactivity_timeout"))
+            refusal = runtime.refusal()
+            if refusal == "draining":
+                raise _HttpError(503, "server_draining", "The server is shutting down.")
+            if refusal == "overloaded":
+                runtime.metrics.sessions_rejected.inc()
+                raise _HttpError(429, "too_many_concurrent_requests", "The server is at capacity; retry later.")
+        except _HttpError as exc:
+            runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
+            body = ElevenLabsError(exc.code, exc.message).body()
+            await ws.send_str(json.dumps(body))
+            await ws.close(code=1008, message=exc.code.encode())
+            return ws
+        settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
+        session = ElevenLabsSession(
+            AiohttpTransport(ws, request.transport), runtime.engine_client, config, runtime.metrics, settings
+        )
+        await runtime.serve(session, session.run)
+        return ws
+
+    async def stream_input(request: web.Request) -> web.StreamResponse:
+        return await websocket(request, multi=False)
+
+    async def multi_stream_input(request: web.Request) -> web.StreamResponse:
+        return await websocket(request, multi=True)
+
+    async def speech(request: web.Request, timestamps: bool) -> web.StreamResponse:
+        try:
+            voice = _voice(runtime, request.match_info["voice_id"])
+            fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
+            text, speed = _speech_body(await request.read())
+            if runtime.refusal() is not None:
+                raise _HttpError(429, "too_many_concurrent_requests", "The server is at capacity; retry later.")
+        except _HttpError as exc:
+            runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
+            return exc.response()
+        content_type = "application/json" if timestamps else CONTENT_TYPES[fmt.codec]
+        response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        holder: list[HttpSpeech] = []
+        presenter = _SpeechPresenter(response, timestamps, lambda: holder[0].gone())
+        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, _abort(request))
+        holder.append(job)
+        params = SynthesisParams(seed=runtime.config.default_seed)
+        if speed is not None and "speed" in voice.honours:
+            params = SynthesisParams(length_scale=voice.length_scale / speed, seed=runtime.config.default_seed)
+
+        async def run() -> None:
+            await job.run(voice, fmt, params, text, "char" if timestamps else "none")
+
+        await runtime.serve(job, run)
+        if not presenter.gone:
+            await presenter.flush_tail()
+            await response.write_eof()
+        return response
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        return await speech(request, timestamps=False)
+
+    async def with_timestamps(request: web.Request) -> web.StreamResponse:
+        return await speech(request, timestamps=True)
+
+    async def voices(request: web.Request) -> web.Response:
+        listed = [
+            {"voice_id": v.id, "name": v.id, "category": "premade", "labels": {"language": v.language},
+             "fine_tuning": {"language": v.language}, "available_for_tiers": [], "settings": None}
+            for v in runtime.voices.infos()
+        ]  # fmt: skip
+        aliases = [
+            {"voice_id": name, "name": name, "category": "premade", "labels": {"alias_of": target}}
+            for name, target in runtime.config.voice_aliases
+        ]
+        return web.json_response({"voices": listed + aliases})
+
+    for prefix in PREFIXES:
+        base = f"{prefix}/v1/text-to-speech/{{voice_id}}"
+        app.router.add_get(f"{base}/stream-input", stream_input)
+        app.router.add_get(f"{base}/multi-stream-input", multi_stream_input)
+        app.router.add_post(f"{base}/stream", stream)
+        app.router.add_post(f"{base}/stream/with-timestamps", with_timestamps)
+        app.router.add_post(base, stream)
+        app.router.add_post(f"{base}/with-timestamps", with_timestamps)
+    app.router.add_get("/elevenlabs/v1/voices", voices)
+
+
+def _inactivity(raw: str | None) -> float:
+    if raw is None:
+        return DEFAULT_INACTIVITY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= MAX_INACTIVITY_S:
+        raise _HttpError(422, "invalid_inactivity_timeout", f"inactivity_timeout must be in (0, {MAX_INACTIVITY_S:g}]")
+    return value
+
+
+def _speech_body(body: bytes) -> tuple[str, float | None]:
+    try:
+        raw = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise _HttpError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("text"), str):
+        raise _HttpError(422, "invalid_text", "The body needs a 'text' string.")
+    text = raw["text"]
+    if not text.strip():
+        raise _HttpError(422, "invalid_text", "'text' must not be empty.")
+    if len(text) > MAX_HTTP_TEXT:
+        raise _HttpError(422, "text_too_long", f"'text' is longer than {MAX_HTTP_TEXT} characters.")
+    settings = raw.get("voice_settings") or {}
+    speed = settings.get("speed") if isinstance(settings, dict) else None
+    if speed is not None:
+        low, high = SPEED_RANGE
+        if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not low <= speed <= high:
+            raise _HttpError(422, "invalid_voice_settings", f"voice_settings.speed must be between {low} and {high}.")
+        speed = float(speed)
+    return text, speed
+
+
+def _abort(request: web.Request) -> Callable[[], None]:
+    def abort() -> None:
+        if request.transport is not None:
+            request.transport.abort()
+
+    return abort
+
+
+class _SpeechPresenter:
+    """Audio bytes as they are made, or (``with-timestamps``) NDJSON lines of base64 audio with
+    the characters spoken in it (``characters``, ``character_start_times_seconds``,
+    ``character_end_times_seconds``: seconds from the start of the whole audio)."""
+
+    def __init__(self, response: web.StreamResponse, timestamps: bool, on_gone: Callable[[], None]) -> None:
+        self.response = response
+        self.timestamps = timestamps
+        self.on_gone = on_gone
+        self.gone = False
+        self.last_write = time.monotonic()
+        self._chars: list[tuple[str, float, float]] = []
+        self._text_sent_to = 0
+
+    async def _write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await self.response.write(data)
+            self.last_write = time.monotonic()
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+            self.on_gone()
+
+    async def segment(self, ctx: Context, index: int, span: Span, start_sample: int) -> None:
+        """No segment events over HTTP."""
+
+    async def words(self, ctx: Context, index: int, words: list[TimedWord], estimated: bool) -> None:
+        if not self.timestamps:
+            return
+        span, _ = ctx.segments[index]
+        start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
+        aligned = char_alignment(span.text, span.start, words, start_s)
+        first = aligned.start_ms[0] / 1000 if aligned.start_ms else start_s
+        for char in ctx.segmenter.text[self._text_sent_to : aligned.char_start]:
+            self._chars.append((char, first, first))
+        for char, start, duration in zip(aligned.text, aligned.start_ms, aligned.duration_ms, strict=True):
+            self._chars.append((char, start / 1000, (start + duration) / 1000))
+        self._text_sent_to = aligned.char_start + len(aligned.text)
+
+    def _line(self, payload: bytes) -> bytes:
+        line: dict[str, Any] = {"audio_base64": base64.b64encode(payload).decode(), "alignment": None,
+                                "normalized_alignment": None}  # fmt: skip
+        if self._chars:
+            alignment = {
+                "characters": [c for c, _, _ in self._chars],
+                "character_start_times_seconds": [round(s, 3) for _, s, _ in self._chars],
+                "character_end_times_seconds": [round(e, 3) for _, _, e in self._chars],
+            }
+            line["alignment"] = line["normalized_alignment"] = alignment
+            self._chars = []
+        return json.dumps(line, separators=(",", ":")).encode() + b"\n"
+
+    async def audio(self, ctx: Context, payload: bytes) -> None:
+        await self._write(self._line(payload) if self.timestamps else payload)
+
+    async def flush_tail(self) -> None:
+        """Characters timed after the last audio (an estimate at a segment's end) still go out."""
+        if self.timestamps and self._chars:
+            await self._write(self._line(b""))
+
+    async def done(self, ctx: Context, done: StreamDone) -> None:
+        """The response ends when the handler returns."""
+
+    async def cancelled(self, ctx: Context, reason: str, played_ms: float | None) -> None:
+        """The client left (or the server shut down)."""
+
+    async def failed(self, ctx: Context, code: str, message: str) -> None:
+        """Headers are out: a failure ends the stream early."""
