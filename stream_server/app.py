@@ -11,6 +11,7 @@ from aiohttp import web
 from streamvox.engine.core import EngineCore
 from streamvox.engine.registry import VoiceRegistry
 from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.dialects.cartesia import routes as cartesia_routes
 from streamvox.stream_server.dialects.elevenlabs import routes as elevenlabs_routes
 from streamvox.stream_server.dialects.native import routes as native_routes
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
@@ -103,6 +104,7 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     native_routes.add_routes(app, runtime)
     openai_routes.add_routes(app, runtime)
     elevenlabs_routes.add_routes(app, runtime)
+    cartesia_routes.add_routes(app, runtime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/voices", list_voices)
     app.router.add_get("/metrics", metrics_handler)

@@ -57,6 +57,10 @@ class Presenter(Protocol):
         """One encoded payload of the context's audio (the encoder's header first, if any)."""
         ...
 
+    async def segment_finished(self, ctx: Context, index: int) -> None:
+        """Every sample of segment ``index`` has been handed to the encoder (and its payloads sent)."""
+        ...
+
     async def done(self, ctx: Context, done: StreamDone) -> None:
         """Every sample of the context was sent."""
         ...
@@ -260,6 +264,7 @@ class Conversation:
         elif isinstance(item, SegmentFinished):
             ctx.segments_finished += 1
             ctx.rearm_if_buffered()  # the engine is idle: hurry deadlines apply now
+            await self.presenter.segment_finished(ctx, item.index)
         elif isinstance(item, StreamDone):
             ctx.encoder.finish()
             await self._pump(ctx)

@@ -110,3 +110,28 @@ async def dialect_server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncI
     while engine.active_streams and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert engine.active_streams == 0, f"{engine.active_streams} engine stream(s) leaked past the test"
+
+
+@pytest.fixture()
+async def tls_dialect_server(
+    aiohttp_server: Any, registry: VoiceRegistry, tmp_path: Any
+) -> AsyncIterator[tuple[str, Any, Any]]:
+    """The dialect server behind TLS, its certificate from a CA made here (for the SDKs that only
+    speak ``wss://``); yields ``host:port``, the CA's PEM file and the app."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(server_ssl)
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = ServerConfig(
+        default_seed=DIALECT_SEED,
+        voice_aliases=(("21m00Tcm4TlvDq8ikWAM", "en_US-joe-medium"), ("joe", "en_US-joe-medium")),
+        engine=EngineConfig(max_lead_s=None),
+    )
+    app = create_app(config, registry)
+    srv = await aiohttp_server(app, host="127.0.0.1", ssl=server_ssl)
+    yield f"127.0.0.1:{srv.port}", ca_file, app

@@ -8,19 +8,14 @@ import base64
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
-import trustme
 import websockets
-from streamvox.engine.core import EngineConfig
-from streamvox.engine.registry import VoiceRegistry
-from streamvox.stream_server.app import RUNTIME, STREAM_PATH, create_app
-from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.app import RUNTIME, STREAM_PATH
 
 from tests.helpers.ws import speak_whole
 
@@ -31,37 +26,17 @@ VOICE = "21m00Tcm4TlvDq8ikWAM"  # an ElevenLabs voice id, aliased to the bundled
 SEED = 7
 
 
-@pytest.fixture()
-async def tls_server(
-    aiohttp_server: Any, registry: VoiceRegistry, tmp_path: Path
-) -> AsyncIterator[tuple[str, Path, Any]]:
-    """The dialect server behind TLS with a certificate from a CA made here; yields
-    ``host:port``, the CA's PEM file and the app."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ssl)
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    config = ServerConfig(
-        default_seed=SEED, voice_aliases=((VOICE, "en_US-joe-medium"),), engine=EngineConfig(max_lead_s=None)
-    )
-    app = create_app(config, registry)
-    srv = await aiohttp_server(app, host="127.0.0.1", ssl=server_ssl)
-    yield f"127.0.0.1:{srv.port}", ca_file, app
-
-
 async def _native_pcm(url: str, rate: int) -> bytes:
     exchange = await speak_whole(url, TEXT, {"format": {"codec": "pcm_s16le", "sample_rate": rate}, "seed": SEED})
     return b"".join(exchange.audio)
 
 
 async def test_the_sdks_realtime_helper_speaks_over_wss(
-    tls_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch
+    tls_dialect_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from elevenlabs.client import ElevenLabs
 
-    address, ca_file, _ = tls_server
+    address, ca_file, _ = tls_dialect_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
 
     def run() -> bytes:
@@ -86,12 +61,14 @@ async def test_the_sdks_realtime_helper_speaks_over_wss(
 
 
 @pytest.mark.asr
-async def test_the_sdks_audio_says_the_text(tls_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_sdks_audio_says_the_text(
+    tls_dialect_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from elevenlabs.client import ElevenLabs
 
     from tests.helpers.asr import transcribe, wer
 
-    address, ca_file, _ = tls_server
+    address, ca_file, _ = tls_dialect_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
 
     def run() -> bytes:

@@ -263,6 +263,9 @@ class _SpeechPresenter:
         if self.timestamps and self._chars:
             await self._write(self._line(b""))
 
+    async def segment_finished(self, ctx: Context, index: int) -> None:
+        """Nothing to say when a segment ends."""
+
     async def done(self, ctx: Context, done: StreamDone) -> None:
         """The response ends when the handler returns."""
 

@@ -307,6 +307,9 @@ class ElevenLabsSession:
         }
         await self._send(message)
 
+    async def segment_finished(self, ctx: Context, index: int) -> None:
+        """Nothing to say when a segment ends."""
+
     async def done(self, ctx: Context, done: StreamDone) -> None:
         await self._send({"isFinal": True, **self._ids(ctx)})
 

@@ -96,6 +96,9 @@ class NativePresenter:
         channel = self.session.channels.get(ctx.id)
         await self.session.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
 
+    async def segment_finished(self, ctx: Context, index: int) -> None:
+        """Nothing to say when a segment ends."""
+
     async def done(self, ctx: Context, done: StreamDone) -> None:
         await self.session.send_json(done_event(ctx, done))
 

@@ -147,6 +147,9 @@ class SpeechPresenter:
         else:
             await self._write(payload)
 
+    async def segment_finished(self, ctx: Context, index: int) -> None:
+        """Nothing to say when a segment ends."""
+
     async def done(self, ctx: Context, done: StreamDone) -> None:
         if self.sse:
             words = len(ctx.segmenter.text.split())
