@@ -17,6 +17,7 @@ from streamvox.stream_server.dialects.native import routes as native_routes
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
 from streamvox.stream_server.dialects.native.routes import STREAM_PATH
 from streamvox.stream_server.dialects.openai import routes as openai_routes
+from streamvox.stream_server.dialects.wyoming import routes as wyoming_routes
 from streamvox.stream_server.metrics import CONTENT_TYPE, Metrics
 from streamvox.stream_server.runtime import ServerRuntime
 from streamvox.web_demo import static_dir
@@ -105,6 +106,7 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     openai_routes.add_routes(app, runtime)
     elevenlabs_routes.add_routes(app, runtime)
     cartesia_routes.add_routes(app, runtime)
+    wyoming_routes.add_routes(app, runtime, package_version())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/voices", list_voices)
     app.router.add_get("/metrics", metrics_handler)

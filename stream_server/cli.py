@@ -62,6 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
             include_bundled_voice=not args.no_bundled_voice,
             voice_aliases=tuple(args.voice_alias),
             default_seed=args.seed,
+            wyoming_port=args.wyoming_port,
+            wyoming_host=args.wyoming_host,
             threads=args.threads,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -186,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
     serve.add_argument(
         "--idle-timeout", type=float, default=300.0, help="close sessions silent this long, none speaking (0: never)"
+    )
+    serve.add_argument(
+        "--wyoming-port", type=int, default=None, help="also serve Wyoming (Home Assistant) on this TCP port"
+    )
+    serve.add_argument(
+        "--wyoming-host", default="127.0.0.1", help="the Wyoming listener's address (no auth: loopback or a LAN)"
     )
     serve.add_argument(
         "--seed", type=int, default=None, help="seed contexts whose client names none (reproducible audio)"

@@ -32,6 +32,10 @@ class ServerConfig:
     voice id -> one of ours); see ``voice_names.py``."""
     threads: int = 0
     """onnxruntime intra-op threads (0: one per core)."""
+    wyoming_port: int | None = None
+    """Serve the Wyoming protocol (Home Assistant) on this TCP port (0: any free one; ``None``:
+    off).  Wyoming has no authentication: keep ``wyoming_host`` on loopback or a trusted LAN."""
+    wyoming_host: str = "127.0.0.1"
     default_seed: int | None = None
     """The seed of every context whose client names none (the compatible dialects have no seed
     field): with it, the same text and voice give the same audio through every dialect."""

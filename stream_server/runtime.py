@@ -31,6 +31,8 @@ class ServerRuntime:
     metrics: Metrics
     sessions: set[DrainableSession] = field(default_factory=set)
     draining: bool = False
+    wyoming_port: int | None = None
+    """The Wyoming listener's port once it is up."""
     _client: EngineClient | None = field(default=None, init=False, repr=False)
 
     @property

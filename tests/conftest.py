@@ -101,6 +101,7 @@ async def dialect_server(aiohttp_server: Any, registry: VoiceRegistry) -> AsyncI
         default_seed=DIALECT_SEED,
         voice_aliases=(("21m00Tcm4TlvDq8ikWAM", "en_US-joe-medium"), ("joe", "en_US-joe-medium")),
         engine=EngineConfig(max_lead_s=None),
+        wyoming_port=0,
     )
     app = create_app(config, registry)
     srv = await aiohttp_server(app, host="127.0.0.1")
