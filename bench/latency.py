@@ -370,6 +370,10 @@ def format_table(r: dict[str, Any]) -> str:
 
 
 def run_latency_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "dialect", None):
+        from streamvox.bench.dialects import run_dialect_bench
+
+        return run_dialect_bench(args.runs, args.threads, args.dialect, args.json)
     result = measure(args.runs, args.threads)
     print(json.dumps(result) if args.json else format_table(result))
     return 0

@@ -236,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--runs", type=int, default=20, help="utterances measured per system")
     latency.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     latency.add_argument("--threads", type=int, default=0)
+    latency.add_argument(
+        "--dialect",
+        choices=("openai", "elevenlabs", "cartesia", "wyoming", "all"),
+        help="instead: first audio through this compatible dialect (or all) vs the native protocol",
+    )
     latency.set_defaults(func=_bench_latency)
     batch = bench_sub.add_parser("batch", help="decoder: batched windows vs parallel single-thread windows")
     batch.add_argument("--windows", type=int, nargs="+", default=[64, 128, 256, 512], help="window sizes (frames)")

@@ -205,6 +205,22 @@ def test_bench_latency_smoke() -> None:
 
 
 @pytest.mark.slow
+def test_bench_latency_by_dialect_smoke() -> None:
+    """Every dialect's first audio is timed beside the native protocol's (figures go in the README)."""
+    out = subprocess.run(
+        [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--dialect", "all", "--runs", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(result) == {"openai", "elevenlabs", "cartesia", "wyoming"}
+    for row in result.values():
+        assert 0 < row["dialect_ms"] < 2000 and 0 < row["native_ms"] < 2000
+
+
+@pytest.mark.slow
 def test_bench_batch_smoke() -> None:
     """The batching benchmark times all three ways for each cell and names a winner."""
     out = subprocess.run(
