@@ -53,4 +53,12 @@ if [ "$extras" = "test" ]; then
       "gpt-sovits-cpufast==0.1.0" "torchmetrics==1.9.0" "lightning-utilities==0.15.3" "einops==0.8.2" \
       "g2p_en==2.1.0" "wordsegment==1.3.1" "inflect==7.5.0" "more-itertools==10.8.0"
   fi
+  # Pipecat pins soundfile and soxr below ours: it gets its own environment, driven by the
+  # dialect tests in a child process (tests/reference/pipecat_tts.py).
+  if ! .ref/pipecat/bin/python -c "import pipecat, sys; sys.exit(pipecat.__version__ != '1.14.0')" 2>/dev/null; then
+    echo "setup: installing pipecat-ai 1.14.0 into .ref/pipecat"
+    "$python" -m venv .ref/pipecat
+    .ref/pipecat/bin/python -m pip install --quiet --disable-pip-version-check \
+      "pipecat-ai[elevenlabs,cartesia,openai]==1.14.0"
+  fi
 fi
