@@ -61,4 +61,11 @@ if [ "$extras" = "test" ]; then
     .ref/pipecat/bin/python -m pip install --quiet --disable-pip-version-check \
       "pipecat-ai[elevenlabs,cartesia,openai]==1.14.0"
   fi
+  # LiveKit Agents and its plugins: their own environment too (grpc, opentelemetry, native rtc).
+  if ! .ref/livekit/bin/python -c "import livekit.agents as a, sys; sys.exit(a.__version__ != '1.8.9')" 2>/dev/null; then
+    echo "setup: installing livekit-agents 1.8.9 and its TTS plugins into .ref/livekit"
+    "$python" -m venv .ref/livekit
+    .ref/livekit/bin/python -m pip install --quiet --disable-pip-version-check "livekit-agents==1.8.9" \
+      "livekit-plugins-elevenlabs==1.8.9" "livekit-plugins-openai==1.8.9" "livekit-plugins-cartesia==1.8.9"
+  fi
 fi
