@@ -170,6 +170,16 @@ class Conversation:
         """Run ``send`` on the sender task, after everything queued before it."""
         self._outbox.put_nowait(_Post(send))
 
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: open contexts get ``timeout`` seconds to finish, then are cut; returns once
+        everything queued has been handed to the presenter."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.finished.wait() for c in self.open_contexts())), timeout)
+        except TimeoutError:
+            for ctx in self.open_contexts():
+                self.cancel(ctx, "shutdown")
+        await self.flushed()
+
     async def flushed(self) -> None:
         """Everything queued so far has been handed to the presenter."""
         await self._outbox.join()

@@ -15,6 +15,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
+from aiohttp import web
 from streamvox.codecs.formats import OutputFormat
 from streamvox.engine.api import SynthesisParams, Voice
 from streamvox.stream_server.contexts import Context
@@ -22,6 +23,27 @@ from streamvox.stream_server.conversation import Conversation, Presenter
 from streamvox.stream_server.runtime import ServerRuntime
 
 _ids = itertools.count(1)
+
+
+class ResponseWriter:
+    """Writes into a prepared HTTP response; a write that fails marks the client gone (once) and
+    calls ``on_gone``, and later writes are dropped.  The base of the HTTP dialects' presenters."""
+
+    def __init__(self, response: web.StreamResponse, on_gone: Callable[[], None]) -> None:
+        self.response = response
+        self.on_gone = on_gone
+        self.gone = False
+        self.last_write = time.monotonic()
+
+    async def write(self, data: bytes) -> None:
+        if self.gone:
+            return
+        try:
+            await self.response.write(data)
+            self.last_write = time.monotonic()
+        except (ConnectionError, RuntimeError):
+            self.gone = True
+            self.on_gone()
 
 
 class HttpSpeech:

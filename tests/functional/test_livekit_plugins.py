@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,27 +15,18 @@ import pytest
 from streamvox.stream_server.app import RUNTIME
 
 from tests.helpers.asr import transcribe, wer
+from tests.helpers.clients import run_reference_client
 
 pytestmark = [pytest.mark.dialect, pytest.mark.asr, pytest.mark.reference]
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = ROOT / ".ref" / "livekit" / "bin" / "python"
-RUNNER = ROOT / "tests" / "reference" / "livekit_tts.py"
 TEXT = "The quick brown fox jumps over the lazy dog. Then it runs back home before the rain starts."
 LONG = " ".join(["This reply goes on for a long while, sentence after sentence, until the user interrupts it."] * 6)
 
 
 async def _run(plugin: str, base: str, tmp_path: Path, text: str, interrupt: float | None = None) -> Any:
-    assert PYTHON.exists(), "run scripts/setup.sh test (it installs livekit-agents into .ref/livekit)"
     out = tmp_path / f"{plugin}.json"
     extra = [] if interrupt is None else ["--interrupt-after", str(interrupt)]
-    proc = await asyncio.create_subprocess_exec(
-        str(PYTHON), str(RUNNER), plugin, base, str(out), *extra, text,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, stderr.decode()[-3000:]
-    return json.loads(out.read_text())
+    return await run_reference_client("livekit", "livekit_tts.py", [plugin, base, str(out), *extra, text], out)
 
 
 @pytest.mark.parametrize("plugin", ["elevenlabs", "cartesia", "openai"])

@@ -3,9 +3,7 @@ their own environment (``.ref/pipecat``, a child process) against a real server.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,27 +12,18 @@ import numpy as np
 import pytest
 
 from tests.helpers.asr import transcribe, wer
+from tests.helpers.clients import run_reference_client
 
 pytestmark = [pytest.mark.dialect, pytest.mark.asr, pytest.mark.reference]
 
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = ROOT / ".ref" / "pipecat" / "bin" / "python"
-RUNNER = ROOT / "tests" / "reference" / "pipecat_tts.py"
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Then it runs back home before the rain starts."]
 LONG = " ".join(["This reply goes on for a long while, sentence after sentence, until the user interrupts it."] * 6)
 
 
 async def _run(service: str, base: str, tmp_path: Path, texts: list[str], interrupt: float | None = None) -> Any:
-    assert PYTHON.exists(), "run scripts/setup.sh test (it installs pipecat-ai into .ref/pipecat)"
     out = tmp_path / f"{service}.json"
     extra = [] if interrupt is None else ["--interrupt-after", str(interrupt)]
-    proc = await asyncio.create_subprocess_exec(
-        str(PYTHON), str(RUNNER), service, base, str(out), *extra, *texts,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, stderr = await asyncio.wait_for(proc.communicate(), 180)
-    assert proc.returncode == 0, stderr.decode()[-3000:]
-    return json.loads(out.read_text())
+    return await run_reference_client("pipecat", "pipecat_tts.py", [service, base, str(out), *extra, *texts], out)
 
 
 @pytest.mark.parametrize("service", ["elevenlabs", "cartesia", "openai"])

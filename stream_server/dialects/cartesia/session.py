@@ -13,7 +13,6 @@ gets an ``error`` for its context; the socket stays open.  Event-loop only.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
@@ -219,14 +218,7 @@ class CartesiaSession:
     async def drain(self, timeout: float) -> None:
         """Shutdown: open contexts get ``timeout`` seconds, then are cut; close 1001."""
         self.draining = True
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(c.finished.wait() for c in self.conversation.open_contexts())), timeout
-            )
-        except TimeoutError:
-            for ctx in self.conversation.open_contexts():
-                self.conversation.cancel(ctx, "shutdown")
-        await self.conversation.flushed()
+        await self.conversation.drain(timeout)
         await self.transport.close(1001, b"server shutting down")
 
     # --- the presenter -------------------------------------------------------------------------

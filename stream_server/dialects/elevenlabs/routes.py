@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +28,7 @@ from streamvox.stream_server.dialects.elevenlabs.session import (
     ElevenLabsSession,
     SocketSettings,
 )
-from streamvox.stream_server.http_speech import HttpSpeech
+from streamvox.stream_server.http_speech import HttpSpeech, ResponseWriter
 from streamvox.stream_server.runtime import ServerRuntime
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import AiohttpTransport
@@ -202,29 +201,16 @@ def _abort(request: web.Request) -> Callable[[], None]:
     return abort
 
 
-class _SpeechPresenter:
+class _SpeechPresenter(ResponseWriter):
     """Audio bytes as they are made, or (``with-timestamps``) NDJSON lines of base64 audio with
     the characters spoken in it (``characters``, ``character_start_times_seconds``,
     ``character_end_times_seconds``: seconds from the start of the whole audio)."""
 
     def __init__(self, response: web.StreamResponse, timestamps: bool, on_gone: Callable[[], None]) -> None:
-        self.response = response
+        super().__init__(response, on_gone)
         self.timestamps = timestamps
-        self.on_gone = on_gone
-        self.gone = False
-        self.last_write = time.monotonic()
         self._chars: list[tuple[str, float, float]] = []
         self._text_sent_to = 0
-
-    async def _write(self, data: bytes) -> None:
-        if self.gone:
-            return
-        try:
-            await self.response.write(data)
-            self.last_write = time.monotonic()
-        except (ConnectionError, RuntimeError):
-            self.gone = True
-            self.on_gone()
 
     async def segment(self, ctx: Context, index: int, span: Span, start_sample: int) -> None:
         """No segment events over HTTP."""
@@ -256,12 +242,12 @@ class _SpeechPresenter:
         return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
     async def audio(self, ctx: Context, payload: bytes) -> None:
-        await self._write(self._line(payload) if self.timestamps else payload)
+        await self.write(self._line(payload) if self.timestamps else payload)
 
     async def flush_tail(self) -> None:
         """Characters timed after the last audio (an estimate at a segment's end) still go out."""
         if self.timestamps and self._chars:
-            await self._write(self._line(b""))
+            await self.write(self._line(b""))
 
     async def segment_finished(self, ctx: Context, index: int) -> None:
         """Nothing to say when a segment ends."""

@@ -252,14 +252,7 @@ class ElevenLabsSession:
     async def drain(self, timeout: float) -> None:
         """Shutdown: open contexts get ``timeout`` seconds, then are cut; close 1001."""
         self.draining = True
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(c.finished.wait() for c in self.conversation.open_contexts())), timeout
-            )
-        except TimeoutError:
-            for ctx in self.conversation.open_contexts():
-                self.conversation.cancel(ctx, "shutdown")
-        await self.conversation.flushed()
+        await self.conversation.drain(timeout)
         await self.transport.close(1001, b"server shutting down")
 
     def _speaking(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from streamvox.engine.api import SynthesisParams, Voice
 from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.http_speech import ResponseWriter
 from streamvox.stream_server.timeline import TimedWord
 
 MAX_INPUT_CHARS = 4096
@@ -112,28 +113,15 @@ def synthesis_params(request: SpeechRequest, voice: Voice, seed: int | None) -> 
     return SynthesisParams(length_scale=voice.length_scale / request.speed, seed=seed)
 
 
-class SpeechPresenter:
+class SpeechPresenter(ResponseWriter):
     """Writes one context's audio into the HTTP response, raw or as server-sent events."""
 
-    def __init__(self, response: web.StreamResponse, sse: bool, on_gone: Any) -> None:
-        self.response = response
+    def __init__(self, response: web.StreamResponse, sse: bool, on_gone: Callable[[], None]) -> None:
+        super().__init__(response, on_gone)
         self.sse = sse
-        self.on_gone = on_gone
-        self.gone = False
-        self.last_write = time.monotonic()
-
-    async def _write(self, data: bytes) -> None:
-        if self.gone:
-            return
-        try:
-            await self.response.write(data)
-            self.last_write = time.monotonic()
-        except (ConnectionError, RuntimeError):
-            self.gone = True
-            self.on_gone()
 
     async def _event(self, event: dict[str, Any]) -> None:
-        await self._write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
+        await self.write(b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
 
     async def segment(self, ctx: Context, index: int, span: Span, start_sample: int) -> None:
         """OpenAI sends no segment events."""
@@ -145,7 +133,7 @@ class SpeechPresenter:
         if self.sse:
             await self._event({"type": "speech.audio.delta", "audio": base64.b64encode(payload).decode()})
         else:
-            await self._write(payload)
+            await self.write(payload)
 
     async def segment_finished(self, ctx: Context, index: int) -> None:
         """Nothing to say when a segment ends."""
