@@ -171,6 +171,10 @@ async def test_flush_done_and_cancel_like_pipecat(dialect_server: tuple[str, Any
             json.dumps({"context_id": "x", "transcript": 5, "voice": VOICE, "output_format": _format()}),
             "invalid_request",
         ),  # fmt: skip
+        (
+            json.dumps({"context_id": "x", "transcript": "a lone \ud800", "voice": VOICE, "output_format": _format()}),
+            "invalid_request",
+        ),  # fmt: skip
     ],
 )
 async def test_bad_requests_get_cartesia_errors_and_lose_nothing_else(

@@ -140,6 +140,8 @@ async def test_bad_input_gets_elevenlabs_error_and_1008_while_others_stream(dial
         (f"/v1/text-to-speech/{VOICE}/stream-input", json.dumps({"text": " ", "voice_settings": {"speed": 3}}),
          "invalid_message"),
         (f"/v1/text-to-speech/{VOICE}/stream-input?inactivity_timeout=999", None, "invalid_inactivity_timeout"),
+        (f"/v1/text-to-speech/{VOICE}/multi-stream-input", '{"text": "a lone \\ud800", "context_id": "c"}',
+         "invalid_message"),
     ]  # fmt: skip
     for path, message, error in cases:
         async with websockets.connect(ws_base + path) as ws:

@@ -177,7 +177,13 @@ async def test_malformed_json_is_a_400_in_openais_shape(dialect_server: tuple[st
             assert r.status == 400
             body = await r.json()
         assert body["error"]["type"] == "invalid_request_error" and "JSON" in body["error"]["message"]
-        for body, param in (({"voice": "alloy", "input": "hi"}, "model"), ({"model": "m", "voice": "alloy"}, "input")):
-            async with http.post(f"{base}/v1/audio/speech", json=body) as r:
+        # a JSON-escaped lone surrogate: the SDK cannot even send one, a raw client can
+        surrogate = {"model": "m", "voice": "alloy", "input": "a lone \ud800"}
+        for body, param in (({"voice": "alloy", "input": "hi"}, "model"), ({"model": "m", "voice": "alloy"}, "input"),
+                            (surrogate, "input")):  # fmt: skip
+            data = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as \ud800
+            async with http.post(
+                f"{base}/v1/audio/speech", data=data, headers={"Content-Type": "application/json"}
+            ) as r:
                 assert r.status == 400
                 assert (await r.json())["error"]["param"] == param

@@ -219,6 +219,7 @@ BAD_INPUTS = [
     (json.dumps({"type": "text", "text": "z" * 9000}), "message_too_large"),
     (b"\x00\x01binary", "binary_not_supported"),
     (json.dumps({"type": "flush", "context_id": "never"}), "unknown_context"),
+    ('{"type": "text", "text": "a lone \\ud800 surrogate"}', "invalid_value"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,12 @@ async def test_bad_requests_get_wyoming_errors_and_the_connection_lives_on(diale
             reply = await asyncio.wait_for(client.read_event(), 10)
             assert reply is not None and Error.is_type(reply.type)
             assert Error.from_event(reply).code == code
+        # a JSON-escaped lone surrogate, written raw (the wyoming client cannot encode one)
+        data = json.dumps({"text": "a lone \ud800"}).encode()
+        assert client._writer is not None
+        client._writer.write(json.dumps({"type": "synthesize", "data_length": len(data)}).encode() + b"\n" + data)
+        reply = await asyncio.wait_for(client.read_event(), 10)
+        assert reply is not None and Error.is_type(reply.type) and Error.from_event(reply).code == "invalid_text"
         await client.write_event(Synthesize(text="Fine.").event())
         _, audio, _ = await _read_audio(client)
         assert audio

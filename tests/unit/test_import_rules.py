@@ -112,6 +112,7 @@ def test_dialects_reach_the_engine_only_through_its_seam() -> None:
         "streamvox.stream_server.idle",
         "streamvox.stream_server.metrics",
         "streamvox.stream_server.runtime",
+        "streamvox.stream_server.text_checks",
         "streamvox.stream_server.timeline",
         "streamvox.stream_server.transport",
         "streamvox.stream_server.voice_names",

@@ -68,6 +68,7 @@ def test_valid_messages() -> None:
         ({"type": "report", "played_ms": "1"}, "invalid_value"),
         ({"type": "report", "played_ms": 5, "underruns": -1}, "invalid_value"),
         ('{"type": "report", "played_ms": NaN}', "invalid_value"),
+        ('{"type": "text", "text": "Hello \\ud800 world"}', "invalid_value"),
         ({"type": "configure", "timestamps": "words"}, "invalid_value"),
         ({"type": "configure", "timestamps": 1}, "invalid_value"),
         ({"type": "cancel", "played_ms": -1}, "invalid_value"),

@@ -33,6 +33,7 @@ from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.transport import Transport
 from streamvox.stream_server.voice_names import resolve_voice
@@ -132,6 +133,8 @@ class CartesiaSession:
         transcript = message.get("transcript")
         if not isinstance(transcript, str):
             raise CartesiaError("transcript must be a string.", cid)
+        if (problem := text_problem(transcript)) is not None:
+            raise CartesiaError(problem, cid)
         now = time.monotonic()
         ctx = self.conversation.contexts.get(cid)
         if ctx is None or not ctx.open:

@@ -30,6 +30,7 @@ from streamvox.stream_server.dialects.elevenlabs.session import (
 )
 from streamvox.stream_server.http_speech import HttpSpeech, ResponseWriter
 from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import AiohttpTransport
 from streamvox.stream_server.voice_names import resolve_voice
@@ -181,6 +182,8 @@ def _speech_body(body: bytes) -> tuple[str, float | None]:
     text = raw["text"]
     if not text.strip():
         raise _HttpError(422, "invalid_text", "'text' must not be empty.")
+    if (problem := text_problem(text)) is not None:
+        raise _HttpError(422, "invalid_text", problem)
     if len(text) > MAX_HTTP_TEXT:
         raise _HttpError(422, "text_too_long", f"'text' is longer than {MAX_HTTP_TEXT} characters.")
     settings = raw.get("voice_settings") or {}

@@ -36,6 +36,7 @@ from streamvox.stream_server.dialects.elevenlabs.alignment import AlignmentQueue
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.idle import IdleTimer
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import Transport
 
@@ -228,6 +229,8 @@ class ElevenLabsSession:
         return SynthesisParams(length_scale=voice.length_scale / float(speed), seed=seed)
 
     def _push(self, ctx: Context, text: str, now: float) -> None:
+        if (problem := text_problem(text)) is not None:
+            raise ElevenLabsError("invalid_message", problem)
         if ctx.segmenter.total_chars + len(text) > self.config.max_context_chars:
             raise ElevenLabsError("input_too_long", f"A context may hold {self.config.max_context_chars} characters.")
         ctx.push_text(text, now)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, error_event
+from streamvox.stream_server.text_checks import text_problem
 
 __all__ = ["PROTOCOL_VERSION", "ProtocolError", "parse_client_message"]
 CONTEXT_ID_MAX = 64
@@ -169,6 +170,8 @@ def parse_client_message(data: str, max_text_chars: int) -> ClientMessage:
         if "text" not in raw:
             raise ProtocolError("invalid_value", "text message needs a text field", context_id=cid)
         text = _expect(raw["text"], str, "text")
+        if (problem := text_problem(text)) is not None:
+            raise ProtocolError("invalid_value", problem, context_id=cid)
         if len(text) > max_text_chars:
             raise ProtocolError(
                 "text_too_long", f"text of {len(text)} characters exceeds {max_text_chars} per message", context_id=cid

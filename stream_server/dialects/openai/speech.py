@@ -23,6 +23,7 @@ from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.http_speech import ResponseWriter
+from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 
 MAX_INPUT_CHARS = 4096
@@ -73,6 +74,8 @@ def parse_request(body: bytes) -> SpeechRequest:
     text = raw.get("input")
     if not isinstance(text, str):
         raise OpenAIError("Missing required parameter: 'input'.", "input")
+    if (problem := text_problem(text)) is not None:
+        raise OpenAIError(f"'input' is invalid: {problem}.", "input")
     if len(text) > MAX_INPUT_CHARS:
         raise OpenAIError(f"'input' is too long: {len(text)} characters, the maximum is {MAX_INPUT_CHARS}.", "input")
     voice = raw.get("voice")

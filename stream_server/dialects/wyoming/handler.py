@@ -30,6 +30,7 @@ from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.voice_names import resolve_voice
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -121,6 +122,8 @@ class WyomingHandler(AsyncEventHandler):
                 if self._streaming is not None:
                     return True  # the whole text again, for servers that cannot stream: ignored
                 request = Synthesize.from_event(event)
+                if (problem := text_problem(request.text)) is not None:
+                    raise _Refused(problem, "invalid_text")
                 ctx = self._open(request.voice.name if request.voice else None)
                 self._push(ctx, request.text)
                 ctx.end(time.monotonic())
@@ -147,6 +150,8 @@ class WyomingHandler(AsyncEventHandler):
         return self.conversation.open_context(cid, voice, fmt, SynthesisParams(seed=self.config.default_seed))
 
     def _push(self, ctx: Context, text: str) -> None:
+        if (problem := text_problem(text)) is not None:
+            raise _Refused(problem, "invalid_text")
         if ctx.segmenter.total_chars + len(text) > self.config.max_context_chars:
             raise _Refused(f"an utterance may hold {self.config.max_context_chars} characters", "text_too_long")
         ctx.push_text(text, time.monotonic())
