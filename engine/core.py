@@ -381,9 +381,12 @@ class EngineCore:
             self._emit(stream, event)
 
     def _fail(self, stream: EngineStream, error: BaseException) -> None:
+        """The stream's unit raised: the details go to the log only (they may name files, models or
+        the client's text); the client gets a generic message with the stream id to find them."""
         log.error("stream %s failed", stream.id, exc_info=error)
         del self._streams[stream.id]
-        self._emit(stream, StreamFailed(stream.id, "synthesis_failed", f"{type(error).__name__}: {error}"))
+        message = f"synthesis failed for this context (stream {stream.id}; the server log has the details)"
+        self._emit(stream, StreamFailed(stream.id, "synthesis_failed", message))
 
     def _emit(self, stream: EngineStream, event: EngineEvent) -> None:
         try:
