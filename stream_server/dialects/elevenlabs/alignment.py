@@ -38,6 +38,19 @@ class AlignmentQueue:
             self.chars.append((char, start / 1000, duration / 1000))
         self.text_sent_to = aligned.char_start + len(aligned.text)
 
+    def take_absolute(self) -> dict[str, Any] | None:
+        """The queued characters with times from the start of the audio (the HTTP
+        ``with-timestamps`` shape: ``characters``, ``character_start_times_seconds``,
+        ``character_end_times_seconds``), or ``None`` if none wait."""
+        if not self.chars:
+            return None
+        chars, self.chars = self.chars, []
+        return {
+            "characters": [c for c, _, _ in chars],
+            "character_start_times_seconds": [round(s, 3) for _, s, _ in chars],
+            "character_end_times_seconds": [round(s + d, 3) for _, s, d in chars],
+        }
+
     def take(self) -> dict[str, Any] | None:
         """The queued characters as ElevenLabs' ``alignment`` object, or ``None`` if none wait."""
         if not self.chars:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from streamvox.codecs.formats import FormatError, OutputFormat
@@ -19,6 +18,7 @@ from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.contexts import Context
+from streamvox.stream_server.dialects.elevenlabs.alignment import AlignmentQueue
 from streamvox.stream_server.dialects.elevenlabs.formats import CONTENT_TYPES, DEFAULT_FORMAT, elevenlabs_format
 from streamvox.stream_server.dialects.elevenlabs.session import (
     DEFAULT_INACTIVITY_S,
@@ -212,8 +212,7 @@ class _SpeechPresenter(ResponseWriter):
     def __init__(self, response: web.StreamResponse, timestamps: bool, on_gone: Callable[[], None]) -> None:
         super().__init__(response, on_gone)
         self.timestamps = timestamps
-        self._chars: list[tuple[str, float, float]] = []
-        self._text_sent_to = 0
+        self._alignment = AlignmentQueue()
 
     async def segment(self, ctx: Context, index: int, span: Span, start_sample: int) -> None:
         """No segment events over HTTP."""
@@ -223,25 +222,12 @@ class _SpeechPresenter(ResponseWriter):
             return
         span, _ = ctx.segments[index]
         start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
-        aligned = char_alignment(span.text, span.start, words, start_s)
-        first = aligned.start_ms[0] / 1000 if aligned.start_ms else start_s
-        for char in ctx.segmenter.text[self._text_sent_to : aligned.char_start]:
-            self._chars.append((char, first, first))
-        for char, start, duration in zip(aligned.text, aligned.start_ms, aligned.duration_ms, strict=True):
-            self._chars.append((char, start / 1000, (start + duration) / 1000))
-        self._text_sent_to = aligned.char_start + len(aligned.text)
+        self._alignment.add(ctx.segmenter.text, char_alignment(span.text, span.start, words, start_s))
 
     def _line(self, payload: bytes) -> bytes:
-        line: dict[str, Any] = {"audio_base64": base64.b64encode(payload).decode(), "alignment": None,
-                                "normalized_alignment": None}  # fmt: skip
-        if self._chars:
-            alignment = {
-                "characters": [c for c, _, _ in self._chars],
-                "character_start_times_seconds": [round(s, 3) for _, s, _ in self._chars],
-                "character_end_times_seconds": [round(e, 3) for _, _, e in self._chars],
-            }
-            line["alignment"] = line["normalized_alignment"] = alignment
-            self._chars = []
+        alignment = self._alignment.take_absolute()
+        line = {"audio_base64": base64.b64encode(payload).decode(), "alignment": alignment,
+                "normalized_alignment": alignment}  # fmt: skip
         return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
     async def audio(self, ctx: Context, payload: bytes) -> None:
@@ -249,7 +235,7 @@ class _SpeechPresenter(ResponseWriter):
 
     async def flush_tail(self) -> None:
         """Characters timed after the last audio (an estimate at a segment's end) still go out."""
-        if self.timestamps and self._chars:
+        if self.timestamps and self._alignment.chars:
             await self.write(self._line(b""))
 
     async def segment_finished(self, ctx: Context, index: int) -> None:

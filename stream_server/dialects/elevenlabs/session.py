@@ -274,7 +274,7 @@ class ElevenLabsSession:
 
     # --- the presenter (the sender task) -------------------------------------------------------
 
-    def _ids(self, ctx: Context) -> dict[str, Any]:
+    def _context_fields(self, ctx: Context) -> dict[str, Any]:
         return {"contextId": ctx.id, "context_id": ctx.id} if self.settings.multi else {}
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -299,7 +299,7 @@ class ElevenLabsSession:
             "isFinal": None,
             "normalizedAlignment": alignment,
             "alignment": alignment,
-            **self._ids(ctx),
+            **self._context_fields(ctx),
         }
         await self._send(message)
 
@@ -307,13 +307,13 @@ class ElevenLabsSession:
         """Nothing to say when a segment ends."""
 
     async def done(self, ctx: Context, done: StreamDone) -> None:
-        await self._send({"isFinal": True, **self._ids(ctx)})
+        await self._send({"isFinal": True, **self._context_fields(ctx)})
 
     async def cancelled(self, ctx: Context, reason: str, played_ms: float | None) -> None:
-        await self._send({"isFinal": True, **self._ids(ctx)})
+        await self._send({"isFinal": True, **self._context_fields(ctx)})
 
     async def failed(self, ctx: Context, code: str, message: str) -> None:
-        await self._send({"message": message, "error": code, "code": 1011, **self._ids(ctx)})
+        await self._send({"message": message, "error": code, "code": 1011, **self._context_fields(ctx)})
 
 
 def _parse(data: str) -> dict[str, Any]:
