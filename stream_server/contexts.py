@@ -125,11 +125,14 @@ class Context:
     def segment_started(self, index: int, start_sample: int) -> None:
         self.segment_starts[index] = start_sample
 
+    def segment_start_s(self, index: int) -> float:
+        """Where segment ``index``'s audio begins, in seconds of the context's output."""
+        return self.segment_starts.get(index, 0) / self.voice.sample_rate
+
     def segment_words(self, index: int, words: Sequence[WordTiming], estimated: bool) -> list[TimedWord]:
         """Segment ``index``'s word timings, lifted into the context's text and audio."""
         span, _ = self.segments[index]
-        start_s = self.segment_starts.get(index, 0) / self.voice.sample_rate
-        return self.timeline.add(span.start, start_s, words, self.voice.sample_rate, estimated)
+        return self.timeline.add(span.start, self.segment_start_s(index), words, self.voice.sample_rate, estimated)
 
     def heard(self, played_ms: float | None = None) -> Heard | None:
         """What the listener heard at ``played_ms`` (else the last reported position), if known.
@@ -138,8 +141,7 @@ class Context:
         played_s = self.played_s if played_ms is None else played_ms / 1000
         if played_s is None:
             return None
-        sent_s = self.encoder.samples_out / self.encoder.format.sample_rate
-        return self.timeline.heard(min(played_s, sent_s))
+        return self.timeline.heard(min(played_s, self.seconds_sent))
 
     # --- hurry timers ------------------------------------------------------------------------
 

@@ -221,7 +221,7 @@ class _SpeechPresenter(ResponseWriter):
         if not self.timestamps:
             return
         span, _ = ctx.segments[index]
-        start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
+        start_s = ctx.segment_start_s(index)
         self._alignment.add(ctx.segmenter.text, char_alignment(span.text, span.start, words, start_s))
 
     def _line(self, payload: bytes) -> bytes:

@@ -286,7 +286,7 @@ class ElevenLabsSession:
 
     async def words(self, ctx: Context, index: int, words: list[TimedWord], estimated: bool) -> None:
         span, _ = ctx.segments[index]
-        start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
+        start_s = ctx.segment_start_s(index)
         queue = self._alignment.get(ctx.id)
         if queue is not None:
             queue.add(ctx.segmenter.text, char_alignment(span.text, span.start, words, start_s))

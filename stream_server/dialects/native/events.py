@@ -96,7 +96,7 @@ def alignment_event(
     ctx: Context, index: int, span: Span, words: Sequence[TimedWord], estimated: bool
 ) -> dict[str, Any]:
     """Segment ``index`` character by character (ElevenLabs style): every character of its span."""
-    start_s = ctx.segment_starts.get(index, 0) / ctx.voice.sample_rate
+    start_s = ctx.segment_start_s(index)
     aligned = char_alignment(span.text, span.start, words, start_s)
     return {
         "type": "alignment",
