@@ -46,6 +46,11 @@ class ResponseWriter:
             self.on_gone()
 
 
+def _drop(request: web.Request) -> None:
+    if request.transport is not None:
+        request.transport.abort()
+
+
 class HttpSpeech:
     """One POSTed utterance; :meth:`run` returns once every byte was written (or the client left)."""
 
@@ -54,9 +59,9 @@ class HttpSpeech:
         runtime: ServerRuntime,
         presenter: Presenter,
         last_write: Callable[[], float],
-        abort: Callable[[], None],
+        request: web.Request,
     ) -> None:
-        """``abort`` drops the connection (a client that stopped reading while audio waited)."""
+        """A client that stops reading while audio waits gets ``request``'s connection dropped."""
         self.id = f"h{next(_ids)}"
         self.runtime = runtime
         self.conversation = Conversation(
@@ -66,7 +71,7 @@ class HttpSpeech:
             runtime.metrics,
             presenter,
             last_write,
-            lambda _ctx: abort(),
+            lambda _ctx: _drop(request),
         )
         self.context: Context | None = None
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,8 +36,6 @@ from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.transport import Transport
 from streamvox.stream_server.voice_names import resolve_voice
-
-log = logging.getLogger(__name__)
 
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw")
 SPEEDS = {"slowest": 0.6, "slow": 0.8, "normal": 1.0, "fast": 1.2, "fastest": 1.4}

@@ -116,7 +116,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         await response.prepare(request)
         holder: list[HttpSpeech] = []
         presenter = _SpeechPresenter(response, timestamps, lambda: holder[0].gone())
-        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, _abort(request))
+        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request)
         holder.append(job)
         params = SynthesisParams(seed=runtime.config.default_seed)
         if speed is not None and "speed" in voice.honours:
@@ -194,14 +194,6 @@ def _speech_body(body: bytes) -> tuple[str, float | None]:
             raise _HttpError(422, "invalid_voice_settings", f"voice_settings.speed must be between {low} and {high}.")
         speed = float(speed)
     return text, speed
-
-
-def _abort(request: web.Request) -> Callable[[], None]:
-    def abort() -> None:
-        if request.transport is not None:
-            request.transport.abort()
-
-    return abort
 
 
 class _SpeechPresenter(ResponseWriter):

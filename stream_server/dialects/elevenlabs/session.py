@@ -20,7 +20,6 @@ import asyncio
 import base64
 import itertools
 import json
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +38,6 @@ from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import Transport
-
-log = logging.getLogger(__name__)
 
 DEFAULT_INACTIVITY_S = 20.0
 MAX_INACTIVITY_S = 180.0
@@ -93,7 +90,6 @@ class ElevenLabsSession:
             self.id, engine, config, metrics, self, lambda: transport.last_write, self._on_slow_reader
         )
         self._alignment: dict[str, AlignmentQueue] = {}
-        self._params: dict[str, SynthesisParams] = {}
         self._closing = False
         """The client ended its input (``{"text": ""}``, ``close_socket``): finish, then close."""
         self._finisher: asyncio.Task[None] | None = None

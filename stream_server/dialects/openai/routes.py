@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 from streamvox.engine.api import UnknownVoiceError
 from streamvox.stream_server.dialects.openai.speech import (
@@ -46,7 +44,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         await response.prepare(request)
         holder: list[HttpSpeech] = []
         presenter = SpeechPresenter(response, spoken.sse, lambda: holder[0].gone())
-        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, _abort(request))
+        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request)
         holder.append(job)
         params = synthesis_params(spoken, voice, runtime.config.default_seed)
 
@@ -59,11 +57,3 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         return response
 
     app.router.add_post(SPEECH_PATH, speech)
-
-
-def _abort(request: web.Request) -> Callable[[], None]:
-    def abort() -> None:
-        if request.transport is not None:
-            request.transport.abort()
-
-    return abort

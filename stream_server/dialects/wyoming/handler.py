@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import time
 
 from streamvox.codecs.formats import resolve_format
@@ -39,8 +38,6 @@ from wyoming.event import Event
 from wyoming.info import Attribution, Describe, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncEventHandler
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
-
-log = logging.getLogger(__name__)
 
 ATTRIBUTION = Attribution(name="streamvox", url="https://pypi.org/project/streamvox/")
 _ids = itertools.count(1)
