@@ -94,6 +94,11 @@ class Voice(Protocol):
         """Run the models once on typical shapes so the first listener does not pay for it."""
         ...
 
+    def trim_memory(self) -> None:
+        """Give back memory the model runtime keeps for shapes it has seen (the engine calls it
+        on a worker once it has been idle a while; it may run beside other units)."""
+        ...
+
 
 class StreamInput(Protocol):
     """The text a stream has queued, as the engine core keeps it (read and popped by backends)."""

@@ -39,6 +39,7 @@ from typing import Protocol
 
 from streamvox.engine.api import Backend, Plan, StreamSettings, SynthesisParams, Unit, Voice
 from streamvox.engine.events import AudioChunk, EngineEvent, StreamAborted, StreamDone, StreamFailed
+from streamvox.engine.memory import release_free_heap
 from streamvox.engine.scheduler import DeadlineScheduler, EngineStream
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class VoiceSource(Protocol):
 
     def get(self, voice_id: str | None) -> Voice: ...
     def backend(self, kind: str) -> Backend: ...
+    def loaded(self) -> list[Voice]: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class EngineConfig:
     not depend on load, or a seeded stream's bytes would."""
     workers: int = 0
     """Units of different streams run at once (0: one per core)."""
+    idle_trim_s: float | None = 2.0
+    """Once no stream has existed for this long after some work, every voice gives back the
+    memory its runtime kept for the shapes it saw, and the C heap returns its free pages
+    (``None``: never).  Costs nothing under load; bounds a quiet server's RSS."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -76,6 +82,8 @@ class EngineConfig:
             raise ValueError(f"max_lead_s must be > 0 or None, got {self.max_lead_s}")
         if self.seam_ms < 0 or self.urgent_windows < 0:
             raise ValueError("seam_ms and urgent_windows must be >= 0")
+        if self.idle_trim_s is not None and self.idle_trim_s <= 0:
+            raise ValueError(f"idle_trim_s must be > 0 or None, got {self.idle_trim_s}")
 
     @property
     def worker_count(self) -> int:
@@ -144,6 +152,15 @@ class _UnitDone:
 _STOP = object()
 
 
+def _trim_memory(voices: list[Voice]) -> None:
+    try:
+        for voice in voices:
+            voice.trim_memory()
+        release_free_heap()
+    except Exception:
+        log.exception("trimming idle memory failed")
+
+
 @dataclass
 class _Counters:
     """Written by the engine thread, read by metrics (snapshots)."""
@@ -170,6 +187,7 @@ class EngineCore:
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight = 0
         self._counters = _Counters()
+        self._worked_since_trim = False
 
     def start(self) -> None:
         if self._thread is None:
@@ -264,10 +282,14 @@ class EngineCore:
                     command = self._inbox.get_nowait()
                 elif next_at is not None:
                     command = self._inbox.get(timeout=max(0.0, next_at - time.monotonic()))
+                elif self._trim_due():
+                    command = self._inbox.get(timeout=self.config.idle_trim_s)
                 else:
                     command = self._inbox.get()  # a command or a finished unit wakes us
             except queue.Empty:
                 command = None
+                if self._trim_due():
+                    self._start_trim()
             while command is not None:
                 if command is _STOP:
                     self._abort_all()
@@ -282,8 +304,18 @@ class EngineCore:
                 for stream in self.scheduler.pick(self._runnable()[0], idle_workers):
                     self._dispatch(stream)
 
+    def _trim_due(self) -> bool:
+        return self._worked_since_trim and not self._streams and self.config.idle_trim_s is not None
+
+    def _start_trim(self) -> None:
+        """Idle: voices give back their runtimes' cached memory, on a worker (not counted as a unit)."""
+        self._worked_since_trim = False
+        assert self._pool is not None
+        self._pool.submit(_trim_memory, self.voices.loaded())
+
     def _apply(self, command: object) -> None:
         if isinstance(command, _UnitDone):
+            self._worked_since_trim = True
             self._complete(command)
             return
         if isinstance(command, _Open):

@@ -143,6 +143,9 @@ class VoiceRegistry:
     def ids(self) -> list[str]:
         return list(self._voices)
 
+    def loaded(self) -> list[Voice]:
+        return list(self._voices.values())
+
     def infos(self) -> list[VoiceInfo]:
         return [
             VoiceInfo(v.id, v.language, v.sample_rate, v.kind, v.id == self.default_id) for v in self._voices.values()

@@ -210,6 +210,10 @@ class GptSovitsVoice:
                 segment.vocoder.add([token])
         advance(self.t2s, [s.tokens for s in segments], chosen)
 
+    def trim_memory(self) -> None:
+        """Nothing to shrink: torch's CPU allocator hands freed tensors back to the C heap, which
+        the engine trims itself; the KV cache is fixed-size and stays."""
+
     def warm_up(self) -> None:
         """A short segment end to end, then a SoVITS decode of every recurring window length, so
         no listener pays the convolution library's one-off setup for a shape (0.1-0.3 s each in

@@ -141,6 +141,16 @@ class PiperVoice:
             z = self.flow_window(front.z_p, 0, min(front.frames, 64), 24, urgent=urgent)
             self.decode_window(z, 0, min(z.shape[1], 32), 12, urgent=urgent)
 
+    def trim_memory(self) -> None:
+        """Shrink every session's arena: one tiny run each with arena shrinkage on frees the
+        regions onnxruntime kept for the largest shapes seen (measured: a server's RSS went
+        from 340 MB to a plateau near 800 MB after a few long inputs; see ``bench soak``)."""
+        ids = self.text_to_ids("Hi.")
+        for urgent in (True, False):
+            front = self.front(ids, None, urgent=urgent, run_options=_SHRINK_ARENA)
+            z = self.flow(front.z_p[:, :8], urgent=urgent, run_options=_SHRINK_ARENA)
+            self.decode(z, urgent=urgent, run_options=_SHRINK_ARENA)
+
     @classmethod
     def load(
         cls, model_path: str | Path, voice_id: str | None = None, threads: int = 0, stream_threads: int = 1
@@ -201,6 +211,7 @@ class PiperVoice:
         noise_w: float | None = None,
         speaker: int = 0,
         urgent: bool = True,
+        run_options: ort.RunOptions | None = None,
     ) -> FrontOutput:
         """Run the encoder on one segment's ids.
 
@@ -234,7 +245,7 @@ class PiperVoice:
             if self.has_speaker_input:
                 feeds["sid"] = np.array([speaker], dtype=np.int64)
             try:
-                z_p, durations = self._encoder[urgent].run([Z_PRIOR, DURATIONS_OUTPUT], feeds)
+                z_p, durations = self._encoder[urgent].run([Z_PRIOR, DURATIONS_OUTPUT], feeds, run_options)
                 break
             except (OrtFail, OrtRuntimeException):
                 # The noise buffer was shorter than the utterance (the slice no
@@ -245,7 +256,9 @@ class PiperVoice:
                 max_frames *= 4
         return FrontOutput(z_p=np.ascontiguousarray(z_p[0]), durations=durations.reshape(-1).astype(np.int64))
 
-    def flow(self, z_p: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
+    def flow(
+        self, z_p: np.ndarray, speaker: int = 0, urgent: bool = True, run_options: ort.RunOptions | None = None
+    ) -> np.ndarray:
         """Prior frames ``(channels, frames)`` to latent frames ``z`` of the same shape."""
         feeds = {
             Z_PRIOR: np.ascontiguousarray(z_p[np.newaxis], dtype=np.float32),
@@ -253,7 +266,7 @@ class PiperVoice:
         }
         if self.has_speaker_input:
             feeds["sid"] = np.array([speaker], dtype=np.int64)
-        return self._flow[urgent].run(None, feeds)[0][0]
+        return self._flow[urgent].run(None, feeds, run_options)[0][0]
 
     def flow_window(
         self, z_p: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
@@ -269,12 +282,14 @@ class PiperVoice:
         front = self.front(ids, rng)
         return self.decode(self.flow(front.z_p))
 
-    def decode(self, z: np.ndarray, speaker: int = 0, urgent: bool = True) -> np.ndarray:
+    def decode(
+        self, z: np.ndarray, speaker: int = 0, urgent: bool = True, run_options: ort.RunOptions | None = None
+    ) -> np.ndarray:
         """HiFi-GAN decode of latent frames ``(channels, frames)`` to float32 samples."""
         feeds = {Z_OUTPUT: np.ascontiguousarray(z[np.newaxis], dtype=np.float32)}
         if self.has_speaker_input:
             feeds["sid"] = np.array([speaker], dtype=np.int64)
-        return self._decoder[urgent].run(None, feeds)[0].reshape(-1)
+        return self._decoder[urgent].run(None, feeds, run_options)[0].reshape(-1)
 
     def decode_window(
         self, z: np.ndarray, start: int, end: int, context: int, speaker: int = 0, urgent: bool = True
@@ -285,6 +300,10 @@ class PiperVoice:
         audio = self.decode(z[:, lo:hi], speaker, urgent)
         offset = (start - lo) * HOP_LENGTH
         return audio[offset : offset + (end - start) * HOP_LENGTH]
+
+
+_SHRINK_ARENA = ort.RunOptions()
+_SHRINK_ARENA.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def _session_options(threads: int) -> ort.SessionOptions:
