@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from aiohttp import web
 from streamvox.engine.core import EngineCore
 from streamvox.engine.registry import VoiceRegistry
+from streamvox.stream_server.auth import ACCESS, Access, access_middleware, protect
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.dialects.cartesia import routes as cartesia_routes
 from streamvox.stream_server.dialects.elevenlabs import routes as elevenlabs_routes
@@ -18,7 +19,9 @@ from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
 from streamvox.stream_server.dialects.native.routes import STREAM_PATH
 from streamvox.stream_server.dialects.openai import routes as openai_routes
 from streamvox.stream_server.dialects.wyoming import routes as wyoming_routes
+from streamvox.stream_server.keys import KeyRing
 from streamvox.stream_server.metrics import CONTENT_TYPE, Metrics
+from streamvox.stream_server.quotas import MemoryQuotaStore
 from streamvox.stream_server.runtime import ServerRuntime
 from streamvox.web_demo import static_dir
 
@@ -56,11 +59,6 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[RUNTIME].metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
-async def list_voices(request: web.Request) -> web.Response:
-    """``GET /v1/voices``: id, language, sample rate and kind of every voice."""
-    return web.json_response({"voices": [v.to_json() for v in request.app[RUNTIME].voices.infos()]})
-
-
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(static_dir() / "index.html")
 
@@ -96,10 +94,13 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     config = config or ServerConfig()
     if voices is None:
         voices = VoiceRegistry.load(config.voices, config.include_bundled_voice, config.threads)
-    app = web.Application(client_max_size=config.hard_message_bytes)
+    access = Access(KeyRing(config.keys_file, config.api_keys), MemoryQuotaStore(), config.allow_origins,
+                    config.token_secret)  # fmt: skip
+    app = web.Application(client_max_size=config.hard_message_bytes, middlewares=[access_middleware])
     engine = EngineCore(voices, config.engine)
-    runtime = ServerRuntime(config, voices, engine, Metrics(engine))
+    runtime = ServerRuntime(config, voices, engine, Metrics(engine), access=access)
     app[RUNTIME] = runtime
+    app[ACCESS] = access
     app.cleanup_ctx.append(_engine_ctx)
     app.on_shutdown.append(_drain_sessions)
     native_routes.add_routes(app, runtime)
@@ -108,8 +109,8 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     cartesia_routes.add_routes(app, runtime)
     wyoming_routes.add_routes(app, runtime, package_version())
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/v1/voices", list_voices)
-    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/metrics", protect(metrics_handler, "native", native_routes.CREDENTIALS,
+                                           native_routes.http_refusal))  # fmt: skip
     app.router.add_get("/", index)
     app[STATIC_FILES] = {p.name: p for p in static_dir().iterdir() if p.is_file()}
     app.router.add_get("/static/{name}", static_file)

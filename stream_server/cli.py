@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.registry import BACKENDS, VoiceSpec
 from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_MAX_LEAD_S, DEFAULT_PORT, ServerConfig
+from streamvox.stream_server.keys import ENV_KEYS
 
 
 def _voice_specs(piper: list[str], gpt_sovits: list[str], generic: list[VoiceSpec]) -> tuple[VoiceSpec, ...]:
@@ -52,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
     from streamvox.stream_server.app import STREAM_PATH, create_app
+    from streamvox.stream_server.auth import RedactingAccessLogger
     from streamvox.stream_server.tls import TLSConfigError, server_ssl_context
 
     try:
@@ -71,14 +74,19 @@ def _serve(args: argparse.Namespace) -> int:
             idle_timeout_s=args.idle_timeout or None,
             ping_interval_s=args.ping_interval,
             max_sessions=args.max_sessions,
+            keys_file=args.keys,
+            api_keys=os.environ.get(ENV_KEYS) or None,
+            token_secret=os.environ.get("STREAMVOX_TOKEN_SECRET") or None,
+            allow_origins=tuple(args.allow_origin),
+            allow_anonymous=args.allow_anonymous,
             engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
         )
         ssl_context = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
-    except (ValueError, TLSConfigError) as exc:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        app = create_app(config)
+    except (ValueError, TLSConfigError) as exc:  # VoiceLoadError and KeysFileError are ValueErrors
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(config)
     http, ws = config.scheme
     print(
         f"streamvox serving on {http}://{config.host}:{config.port}/ "
@@ -92,7 +100,38 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_context=ssl_context,
         print=None,
         shutdown_timeout=config.drain_timeout_s + 5,
+        access_log_class=RedactingAccessLogger,
     )
+    return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    """``streamvox keys add|list|revoke``: edit the keys file (the server re-reads it)."""
+    from streamvox.stream_server.keys import KeyLimits, KeysFile, new_key
+
+    try:
+        if args.action == "add":
+            contents = KeysFile.read_or_new(args.keys)
+            limits = KeyLimits(args.sessions, args.chars_per_minute, args.audio_seconds_per_day)
+            voices = [v for v in args.voices.split(",") if v] if args.voices else None
+            key, record = new_key(args.name, limits, voices)
+            contents.add(record)
+            contents.write(args.keys)
+            print(key)
+            print(f"added key {record.name!r} to {args.keys}; the key is shown only this once", file=sys.stderr)
+        elif args.action == "revoke":
+            contents = KeysFile.read(args.keys)
+            contents.revoke(args.name)
+            contents.write(args.keys)
+            print(f"revoked key {args.name!r}", file=sys.stderr)
+        else:
+            for record in KeysFile.read(args.keys).records:
+                limits = {k: v for k, v in vars(record.limits).items() if v is not None}
+                state = "revoked" if record.revoked else "live"
+                print(f"{record.name}\t{state}\tlimits={limits or 'none'}\tvoices={record.voices or 'all'}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -210,6 +249,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--drain-timeout", type=float, default=10.0, help="seconds open contexts get on SIGTERM")
     serve.add_argument("--max-sessions", type=int, default=64, help="refuse sessions beyond this (close 1013)")
     serve.add_argument(
+        "--keys",
+        default=None,
+        metavar="FILE",
+        help=f"API keys file (streamvox keys add); keys may also come in ${ENV_KEYS}",
+    )
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin whose pages may open sockets (repeatable; * for any)",
+    )
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="serve a non-loopback address without keys (anyone who can reach it may use it)",
+    )
+    serve.add_argument(
         "--max-lead",
         type=float,
         default=DEFAULT_MAX_LEAD_S,
@@ -279,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=_bench_load)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys.add_argument("action", choices=["add", "list", "revoke"])
+    keys.add_argument("name", nargs="?", default=None, help="the key's name (add, revoke)")
+    keys.add_argument("--keys", required=True, metavar="FILE", help="the keys file (made by the first add)")
+    keys.add_argument("--sessions", type=int, default=None, help="sessions open at once")
+    keys.add_argument("--chars-per-minute", type=int, default=None, help="characters of text per minute")
+    keys.add_argument("--audio-seconds-per-day", type=float, default=None, help="audio seconds per UTC day")
+    keys.add_argument("--voices", default=None, help="comma-separated voice ids the key may use (default: all)")
+    keys.set_defaults(func=_keys)
     return parser
 
 

@@ -8,6 +8,7 @@ from streamvox.codecs.opus import OpusSettings
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.registry import VoiceSpec
 from streamvox.engine.text.segmenter import SegmenterConfig
+from streamvox.stream_server.auth import is_loopback_address
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -39,6 +40,19 @@ class ServerConfig:
     default_seed: int | None = None
     """The seed of every context whose client names none (the compatible dialects have no seed
     field): with it, the same text and voice give the same audio through every dialect."""
+    keys_file: str | None = None
+    """API keys (see ``keys.py``; ``streamvox keys add``): with keys, every dialect route needs one
+    (or a browser token made with one)."""
+    api_keys: str | None = None
+    """Keys given as text (``STREAMVOX_API_KEYS``: comma-separated, ``name=key`` or a bare key)."""
+    token_secret: str | None = None
+    """Signs browser tokens (``STREAMVOX_TOKEN_SECRET``; else the keys file's): replicas that share
+    it accept each other's tokens."""
+    allow_origins: tuple[str, ...] = ()
+    """Browser origins (``https://app.example``, or ``*``) whose pages may open sockets, beyond the
+    server's own origin (and loopback pages while the server has no keys)."""
+    allow_anonymous: bool = False
+    """Serve without keys on a non-loopback address (refused otherwise)."""
     tls_cert: str | None = None
     """PEM certificate chain: serve ``https://`` and ``wss://`` (with ``tls_key``)."""
     tls_key: str | None = None
@@ -105,6 +119,20 @@ class ServerConfig:
             raise ValueError("ping_interval_s must be > 0")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("TLS needs both a certificate and a key")
+        if not is_loopback_address(self.host) and not self.has_keys and not self.allow_anonymous:
+            raise ValueError(
+                f"refusing to serve {self.host} without API keys: give --keys FILE (or STREAMVOX_API_KEYS), "
+                "or --allow-anonymous to let anyone who can reach the port use it"
+            )
+        if self.wyoming_port is not None and not is_loopback_address(self.wyoming_host) and not self.allow_anonymous:
+            raise ValueError(
+                f"refusing Wyoming on {self.wyoming_host}: the protocol carries no key; keep it on loopback "
+                "or give --allow-anonymous for a trusted LAN"
+            )
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self.keys_file or self.api_keys)
 
     @property
     def scheme(self) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from streamvox.engine.text.segmenter import Segmenter, Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import Usage
 from streamvox.stream_server.timeline import Heard, TimedWord, Timeline
 
 
@@ -66,6 +67,8 @@ class Context:
     """The listener's last reported playback position."""
     timestamps: str = "none"
     """Which timing events the session asked for: ``none``, ``word`` or ``char``."""
+    usage: Usage | None = None
+    """The session's key limits (``None``: anonymous): text is charged as it arrives, audio as it is sent."""
 
     @property
     def open(self) -> bool:
@@ -78,7 +81,12 @@ class Context:
 
     # --- text in ---------------------------------------------------------------------------
 
-    def push_text(self, text: str, now: float) -> None:
+    def push_text(self, text: str, now: float, charge: bool = True) -> None:
+        """Take ``text``; raises :class:`QuotaExceeded` (the text is then dropped) if the key is
+        over a limit.  ``charge=False``: the caller charged it already (an HTTP route, before
+        its response began)."""
+        if self.usage is not None and charge:
+            self.usage.take_text(len(text))
         self._submit(self.segmenter.push(text, now), now)
         self.arm_timer()
 
@@ -228,6 +236,8 @@ class Context:
     def audio_sent(self, samples: int) -> None:
         """``samples`` of queued audio have been encoded and written."""
         self.unsent_samples -= samples
+        if self.usage is not None:
+            self.usage.add_audio(samples / self.voice.sample_rate)
         if self.held:
             self._update_hold()
 

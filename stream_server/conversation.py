@@ -37,6 +37,7 @@ from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import Usage
 from streamvox.stream_server.timeline import TimedWord
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,12 @@ class Conversation:
         presenter: Presenter,
         last_write: Callable[[], float],
         on_slow_reader: Callable[[Context], None],
+        usage: Usage | None = None,
     ) -> None:
         """``last_write`` says when the socket last accepted bytes; ``on_slow_reader`` is called
         once a held context's socket has accepted nothing for ``slow_reader_timeout_s`` (the
-        conversation has stopped that context; the dialect closes its socket)."""
+        conversation has stopped that context; the dialect closes its socket).  ``usage``
+        charges every context's text and audio to the session's key."""
         self.id = session_id
         self.engine = engine
         self.config = config
@@ -117,6 +120,7 @@ class Conversation:
         self.presenter = presenter
         self._last_write = last_write
         self._on_slow_reader = on_slow_reader
+        self.usage = usage
         self.contexts: dict[str, Context] = {}
         """Contexts not retired yet, by id."""
         self._outbox: asyncio.Queue[object] = asyncio.Queue()
@@ -144,6 +148,7 @@ class Conversation:
             last_write=self._last_write,
             on_slow_reader=self._slow_reader,
             timestamps=timestamps,
+            usage=self.usage,
         )
         self.contexts[context_id] = ctx
         self.engine.open(ctx.stream_id, voice.id, params, self._accept)

@@ -20,6 +20,7 @@ from streamvox.codecs.formats import OutputFormat
 from streamvox.engine.api import SynthesisParams, Voice
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation, Presenter
+from streamvox.stream_server.quotas import Usage
 from streamvox.stream_server.runtime import ServerRuntime
 
 _ids = itertools.count(1)
@@ -60,8 +61,11 @@ class HttpSpeech:
         presenter: Presenter,
         last_write: Callable[[], float],
         request: web.Request,
+        usage: Usage | None = None,
     ) -> None:
-        """A client that stops reading while audio waits gets ``request``'s connection dropped."""
+        """A client that stops reading while audio waits gets ``request``'s connection dropped.
+        ``usage``: the key's meter; the route has charged the text (before answering), the
+        audio is charged as it is sent."""
         self.id = f"h{next(_ids)}"
         self.runtime = runtime
         self.conversation = Conversation(
@@ -72,6 +76,7 @@ class HttpSpeech:
             presenter,
             last_write,
             lambda _ctx: _drop(request),
+            usage,
         )
         self.context: Context | None = None
 
@@ -93,7 +98,7 @@ class HttpSpeech:
             conversation.post(lambda: started(ctx))
         now = time.monotonic()
         try:
-            ctx.push_text(text, now)
+            ctx.push_text(text, now, charge=False)
             ctx.end(now)
             await ctx.finished.wait()
             await conversation.flushed()

@@ -1,8 +1,9 @@
 """What every dialect's handlers share: the config, the voices, the engine, metrics, open sessions.
 
-One :class:`ServerRuntime` per application.  Admission (the session limit and
-the drain) is decided here once; each dialect reports a refusal in its own
-error shape.  Event-loop only.
+One :class:`ServerRuntime` per application.  Admission (the credential, the
+drain, the session limit, the key's own limits) is decided here once, in
+:meth:`ServerRuntime.admit`; each dialect reports a :class:`Refusal` in its
+own error shape.  Event-loop only.
 """
 
 from __future__ import annotations
@@ -10,13 +11,48 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from types import TracebackType
+from typing import Literal, Protocol
 
 from streamvox.engine.core import EngineCore
 from streamvox.engine.registry import VoiceRegistry
+from streamvox.stream_server.auth import Access, AuthRefusal, Grant
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.engine_client import EngineClient
+from streamvox.stream_server.keys import KeyRing
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import MemoryQuotaStore, QuotaExceeded, Usage
+from streamvox.stream_server.voice_names import ScopedVoices, VoiceCatalog
+
+RefusalKind = Literal["unauthorized", "forbidden", "rate_limited", "overloaded", "draining"]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a session is not admitted; each dialect has its shape for every kind (docs/dialects.md)."""
+
+    kind: RefusalKind
+    message: str
+
+
+@dataclass
+class Admission:
+    """An admitted session's grant, its meter and the voices it may use.  Leaving its ``with``
+    block gives the key's session place back."""
+
+    grant: Grant
+    usage: Usage | None
+    voices: VoiceCatalog
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.usage is not None:
+            self.usage.close()
 
 
 class DrainableSession(Protocol):
@@ -33,6 +69,7 @@ class ServerRuntime:
     draining: bool = False
     wyoming_port: int | None = None
     """The Wyoming listener's port once it is up."""
+    access: Access = field(default_factory=lambda: Access(KeyRing(), MemoryQuotaStore()))
     _client: EngineClient | None = field(default=None, init=False, repr=False)
 
     @property
@@ -42,12 +79,42 @@ class ServerRuntime:
             self._client = EngineClient(self.engine, asyncio.get_running_loop())
         return self._client
 
-    def refusal(self) -> str | None:
-        """Why a new session cannot be admitted now (``draining``, ``overloaded``), or ``None``."""
+    def admit(self, outcome: Grant | AuthRefusal) -> Admission | Refusal:
+        """Admit a session whose credential gave ``outcome`` (see ``auth.grant_of``), or say why not.
+
+        Use the admission as a context manager around the session, so its key's place is
+        given back however the handler ends."""
+        refusal = self._refusal(outcome)
+        if refusal is not None:
+            self.metrics.errors.labels(refusal.kind).inc()
+            if refusal.kind == "overloaded":
+                self.metrics.sessions_rejected.inc()
+            return refusal
+        assert isinstance(outcome, Grant)
+        voices = self.voices_for(outcome)
+        if not voices.ids():
+            self.metrics.errors.labels("forbidden").inc()
+            return Refusal("forbidden", "none of the voices this key or token may use is served here")
+        usage = outcome.usage(self.access.quotas)
+        if usage is not None:
+            try:
+                usage.open()
+            except QuotaExceeded as exc:
+                self.metrics.errors.labels("rate_limited").inc()
+                return Refusal("rate_limited", exc.message)
+        return Admission(outcome, usage, voices)
+
+    def voices_for(self, grant: Grant) -> VoiceCatalog:
+        """The voices ``grant`` may use (all of them when anonymous)."""
+        return self.voices if grant.key is None else ScopedVoices(self.voices, grant.allows_voice)
+
+    def _refusal(self, outcome: Grant | AuthRefusal) -> Refusal | None:
+        if isinstance(outcome, AuthRefusal):
+            return Refusal(outcome.kind, outcome.message)
         if self.draining:
-            return "draining"
+            return Refusal("draining", "the server is shutting down; retry on another")
         if len(self.sessions) >= self.config.max_sessions:
-            return "overloaded"
+            return Refusal("overloaded", f"server at capacity ({self.config.max_sessions} sessions); retry later")
         return None
 
     async def serve(self, session: DrainableSession, run: Callable[[], Awaitable[None]]) -> None:

@@ -52,6 +52,42 @@ class Transport(Protocol):
         ...
 
 
+class Prepended:
+    """A :class:`Transport` whose reader yields ``first`` (a frame read before the session began,
+    say to find a key in it) and then the socket's own frames."""
+
+    def __init__(self, first: Incoming, transport: Transport) -> None:
+        self._first: Incoming | None = first
+        self._transport = transport
+
+    @property
+    def closed(self) -> bool:
+        return self._transport.closed
+
+    @property
+    def last_write(self) -> float:
+        return self._transport.last_write
+
+    async def __aiter__(self) -> AsyncIterator[Incoming]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        async for frame in self._transport:
+            yield frame
+
+    async def send_text(self, text: str) -> None:
+        await self._transport.send_text(text)
+
+    async def send_bytes(self, payload: bytes) -> None:
+        await self._transport.send_bytes(payload)
+
+    async def close(self, code: int, reason: bytes, drain: bool = True) -> None:
+        await self._transport.close(code, reason, drain)
+
+    def abort(self) -> None:
+        self._transport.abort()
+
+
 class AiohttpTransport:
     """:class:`Transport` over an aiohttp ``WebSocketResponse``."""
 

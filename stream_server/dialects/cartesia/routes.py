@@ -1,8 +1,11 @@
 """The Cartesia dialect's route: ``GET /tts/websocket`` (see ``session.py`` and docs/dialects.md).
 
-Cartesia's auth (``X-API-Key``, ``Authorization: Bearer``, ``api_key`` or
-``access_token`` in the query) and version (``Cartesia-Version`` header or
-``cartesia_version`` query) are accepted and not checked here.
+Keys come the ways Cartesia's clients send them: ``X-API-Key``,
+``Authorization: Bearer``, or ``api_key`` / ``access_token`` in the query.
+The version (``Cartesia-Version`` header or ``cartesia_version`` query) is
+accepted and not checked.  A refused socket gets Cartesia's ``error`` message
+(``status_code`` 401, 403, 429 or 503), then a close: 1008 for a credential
+or a limit, 1013 overloaded, 1001 draining.
 """
 
 from __future__ import annotations
@@ -10,11 +13,20 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+from streamvox.stream_server.auth import AuthRefusal, CredentialSources, grant_of, protect
 from streamvox.stream_server.dialects.cartesia.session import CartesiaError, CartesiaSession
-from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.runtime import Refusal, ServerRuntime
 from streamvox.stream_server.transport import AiohttpTransport
 
 WEBSOCKET_PATH = "/tts/websocket"
+CREDENTIALS = CredentialSources(headers=("X-API-Key",), bearer=True, query=("api_key", "access_token"))
+_STATUS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429, "overloaded": 429, "draining": 503}
+_CLOSE = {"unauthorized": 1008, "forbidden": 1008, "rate_limited": 1008, "overloaded": 1013, "draining": 1001}
+
+
+def _http_refusal(refusal: AuthRefusal) -> web.Response:
+    return web.json_response(CartesiaError(refusal.message, None, refusal.status, refusal.kind).body,
+                             status=refusal.status)  # fmt: skip
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
@@ -24,20 +36,16 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
         )
         await ws.prepare(request)
-        refusal = runtime.refusal()
-        if refusal is not None:
-            if refusal == "overloaded":
-                runtime.metrics.sessions_rejected.inc()
-            error = CartesiaError("The server is at capacity; retry later.", None, 429, "overloaded")
-            if refusal == "draining":
-                error = CartesiaError("The server is shutting down.", None, 503, "server_draining")
+        admission = runtime.admit(grant_of(request))
+        if isinstance(admission, Refusal):
+            error = CartesiaError(admission.message, None, _STATUS[admission.kind], admission.kind)
             await ws.send_str(json.dumps(error.body))
-            await ws.close(code=1013 if refusal == "overloaded" else 1001)
+            await ws.close(code=_CLOSE[admission.kind], message=admission.kind.encode())
             return ws
-        session = CartesiaSession(
-            AiohttpTransport(ws, request.transport), runtime.engine_client, runtime.voices, config, runtime.metrics
-        )
-        await runtime.serve(session, session.run)
+        with admission:
+            session = CartesiaSession(AiohttpTransport(ws, request.transport), runtime.engine_client,
+                                      admission.voices, config, runtime.metrics, admission.usage)  # fmt: skip
+            await runtime.serve(session, session.run)
         return ws
 
-    app.router.add_get(WEBSOCKET_PATH, websocket)
+    app.router.add_get(WEBSOCKET_PATH, protect(websocket, "cartesia", CREDENTIALS, _http_refusal))

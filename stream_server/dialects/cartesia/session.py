@@ -25,17 +25,17 @@ from streamvox.codecs.formats import FormatError, OutputFormat, resolve_format
 from streamvox.codecs.pcm import s16_to_alaw, s16_to_mulaw
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
-from streamvox.engine.registry import VoiceRegistry
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import QuotaExceeded, Usage
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.transport import Transport
-from streamvox.stream_server.voice_names import resolve_voice
+from streamvox.stream_server.voice_names import VoiceCatalog, resolve_voice
 
 ENCODINGS = ("pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw")
 SPEEDS = {"slowest": 0.6, "slow": 0.8, "normal": 1.0, "fast": 1.2, "fastest": 1.4}
@@ -77,9 +77,10 @@ class CartesiaSession:
         self,
         transport: Transport,
         engine: EngineClient,
-        voices: VoiceRegistry,
+        voices: VoiceCatalog,
         config: ServerConfig,
         metrics: Metrics,
+        usage: Usage | None = None,
     ) -> None:
         self.id = f"c{next(_ids)}"
         self.transport = transport
@@ -87,7 +88,7 @@ class CartesiaSession:
         self.config = config
         self.metrics = metrics
         self.conversation = Conversation(
-            self.id, engine, config, metrics, self, lambda: transport.last_write, lambda _ctx: transport.abort()
+            self.id, engine, config, metrics, self, lambda: transport.last_write, lambda _ctx: transport.abort(), usage
         )
         self._state: dict[str, _ContextState] = {}
         self._cancelled: set[str] = set()
@@ -143,7 +144,11 @@ class CartesiaSession:
         if ctx.segmenter.total_chars + len(transcript) > self.config.max_context_chars:
             raise CartesiaError(f"A context may hold {self.config.max_context_chars} characters.", cid)
         if transcript:
-            ctx.push_text(transcript, now)
+            try:
+                ctx.push_text(transcript, now)
+            except QuotaExceeded as exc:
+                self.conversation.cancel(ctx, "rate_limited")
+                raise CartesiaError(f"{exc.message}.", cid, 429, "rate_limited") from None
         if message.get("continue") is not True:
             ctx.end(now)
         elif message.get("flush") is True:

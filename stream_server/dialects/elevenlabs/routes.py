@@ -4,6 +4,13 @@ Everything is served under ``/v1/…`` where it does not clash with our own
 routes, and all of it also under ``/elevenlabs/v1/…`` (an SDK's base URL
 ``http://host:port/elevenlabs``), where ``GET /elevenlabs/v1/voices`` gives
 ElevenLabs' shape of our voice list (``/v1/voices`` is ours).
+
+Keys: the ``xi-api-key`` header, ``Authorization: Bearer``, the
+``authorization``, ``xi_api_key`` or ``single_use_token`` query parameter, or
+(sockets only) ``xi_api_key`` in the first message.  Refusals: HTTP 401
+``invalid_api_key``, 403 ``missing_permissions``, 429
+``too_many_concurrent_requests`` / ``quota_exceeded``; on a socket the same
+codes in ElevenLabs' error message, then close 1008.
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ import base64
 import json
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from streamvox.codecs.formats import FormatError, OutputFormat
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
+from streamvox.stream_server.auth import AuthRefusal, CredentialSources, Grant, grant_of, protect
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.dialects.elevenlabs.alignment import AlignmentQueue
 from streamvox.stream_server.dialects.elevenlabs.formats import CONTENT_TYPES, DEFAULT_FORMAT, elevenlabs_format
@@ -29,13 +37,16 @@ from streamvox.stream_server.dialects.elevenlabs.session import (
     SocketSettings,
 )
 from streamvox.stream_server.http_speech import HttpSpeech, ResponseWriter
-from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.quotas import QuotaExceeded
+from streamvox.stream_server.runtime import Admission, Refusal, ServerRuntime
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
-from streamvox.stream_server.transport import AiohttpTransport
-from streamvox.stream_server.voice_names import resolve_voice
+from streamvox.stream_server.transport import AiohttpTransport, Incoming, Prepended, Transport
+from streamvox.stream_server.voice_names import VoiceCatalog, resolve_voice
 
 PREFIXES = ("", "/elevenlabs")
+CREDENTIALS = CredentialSources(headers=("xi-api-key",), bearer=True,
+                                query=("authorization", "xi_api_key", "single_use_token"))  # fmt: skip
 MAX_HTTP_TEXT = 10_000
 
 
@@ -50,9 +61,9 @@ class _HttpError(Exception):
         return web.json_response({"detail": {"status": self.code, "message": self.message}}, status=self.status)
 
 
-def _voice(runtime: ServerRuntime, voice_id: str) -> Voice:
+def _voice(voices: VoiceCatalog, runtime: ServerRuntime, voice_id: str) -> Voice:
     try:
-        return resolve_voice(runtime.voices, voice_id, runtime.config.aliases)
+        return resolve_voice(voices, voice_id, runtime.config.aliases)
     except UnknownVoiceError:
         raise _HttpError(404, "voice_not_found", f"A voice with the voice_id {voice_id} was not found.") from None
 
@@ -71,27 +82,30 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
         )
         await ws.prepare(request)
+        transport: Transport = AiohttpTransport(ws, request.transport)
+        outcome = grant_of(request)
+        if isinstance(outcome, AuthRefusal) and outcome.missing:  # the key may be in the first message
+            first, key = await _first_message_key(ws, DEFAULT_INACTIVITY_S)
+            outcome = runtime.access.check(key, "elevenlabs")
+            if first is not None:
+                transport = Prepended(first, transport)
+        admission = runtime.admit(outcome)
         try:
-            voice = _voice(runtime, request.match_info["voice_id"])
-            fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
-            inactivity = _inactivity(request.query.get("inactivity_timeout"))
-            refusal = runtime.refusal()
-            if refusal == "draining":
-                raise _HttpError(503, "server_draining", "The server is shutting down.")
-            if refusal == "overloaded":
-                runtime.metrics.sessions_rejected.inc()
-                raise _HttpError(429, "too_many_concurrent_requests", "The server is at capacity; retry later.")
+            if isinstance(admission, Refusal):
+                raise _refusal_error(admission.kind, admission.message)
+            with admission:
+                voice = _voice(admission.voices, runtime, request.match_info["voice_id"])
+                fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
+                inactivity = _inactivity(request.query.get("inactivity_timeout"))
+                settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
+                session = ElevenLabsSession(transport, runtime.engine_client, config, runtime.metrics, settings,
+                                            admission.usage)  # fmt: skip
+                await runtime.serve(session, session.run)
         except _HttpError as exc:
             runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
             body = ElevenLabsError(exc.code, exc.message).body()
             await ws.send_str(json.dumps(body))
             await ws.close(code=1008, message=exc.code.encode())
-            return ws
-        settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
-        session = ElevenLabsSession(
-            AiohttpTransport(ws, request.transport), runtime.engine_client, config, runtime.metrics, settings
-        )
-        await runtime.serve(session, session.run)
         return ws
 
     async def stream_input(request: web.Request) -> web.StreamResponse:
@@ -101,12 +115,22 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         return await websocket(request, multi=True)
 
     async def speech(request: web.Request, timestamps: bool) -> web.StreamResponse:
+        admission = runtime.admit(grant_of(request))
+        if isinstance(admission, Refusal):
+            return _refusal_error(admission.kind, admission.message).response()
+        with admission:
+            return await _speak(request, admission, timestamps)
+
+    async def _speak(request: web.Request, admission: Admission, timestamps: bool) -> web.StreamResponse:
         try:
-            voice = _voice(runtime, request.match_info["voice_id"])
+            voice = _voice(admission.voices, runtime, request.match_info["voice_id"])
             fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
             text, speed = _speech_body(await request.read())
-            if runtime.refusal() is not None:
-                raise _HttpError(429, "too_many_concurrent_requests", "The server is at capacity; retry later.")
+            if admission.usage is not None:
+                try:
+                    admission.usage.take_text(len(text))
+                except QuotaExceeded as exc:
+                    raise _HttpError(429, "quota_exceeded", f"{exc.message}.") from None
         except _HttpError as exc:
             runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
             return exc.response()
@@ -116,7 +140,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         await response.prepare(request)
         holder: list[HttpSpeech] = []
         presenter = _SpeechPresenter(response, timestamps, lambda: holder[0].gone())
-        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request)
+        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request, admission.usage)
         holder.append(job)
         params = SynthesisParams(seed=runtime.config.default_seed)
         if speed is not None and "speed" in voice.honours:
@@ -138,10 +162,12 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         return await speech(request, timestamps=True)
 
     async def voices(request: web.Request) -> web.Response:
+        grant = grant_of(request)
+        assert isinstance(grant, Grant)  # the middleware answered refusals
         listed = [
             {"voice_id": v.id, "name": v.id, "category": "premade", "labels": {"language": v.language},
              "fine_tuning": {"language": v.language}, "available_for_tiers": [], "settings": None}
-            for v in runtime.voices.infos()
+            for v in runtime.voices_for(grant).infos()
         ]  # fmt: skip
         aliases = [
             {"voice_id": name, "name": name, "category": "premade", "labels": {"alias_of": target}}
@@ -149,6 +175,8 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         ]
         return web.json_response({"voices": listed + aliases})
 
+    for handler in (stream_input, multi_stream_input, stream, with_timestamps, voices):
+        protect(handler, "elevenlabs", CREDENTIALS, _http_refusal)
     for prefix in PREFIXES:
         base = f"{prefix}/v1/text-to-speech/{{voice_id}}"
         app.router.add_get(f"{base}/stream-input", stream_input)
@@ -158,6 +186,42 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         app.router.add_post(base, stream)
         app.router.add_post(f"{base}/with-timestamps", with_timestamps)
     app.router.add_get("/elevenlabs/v1/voices", voices)
+
+
+_REFUSALS = {
+    "unauthorized": (401, "invalid_api_key"),
+    "forbidden": (403, "missing_permissions"),
+    "rate_limited": (429, "too_many_concurrent_requests"),
+    "overloaded": (429, "too_many_concurrent_requests"),
+    "draining": (503, "server_draining"),
+}
+
+
+def _refusal_error(kind: str, message: str) -> _HttpError:
+    status, code = _REFUSALS[kind]
+    return _HttpError(status, code, f"{message[:1].upper()}{message[1:]}.")
+
+
+def _http_refusal(refusal: AuthRefusal) -> web.Response:
+    return _refusal_error(refusal.kind, refusal.message).response()
+
+
+async def _first_message_key(ws: web.WebSocketResponse, timeout: float) -> tuple[Incoming | None, str | None]:
+    """Read the socket's first frame for a key in it (``xi_api_key``); the frame is handed on."""
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except TimeoutError:
+        return None, None
+    if msg.type == WSMsgType.BINARY:
+        return Incoming("binary", msg.data), None
+    if msg.type != WSMsgType.TEXT:
+        return None, None
+    try:
+        raw = json.loads(msg.data)
+    except (json.JSONDecodeError, RecursionError):
+        raw = None
+    key = raw.get("xi_api_key", raw.get("xi-api-key")) if isinstance(raw, dict) else None
+    return Incoming("text", msg.data), key if isinstance(key, str) else None
 
 
 def _inactivity(raw: str | None) -> float:

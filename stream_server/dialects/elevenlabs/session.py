@@ -35,6 +35,7 @@ from streamvox.stream_server.dialects.elevenlabs.alignment import AlignmentQueue
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.idle import IdleTimer
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import QuotaExceeded, Usage
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import Transport
@@ -80,6 +81,7 @@ class ElevenLabsSession:
         config: ServerConfig,
         metrics: Metrics,
         settings: SocketSettings,
+        usage: Usage | None = None,
     ) -> None:
         self.id = f"e{next(_ids)}"
         self.transport = transport
@@ -87,7 +89,7 @@ class ElevenLabsSession:
         self.metrics = metrics
         self.settings = settings
         self.conversation = Conversation(
-            self.id, engine, config, metrics, self, lambda: transport.last_write, self._on_slow_reader
+            self.id, engine, config, metrics, self, lambda: transport.last_write, self._on_slow_reader, usage
         )
         self._alignment: dict[str, AlignmentQueue] = {}
         self._closing = False
@@ -229,7 +231,10 @@ class ElevenLabsSession:
             raise ElevenLabsError("invalid_message", problem)
         if ctx.segmenter.total_chars + len(text) > self.config.max_context_chars:
             raise ElevenLabsError("input_too_long", f"A context may hold {self.config.max_context_chars} characters.")
-        ctx.push_text(text, now)
+        try:
+            ctx.push_text(text, now)
+        except QuotaExceeded as exc:
+            raise ElevenLabsError("quota_exceeded", f"{exc.message}.") from None
 
     # --- closing ------------------------------------------------------------------------------
 

@@ -1,16 +1,41 @@
-"""The native protocol's route: ``GET /v1/stream``, the WebSocket (``?protocol=2`` for protocol 2)."""
+"""The native protocol's routes: ``GET /v1/stream`` (the WebSocket; ``?protocol=2`` for protocol 2),
+``POST /v1/tokens`` (browser tokens) and ``GET /v1/voices``.
+
+Credentials: ``Authorization: Bearer <key or token>`` or ``?token=<key or token>``
+(a browser cannot set headers on a WebSocket).  A refused socket gets an
+``error`` event, then a close: 4401 unauthorized, 4403 forbidden, 4429
+rate_limited, 1013 overloaded, 1001 draining (docs/protocol.md).
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
+from streamvox.stream_server.auth import DIALECTS, AuthRefusal, CredentialSources, Grant, grant_of, protect
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, PROTOCOL_VERSIONS, error_event
 from streamvox.stream_server.dialects.native.session import Session
-from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.runtime import Refusal, ServerRuntime
+from streamvox.stream_server.tokens import DEFAULT_TTL_S, MAX_TTL_S
 from streamvox.stream_server.transport import AiohttpTransport
 
 STREAM_PATH = "/v1/stream"
+TOKENS_PATH = "/v1/tokens"
+VOICES_PATH = "/v1/voices"
+CREDENTIALS = CredentialSources(bearer=True, query=("token",))
+CLOSE_CODES = {"unauthorized": 4401, "forbidden": 4403, "rate_limited": 4429, "overloaded": 1013, "draining": 1001}
+HTTP_STATUS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429, "overloaded": 503, "draining": 503,
+               "invalid_value": 400}  # fmt: skip
+
+
+def http_error(code: str, message: str) -> web.Response:
+    """The native HTTP error: the socket's ``error`` event as a JSON body."""
+    return web.json_response(error_event(code, message, fatal=True), status=HTTP_STATUS.get(code, 400))
+
+
+def http_refusal(refusal: AuthRefusal) -> web.Response:
+    return http_error(refusal.kind, refusal.message)
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
@@ -29,20 +54,68 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             await ws.send_str(json.dumps(error_event("invalid_value", message, fatal=True)))
             await ws.close(code=1008, message=b"invalid_value")
             return ws
-        refusal = runtime.refusal()
-        if refusal == "draining":
-            await ws.close(code=1001, message=b"server shutting down")
+        admission = runtime.admit(grant_of(request))
+        if isinstance(admission, Refusal):
+            if admission.kind != "draining":
+                await ws.send_str(json.dumps(error_event(admission.kind, admission.message, fatal=True)))
+            await ws.close(code=CLOSE_CODES[admission.kind], message=admission.kind.encode())
             return ws
-        if refusal == "overloaded":
-            runtime.metrics.sessions_rejected.inc()
-            runtime.metrics.errors.labels("overloaded").inc()
-            message = f"server at capacity ({config.max_sessions} sessions); retry later"
-            await ws.send_str(json.dumps(error_event("overloaded", message, fatal=True)))
-            await ws.close(code=1013, message=b"overloaded")
-            return ws
-        transport = AiohttpTransport(ws, request.transport)
-        session = Session(transport, runtime.engine_client, runtime.voices, config, runtime.metrics, int(asked))
-        await runtime.serve(session, session.run)
+        with admission:
+            transport = AiohttpTransport(ws, request.transport)
+            session = Session(transport, runtime.engine_client, admission.voices, config, runtime.metrics,
+                              int(asked), admission.usage)  # fmt: skip
+            await runtime.serve(session, session.run)
         return ws
 
-    app.router.add_get(STREAM_PATH, stream_handler)
+    async def tokens_handler(request: web.Request) -> web.Response:
+        """``POST /v1/tokens`` with an API key: a browser token (``ttl_s`` default 300, at most
+        3600; optional ``voices``, ``dialects``, ``max_sessions``)."""
+        grant = grant_of(request)
+        assert isinstance(grant, Grant)  # the middleware answered refusals
+        if not runtime.access.enabled:
+            return http_error("invalid_value", "this server has no keys: clients need no token")
+        try:
+            body = _token_request(await request.read())
+            token, claims = runtime.access.issue(grant, body["ttl_s"], body["voices"], body["dialects"],
+                                                 body["max_sessions"])  # fmt: skip
+        except ValueError as exc:
+            return http_error("invalid_value", str(exc))
+        except PermissionError as exc:
+            return http_error("forbidden", str(exc))
+        return web.json_response({"token": token, "expires_at": claims.expires_at, "voices": claims.voices,
+                                  "dialects": claims.dialects, "max_sessions": claims.sessions})  # fmt: skip
+
+    async def voices_handler(request: web.Request) -> web.Response:
+        """``GET /v1/voices``: id, language, sample rate and kind of every voice this caller may use."""
+        grant = grant_of(request)
+        assert isinstance(grant, Grant)  # the middleware answered refusals
+        return web.json_response({"voices": [v.to_json() for v in runtime.voices_for(grant).infos()]})
+
+    app.router.add_get(STREAM_PATH, protect(stream_handler, "native", CREDENTIALS, http_refusal))
+    app.router.add_post(TOKENS_PATH, protect(tokens_handler, "native", CREDENTIALS, http_refusal))
+    app.router.add_get(VOICES_PATH, protect(voices_handler, "native", CREDENTIALS, http_refusal))
+
+
+def _token_request(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ValueError("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValueError("the body must be a JSON object")
+    unknown = set(body) - {"ttl_s", "voices", "dialects", "max_sessions"}
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}")
+    ttl = body.get("ttl_s", DEFAULT_TTL_S)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be a number of seconds in (0, {MAX_TTL_S}]")
+    voices, dialects = body.get("voices"), body.get("dialects")
+    for name, value in (("voices", voices), ("dialects", dialects)):
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{name} must be a list of strings")
+    if dialects is not None and (bad := set(dialects) - set(DIALECTS)):
+        raise ValueError(f"unknown dialects {sorted(bad)}; known: {', '.join(DIALECTS)}")
+    sessions = body.get("max_sessions")
+    if sessions is not None and (isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1):
+        raise ValueError("max_sessions must be a positive integer")
+    return {"ttl_s": float(ttl), "voices": voices, "dialects": dialects, "max_sessions": sessions}

@@ -25,7 +25,6 @@ from streamvox.codecs.formats import FormatError, OutputFormat, resolve_format
 from streamvox.codecs.opus import OpusSettings
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
-from streamvox.engine.registry import VoiceRegistry
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
@@ -56,8 +55,10 @@ from streamvox.stream_server.dialects.native.messages import (
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.idle import IdleTimer
 from streamvox.stream_server.metrics import Metrics
+from streamvox.stream_server.quotas import QuotaExceeded, Usage
 from streamvox.stream_server.timeline import TimedWord
 from streamvox.stream_server.transport import Transport
+from streamvox.stream_server.voice_names import VoiceCatalog
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,11 @@ class Session:
         self,
         transport: Transport,
         engine: EngineClient,
-        voices: VoiceRegistry,
+        voices: VoiceCatalog,
         config: ServerConfig,
         metrics: Metrics,
         protocol: int = PROTOCOL_VERSION,
+        usage: Usage | None = None,
     ) -> None:
         self.id = f"s{next(_session_ids)}"
         self.protocol = protocol
@@ -140,6 +142,7 @@ class Session:
             NativePresenter(self),
             lambda: transport.last_write,
             self._on_slow_reader,
+            usage,
         )
         voice = voices.get(None)
         self._settings = _Settings(
@@ -226,7 +229,11 @@ class Session:
                     f"context would exceed {self.config.max_context_chars} characters; text dropped",
                     context_id=ctx.id,
                 )
-            ctx.push_text(message.text, now)
+            try:
+                ctx.push_text(message.text, now)
+            except QuotaExceeded as exc:
+                self.metrics.errors.labels("rate_limited").inc()
+                raise ProtocolError("rate_limited", f"{exc.message}; text dropped", context_id=ctx.id) from None
         elif isinstance(message, Flush):
             self._open_context(message.context_id, "flush").flush(now)
         elif isinstance(message, End):

@@ -1,9 +1,15 @@
-"""The OpenAI dialect's route: ``POST /v1/audio/speech`` (see ``speech.py`` and docs/dialects.md)."""
+"""The OpenAI dialect's route: ``POST /v1/audio/speech`` (see ``speech.py`` and docs/dialects.md).
+
+Keys: ``Authorization: Bearer``, as OpenAI's clients send them.  Refusals are
+OpenAI's error bodies: 401 ``invalid_api_key``, 403 ``permission_error``, 429
+``rate_limit_error`` (a key's limit, or the server at capacity), 503 draining.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 from streamvox.engine.api import UnknownVoiceError
+from streamvox.stream_server.auth import AuthRefusal, CredentialSources, grant_of, protect
 from streamvox.stream_server.dialects.openai.speech import (
     OpenAIError,
     SpeechPresenter,
@@ -12,28 +18,44 @@ from streamvox.stream_server.dialects.openai.speech import (
     synthesis_params,
 )
 from streamvox.stream_server.http_speech import HttpSpeech
-from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.quotas import QuotaExceeded
+from streamvox.stream_server.runtime import Admission, Refusal, RefusalKind, ServerRuntime
 from streamvox.stream_server.voice_names import OPENAI_VOICES, resolve_voice
 
 SPEECH_PATH = "/v1/audio/speech"
+CREDENTIALS = CredentialSources(bearer=True)
+_ERRORS: dict[str, tuple[int, str]] = {
+    "unauthorized": (401, "invalid_request_error"),
+    "forbidden": (403, "permission_error"),
+    "rate_limited": (429, "rate_limit_error"),
+    "overloaded": (429, "rate_limit_error"),
+    "draining": (503, "server_error"),
+}
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def speech(request: web.Request) -> web.StreamResponse:
+        admission = runtime.admit(grant_of(request))
+        if isinstance(admission, Refusal):
+            return _refusal_error(admission.kind, admission.message).response()
+        with admission:
+            return await _speak(request, admission)
+
+    async def _speak(request: web.Request, admission: Admission) -> web.StreamResponse:
+        voices = admission.voices
         try:
             spoken = parse_request(await request.read())
             try:
-                voice = resolve_voice(runtime.voices, spoken.voice_name, runtime.config.aliases, OPENAI_VOICES)
+                voice = resolve_voice(voices, spoken.voice_name, runtime.config.aliases, OPENAI_VOICES)
             except UnknownVoiceError:
-                known = ", ".join([*OPENAI_VOICES, *runtime.voices.ids()])
+                known = ", ".join([*OPENAI_VOICES, *voices.ids()])
                 raise OpenAIError(f"Unknown voice '{spoken.voice_name}'. Available: {known}.", "voice") from None
             fmt, content_type = output_format(spoken, voice)
-            refusal = runtime.refusal()
-            if refusal == "draining":
-                raise OpenAIError("The server is shutting down; retry on another.", None, 503, "server_error")
-            if refusal == "overloaded":
-                runtime.metrics.sessions_rejected.inc()
-                raise OpenAIError("The server is at capacity; retry later.", None, 429, "rate_limit_error")
+            if admission.usage is not None:
+                admission.usage.take_text(len(spoken.text))
+        except QuotaExceeded as exc:
+            runtime.metrics.errors.labels("rate_limited").inc()
+            return _refusal_error("rate_limited", exc.message).response()
         except OpenAIError as exc:
             runtime.metrics.errors.labels(f"openai_{exc.status}").inc()
             return exc.response()
@@ -44,7 +66,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         await response.prepare(request)
         holder: list[HttpSpeech] = []
         presenter = SpeechPresenter(response, spoken.sse, lambda: holder[0].gone())
-        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request)
+        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request, admission.usage)
         holder.append(job)
         params = synthesis_params(spoken, voice, runtime.config.default_seed)
 
@@ -56,4 +78,16 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             await response.write_eof()
         return response
 
-    app.router.add_post(SPEECH_PATH, speech)
+    app.router.add_post(SPEECH_PATH, protect(speech, "openai", CREDENTIALS, _http_refusal))
+
+
+def _refusal_error(kind: RefusalKind, message: str) -> OpenAIError:
+    status, error_type = _ERRORS[kind]
+    error = OpenAIError(f"{message[:1].upper()}{message[1:]}.", None, status, error_type)
+    if kind == "unauthorized":
+        error.body["error"]["code"] = "invalid_api_key"
+    return error
+
+
+def _http_refusal(refusal: AuthRefusal) -> web.Response:
+    return _refusal_error(refusal.kind, refusal.message).response()

@@ -22,7 +22,6 @@ import time
 from streamvox.codecs.formats import resolve_format
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
-from streamvox.engine.registry import VoiceRegistry
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
@@ -31,7 +30,7 @@ from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
-from streamvox.stream_server.voice_names import resolve_voice
+from streamvox.stream_server.voice_names import VoiceCatalog, resolve_voice
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
@@ -43,7 +42,7 @@ ATTRIBUTION = Attribution(name="streamvox", url="https://pypi.org/project/stream
 _ids = itertools.count(1)
 
 
-def describe(voices: VoiceRegistry, version: str) -> Info:
+def describe(voices: VoiceCatalog, version: str) -> Info:
     """Our voices as one Wyoming TTS program that can stream."""
     listed = [
         TtsVoice(
@@ -76,7 +75,7 @@ class WyomingHandler(AsyncEventHandler):
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         engine: EngineClient,
-        voices: VoiceRegistry,
+        voices: VoiceCatalog,
         config: ServerConfig,
         metrics: Metrics,
         version: str,
@@ -155,6 +154,11 @@ class WyomingHandler(AsyncEventHandler):
 
     async def disconnect(self) -> None:
         await self.conversation.close()
+
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: what is being spoken gets ``timeout`` seconds, then the connection ends."""
+        await self.conversation.drain(timeout)
+        await self.stop()
 
     # --- the presenter -------------------------------------------------------------------------
 
