@@ -70,6 +70,10 @@ class EngineConfig:
     not depend on load, or a seeded stream's bytes would."""
     workers: int = 0
     """Units of different streams run at once (0: one per core)."""
+    unit_deadline_s: float | None = 60.0
+    """A unit still running after this long fails its streams (``synthesis_failed``) and its
+    worker is replaced by a spare; the server reports unhealthy while as many workers are stuck
+    as it normally has (``None``: no deadline)."""
     idle_trim_s: float | None = 2.0
     """Once no stream has existed for this long after some work, every voice gives back the
     memory its runtime kept for the shapes it saw, and the C heap returns its free pages
@@ -82,6 +86,8 @@ class EngineConfig:
             raise ValueError(f"max_lead_s must be > 0 or None, got {self.max_lead_s}")
         if self.seam_ms < 0 or self.urgent_windows < 0:
             raise ValueError("seam_ms and urgent_windows must be >= 0")
+        if self.unit_deadline_s is not None and self.unit_deadline_s <= 0:
+            raise ValueError(f"unit_deadline_s must be > 0 or None, got {self.unit_deadline_s}")
         if self.idle_trim_s is not None and self.idle_trim_s <= 0:
             raise ValueError(f"idle_trim_s must be > 0 or None, got {self.idle_trim_s}")
 
@@ -132,13 +138,14 @@ class _Hold:
     held: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Dispatched:
     """A unit on a worker, and the streams it advances (the dispatched one first)."""
 
     unit: Unit
     plan: Plan
     members: tuple[EngineStream, ...]
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,7 @@ class _UnitDone:
 
 
 _STOP = object()
+_FAILED_MESSAGE = "synthesis failed for this context (stream {}; the server log has the details)"
 
 
 def _trim_memory(voices: list[Voice]) -> None:
@@ -188,10 +196,15 @@ class EngineCore:
         self._in_flight = 0
         self._counters = _Counters()
         self._worked_since_trim = False
+        self._running: set[_Dispatched] = set()
+        self._stuck: set[_Dispatched] = set()
+        """Units past their deadline: their streams have failed, spare workers stand in for them."""
+        self._died: str | None = None
 
     def start(self) -> None:
         if self._thread is None:
-            self._pool = ThreadPoolExecutor(self.config.worker_count, thread_name_prefix="streamvox-worker")
+            # Twice the workers: the spares stand in for workers stuck in a unit past its deadline.
+            self._pool = ThreadPoolExecutor(2 * self.config.worker_count, thread_name_prefix="streamvox-worker")
             self._thread = threading.Thread(target=self._run, name="streamvox-engine", daemon=True)
             self._thread.start()
 
@@ -212,6 +225,22 @@ class EngineCore:
     @property
     def workers(self) -> int:
         return self.config.worker_count
+
+    @property
+    def problem(self) -> str | None:
+        """Why the engine cannot serve (``/healthz`` says 503 with it), or ``None``.  A snapshot."""
+        if self._died is not None:
+            return self._died
+        if not self.running:
+            return "the engine thread is not running"
+        stuck = len(self._stuck)
+        if stuck >= self.config.worker_count:
+            return f"{stuck} worker(s) stuck in a unit past the {self.config.unit_deadline_s:g} s deadline"
+        return None
+
+    @property
+    def stuck_workers(self) -> int:
+        return len(self._stuck)
 
     def open(self, stream_id: str, voice_id: str | None, params: SynthesisParams, sink: Sink) -> Voice:
         """Start a stream on voice ``voice_id`` (``None``: the default voice) and return that
@@ -274,9 +303,28 @@ class EngineCore:
         return self.scheduler.runnable(list(self._streams.values()), time.monotonic(), self._busy_lanes)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            self._died = f"the engine thread died ({type(exc).__name__}); restart the server"
+            log.critical("engine thread died; every stream fails and /healthz reports 503", exc_info=exc)
+            for stream in list(self._streams.values()):
+                self._emit(stream, StreamFailed(stream.id, "synthesis_failed", _FAILED_MESSAGE.format(stream.id)))
+            self._streams.clear()
+            raise
+
+    def _next_deadline(self, next_at: float | None) -> float | None:
+        deadline = self.config.unit_deadline_s
+        if deadline is None or not self._running:
+            return next_at
+        overdue_at = min(job.started for job in self._running) + deadline
+        return overdue_at if next_at is None else min(next_at, overdue_at)
+
+    def _loop(self) -> None:
         while True:
             idle_workers = self.config.worker_count - self._in_flight
             runnable, next_at = self._runnable() if idle_workers else ([], None)
+            next_at = self._next_deadline(next_at)
             try:
                 if runnable:
                     command = self._inbox.get_nowait()
@@ -299,6 +347,7 @@ class EngineCore:
                     command = self._inbox.get_nowait()
                 except queue.Empty:
                     command = None
+            self._expire_overdue()
             idle_workers = self.config.worker_count - self._in_flight
             if idle_workers > 0:
                 for stream in self.scheduler.pick(self._runnable()[0], idle_workers):
@@ -312,6 +361,31 @@ class EngineCore:
         self._worked_since_trim = False
         assert self._pool is not None
         self._pool.submit(_trim_memory, self.voices.loaded())
+
+    def _expire_overdue(self) -> None:
+        """Units past their deadline: fail their streams, free their slots for spare workers."""
+        deadline = self.config.unit_deadline_s
+        if deadline is None or not self._running:
+            return
+        now = time.monotonic()
+        for job in [j for j in self._running if now - j.started > deadline]:
+            self._running.discard(job)
+            self._stuck.add(job)
+            self._release_slot(job)
+            log.error("a %s unit of %s ran past the %g s deadline; its streams fail", job.plan.action,
+                      ", ".join(m.id for m in job.members), deadline)  # fmt: skip
+            for member in job.members:
+                if self._streams.get(member.id) is member:
+                    del self._streams[member.id]
+                    message = f"synthesis took longer than {deadline:g} s (stream {member.id}); the server log has more"
+                    self._emit(member, StreamFailed(member.id, "synthesis_failed", message))
+
+    def _release_slot(self, job: _Dispatched) -> None:
+        for member in job.members:
+            member.busy = False
+        self._in_flight -= 1
+        if job.plan.lane is not None:
+            self._busy_lanes.discard(job.plan.lane)
 
     def _apply(self, command: object) -> None:
         if isinstance(command, _UnitDone):
@@ -364,10 +438,12 @@ class EngineCore:
         for member in members:
             member.busy = True
         self._in_flight += 1
+        job = _Dispatched(unit, plan, tuple(members))
+        self._running.add(job)
         counts = self._counters.units_by_concurrency
         counts[self._in_flight] = counts.get(self._in_flight, 0) + 1
         assert self._pool is not None
-        self._pool.submit(self._work, _Dispatched(unit, plan, tuple(members)))
+        self._pool.submit(self._work, job)
 
     def _work(self, job: _Dispatched) -> None:
         """Runs on a worker: the members are ``busy``, so their synthesis state is ours alone."""
@@ -375,19 +451,21 @@ class EngineCore:
         try:
             events = job.unit.run()
             error = None
-        except Exception as exc:  # one stream's failure must not stop the engine
+        except BaseException as exc:  # one stream's failure must not stop the engine, nor lose the worker
             events, error = [], exc
         self._inbox.put(_UnitDone(job, events, error, time.perf_counter() - started))
 
     def _complete(self, done: _UnitDone) -> None:
         job = done.job
         stream = job.members[0]
-        for member in job.members:
-            member.busy = False
-        self._in_flight -= 1
         self._counters.units_executed += 1
-        if job.plan.lane is not None:
-            self._busy_lanes.discard(job.plan.lane)
+        if job in self._stuck:  # it came back after its deadline: its streams failed already
+            self._stuck.discard(job)
+            log.warning("the unit that overran its deadline finished after %.1f s", done.seconds)
+            job.unit.settle([True] * len(job.members), True)
+            return
+        self._running.discard(job)
+        self._release_slot(job)
         gone = [self._streams.get(m.id) is not m for m in job.members]
         job.unit.settle(gone, done.error is not None)
         if done.error is not None:
@@ -417,8 +495,7 @@ class EngineCore:
         the client's text); the client gets a generic message with the stream id to find them."""
         log.error("stream %s failed", stream.id, exc_info=error)
         del self._streams[stream.id]
-        message = f"synthesis failed for this context (stream {stream.id}; the server log has the details)"
-        self._emit(stream, StreamFailed(stream.id, "synthesis_failed", message))
+        self._emit(stream, StreamFailed(stream.id, "synthesis_failed", _FAILED_MESSAGE.format(stream.id)))
 
     def _emit(self, stream: EngineStream, event: EngineEvent) -> None:
         try:

@@ -124,6 +124,12 @@ class VoiceRegistry:
             backend = self._backends[kind] = load_backend(kind)
         return backend
 
+    def add_backend(self, kind: str, backend: Backend) -> None:
+        """Serve voices of ``kind`` with ``backend`` (one not in :data:`BACKENDS`: a wrapper, a plugin)."""
+        if kind in self._backends:
+            raise VoiceLoadError(f"a backend for {kind!r} is loaded already")
+        self._backends[kind] = backend
+
     def add(self, voice: Voice) -> None:
         if voice.id in self._voices:
             raise VoiceLoadError(f"two voices share the id {voice.id!r}")

@@ -41,11 +41,14 @@ def package_version() -> str:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: 200 while serving, 503 while draining or if the engine thread died."""
+    """``GET /healthz``: 200 while serving; 503 while draining, or with the engine's ``problem``
+    (its thread died, or every worker is stuck in a unit past the deadline)."""
     runtime = request.app[RUNTIME]
-    ok = runtime.engine.running and not runtime.draining
+    problem = runtime.engine.problem
+    ok = problem is None and not runtime.draining
     body = {
         "status": "ok" if ok else ("draining" if runtime.draining else "engine_down"),
+        "problem": problem,
         "version": package_version(),
         "protocol": PROTOCOL_VERSION,
         "sessions": len(runtime.sessions),

@@ -65,7 +65,14 @@ def test_keys_never_reach_the_log(tmp_path: Path) -> None:
         status, body = post("/v1/tokens", key, {})
         assert status == 200
         token = json.loads(body)["token"]
-        assert post("/v1/audio/speech", env_key, {"model": "tts-1", "input": "Hi.", "voice": "alloy", "response_format": "pcm"})[0] == 200
+        assert (
+            post(
+                "/v1/audio/speech",
+                env_key,
+                {"model": "tts-1", "input": "Hi.", "voice": "alloy", "response_format": "pcm"},
+            )[0]
+            == 200
+        )
         assert post("/v1/audio/speech", key + "x", {"model": "tts-1", "input": "Hi.", "voice": "alloy"})[0] == 401
 
         async def speak(credential: str) -> None:
