@@ -6,8 +6,8 @@ import asyncio
 import json
 import os
 import subprocess
-import urllib.error
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 

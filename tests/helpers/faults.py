@@ -9,7 +9,6 @@ worker thread dies of).  Every other stream runs the real backend untouched.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
