@@ -118,6 +118,8 @@ class WyomingHandler(AsyncEventHandler):
                 if self._streaming is not None:
                     return True  # the whole text again, for servers that cannot stream: ignored
                 request = Synthesize.from_event(event)
+                if not isinstance(request.text, str):
+                    raise _Refused("synthesize needs a text string", "invalid_text")
                 if (problem := text_problem(request.text)) is not None:
                     raise _Refused(problem, "invalid_text")
                 ctx = self._open(request.voice.name if request.voice else None)
@@ -128,6 +130,9 @@ class WyomingHandler(AsyncEventHandler):
         except _Refused as exc:
             self.metrics.errors.labels(f"wyoming_{exc.code}").inc()
             await self.write_event(Error(text=str(exc), code=exc.code).event())
+        except (KeyError, TypeError, AttributeError, ValueError):  # the wyoming parsers on a malformed event
+            self.metrics.errors.labels("wyoming_invalid_event").inc()
+            await self.write_event(Error(text=f"malformed {event.type!r} event", code="invalid_event").event())
         return True
 
     def _open(self, voice_name: str | None) -> Context:
@@ -146,6 +151,8 @@ class WyomingHandler(AsyncEventHandler):
         return self.conversation.open_context(cid, voice, fmt, SynthesisParams(seed=self.config.default_seed))
 
     def _push(self, ctx: Context, text: str) -> None:
+        if not isinstance(text, str):
+            raise _Refused("text must be a string", "invalid_text")
         if (problem := text_problem(text)) is not None:
             raise _Refused(problem, "invalid_text")
         if ctx.segmenter.total_chars + len(text) > self.config.max_context_chars:
