@@ -8,10 +8,11 @@ handlers that take credentials later (ElevenLabs' first message, Wyoming) call
 protected when its dialect registered it with :func:`protect`, naming where
 its clients put their key (:class:`CredentialSources`).
 
-Plain HTTP requests that fail are answered by the middleware in the dialect's
-own error shape; WebSocket upgrades go through (so the refusal can be told in
-the dialect's shape, which a browser cannot read from a refused handshake)
-and the handler refuses them.  A disallowed Origin is refused before any
+HTTP routes that fail are answered by the middleware in the dialect's own
+error shape.  WebSocket routes (registered with no HTTP renderer) always reach
+their handler, which refuses on the socket in the dialect's shape (a browser
+cannot read a refused handshake): whether a route is a socket is the route's
+business, never the client's ``Upgrade`` header.  A disallowed Origin is refused before any
 upgrade (403), the defence against cross-site WebSocket hijacking.
 
 With no keys configured the server is anonymous: every check passes.
@@ -120,7 +121,8 @@ HttpRefusal = Callable[[AuthRefusal], web.StreamResponse]
 class RouteAccess:
     dialect: str
     sources: CredentialSources
-    http_refusal: HttpRefusal
+    http_refusal: HttpRefusal | None
+    """``None``: a WebSocket route, whose handler refuses (see :meth:`ServerRuntime.admit`)."""
 
 
 class Access:
@@ -232,8 +234,9 @@ GRANT = web.RequestKey("grant", object)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def protect(handler: Handler, dialect: str, sources: CredentialSources, http_refusal: HttpRefusal) -> Handler:
-    """Mark ``handler`` as a protected route of ``dialect`` (the middleware checks it)."""
+def protect(handler: Handler, dialect: str, sources: CredentialSources, http_refusal: HttpRefusal | None) -> Handler:
+    """Mark ``handler`` as a protected route of ``dialect`` (the middleware checks it).
+    ``http_refusal`` renders an HTTP route's refusal; ``None`` marks a WebSocket route."""
     if dialect not in DIALECTS:
         raise ValueError(f"unknown dialect {dialect!r}")
     setattr(handler, _ROUTE_ATTR, RouteAccess(dialect, sources, http_refusal))
@@ -255,8 +258,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if route is None:
         return await handler(request)
     access = request.app[ACCESS]
-    upgrade = _is_upgrade(request)
-    if upgrade and not access.origin_allowed(request.headers.get("Origin"), request.host):
+    if _is_upgrade(request) and not access.origin_allowed(request.headers.get("Origin"), request.host):
         log.warning("refused a WebSocket from origin %r", request.headers.get("Origin"))
         return web.json_response({"error": "origin_not_allowed", "message": "this page's origin may not connect"},
                                  status=403)  # fmt: skip
@@ -265,7 +267,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if isinstance(outcome, AuthRefusal):
         if not outcome.missing:
             log.info("%s %s refused: %s", request.method, request.path, outcome.message)
-        if not upgrade:
+        if route.http_refusal is not None:
             return route.http_refusal(outcome)
     return await handler(request)
 

@@ -250,6 +250,16 @@ async def test_listing_routes_need_a_key_and_health_does_not(auth_server: tuple[
     assert (await _get(address, "/healthz", None))[1] == 200
 
 
+async def test_an_upgrade_header_does_not_get_an_http_route_past_the_check(auth_server: tuple[str, Keys]) -> None:
+    address, _ = auth_server
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+    async with aiohttp.ClientSession() as http:
+        for method, path in [("GET", "/metrics"), ("GET", "/v1/voices"), ("POST", "/v1/tokens"),
+                             ("POST", "/v1/audio/speech"), ("GET", "/elevenlabs/v1/voices")]:  # fmt: skip
+            async with http.request(method, f"http://{address}{path}", headers=upgrade, json={}) as r:
+                assert r.status == 401, (path, r.status, await r.text())
+
+
 async def test_a_token_is_scoped_to_its_voices_and_dialects(auth_server: tuple[str, Keys]) -> None:
     address, keys = auth_server
     native_only = await _token(address, keys.full, dialects=["native"])

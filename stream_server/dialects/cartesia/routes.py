@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
-from streamvox.stream_server.auth import AuthRefusal, CredentialSources, grant_of, protect
+from streamvox.stream_server.auth import CredentialSources, grant_of, protect
 from streamvox.stream_server.dialects.cartesia.session import CartesiaError, CartesiaSession
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
 from streamvox.stream_server.transport import AiohttpTransport
@@ -22,11 +22,6 @@ WEBSOCKET_PATH = "/tts/websocket"
 CREDENTIALS = CredentialSources(headers=("X-API-Key",), bearer=True, query=("api_key", "access_token"))
 _STATUS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429, "overloaded": 429, "draining": 503}
 _CLOSE = {"unauthorized": 1008, "forbidden": 1008, "rate_limited": 1008, "overloaded": 1013, "draining": 1001}
-
-
-def _http_refusal(refusal: AuthRefusal) -> web.Response:
-    return web.json_response(CartesiaError(refusal.message, None, refusal.status, refusal.kind).body,
-                             status=refusal.status)  # fmt: skip
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
@@ -48,4 +43,4 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             await runtime.serve(session, session.run)
         return ws
 
-    app.router.add_get(WEBSOCKET_PATH, protect(websocket, "cartesia", CREDENTIALS, _http_refusal))
+    app.router.add_get(WEBSOCKET_PATH, protect(websocket, "cartesia", CREDENTIALS, None))

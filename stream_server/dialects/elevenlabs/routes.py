@@ -175,8 +175,10 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         ]
         return web.json_response({"voices": listed + aliases})
 
-    for handler in (stream_input, multi_stream_input, stream, with_timestamps, voices):
-        protect(handler, "elevenlabs", CREDENTIALS, _http_refusal)
+    for socket_handler in (stream_input, multi_stream_input):
+        protect(socket_handler, "elevenlabs", CREDENTIALS, None)
+    for http_handler in (stream, with_timestamps, voices):
+        protect(http_handler, "elevenlabs", CREDENTIALS, _http_refusal)
     for prefix in PREFIXES:
         base = f"{prefix}/v1/text-to-speech/{{voice_id}}"
         app.router.add_get(f"{base}/stream-input", stream_input)

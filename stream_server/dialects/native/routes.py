@@ -91,7 +91,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         assert isinstance(grant, Grant)  # the middleware answered refusals
         return web.json_response({"voices": [v.to_json() for v in runtime.voices_for(grant).infos()]})
 
-    app.router.add_get(STREAM_PATH, protect(stream_handler, "native", CREDENTIALS, http_refusal))
+    app.router.add_get(STREAM_PATH, protect(stream_handler, "native", CREDENTIALS, None))
     app.router.add_post(TOKENS_PATH, protect(tokens_handler, "native", CREDENTIALS, http_refusal))
     app.router.add_get(VOICES_PATH, protect(voices_handler, "native", CREDENTIALS, http_refusal))
 
