@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from aiohttp import WSMsgType, web
+from streamvox.stream_server.config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,14 @@ class Prepended:
 
     def abort(self) -> None:
         self._transport.abort()
+
+
+async def accept_websocket(request: web.Request, config: ServerConfig) -> web.WebSocketResponse:
+    """Upgrade ``request`` to a WebSocket with the server's frame limit and pings."""
+    # No permessage-deflate: Opus and PCM do not compress, and deflating every packet costs CPU.
+    ws = web.WebSocketResponse(max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False)
+    await ws.prepare(request)
+    return ws
 
 
 class AiohttpTransport:

@@ -16,7 +16,7 @@ from aiohttp import web
 from streamvox.stream_server.auth import CredentialSources, grant_of, protect
 from streamvox.stream_server.dialects.cartesia.session import CartesiaError, CartesiaSession
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
-from streamvox.stream_server.transport import AiohttpTransport
+from streamvox.stream_server.transport import AiohttpTransport, accept_websocket
 
 WEBSOCKET_PATH = "/tts/websocket"
 CREDENTIALS = CredentialSources(headers=("X-API-Key",), bearer=True, query=("api_key", "access_token"))
@@ -27,10 +27,7 @@ _CLOSE = {"unauthorized": 1008, "forbidden": 1008, "rate_limited": 1008, "overlo
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def websocket(request: web.Request) -> web.StreamResponse:
         config = runtime.config
-        ws = web.WebSocketResponse(
-            max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
-        )
-        await ws.prepare(request)
+        ws = await accept_websocket(request, config)
         admission = runtime.admit(grant_of(request))
         if isinstance(admission, Refusal):
             error = CartesiaError(admission.message, None, _STATUS[admission.kind], admission.kind)

@@ -41,7 +41,7 @@ from streamvox.stream_server.quotas import QuotaExceeded
 from streamvox.stream_server.runtime import Admission, Refusal, ServerRuntime
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
-from streamvox.stream_server.transport import AiohttpTransport, Incoming, Prepended, Transport
+from streamvox.stream_server.transport import AiohttpTransport, Incoming, Prepended, Transport, accept_websocket
 from streamvox.stream_server.voice_names import VoiceCatalog, resolve_voice
 
 PREFIXES = ("", "/elevenlabs")
@@ -78,10 +78,7 @@ def _format(runtime: ServerRuntime, name: str, voice: Voice) -> OutputFormat:
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def websocket(request: web.Request, multi: bool) -> web.StreamResponse:
         config = runtime.config
-        ws = web.WebSocketResponse(
-            max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
-        )
-        await ws.prepare(request)
+        ws = await accept_websocket(request, config)
         transport: Transport = AiohttpTransport(ws, request.transport)
         outcome = grant_of(request)
         if isinstance(outcome, AuthRefusal) and outcome.missing:  # the key may be in the first message
@@ -90,22 +87,22 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
             if first is not None:
                 transport = Prepended(first, transport)
         admission = runtime.admit(outcome)
-        try:
-            if isinstance(admission, Refusal):
-                raise _refusal_error(admission.kind, admission.message)
-            with admission:
+        if isinstance(admission, Refusal):  # admit() counted it
+            await _refuse_socket(ws, _refusal_error(admission.kind, admission.message))
+            return ws
+        with admission:
+            try:
                 voice = _voice(admission.voices, runtime, request.match_info["voice_id"])
                 fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
                 inactivity = _inactivity(request.query.get("inactivity_timeout"))
-                settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
-                session = ElevenLabsSession(transport, runtime.engine_client, config, runtime.metrics, settings,
-                                            admission.usage)  # fmt: skip
-                await runtime.serve(session, session.run)
-        except _HttpError as exc:
-            runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
-            body = ElevenLabsError(exc.code, exc.message).body()
-            await ws.send_str(json.dumps(body))
-            await ws.close(code=1008, message=exc.code.encode())
+            except _HttpError as exc:
+                runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
+                await _refuse_socket(ws, exc)
+                return ws
+            settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
+            session = ElevenLabsSession(transport, runtime.engine_client, config, runtime.metrics, settings,
+                                        admission.usage)  # fmt: skip
+            await runtime.serve(session, session.run)
         return ws
 
     async def stream_input(request: web.Request) -> web.StreamResponse:
@@ -202,6 +199,12 @@ _REFUSALS = {
 def _refusal_error(kind: str, message: str) -> _HttpError:
     status, code = _REFUSALS[kind]
     return _HttpError(status, code, f"{message[:1].upper()}{message[1:]}.")
+
+
+async def _refuse_socket(ws: web.WebSocketResponse, error: _HttpError) -> None:
+    """ElevenLabs' socket error message, then close 1008."""
+    await ws.send_str(json.dumps(ElevenLabsError(error.code, error.message).body()))
+    await ws.close(code=1008, message=error.code.encode())
 
 
 def _http_refusal(refusal: AuthRefusal) -> web.Response:

@@ -18,7 +18,7 @@ from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, PRO
 from streamvox.stream_server.dialects.native.session import Session
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
 from streamvox.stream_server.tokens import DEFAULT_TTL_S, MAX_TTL_S
-from streamvox.stream_server.transport import AiohttpTransport
+from streamvox.stream_server.transport import AiohttpTransport, accept_websocket
 
 STREAM_PATH = "/v1/stream"
 TOKENS_PATH = "/v1/tokens"
@@ -41,11 +41,7 @@ def http_refusal(refusal: AuthRefusal) -> web.Response:
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def stream_handler(request: web.Request) -> web.StreamResponse:
         config = runtime.config
-        # No permessage-deflate: Opus and PCM do not compress, and deflating every packet costs CPU.
-        ws = web.WebSocketResponse(
-            max_msg_size=config.hard_message_bytes, heartbeat=config.ping_interval_s, compress=False
-        )
-        await ws.prepare(request)
+        ws = await accept_websocket(request, config)
         asked = request.query.get("protocol", str(PROTOCOL_VERSION))
         if asked not in {str(v) for v in PROTOCOL_VERSIONS}:
             versions = ", ".join(str(v) for v in PROTOCOL_VERSIONS)
