@@ -193,10 +193,10 @@ class EngineCore:
         self._busy_lanes: set[Hashable] = set()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._in_flight = 0
         self._counters = _Counters()
         self._worked_since_trim = False
         self._running: set[_Dispatched] = set()
+        """Units on workers (their number is the engine's load), not those past their deadline."""
         self._stuck: set[_Dispatched] = set()
         """Units past their deadline: their streams have failed, spare workers stand in for them."""
         self._died: str | None = None
@@ -283,7 +283,7 @@ class EngineCore:
     @property
     def units_in_flight(self) -> int:
         """Read from other threads for metrics: a snapshot."""
-        return self._in_flight
+        return len(self._running)
 
     @property
     def units_executed(self) -> int:
@@ -322,7 +322,7 @@ class EngineCore:
 
     def _loop(self) -> None:
         while True:
-            idle_workers = self.config.worker_count - self._in_flight
+            idle_workers = self.config.worker_count - len(self._running)
             runnable, next_at = self._runnable() if idle_workers else ([], None)
             next_at = self._next_deadline(next_at)
             try:
@@ -348,7 +348,7 @@ class EngineCore:
                 except queue.Empty:
                     command = None
             self._expire_overdue()
-            idle_workers = self.config.worker_count - self._in_flight
+            idle_workers = self.config.worker_count - len(self._running)
             if idle_workers > 0:
                 for stream in self.scheduler.pick(self._runnable()[0], idle_workers):
                     self._dispatch(stream)
@@ -369,7 +369,6 @@ class EngineCore:
             return
         now = time.monotonic()
         for job in [j for j in self._running if now - j.started > deadline]:
-            self._running.discard(job)
             self._stuck.add(job)
             self._release_slot(job)
             log.error("a %s unit of %s ran past the %g s deadline; its streams fail", job.plan.action,
@@ -381,9 +380,9 @@ class EngineCore:
                     self._emit(member, StreamFailed(member.id, "synthesis_failed", message))
 
     def _release_slot(self, job: _Dispatched) -> None:
+        self._running.discard(job)
         for member in job.members:
             member.busy = False
-        self._in_flight -= 1
         if job.plan.lane is not None:
             self._busy_lanes.discard(job.plan.lane)
 
@@ -437,11 +436,10 @@ class EngineCore:
             self._busy_lanes.add(plan.lane)
         for member in members:
             member.busy = True
-        self._in_flight += 1
         job = _Dispatched(unit, plan, tuple(members))
         self._running.add(job)
         counts = self._counters.units_by_concurrency
-        counts[self._in_flight] = counts.get(self._in_flight, 0) + 1
+        counts[len(self._running)] = counts.get(len(self._running), 0) + 1
         assert self._pool is not None
         self._pool.submit(self._work, job)
 
@@ -464,7 +462,6 @@ class EngineCore:
             log.warning("the unit that overran its deadline finished after %.1f s", done.seconds)
             job.unit.settle([True] * len(job.members), True)
             return
-        self._running.discard(job)
         self._release_slot(job)
         gone = [self._streams.get(m.id) is not m for m in job.members]
         job.unit.settle(gone, done.error is not None)
