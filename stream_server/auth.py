@@ -22,6 +22,7 @@ Keys and tokens never reach a log.  Event-loop only, except :class:`KeyRing`.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -137,8 +138,6 @@ class Access:
     ) -> None:
         """``token_secret`` (else the keys file's) signs browser tokens; without either, a
         per-process secret is made (tokens then work on this process only)."""
-        import secrets
-
         self.keys = keys
         self.quotas = quotas
         self.allow_origins = frozenset(o.rstrip("/").lower() for o in allow_origins)

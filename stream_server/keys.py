@@ -204,10 +204,7 @@ class KeyRing:
         self._stamp: tuple[int, int] | None = None
         self._checked_at = 0.0
         self._lock = threading.Lock()
-        if self.path is not None:
-            self._load()
-        for _, record in self._env:
-            self._by_name.setdefault(record.name, record)
+        self._load()
 
     @property
     def enabled(self) -> bool:
@@ -215,13 +212,15 @@ class KeyRing:
         return self.path is not None or bool(self._env)
 
     def _load(self) -> None:
-        assert self.path is not None
-        stat = self.path.stat()
-        contents = KeysFile.read(self.path)
+        """(Re)build the tables from the keys file, if any, and the env keys (which win a name)."""
+        contents = KeysFile("", [])
+        if self.path is not None:
+            stat = self.path.stat()
+            contents = KeysFile.read(self.path)
+            self._stamp = (stat.st_mtime_ns, stat.st_size)
         self._by_id = {r.key_id: r for r in contents.records}
         self._by_name = {r.name: r for r in contents.records} | {r.name: r for _, r in self._env}
         self.token_secret = contents.token_secret
-        self._stamp = (stat.st_mtime_ns, stat.st_size)
 
     def refresh(self, now: float | None = None) -> None:
         """Re-read the keys file if it changed (checked at most once a second).  A file that
