@@ -210,7 +210,9 @@ def _malformed(server: Server) -> None:
         pass
     wyoming_garbage = (b"\xff\xfe not utf-8\n", b'{"type": "synthesize", "data": {"text": 5}}\n',
                        os.urandom(300) + b"\n", b'{"type": "synthesize-chunk", "data": {"text": "out of order"}}\n',
-                       b'{"type": "synthesize", "data": {"voice": 7}}\n')  # fmt: skip
+                       b'{"type": "synthesize", "data": {"voice": 7}}\n', b"[1, 2]\n",
+                       b'{"type": "synthesize", "data_length": "ten"}\n',
+                       b'{"type": "synthesize", "data_length": 1000}\n{"text"')  # cut short  # fmt: skip
     for garbage in wyoming_garbage:
         with socket.create_connection(("127.0.0.1", server.wyoming_port), timeout=10) as sock:
             sock.sendall(garbage)

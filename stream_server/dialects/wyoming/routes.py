@@ -43,8 +43,9 @@ def add_routes(app: web.Application, runtime: ServerRuntime, version: str) -> No
                                      runtime.metrics, version)  # fmt: skip
             try:
                 await runtime.serve(handler, handler.run)
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError, asyncio.LimitOverrunError) as exc:
-                # The wyoming reader raises on a line that is not an event: the client is broken.
+            except (ValueError, KeyError, TypeError, AttributeError, asyncio.IncompleteReadError) as exc:
+                # The wyoming reader raises on a line that is not an event (not UTF-8 or JSON, longer
+                # than the stream limit, not an object, fields of the wrong type) or data cut short.
                 log.info("wyoming client %s sent something unreadable (%s); closed", peer, type(exc).__name__)
                 runtime.metrics.errors.labels("wyoming_invalid_event").inc()
                 writer.close()
