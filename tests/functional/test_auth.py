@@ -26,6 +26,8 @@ from streamvox.stream_server.tokens import TokenSigner
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
+from tests.helpers.sockets import speak_one_context
+
 VOICE = "en_US-joe-medium"
 TOKEN_SECRET = "a-token-secret-for-these-tests-only"
 
@@ -103,19 +105,7 @@ async def _native(
             if first["type"] != "ready":
                 await ws.receive(timeout=30)
                 return first, ws.close_code
-            if voice:
-                await ws.send_json({"type": "configure", "voice": voice})
-            await ws.send_json({"type": "text", "text": "Hello there.", "context_id": "a"})
-            await ws.send_json({"type": "end", "context_id": "a"})
-            audio = 0
-            while True:
-                msg = await ws.receive(timeout=30)
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    audio += len(msg.data)
-                    continue
-                event = json.loads(msg.data)
-                if event["type"] in ("done", "error"):
-                    return {**event, "audio_bytes": audio}, 1000
+            return await speak_one_context(ws, "Hello there.", voice, timeout=30), 1000
 
 
 async def _openai(address: str, key: str | None, voice: str = "alloy") -> tuple[Any, int]:

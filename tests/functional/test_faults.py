@@ -19,6 +19,7 @@ from streamvox.stream_server.app import RUNTIME, create_app
 from streamvox.stream_server.config import ServerConfig
 
 from tests.helpers.faults import FaultyBackend, faulty_registry
+from tests.helpers.sockets import speak_one_context
 
 DEADLINE_S = 1.0
 
@@ -42,19 +43,7 @@ async def _speak(address: str, text: str, voice: str | None = None) -> dict[str,
     """One context; its last event (``done`` or ``error``) and the audio bytes before it."""
     async with aiohttp.ClientSession() as http, http.ws_connect(f"ws://{address}/v1/stream?protocol=2") as ws:
         assert json.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
-        if voice:
-            await ws.send_json({"type": "configure", "voice": voice})
-        await ws.send_json({"type": "text", "text": text, "context_id": "a"})
-        await ws.send_json({"type": "end", "context_id": "a"})
-        audio = 0
-        while True:
-            msg = await ws.receive(timeout=60)
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                audio += len(msg.data)
-                continue
-            event = json.loads(msg.data)
-            if event["type"] in ("done", "error"):
-                return {**event, "audio_bytes": audio}
+        return await speak_one_context(ws, text, voice)
 
 
 async def _health(address: str) -> tuple[int, dict[str, Any]]:

@@ -72,7 +72,9 @@ class FaultyBackend:
         self._faults: dict[str, str] = {}
 
     def load(self, source: str, voice_id: str | None = None, threads: int = 0) -> Any:
-        raise NotImplementedError("FaultyBackend wraps loaded voices only")
+        """The wrapped backend's voice at ``source``, served through the faults."""
+        inner = self._inner.load(source, voice_id, threads)
+        return FaultyVoice(inner, inner.id)
 
     def bundled(self, threads: int = 0) -> None:
         return None
