@@ -61,7 +61,8 @@ class ClientStats:
     """Per utterance: (turn, TTFA ms, underruns)."""
 
 
-async def _client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
+async def client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
+    """One simulated listener: utterance after utterance until ``until``, counting into ``stats``."""
     import websockets
 
     words_per_s = profile.words_per_s
@@ -132,7 +133,7 @@ async def _load(url: str, streams: int, seconds: float, profile: LoadProfile) ->
 
     async def arrive(i: int) -> None:
         await asyncio.sleep(i / streams * profile.ramp_s)
-        await _client(url, i, until, profile, stats[i])
+        await client(url, i, until, profile, stats[i])
 
     await asyncio.gather(*(arrive(i) for i in range(streams)))
     return stats

@@ -181,6 +181,12 @@ def _bench_load(args: argparse.Namespace) -> int:
     return run_load_bench(args)
 
 
+def _bench_soak(args: argparse.Namespace) -> int:
+    from streamvox.bench.soak import run_soak_bench
+
+    return run_soak_bench(args)
+
+
 def _bench_batch(args: argparse.Namespace) -> int:
     from streamvox.bench.batch import run_batch_bench
 
@@ -336,6 +342,20 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=_bench_load)
+    soak = bench_sub.add_parser("soak", help="N listeners for M minutes: RSS, fds, TTFA, underruns over time")
+    soak.add_argument("--minutes", type=float, default=30.0)
+    soak.add_argument("--streams", type=int, default=None, help="listeners (default: 80 %% of the measured maximum)")
+    soak.add_argument("--fuzz", action="store_true", help="mix in a hostile client (one bad socket a second)")
+    soak.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples")
+    soak.add_argument("--words-per-s", type=float, default=15.0)
+    soak.add_argument("--ramp", type=float, default=2.0)
+    soak.add_argument("--pause", type=float, default=0.0, help="seconds between a reply's end and the next")
+    soak.add_argument("--max-lead", type=float, default=DEFAULT_MAX_LEAD_S)
+    soak.add_argument("--threads", type=int, default=0)
+    soak.add_argument("--workers", type=int, default=0)
+    soak.add_argument("--plot", default=None, metavar="FILE.png", help="draw RSS, fds, TTFA and underruns over time")
+    soak.add_argument("--json", action="store_true")
+    soak.set_defaults(func=_bench_soak)
     keys = sub.add_parser("keys", help="manage API keys")
     keys.add_argument("action", choices=["add", "list", "revoke"])
     keys.add_argument("name", nargs="?", default=None, help="the key's name (add, revoke)")
