@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,34 @@ def test_layout_fits_a_phone_and_screenshots_are_saved(demo_run: dict[str, Any])
     assert demo_run["phoneOverflow"] is False
     assert (ARTIFACTS / "demo-mid-stream.png").stat().st_size > 10_000
     assert (ARTIFACTS / "demo-phone.png").stat().st_size > 10_000
+
+
+def test_the_demo_speaks_with_a_browser_token_when_keys_are_on(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node, "node is required (scripts/setup.sh test installs it)"
+    keys = tmp_path / "keys"
+    cli = [sys.executable, "-m", "streamvox.stream_server.cli"]
+    key = subprocess.run([*cli, "keys", "add", "page", "--keys", str(keys)], capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen([*cli, "--log-level", "WARNING", "serve", "--port", str(port), "--keys", str(keys)],
+                              stdout=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_healthy(server, port, timeout_s=60)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tokens", data=b'{"dialects": ["native"]}',
+                                         headers={"Authorization": f"Bearer {key}"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=30) as response:
+            token = json.loads(response.read())["token"]
+        completed = subprocess.run([node, str(DRIVER.with_name("run_token.mjs")), f"http://127.0.0.1:{port}/", token],
+                                   capture_output=True, text=True, timeout=180, cwd=DRIVER.parent)  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "failure" not in result, result.get("failure")
+    assert not result["withoutToken"]["voicesLoaded"] and "needs a key" in result["withoutToken"]["errorText"]
+    spoken = result["withToken"]
+    assert spoken["voices"] >= 1 and spoken["done"] is not None and spoken["done"]["samples"] > 48000
+    assert abs(spoken["decodedSamples"] - spoken["done"]["samples"]) <= FRAME_48K
+    assert token not in " ".join(result["console"])

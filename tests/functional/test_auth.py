@@ -289,6 +289,14 @@ async def test_a_disallowed_origin_is_refused_before_the_upgrade(auth_server: tu
     assert (await _native(address, keys.full, origin="http://localhost:3000"))[1] == 403  # loopback: only anonymous
     assert (await _native(address, keys.full, origin="https://app.example"))[1] == 1000
     assert (await _native(address, keys.full, origin=f"http://{address}"))[1] == 1000  # same origin
+    socket_paths = [f"/v1/text-to-speech/{VOICE}/stream-input", f"/v1/text-to-speech/{VOICE}/multi-stream-input",
+                    f"/elevenlabs/v1/text-to-speech/{VOICE}/stream-input", "/tts/websocket"]  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        for path in socket_paths:
+            headers = {"Origin": "https://evil.example", "xi-api-key": keys.full, "X-API-Key": keys.full}
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(f"ws://{address}{path}", headers=headers)
+            assert refused.value.status == 403, path
 
 
 async def test_a_revoked_key_stops_working_without_a_restart(auth_server: tuple[str, Keys]) -> None:

@@ -1,6 +1,7 @@
 """The hostile-client suite: a real server process under attack while a seeded canary speaks.
 
 Attacks: property-based messages (hypothesis) for the native, ElevenLabs and Cartesia sockets,
+the OpenAI and ElevenLabs HTTP bodies and Wyoming events,
 binary garbage, oversize and deeply nested JSON, lone surrogates, out-of-order messages, raw
 garbage and invalid UTF-8 on the Wyoming port, 500 sockets that vanish mid-stream, and a flood
 past the session limit.  Afterwards: the canary's bytes equal its solo run, the server logged no
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,53 @@ def _fuzz_cartesia(server: Server) -> None:
     run()
 
 
+OPENAI_BODY = _message("input", ["Hi.", "", None, 3, "\ud800"], ["model", "voice", "response_format", "speed",
+                        "stream_format", "instructions"])  # fmt: skip
+ELEVENLABS_BODY = _message("text", ["Hi.", "", None, ["x"]], ["voice_settings", "model_id", "seed"])
+WYOMING_TYPES = ["describe", "synthesize", "synthesize-start", "synthesize-chunk", "synthesize-stop", "audio-chunk",
+                 "ping", "bogus"]  # fmt: skip
+WYOMING_DATA = st.dictionaries(st.sampled_from(["text", "voice", "name", "rate"]), JSON_VALUE, max_size=3)
+WYOMING_EVENT = st.builds(lambda kind, data: {"type": kind, "data": data}, st.sampled_from(WYOMING_TYPES), WYOMING_DATA)
+
+
+def _fuzz_http(server: Server) -> None:
+    """Random bodies for the two HTTP speech routes: never a server error, JSON errors parse."""
+
+    def post(path: str, body: bytes) -> None:
+        request = urllib.request.Request(f"http://127.0.0.1:{server.port}{path}", data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                response.read()
+        except urllib.error.HTTPError as exc:
+            assert exc.code < 500, (path, body[:200], exc.code)
+            json.loads(exc.read())
+
+    @FUZZ
+    @given(st.one_of(OPENAI_BODY.map(lambda b: json.dumps(b).encode()), st.binary(max_size=200)), ELEVENLABS_BODY)
+    def run(openai_body: bytes, elevenlabs_body: dict[str, Any]) -> None:
+        post("/v1/audio/speech", openai_body)
+        post("/v1/text-to-speech/en_US-joe-medium/stream?output_format=pcm_16000", json.dumps(elevenlabs_body).encode())
+
+    run()
+
+
+def _fuzz_wyoming(server: Server) -> None:
+    @FUZZ
+    @given(st.lists(WYOMING_EVENT, min_size=1, max_size=4))
+    def run(events: list[dict[str, Any]]) -> None:
+        with socket.create_connection(("127.0.0.1", server.wyoming_port), timeout=10) as sock:
+            sock.sendall(b"".join(json.dumps(e).encode() + b"\n" for e in events))
+            sock.settimeout(0.3)
+            try:
+                while sock.recv(65536):
+                    pass
+            except TimeoutError:
+                pass
+
+    run()
+
+
 def _malformed(server: Server) -> None:
     native = f"{server.url}/v1/stream?protocol=2"
     nested = "[" * 20_000 + "]" * 20_000
@@ -265,6 +314,8 @@ def test_hostile_clients_change_nothing_for_the_canary(server: Server) -> None:
     _fuzz_native(server)
     _fuzz_elevenlabs(server)
     _fuzz_cartesia(server)
+    _fuzz_http(server)
+    _fuzz_wyoming(server)
     asyncio.run(_vanishing(server.url, VANISHING))
     thread.join(300)
     attack_s = time.monotonic() - started

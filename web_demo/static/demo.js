@@ -6,6 +6,8 @@ import { StreamvoxClient } from "./streamvox-client.js";
 
 const $ = (id) => document.getElementById(id);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream`;
+// A server with API keys: the page is opened as /?token=svt_… (a browser token, POST /v1/tokens).
+const token = new URLSearchParams(location.search).get("token");
 const demo = { client: null, runs: [], errors: [], current: null, voicesLoaded: false };
 window.streamvoxDemo = demo;
 
@@ -23,7 +25,8 @@ function setStatus(text, kind) {
 }
 
 async function loadVoices() {
-  const response = await fetch("/v1/voices");
+  const response = await fetch("/v1/voices", token ? { headers: { Authorization: `Bearer ${token}` } } : {});
+  if (response.status === 401) throw new Error("this server needs a key: open the page with ?token=<a browser token from POST /v1/tokens>");
   if (!response.ok) throw new Error(`server answered ${response.status}`);
   const { voices } = await response.json();
   const select = $("voice");
@@ -43,7 +46,7 @@ function wantedClient() {
     demo.client.configure({ voice: $("voice").value, format: $("format").value });
     return demo.client;
   }
-  const client = new StreamvoxClient({ url: wsUrl, voice: $("voice").value, format: $("format").value });
+  const client = new StreamvoxClient({ url: wsUrl, token, voice: $("voice").value, format: $("format").value });
   client.addEventListener("ttfa", (e) => {
     const run = runOf(e.detail.id);
     if (run) run.ttfaMs = e.detail.ms;

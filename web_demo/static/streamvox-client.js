@@ -2,6 +2,8 @@
 //
 //   import { StreamvoxClient } from "/static/streamvox-client.js";
 //   const tts = new StreamvoxClient({ url: "ws://127.0.0.1:8765/v1/stream" });
+//   // a server with API keys: a browser token from POST /v1/tokens (never a key in a page)
+//   const tts = new StreamvoxClient({ url: "wss://tts.example/v1/stream", token: "svt_…" });
 //   await tts.connect();
 //   const id = tts.begin();            // a new utterance (context)
 //   tts.sendText("Hello ", id); tts.sendText("there.", id); tts.end(id);
@@ -82,9 +84,10 @@ class ContextState {
 }
 
 export class StreamvoxClient extends EventTarget {
-  constructor({ url, voice = null, format = "auto", prebufferMs = 60, workletUrl = new URL("./player-worklet.js", import.meta.url) } = {}) {
+  constructor({ url, token = null, voice = null, format = "auto", prebufferMs = 60, workletUrl = new URL("./player-worklet.js", import.meta.url) } = {}) {
     super();
     this.url = url;
+    this.token = token; // sent as ?token= (a browser cannot set headers on a WebSocket)
     this.voice = voice;
     this.requestedFormat = format; // "auto" | "opus" | "pcm"
     this.prebufferMs = prebufferMs;
@@ -135,6 +138,7 @@ export class StreamvoxClient extends EventTarget {
     this.closing = false;
     const url = new URL(this.url, location.href);
     url.searchParams.set("protocol", "2");
+    if (this.token) url.searchParams.set("token", this.token);
     const ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     this.ws = ws;
