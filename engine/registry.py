@@ -18,6 +18,7 @@ from streamvox.engine.api import Backend, UnknownBackendError, UnknownVoiceError
 BACKENDS: dict[str, str] = {
     "piper": "streamvox.engine.backends.piper.backend:PiperBackend",
     "gpt-sovits": "streamvox.engine.backends.gpt_sovits.backend:GptSovitsBackend",
+    "dia": "streamvox.engine.backends.dia.backend:DiaBackend",
 }
 BUNDLED_KIND = "piper"
 """The family whose bundled voice is served (first, as the default) unless told otherwise."""

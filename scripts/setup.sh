@@ -53,6 +53,14 @@ if [ "$extras" = "test" ]; then
       "gpt-sovits-cpufast==0.1.0" "torchmetrics==1.9.0" "lightning-utilities==0.15.3" "einops==0.8.2" \
       "g2p_en==2.1.0" "wordsegment==1.3.1" "inflect==7.5.0" "more-itertools==10.8.0"
   fi
+  # The Dia parity tests run transformers' own Dia and DAC in a separate process; transformers stays
+  # out of .venv (the package never imports it) and takes its dependencies from it.
+  if [ ! -d .ref/transformers/transformers/models/dia ]; then
+    echo "setup: installing the Dia reference (transformers 5.23.0) into .ref/transformers"
+    "${pip[@]}" --no-deps --target .ref/transformers "transformers==5.23.0"
+  fi
+  PYTHONPATH=.ref/transformers .venv/bin/python -c "import transformers.models.dia.modeling_dia" \
+    || { echo "setup: the Dia reference does not import" >&2; exit 1; }
   # Pipecat pins soundfile and soxr below ours: it gets its own environment, driven by the
   # dialect tests in a child process (tests/reference/pipecat_tts.py).
   if ! .ref/pipecat/bin/python -c "import pipecat, sys; sys.exit(pipecat.__version__ != '1.14.0')" 2>/dev/null; then

@@ -89,10 +89,20 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose probability reaches ``top_p``."""
+def apply_top_p(logits: torch.Tensor, top_p: float, keep_crossing: bool = False) -> torch.Tensor:
+    """Nucleus filtering over the last dimension.
+
+    GPT-SoVITS (the default) keeps the most likely tokens whose cumulative probability stays
+    within ``top_p`` (and always the first); with ``keep_crossing`` the token that crosses
+    ``top_p`` stays too, as transformers and Dia do (tokens go while the mass of those less
+    likely, themselves included, is at most ``1 - top_p``)."""
     if top_p >= 1.0:
         return logits
+    if keep_crossing:
+        ascending, order = torch.sort(logits, descending=False, dim=-1)
+        drop_sorted = torch.softmax(ascending, dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop_sorted[..., -1] = False
+        return logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     cumulative = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)
     drop_sorted = cumulative > top_p

@@ -17,12 +17,16 @@ stream, driven by one thread at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from streamvox.engine.audio.crossfade import crossfade
+
+Token = Hashable
+"""A token is whatever one step of the model emits: a semantic id (GPT-SoVITS) or a frame of
+codebook ids (Dia: a tuple of nine)."""
 
 
 class TokenDecoder(Protocol):
@@ -32,7 +36,7 @@ class TokenDecoder(Protocol):
     @property
     def samples_per_token(self) -> int: ...
 
-    def decode(self, tokens: Sequence[int], first_token: int) -> np.ndarray:
+    def decode(self, tokens: Sequence[Any], first_token: int) -> np.ndarray:
         """float32 audio of ``len(tokens) * samples_per_token`` samples; ``first_token`` is
         where ``tokens`` start in the utterance."""
         ...
@@ -93,7 +97,7 @@ class StreamingVocoder:
     def __init__(self, decoder: TokenDecoder, schedule: ChunkSchedule) -> None:
         self.decoder = decoder
         self.schedule = schedule
-        self.tokens: list[int] = []
+        self.tokens: list[Token] = []
         self._boundaries = schedule.boundaries()
         self._next_end = next(self._boundaries)
         self._settled = 0
@@ -102,7 +106,7 @@ class StreamingVocoder:
         self.samples_emitted = 0
         self.finished = False
 
-    def add(self, tokens: list[int]) -> None:
+    def add(self, tokens: Sequence[Token]) -> None:
         if self.finished:
             raise RuntimeError("tokens added after finish")
         self.tokens.extend(tokens)

@@ -23,7 +23,8 @@ def test_unknown_kinds_are_refused() -> None:
 def test_voice_specs_parse_kind_and_path() -> None:
     assert VoiceSpec.parse("gpt-sovits=/voices/narrator") == VoiceSpec("gpt-sovits", "/voices/narrator")
     assert VoiceSpec.parse("piper=a=b.onnx") == VoiceSpec("piper", "a=b.onnx")
-    for bad in ("piper", "=x", "piper=", "dia=/x"):
+    assert VoiceSpec.parse("dia=/voices/dialogue") == VoiceSpec("dia", "/voices/dialogue")
+    for bad in ("piper", "=x", "piper=", "kokoro=/x"):
         with pytest.raises(ValueError):
             VoiceSpec.parse(bad)
 

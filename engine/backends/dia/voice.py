@@ -1,0 +1,288 @@
+"""A Dia voice: the model, its DAC codec, its cache slots and an optional cloning prompt.
+
+A voice directory (local; nothing is ever fetched)::
+
+    config.json            transformers DiaConfig
+    model.safetensors      DiaForConditionalGeneration weights (transformers layout)
+    dac/config.json        transformers DacConfig (44.1 kHz)
+    dac/model.safetensors  DacModel weights (plain or weight-normalised)
+    prompt.wav, prompt.txt optional: audio to clone and its transcript ("[S1] ...")
+    voice.json             optional: {"id", "language", "max_streams": 2, "max_rows": 3072,
+                           "max_text_bytes": 512, "dtype": "float32"|"bfloat16",
+                           "sampling": {temperature, top_p, top_k, guidance_scale, guidance_top_k}}
+
+Each request (one text segment of one stream) holds one slot of the voice's
+:class:`DecoderCache`: two rows, conditional and unconditional.  A prompt is
+encoded with the DAC encoder once, at load time, and teacher-forced into each
+request's rows at its prefill (its transcript goes before the request's text).
+:meth:`DiaVoice.step` advances any set of requests by one decoder row in one
+batched call.  Not thread-safe: the backend runs one model call per voice at a
+time (its lane); a request's state is touched by one unit at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from streamvox.engine.api import VoiceLoadError
+from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
+from streamvox.engine.backends.dia.config import DiaConfig
+from streamvox.engine.backends.dia.dac import DacCodec, DacConfig, fold_weight_norm
+from streamvox.engine.backends.dia.model import DecoderCache, DiaNetwork
+from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling
+from streamvox.engine.backends.dia.text import speaker_text_ids
+
+_VOICE_KEYS = frozenset({"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "sampling", "chunks"})
+DAC_CONTEXT = 10
+"""Frames of context each side of a DAC window: the decoder's receptive field (exact to float error)."""
+
+
+@dataclass(frozen=True)
+class DiaVoiceConfig:
+    """Serving settings of a Dia voice (``voice.json``)."""
+
+    language: str = "en"
+    max_streams: int = 2
+    """Requests generating at once (cache slots; each is two decoder rows)."""
+    max_rows: int = 3072
+    """Decoder rows a request may generate (the 15-row tail included)."""
+    max_text_bytes: int = 512
+    """Prompt transcript plus segment text, in bytes, that the cross-attention cache holds."""
+    dtype: str = "float32"
+    sampling: DiaSampling = field(default_factory=DiaSampling)
+    chunks: ChunkSchedule = field(
+        default_factory=lambda: ChunkSchedule(
+            first=8, growth=2.0, cap=64, lookahead=DAC_CONTEXT, left_context=DAC_CONTEXT, overlap=0, bucket=1
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_streams < 1 or self.max_rows < 32 or self.max_text_bytes < 16:
+            raise ValueError("max_streams must be >= 1, max_rows >= 32 and max_text_bytes >= 16")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+
+    @classmethod
+    def from_json(cls, spec: Mapping[str, Any]) -> DiaVoiceConfig:
+        unknown = set(spec) - _VOICE_KEYS
+        if unknown:
+            raise ValueError(f"unknown voice.json keys: {', '.join(sorted(unknown))}")
+        sampling = spec.get("sampling", {})
+        known = {f.name for f in fields(DiaSampling)}
+        if not isinstance(sampling, Mapping) or set(sampling) - known:
+            raise ValueError(f"sampling takes {', '.join(sorted(known))}")
+        return cls(
+            language=str(spec.get("language", "en")),
+            max_streams=int(spec.get("max_streams", 2)),
+            max_rows=int(spec.get("max_rows", 3072)),
+            max_text_bytes=int(spec.get("max_text_bytes", 512)),
+            dtype=str(spec.get("dtype", "float32")),
+            sampling=DiaSampling(**{"max_rows": int(spec.get("max_rows", 3072)), **sampling}),
+        )
+
+
+class DacFrameDecoder:
+    """The :class:`~streamvox.engine.ar.token_vocoder.TokenDecoder` of a Dia request: a token is one
+    frame of codebook ids; ``decode`` runs the DAC over a window of frames (no noise, no state)."""
+
+    def __init__(self, codec: DacCodec) -> None:
+        self.codec = codec
+
+    @property
+    def samples_per_token(self) -> int:
+        return self.codec.config.hop
+
+    def decode(self, tokens: Sequence[tuple[int, ...]], first_token: int) -> np.ndarray:
+        codes = torch.tensor(list(tokens), dtype=torch.long).T[None]
+        return self.codec.decode(codes)[0].float().numpy()
+
+
+@dataclass(eq=False)
+class DiaRequest:
+    """One segment being generated: its slot, its decode state and its streamed audio."""
+
+    index: int
+    slot: int
+    """Its cache slot while it generates; -1 once the slot went back."""
+    state: DiaDecodeState
+    vocoder: StreamingVocoder
+    frames_fed: int = 0
+
+    @property
+    def generating(self) -> bool:
+        return not self.state.done
+
+    @property
+    def rows(self) -> list[int]:
+        return [2 * self.slot, 2 * self.slot + 1]
+
+    def feed_vocoder(self) -> None:
+        """Hand the vocoder the frames completed since the last call."""
+        frames = self.state.frames()
+        if len(frames) > self.frames_fed:
+            self.vocoder.add([tuple(int(c) for c in frame) for frame in frames[self.frames_fed :]])
+            self.frames_fed = len(frames)
+
+
+class DiaVoice:
+    """See the module docstring."""
+
+    kind = "dia"
+    honours = frozenset({"seed", "noise"})
+    """``noise: false`` generates greedily; speakers are chosen in the text (``[S1]``/``[S2]``)."""
+    num_speakers = 1
+    length_scale = 1.0
+
+    def __init__(
+        self,
+        voice_id: str,
+        network: DiaNetwork,
+        codec: DacCodec,
+        config: DiaVoiceConfig,
+        prompt_codes: torch.Tensor | None = None,
+        prompt_text: str = "",
+    ) -> None:
+        self.id = voice_id
+        self.network = network
+        self.codec = codec
+        self.config = config
+        self.prompt_codes = prompt_codes
+        """``(frames, channels)`` DAC codes of the cloning prompt, or ``None``."""
+        self.prompt_text = prompt_text
+        prompt_rows = 0 if prompt_codes is None else len(prompt_codes)
+        self.cache: DecoderCache = network.new_cache(
+            2 * config.max_streams, config.max_rows + prompt_rows + 1, config.max_text_bytes
+        )
+        self.frame_decoder = DacFrameDecoder(codec)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.config.sample_rate
+
+    @property
+    def language(self) -> str:
+        return self.config.language
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DiaVoice:
+        """Read a voice directory (see the module docstring); errors are :class:`VoiceLoadError`."""
+        root = Path(directory)
+        try:
+            spec = json.loads((root / "voice.json").read_text()) if (root / "voice.json").exists() else {}
+            if not isinstance(spec, dict):
+                raise ValueError("voice.json must hold an object")
+            config = DiaVoiceConfig.from_json(spec)
+            model_config = DiaConfig.from_json(json.loads((root / "config.json").read_text()))
+            dac_config = DacConfig.from_json(json.loads((root / "dac" / "config.json").read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise VoiceLoadError(f"{root}: not a Dia voice directory ({exc})") from None
+        if dac_config.codebooks != model_config.decoder.channels:
+            raise VoiceLoadError(
+                f"{root}: the DAC has {dac_config.codebooks} codebooks, "
+                f"the model {model_config.decoder.channels} channels"
+            )
+        dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
+        network = DiaNetwork(model_config)
+        _load_weights(network, root / "model.safetensors", {})
+        network.to(dtype).eval()
+        codec = DacCodec(dac_config)
+        _load_weights(codec, root / "dac" / "model.safetensors", {"fold": True})
+        codec.eval()
+        prompt_codes, prompt_text = None, ""
+        if (root / "prompt.wav").exists():
+            prompt_codes, prompt_text = _read_prompt(root, codec)
+        return cls(str(spec.get("id", root.name)), network, codec, config, prompt_codes, prompt_text)
+
+    def text_ids(self, text: str) -> torch.Tensor:
+        """The encoder's input for ``text``: the prompt transcript and ``text`` as speaker-tagged bytes."""
+        joined = f"{self.prompt_text} {text}".strip() if self.prompt_text else text
+        ids = speaker_text_ids(joined)
+        if len(ids) > self.config.max_text_bytes:
+            limit = self.config.max_text_bytes
+            raise ValueError(f"text of {len(ids)} bytes exceeds this voice's max_text_bytes ({limit})")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def start(self, index: int, slot: int, text: str, seed: int | None, greedy: bool = False) -> DiaRequest:
+        """Encode ``text``, fill ``slot``'s cross-attention cache and prefill its rows (BOS and the
+        prompt's frames, delayed); the request's first row is chosen."""
+        ids = self.text_ids(text)
+        encoder_in = torch.stack([ids, torch.zeros_like(ids)])
+        mask = torch.ones(encoder_in.shape, dtype=torch.bool)
+        rows = [2 * slot, 2 * slot + 1]
+        self.network.start(self.cache, rows, self.network.encode(encoder_in, mask), mask)
+        params = self.config.sampling
+        if greedy:
+            params = replace(params, temperature=0.0)
+        state = DiaDecodeState(self.network.config, params, seed, prompt=self.prompt_codes)
+        prefill = torch.stack(state.rows)[None].expand(2, -1, -1)
+        logits = self.network.decode(self.cache, rows, prefill)
+        state.choose(logits[0, -1], logits[1, -1])
+        vocoder = StreamingVocoder(self.frame_decoder, self.config.chunks)
+        return DiaRequest(index, slot, state, vocoder)
+
+    def step(self, requests: Sequence[DiaRequest]) -> None:
+        """One decoder row for each request, in one batched call."""
+        live = [r for r in requests if r.generating]
+        if not live:
+            return
+        rows = [row for r in live for row in r.rows]
+        tokens = torch.stack([r.state.last_row for r in live for _ in range(2)])[:, None]
+        logits = self.network.decode(self.cache, rows, tokens)
+        for i, request in enumerate(live):
+            request.state.choose(logits[2 * i, -1], logits[2 * i + 1, -1])
+
+    def release(self, slot: int) -> None:
+        """Slot ``slot`` is free again (engine thread; no unit uses it)."""
+        self.cache.clear([2 * slot, 2 * slot + 1])
+
+    def warm_up(self) -> None:
+        request = self.start(0, 0, "[S1] Warm up.", seed=0)
+        for _ in range(3):
+            self.step([request])
+        self.release(0)
+        self.frame_decoder.decode([(0,) * self.network.config.decoder.channels] * 8, 0)
+
+    def trim_memory(self) -> None:
+        """Nothing to give back: the caches are allocated once, at load."""
+
+
+def _load_weights(module: torch.nn.Module, path: Path, options: dict[str, bool]) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        weights = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise VoiceLoadError(f"{path}: cannot read weights ({exc})") from None
+    if options.get("fold"):
+        weights = fold_weight_norm(weights)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    if missing:
+        raise VoiceLoadError(f"{path}: missing {len(missing)} tensors, e.g. {missing[0]}")
+    wrong = [name for name in expected if tuple(weights[name].shape) != tuple(expected[name].shape)]
+    if wrong:
+        name = wrong[0]
+        raise VoiceLoadError(f"{path}: {name} is {tuple(weights[name].shape)}, expected {tuple(expected[name].shape)}")
+    module.load_state_dict({name: weights[name] for name in expected})
+
+
+def _read_prompt(root: Path, codec: DacCodec) -> tuple[torch.Tensor, str]:
+    try:
+        audio, rate = sf.read(str(root / "prompt.wav"), dtype="float32", always_2d=True)
+        text = (root / "prompt.txt").read_text().strip()
+    except (OSError, RuntimeError) as exc:
+        raise VoiceLoadError(f"{root}: a prompt needs prompt.wav and prompt.txt ({exc})") from None
+    mono = audio.mean(axis=1)
+    if rate != codec.config.sample_rate:
+        mono = soxr.resample(mono, rate, codec.config.sample_rate).astype(np.float32)
+    codes = codec.encode(torch.from_numpy(mono)[None])[0].T.contiguous()
+    return codes, text
