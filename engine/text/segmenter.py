@@ -6,7 +6,9 @@ a context is cut small for latency: at the first clause boundary, after
 its first word arrived.  Later spans are whole sentences for natural prosody,
 split at a clause or word boundary only past ``max_chars``.  A boundary counts
 only once the character after it has arrived, so "3." in "3.50", "Dr." in
-"Dr. Smith" and "example." in "example.com" never cut.
+"Dr. Smith" and "example." in "example.com" never cut.  A dialogue speaker tag
+(``[S1]``, ``[S2]``) starts a turn: the text before it is a span of its own, and
+no cut leaves a tag at the end of a span, away from the words it introduces.
 
 Not thread-safe: one segmenter per context, driven by its session.
 """
@@ -28,6 +30,10 @@ _SENTENCE_END = re.compile(r"(?:[.!?]+|…)[" + re.escape(_CLOSERS) + r"]*(?=\s|
 _CLAUSE_END = re.compile(r"[,;:][" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\s[-–—]+(?=\s)|—")
 _WORD = re.compile(r"\S+")
 _SPEAKABLE = re.compile(r"\w")
+_TURN = re.compile(r"\s+\[S[12]\]")
+"""A speaker tag after some text: a new dialogue turn starts there."""
+_TRAILING_TAG = re.compile(r"\s*\[S[12]\]\s*$")
+_TAG = re.compile(r"\[S[12]\]")
 
 
 @dataclass(frozen=True)
@@ -134,11 +140,14 @@ class Segmenter:
                 cut = _last_word_end(pending)
             if not cut:
                 break
+            cut = _keep_tag_with_its_words(pending, cut)
+            if not final and _TAG.search(pending[:cut]) and not _has_words(pending[:cut]):
+                break  # a speaker tag waits for the words it introduces
             start = self._pos
             self._pos += cut
             piece = self._text[start : self._pos]
             stripped = piece.strip()
-            if _SPEAKABLE.search(stripped):
+            if _has_words(stripped):
                 lead = len(piece) - len(piece.lstrip())
                 spans.append(Span(stripped, start + lead, start + lead + len(stripped)))
                 self.spans_emitted += 1
@@ -153,7 +162,7 @@ class Segmenter:
             cut = self._first_cut(pending, final)
             if cut is not None:
                 return cut
-        sentence = _sentence_end(pending, final)
+        sentence = _earliest(_sentence_end(pending, final), _turn_start(pending))
         limit = self.config.max_chars
         if sentence is not None and sentence <= limit:
             return sentence
@@ -163,12 +172,37 @@ class Segmenter:
 
     def _first_cut(self, pending: str, final: bool) -> int | None:
         cfg = self.config
-        sentence = _sentence_end(pending, final)
+        sentence = _earliest(_sentence_end(pending, final), _turn_start(pending))
         clause = _clause_end(pending, cfg.first_min_words)
         words = [m for m in _WORD.finditer(pending) if m.end() < len(pending)]
         by_words = words[cfg.first_max_words - 1].end() if len(words) >= cfg.first_max_words else None
         candidates = [c for c in (sentence, clause, by_words) if c is not None]
         return min(candidates) if candidates else None
+
+
+def _earliest(*cuts: int | None) -> int | None:
+    found = [c for c in cuts if c is not None]
+    return min(found) if found else None
+
+
+def _turn_start(text: str) -> int | None:
+    """Where the first speaker tag that follows speakable text begins (the turn before it ends)."""
+    for match in _TURN.finditer(text):
+        if _has_words(text[: match.start()]):
+            return match.start()
+    return None
+
+
+def _has_words(text: str) -> bool:
+    return bool(_SPEAKABLE.search(_TAG.sub("", text)))
+
+
+def _keep_tag_with_its_words(text: str, cut: int) -> int:
+    """``cut`` moved before a speaker tag it would leave at the end of a span (if words precede it)."""
+    match = _TRAILING_TAG.search(text[:cut])
+    if match and _has_words(text[: match.start()]):
+        return match.start()
+    return cut
 
 
 def _sentence_end(text: str, final: bool) -> int | None:

@@ -123,3 +123,27 @@ def test_hurry_releases_up_to_the_last_clause_then_words() -> None:
     assert seg.poll(0.3, hurry="word") == []  # "and" may not be a complete word yet
     with pytest.raises(ValueError):
         seg.poll(0.4, hurry="now")
+
+
+def test_a_speaker_tag_starts_a_dialogue_turn() -> None:
+    spans = Segmenter().flush_text("[S1] Hello there, how are you? [S2] Fine thanks. [S1] Good.")
+    assert [s.text for s in spans] == ["[S1] Hello there,", "how are you?", "[S2] Fine thanks.", "[S1] Good."]
+    spans = Segmenter().flush_text("[S1] Hi [S2] yo [S1] ok.")
+    assert [s.text for s in spans] == ["[S1] Hi", "[S2] yo", "[S1] ok."]
+
+
+def test_no_cut_leaves_a_speaker_tag_behind_its_words() -> None:
+    """Streamed token by token, a word-count or time cut that would end on ``[S2]`` stops before it."""
+    segmenter = Segmenter()
+    spans = []
+    for token in ["[S1] Well", " I", " think", " so", " [S2]", " Really", "?", " Yes"]:
+        spans += segmenter.push(token, now=0.0)
+    spans += segmenter.poll(now=10.0)
+    spans += segmenter.flush()
+    assert [s.text for s in spans] == ["[S1] Well I think so", "[S2] Really?", "Yes"]
+    tagged = Segmenter()
+    assert [s.text for s in tagged.push("[S1] One two three four five [S2] ", now=0.0)] == [
+        "[S1] One two three four five"
+    ]
+    assert tagged.poll(now=10.0) == [] and tagged.pending.strip() == "[S2]"  # waits for its words
+    assert [s.text for s in tagged.push("Sure.", now=10.0) + tagged.flush()] == ["[S2] Sure."]

@@ -86,7 +86,17 @@ class DiaVoiceConfig:
             max_text_bytes=int(spec.get("max_text_bytes", 512)),
             dtype=str(spec.get("dtype", "float32")),
             sampling=DiaSampling(**{"max_rows": int(spec.get("max_rows", 3072)), **sampling}),
+            chunks=_chunks(spec.get("chunks", {})),
         )
+
+
+def _chunks(spec: Any) -> ChunkSchedule:
+    """The DAC window schedule: ``first``, ``growth`` and ``cap`` (frames) are the voice's to set;
+    the context either side is the decoder's receptive field, so the streamed audio stays exact."""
+    if not isinstance(spec, Mapping) or set(spec) - {"first", "growth", "cap"}:
+        raise ValueError("chunks takes first, growth and cap (frames)")
+    base = DiaVoiceConfig.__dataclass_fields__["chunks"].default_factory()  # type: ignore[misc]
+    return replace(base, **{k: (float(v) if k == "growth" else int(v)) for k, v in spec.items()})
 
 
 class DacFrameDecoder:
