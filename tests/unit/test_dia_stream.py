@@ -189,3 +189,60 @@ def test_broken_voice_directories_are_refused_with_the_reason(tmp_path: Path) ->
         DiaVoice.load(directory)
     with pytest.raises(VoiceLoadError, match="not a Dia voice"):
         DiaVoice.load(tmp_path / "missing")
+
+
+def to_original_layout(weights: dict[str, torch.Tensor], config: DiaConfig) -> dict[str, torch.Tensor]:
+    """Our (transformers-layout) tensors as nari-labs' ``DiaModel.state_dict()`` holds them: kernels
+    ``(in, heads, head_dim)`` and ``(heads, head_dim, out)``, a ``(hidden, 2, ffn)`` MLP kernel, one
+    embedding per channel, the head ``(hidden, channels, vocab)`` under ``decoder``."""
+    d = config.decoder
+    original: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        key = name.removeprefix("model.")
+        parts = key.split(".")
+        if key == "decoder.embeddings.embed.weight":
+            for channel, table in enumerate(tensor.split(d.vocab)):
+                original[f"decoder.embeddings.{channel}.weight"] = table
+        elif key == "logits_dense.weight":
+            original["decoder.logits_dense.weight"] = tensor.T.reshape(d.hidden, d.channels, d.vocab)
+        elif parts[-2] in ("q_proj", "k_proj", "v_proj"):
+            part = config.encoder if parts[0] == "encoder" else d
+            cross = parts[3] == "cross_attention"
+            head_dim = d.cross_head_dim if cross else part.head_dim
+            original[key] = tensor.T.reshape(tensor.shape[1], -1, head_dim)
+        elif parts[-2] == "o_proj":
+            part = config.encoder if parts[0] == "encoder" else d
+            head_dim = d.cross_head_dim if parts[3] == "cross_attention" else part.head_dim
+            original[key] = tensor.T.reshape(-1, head_dim, tensor.shape[0])
+        elif parts[-2] == "gate_up_proj":
+            original[key.replace("gate_up_proj", "wi_fused")] = tensor.T.reshape(tensor.shape[1], 2, -1)
+        elif parts[-2] == "down_proj":
+            original[key.replace("down_proj", "wo")] = tensor.T
+        else:
+            original[key] = tensor
+    original["encoder.layers.0.self_attention.rotary_emb.timescale"] = torch.ones(4)  # a buffer some saves hold
+    return original
+
+
+def test_a_nari_labs_checkpoint_loads_as_the_same_model(tmp_path: Path) -> None:
+    """The original ``.pth`` layout (DenseGeneral kernels) gives the same logits as the safetensors."""
+    from safetensors.torch import load_file
+
+    directory = write_dia_voice(tmp_path / "v", DiaConfig.tiny(), DacConfig.tiny(), seed=3, std=0.3)
+    reference = DiaVoice.load(directory)
+    weights = load_file(str(directory / "model.safetensors"))
+    torch.save(to_original_layout(weights, reference.network.config), directory / "dia-v0_1.pth")
+    (directory / "model.safetensors").unlink()
+    original = DiaVoice.load(directory)
+    ours, theirs = (run_alone(v, seed=8).state.rows for v in (original, reference))
+    assert torch.equal(torch.stack(ours), torch.stack(theirs))
+    for name, tensor in reference.network.state_dict().items():
+        assert torch.equal(original.network.state_dict()[name], tensor), name
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    directory = write_dia_voice(tmp_path / "v", DiaConfig.tiny(), DacConfig.tiny(), seed=3)
+    (directory / "model.safetensors").unlink()
+    torch.save({"model": {"x": torch.ones(1)}, "hook": DiaSampling()}, directory / "evil.pth")
+    with pytest.raises(VoiceLoadError, match="refused to unpickle"):
+        DiaVoice.load(directory)

@@ -2,8 +2,9 @@
 
 A voice directory (local; nothing is ever fetched)::
 
-    config.json            transformers DiaConfig
-    model.safetensors      DiaForConditionalGeneration weights (transformers layout)
+    config.json            transformers DiaConfig (nari-labs writes the same fields)
+    model.safetensors      DiaForConditionalGeneration weights (transformers layout), or
+    *.pth                  nari-labs' own checkpoint (read by the restricted unpickler)
     dac/config.json        transformers DacConfig (44.1 kHz)
     dac/model.safetensors  DacModel weights (plain or weight-normalised)
     prompt.wav, prompt.txt optional: audio to clone and its transcript ("[S1] ...")
@@ -33,12 +34,14 @@ import soundfile as sf
 import soxr
 import torch
 from streamvox.engine.api import VoiceLoadError
+from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacCodec, DacConfig, fold_weight_norm
 from streamvox.engine.backends.dia.model import DecoderCache, DiaNetwork
 from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling
 from streamvox.engine.backends.dia.text import speaker_text_ids
+from streamvox.engine.backends.dia.weights import read_original
 
 _VOICE_KEYS = frozenset({"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "sampling", "chunks"})
 DAC_CONTEXT = 10
@@ -201,10 +204,10 @@ class DiaVoice:
             )
         dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
         network = DiaNetwork(model_config)
-        _load_weights(network, root / "model.safetensors", {})
+        _fill(network, _model_weights(root, model_config), root)
         network.to(dtype).eval()
         codec = DacCodec(dac_config)
-        _load_weights(codec, root / "dac" / "model.safetensors", {"fold": True})
+        _fill(codec, fold_weight_norm(_safetensors(root / "dac" / "model.safetensors")), root / "dac")
         codec.eval()
         prompt_codes, prompt_text = None, ""
         if (root / "prompt.wav").exists():
@@ -264,24 +267,39 @@ class DiaVoice:
         """Nothing to give back: the caches are allocated once, at load."""
 
 
-def _load_weights(module: torch.nn.Module, path: Path, options: dict[str, bool]) -> None:
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        weights = load_file(str(path))
+        return load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise VoiceLoadError(f"{path}: cannot read weights ({exc})") from None
-    if options.get("fold"):
-        weights = fold_weight_norm(weights)
+
+
+def _model_weights(root: Path, config: DiaConfig) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` (transformers layout) or else the one ``.pth`` (nari-labs layout)."""
+    if (root / "model.safetensors").exists():
+        return _safetensors(root / "model.safetensors")
+    originals = sorted(root.glob("*.pth"))
+    if len(originals) != 1:
+        raise VoiceLoadError(f"{root}: expected model.safetensors or one nari-labs .pth, found {len(originals)} .pth")
+    try:
+        return read_original(originals[0], config)
+    except CheckpointError as exc:
+        raise VoiceLoadError(str(exc)) from None
+
+
+def _fill(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path) -> None:
+    """Load ``weights`` into ``module`` after checking every tensor is there with its shape."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(weights))
     if missing:
-        raise VoiceLoadError(f"{path}: missing {len(missing)} tensors, e.g. {missing[0]}")
+        raise VoiceLoadError(f"{where}: missing {len(missing)} tensors, e.g. {missing[0]}")
     wrong = [name for name in expected if tuple(weights[name].shape) != tuple(expected[name].shape)]
     if wrong:
         name = wrong[0]
-        raise VoiceLoadError(f"{path}: {name} is {tuple(weights[name].shape)}, expected {tuple(expected[name].shape)}")
+        raise VoiceLoadError(f"{where}: {name} is {tuple(weights[name].shape)}, expected {tuple(expected[name].shape)}")
     module.load_state_dict({name: weights[name] for name in expected})
 
 

@@ -14,20 +14,15 @@ plain containers, numbers and strings); anything else is refused with
 
 from __future__ import annotations
 
-import io
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from streamvox.engine.ar.checkpoint import CheckpointError, read_bytes, restricted_load
 
 S2_VERSION_TAGS = (b"03", b"04", b"05", b"06")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, malformed, or holds objects we refuse to unpickle."""
 
 
 @dataclass(frozen=True)
@@ -38,25 +33,6 @@ class Checkpoint:
     config: dict[str, Any]
     version_tag: str | None = None
     """The s2 header tag (``"03"``..``"06"``) or ``None`` for a plain zip/pickle."""
-
-
-def restricted_load(data: bytes, path: Path) -> Any:
-    """Unpickle a torch file's bytes allowing only tensors and plain data (``path`` names it in errors)."""
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused to unpickle (only tensors, plain containers, numbers and strings are allowed): {exc}"
-        ) from None
-    except (RuntimeError, EOFError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({exc})") from None
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc})") from None
 
 
 def _tensors(raw: Any, path: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -79,7 +55,7 @@ def _config(raw: Any, path: Path) -> dict[str, Any]:
 def load_s1(path: str | Path) -> Checkpoint:
     """A GPT (text-to-semantic) checkpoint; weights lose their ``model.`` prefix."""
     file = Path(path)
-    raw = restricted_load(_read(file), file)
+    raw = restricted_load(read_bytes(file), file)
     if not isinstance(raw, Mapping) or "weight" not in raw:
         raise CheckpointError(f"{file}: not a GPT-SoVITS s1 checkpoint (no 'weight')")
     return Checkpoint(_tensors(raw["weight"], file, "model."), _config(raw.get("config"), file))
@@ -88,7 +64,7 @@ def load_s1(path: str | Path) -> Checkpoint:
 def load_s2(path: str | Path) -> Checkpoint:
     """A SoVITS checkpoint, with its version-tagged header restored to ``PK``."""
     file = Path(path)
-    data = _read(file)
+    data = read_bytes(file)
     tag = data[:2] if data[:2] in S2_VERSION_TAGS else None
     if tag is not None:
         data = b"PK" + data[2:]
