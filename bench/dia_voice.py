@@ -2,9 +2,9 @@
 
 No real weights can be downloaded here, so Dia is measured, and served in
 tests, on random weights of the right shapes, written as transformers writes a
-``DiaForConditionalGeneration`` and a ``DacModel`` (``config.json`` and
-``model.safetensors`` each; the DAC in ``dac/``), so transformers loads the
-same directory.  They speak noise, not words.
+``DiaForConditionalGeneration`` and a ``DacModel`` (``config.json``,
+``generation_config.json`` and ``model.safetensors``; the DAC in ``dac/``), so
+transformers loads and generates from the same directory.  They speak noise, not words.
 """
 
 from __future__ import annotations
@@ -134,6 +134,8 @@ def write_dia_voice(
     weights = {k: v.to(dtype).contiguous() for k, v in network.state_dict().items()}
     save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(transformers_config(config), indent=2))
+    generation = {"bos_token_id": config.bos, "eos_token_id": config.eos, "pad_token_id": config.pad}
+    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2))
     codec = random_dac(dac, seed + 1)
     save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(directory / "dac" / "model.safetensors"))
     (directory / "dac" / "config.json").write_text(json.dumps(dac_transformers_config(dac), indent=2))

@@ -193,6 +193,12 @@ def _bench_batch(args: argparse.Namespace) -> int:
     return run_batch_bench(args)
 
 
+def _bench_dia(args: argparse.Namespace) -> int:
+    from streamvox.bench.dia import run_dia_bench
+
+    return run_dia_bench(args)
+
+
 def _bench_ar(args: argparse.Namespace) -> int:
     from streamvox.bench.ar import run_ar_bench
 
@@ -324,6 +330,19 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
+    dia = bench_sub.add_parser("dia", help="Dia decode ms/step vs the memory-bandwidth bound and transformers")
+    dia.add_argument("--size", choices=("real", "tiny"), default="real", help="Dia-1.6B's sizes, or a tiny model")
+    dia.add_argument("--steps", type=int, default=8, help="decode steps timed per batch size")
+    dia.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4], help="requests per step (2 rows each)")
+    dia.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
+    dia.add_argument(
+        "--reference",
+        default=".ref/transformers",
+        help="transformers installed with --target (what scripts/setup.sh test does); '' to skip",
+    )
+    dia.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    dia.add_argument("--json", action="store_true")
+    dia.set_defaults(func=_bench_dia)
     load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
     load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")
     load.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")

@@ -273,3 +273,26 @@ def test_bench_ar_smoke() -> None:
     for row in streaming:
         assert row["tokens"] == 4 and row["audio_s"] == 4 * 1280 / 32000
         assert row["first_chunk_ms"] > 0 and row["rtf"] > 0 and row["vocoder_one_shot_rtf"] > 0
+
+
+def test_bench_dia_smoke() -> None:
+    """The Dia benchmark times ours (fp32, bf16, two batch sizes) and transformers on one directory,
+    with the bandwidth bound beside each step."""
+    out = subprocess.run(
+        [*STREAMVOX, "bench", "dia", "--size", "tiny", "--steps", "2", "--batches", "1", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = [(r["dtype"], r["batch"]) for r in result["ours"]]
+    assert rows == [("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)]
+    assert result["bandwidth_gbs"] > 0
+    for row in result["ours"]:
+        assert row["step_ms"] > 0 and 0 < row["bound_ms"] < row["step_ms"] and row["ratio_to_bound"] > 1
+    assert result["reference"]["step_ms"] > 0 and result["speedup_vs_reference_batch1_fp32"] > 0
+    assert [r["text_bytes"] for r in result["encoder_prefill"]] == [32, 128, 512]
+    assert [r["window"] for r in result["dac"]] == ["first", "steady"]
+    assert result["first_audio_after_steps"] == 8 + 10 + 15 - 1  # first window, its context, the delay

@@ -15,7 +15,7 @@ from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.token_vocoder import StreamingVocoder
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacConfig
-from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling, delayed_prompt
+from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling, delayed_prompt, guide
 from streamvox.engine.backends.dia.text import has_speech, last_speaker, speaker_text_ids, with_speaker
 from streamvox.engine.backends.dia.voice import DiaRequest, DiaVoice
 
@@ -48,6 +48,8 @@ def run_alone(voice: DiaVoice, seed: int, text: str = TEXT, slot: int = 0) -> Di
 
 
 def test_the_delay_pattern_fixes_bos_then_the_prompt() -> None:
+    """Channel ``c`` holds BOS on rows ``0..delay[c]``, as transformers' processor lays it out
+    (nari-labs/dia stops one row earlier: BOS at row 15 of channel 8 is the documented difference)."""
     config = DiaConfig.tiny()
     table = delayed_prompt(config, None)
     assert table.shape == (16, 9)
@@ -58,6 +60,18 @@ def test_the_delay_pattern_fixes_bos_then_the_prompt() -> None:
     assert table.shape == (19, 9)
     assert table[1, 0] == 0 and table[3, 0] == 18 and table[4, 0] == config.pad
     assert table[9, 1] == 1 and table[11, 1] == 19 and table[12, 1] == config.pad  # channel 1 is 8 rows late
+
+
+def test_guidance_follows_the_original_formula_at_every_scale() -> None:
+    """transformers refuses a guidance scale below 1 and switches guidance off at exactly 1; like
+    nari-labs/dia we apply ``cond + scale·(cond − uncond)`` at any scale (0: the conditional logits)."""
+    generator = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(9, 1028, generator=generator), torch.randn(9, 1028, generator=generator)
+    assert torch.equal(guide(cond, uncond, 0.0, None), cond)
+    assert torch.allclose(guide(cond, uncond, 1.0, None), 2 * cond - uncond)
+    kept = guide(cond, uncond, 3.0, 45)
+    assert (kept > float("-inf")).sum(dim=-1).tolist() == [45] * 9
+    assert torch.equal(kept[kept > float("-inf")], cond[kept > float("-inf")])
 
 
 def test_frames_undo_the_delay_and_stop_before_channel_zero_eos() -> None:
