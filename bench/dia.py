@@ -108,7 +108,7 @@ def step_bytes(voice: DiaVoice, rows: list[int]) -> int:
 
 def _steps(voice: DiaVoice, batch: int, steps: int, bandwidth: float) -> dict[str, Any]:
     """Time ``steps`` batched steps of ``batch`` requests; ``bandwidth`` in bytes per second."""
-    requests = [voice.start(i, i, _TEXT, seed=i) for i in range(batch)]
+    requests = [voice.start_segment(i, i, _TEXT, seed=i) for i in range(batch)]
     voice.step(requests)  # the first step after a prefill pays one-off set-up
     rows = [row for r in requests for row in r.rows]
     bound_ms = step_bytes(voice, rows) / bandwidth * 1000
@@ -117,7 +117,7 @@ def _steps(voice: DiaVoice, batch: int, steps: int, bandwidth: float) -> dict[st
         voice.step(requests)
     step_ms = (time.perf_counter() - started) / steps * 1000
     for request in requests:
-        voice.release(request.slot)
+        voice.release_slot(request.slot)
     return {
         "batch": batch,
         "step_ms": step_ms,
@@ -158,13 +158,13 @@ def first_audio_steps(directory: Path) -> int:
     """Decoder steps after the prefill until the first DAC window can be decoded (counted on a
     copy of the voice's schedule and delay pattern with tiny weights: it depends on nothing else)."""
     voice = DiaVoice.load(directory)
-    request = voice.start(0, 0, _TEXT, seed=0)
+    request = voice.start_segment(0, 0, _TEXT, seed=0)
     steps = 0
     while not request.vocoder.pending() and request.generating:
         voice.step([request])
         request.feed_vocoder()
         steps += 1
-    voice.release(0)
+    voice.release_slot(0)
     return steps
 
 
@@ -250,7 +250,7 @@ def _table(result: dict[str, Any]) -> str:
     if ref:
         lines.append(f"  transformers generate (fp32, batch 1): {ref['step_ms']:.1f} ms/step")
         lines.append(
-            f"  streamvox fp32 batch 1 / transformers: {result['speedup_vs_reference_batch1_fp32']:.2f}x faster"
+            f"  transformers ms/step / streamvox fp32 batch 1 ms/step: {result['speedup_vs_reference_batch1_fp32']:.2f}"
         )
     for row in result["encoder_prefill"]:
         lines.append(f"  encoder prefill, {row['text_bytes']:>4} bytes (2 rows): {row['encoder_ms']:.1f} ms")

@@ -112,7 +112,7 @@ def test_streamed_audio_equals_the_offline_run(engine: EngineCore, short_voice: 
     streamed = synthesize(engine, short_voice.id, text, SynthesisParams(seed=8)).audio
     slot = 0  # the engine is idle: no stream holds a slot
     try:
-        segment = short_voice.start_segment(0, slot, short_voice.text_ids(text), seed=8 * 1_000_003)
+        segment = short_voice.start_segment(0, slot, text, seed=8 * 1_000_003)
         while segment.generating:
             short_voice.step([segment])
     finally:

@@ -40,10 +40,10 @@ def ending_voice(tmp_path_factory: pytest.TempPathFactory) -> DiaVoice:
 
 
 def run_alone(voice: DiaVoice, seed: int, text: str = TEXT, slot: int = 0) -> DiaRequest:
-    request = voice.start(0, slot, text, seed)
+    request = voice.start_segment(0, slot, text, seed)
     while request.generating:
         voice.step([request])
-    voice.release(slot)
+    voice.release_slot(slot)
     return request
 
 
@@ -113,7 +113,7 @@ def test_streamed_audio_equals_the_offline_decode(capped_voice: DiaVoice, chunk:
     """Frames handed to the vocoder as each decoder step completes them, decoded in chunks of
     ``chunk`` frames with 10 frames of context each side, against one decode of every frame."""
     schedule = replace(capped_voice.config.chunks, first=chunk, growth=1.0, cap=chunk)
-    request = capped_voice.start(0, 0, TEXT, seed=3)
+    request = capped_voice.start_segment(0, 0, TEXT, seed=3)
     request.vocoder = StreamingVocoder(capped_voice.frame_decoder, schedule)
     pieces = []
     while request.generating:
@@ -121,7 +121,7 @@ def test_streamed_audio_equals_the_offline_decode(capped_voice: DiaVoice, chunk:
         request.feed_vocoder()
         while request.vocoder.pending():
             pieces.append(request.vocoder.decode())
-    capped_voice.release(0)
+    capped_voice.release_slot(0)
     request.feed_vocoder()
     pieces.append(request.vocoder.finish())
     streamed = np.concatenate(pieces)
@@ -140,16 +140,16 @@ def test_a_request_generates_the_same_rows_alone_and_batched_with_others_joining
     alone = {seed: torch.stack(run_alone(voice, seed).state.rows) for seed in (11, 12, 13)}
     lengths = {seed: len(rows) for seed, rows in alone.items()}
     assert len(set(lengths.values())) > 1, lengths  # they leave at different steps
-    first = voice.start(0, 0, TEXT, 11)
+    first = voice.start_segment(0, 0, TEXT, 11)
     running = [first]
     for step in range(400):
         if step == 5:
-            running.append(voice.start(1, 1, "[S2] A different text for the second request.", 12))
+            running.append(voice.start_segment(1, 1, "[S2] A different text for the second request.", 12))
         if step == 9:
-            running.append(voice.start(2, 2, TEXT, 13))
+            running.append(voice.start_segment(2, 2, TEXT, 13))
         voice.step(running)
         for request in [r for r in running if not r.generating]:
-            voice.release(request.slot)
+            voice.release_slot(request.slot)
             running.remove(request)
         if not running:
             break
@@ -166,10 +166,10 @@ def test_the_same_seed_gives_the_same_rows_and_another_seed_other_rows(ending_vo
 def test_greedy_requests_ignore_the_seed(ending_voice: DiaVoice) -> None:
     rows = []
     for seed in (1, 2):
-        request = ending_voice.start(0, 0, TEXT, seed, greedy=True)
+        request = ending_voice.start_segment(0, 0, TEXT, seed, greedy=True)
         while request.generating:
             ending_voice.step([request])
-        ending_voice.release(0)
+        ending_voice.release_slot(0)
         rows.append(torch.stack(request.state.rows))
     assert torch.equal(rows[0], rows[1])
 
@@ -184,7 +184,7 @@ def test_an_audio_prompt_is_encoded_at_load_and_its_transcript_leads_the_text(tm
     voice = DiaVoice.load(directory)
     assert voice.prompt_codes is not None and voice.prompt_codes.shape == (87, 9)  # 1 s at 44.1 kHz: 87 frames
     assert voice.text_ids("[S2] Next.").tolist() == speaker_text_ids("[S1] This is how I sound. [S2] Next.")
-    request = voice.start(0, 0, "[S1] Next.", seed=1)
+    request = voice.start_segment(0, 0, "[S1] Next.", seed=1)
     assert len(request.state.rows) == 1 + 87 + 1  # BOS, the prompt's rows, the first generated row
     assert torch.equal(request.state.rows[1][0], voice.prompt_codes[0, 0])
 

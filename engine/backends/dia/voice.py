@@ -40,8 +40,11 @@ from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacCodec, DacConfig, fold_weight_norm
 from streamvox.engine.backends.dia.model import DecoderCache, DiaNetwork
 from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling
-from streamvox.engine.backends.dia.text import speaker_text_ids
+from streamvox.engine.backends.dia.text import has_speech, last_speaker, speaker_text_ids, with_speaker
 from streamvox.engine.backends.dia.weights import read_original
+from streamvox.engine.backends.dia.words import speaker_free_words
+from streamvox.engine.backends.dia.words import word_weights as letter_weights
+from streamvox.engine.text.words import SpokenWord
 
 _VOICE_KEYS = frozenset({"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "sampling", "chunks"})
 DAC_CONTEXT = 10
@@ -223,7 +226,25 @@ class DiaVoice:
             raise ValueError(f"text of {len(ids)} bytes exceeds this voice's max_text_bytes ({limit})")
         return torch.tensor(ids, dtype=torch.long)
 
-    def start(self, index: int, slot: int, text: str, seed: int | None, greedy: bool = False) -> DiaRequest:
+    @property
+    def max_streams(self) -> int:
+        return self.config.max_streams
+
+    def speakable(self, raw: str, notes: dict[str, Any]) -> str | None:
+        """``raw`` led by its speaker tag, or the stream's last speaker's (kept in ``notes``);
+        ``None`` if nothing but tags and punctuation is in it."""
+        speaker = notes.get("speaker", "[S1]")
+        text = with_speaker(raw, speaker)
+        notes["speaker"] = last_speaker(text, speaker)
+        return text if has_speech(raw) else None
+
+    def words_of(self, raw: str) -> list[SpokenWord]:
+        return speaker_free_words(raw)
+
+    def word_weights(self, words: Sequence[SpokenWord]) -> tuple[list[float], list[float]]:
+        return letter_weights(words)
+
+    def start_segment(self, index: int, slot: int, text: str, seed: int | None, greedy: bool = False) -> DiaRequest:
         """Encode ``text``, fill ``slot``'s cross-attention cache and prefill its rows (BOS and the
         prompt's frames, delayed); the request's first row is chosen."""
         ids = self.text_ids(text)
@@ -242,7 +263,8 @@ class DiaVoice:
         return DiaRequest(index, slot, state, vocoder)
 
     def step(self, requests: Sequence[DiaRequest]) -> None:
-        """One decoder row for each request, in one batched call."""
+        """One decoder row for each request, in one batched call; the frames it completes go to
+        their vocoders."""
         live = [r for r in requests if r.generating]
         if not live:
             return
@@ -251,16 +273,17 @@ class DiaVoice:
         logits = self.network.decode(self.cache, rows, tokens)
         for i, request in enumerate(live):
             request.state.choose(logits[2 * i, -1], logits[2 * i + 1, -1])
+            request.feed_vocoder()
 
-    def release(self, slot: int) -> None:
+    def release_slot(self, slot: int) -> None:
         """Slot ``slot`` is free again (engine thread; no unit uses it)."""
         self.cache.clear([2 * slot, 2 * slot + 1])
 
     def warm_up(self) -> None:
-        request = self.start(0, 0, "[S1] Warm up.", seed=0)
+        request = self.start_segment(0, 0, "[S1] Warm up.", seed=0)
         for _ in range(3):
             self.step([request])
-        self.release(0)
+        self.release_slot(0)
         self.frame_decoder.decode([(0,) * self.network.config.decoder.channels] * 8, 0)
 
     def trim_memory(self) -> None:

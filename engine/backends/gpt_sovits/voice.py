@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,8 @@ from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, loa
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
 from streamvox.engine.backends.gpt_sovits.text import english_phoneme_ids
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder
+from streamvox.engine.backends.gpt_sovits.words import word_weights as phone_weights
+from streamvox.engine.text.words import SpokenWord, spoken_words
 
 _KEYS = {
     "id", "gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens", "cnhubert",
@@ -173,15 +175,34 @@ class GptSovitsVoice:
             raise VoiceLoadError(f"{root}: {exc}") from None
         return cls(str(spec.get("id", root.name)), t2s, sovits, reference_ids, tokens.tolist(), speaker, config)
 
+    @property
+    def max_streams(self) -> int:
+        return self.config.max_streams
+
     def text_ids(self, text: str) -> list[int]:
         """The v2 phoneme ids of one segment's text."""
         return english_phoneme_ids(text)
 
-    def start_segment(self, index: int, slot: int, target_ids: list[int], seed: int, greedy: bool = False) -> ARSegment:
-        """Prefill ``slot`` with the reference and target text and the prompt (a T2S call).
+    def speakable(self, raw: str, notes: dict[str, Any]) -> str | None:
+        """The normalised text of a segment (``None`` if it has no letter or digit)."""
+        text, _ = spoken_words(raw)
+        return text if any(c.isalnum() for c in text) else None
+
+    def words_of(self, raw: str) -> list[SpokenWord]:
+        return spoken_words(raw)[1]
+
+    def word_weights(self, words: Sequence[SpokenWord]) -> tuple[list[float], list[float]]:
+        return phone_weights(words)
+
+    def release_slot(self, slot: int) -> None:
+        self.t2s.release(slot)
+
+    def start_segment(self, index: int, slot: int, text: str, seed: int, greedy: bool = False) -> ARSegment:
+        """Prefill ``slot`` with the reference and ``text`` and the prompt (a T2S call).
 
         ``seed`` fixes the token draws and the vocoder noise; ``greedy`` takes the most likely
         token each step and decodes without noise (the same text always gives the same audio)."""
+        target_ids = self.text_ids(text)
         phonemes = torch.tensor(self.reference_ids + target_ids, dtype=torch.long)
         room = self.config.max_len - len(phonemes) - len(self.prompt_tokens) - 1
         if room < self.config.chunks.first:
@@ -199,7 +220,7 @@ class GptSovitsVoice:
         vocoder = StreamingVocoder(decoder, self.config.chunks)
         return ARSegment(index, slot, tokens, vocoder, EosPolicy(eos=self.eos, max_steps=min(1500, room)))
 
-    def step(self, segments: list[ARSegment]) -> None:
+    def step(self, segments: Sequence[ARSegment]) -> None:
         """One token for each segment, all in one batched T2S call (a T2S call)."""
         segments = sorted(segments, key=lambda s: s.slot)  # adjacent slots are read as one view
         chosen = []
@@ -219,9 +240,10 @@ class GptSovitsVoice:
         no listener pays the convolution library's one-off setup for a shape (0.1-0.3 s each in
         fp32, 2-3 s with ``bf16_vocoder``, at v2 size)."""
         slot = 0  # before serving: no stream holds a slot yet
+        text = "Warming up."
+        ids = self.text_ids(text)
         try:
-            ids = self.text_ids("Warming up.")
-            segment = self.start_segment(0, slot, ids, seed=0)
+            segment = self.start_segment(0, slot, text, seed=0)
             for _ in range(4):
                 self.step([segment])
             segment.vocoder.finish()
