@@ -4,6 +4,9 @@ tags through the segmenter, the native protocol and a compatible dialect.  Rando
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import queue
 import threading
 import time
@@ -113,11 +116,13 @@ def test_cancel_frees_the_slot_at_once(engine: EngineCore, dia_voices: VoiceRegi
 
 
 @pytest.fixture()
-async def dia_server(aiohttp_server: Any, dia_voice: DiaVoice) -> str:
+async def dia_server(aiohttp_server: Any, dia_voice: DiaVoice) -> tuple[str, Any]:
+    """A real server with the Dia voice (and Wyoming on a free port); its ``host:port`` and app."""
     voices = VoiceRegistry.load(warm_up=False)
     voices.add(dia_voice)
-    srv = await aiohttp_server(create_app(ServerConfig(default_seed=7), voices), host="127.0.0.1")
-    return f"127.0.0.1:{srv.port}"
+    app = create_app(ServerConfig(default_seed=7, wyoming_port=0), voices)
+    srv = await aiohttp_server(app, host="127.0.0.1")
+    return f"127.0.0.1:{srv.port}", app
 
 
 async def native_pcm(server: str, text: str, rate: int, seed: int, words: bool = False) -> tuple[bytes, Any]:
@@ -137,9 +142,10 @@ async def native_pcm(server: str, text: str, rate: int, seed: int, words: bool =
     return b"".join(exchange.audio), exchange
 
 
-async def test_the_voice_is_listed_and_speaks_a_dialogue_through_the_protocol(dia_server: str) -> None:
+async def test_the_voice_is_listed_and_speaks_a_dialogue_through_the_protocol(dia_server: tuple[str, Any]) -> None:
+    server, _ = dia_server
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://{dia_server}/v1/voices") as response:
+        async with http.get(f"http://{server}/v1/voices") as response:
             listed = {v["id"]: v for v in (await response.json())["voices"]}
     assert listed["tiny-dia"] == {
         "id": "tiny-dia",
@@ -148,7 +154,7 @@ async def test_the_voice_is_listed_and_speaks_a_dialogue_through_the_protocol(di
         "kind": "dia",
         "default": False,
     }
-    pcm, exchange = await native_pcm(dia_server, TEXT, 44100, seed=3, words=True)
+    pcm, exchange = await native_pcm(server, TEXT, 44100, seed=3, words=True)
     done = exchange.of_type("done")[0]
     assert len(pcm) == 2 * done["samples"] > 0
     segments = [e["text"] for e in exchange.of_type("segment")]
@@ -163,16 +169,81 @@ async def test_the_voice_is_listed_and_speaks_a_dialogue_through_the_protocol(di
     )
 
 
-async def test_the_openai_dialect_gives_the_native_protocols_pcm(dia_server: str) -> None:
+async def test_the_openai_dialect_gives_the_native_protocols_pcm(dia_server: tuple[str, Any]) -> None:
     """The same text, voice and seed (the server's default) through the real ``openai`` client."""
+    server, _ = dia_server
     text = "[S1] Hello there. [S2] Hi."
     async with (
-        openai.AsyncOpenAI(base_url=f"http://{dia_server}/v1", api_key="not-checked", max_retries=0) as client,
+        openai.AsyncOpenAI(base_url=f"http://{server}/v1", api_key="not-checked", max_retries=0) as client,
         client.audio.speech.with_streaming_response.create(
             model="tts-1", voice="tiny-dia", input=text, response_format="pcm"
         ) as response,
     ):
         assert response.status_code == 200
         dialect = b"".join([chunk async for chunk in response.iter_bytes()])
-    native, _ = await native_pcm(dia_server, text, 24000, seed=7)
+    native, _ = await native_pcm(server, text, 24000, seed=7)
     assert len(dialect) > 0 and dialect == native
+
+
+async def elevenlabs_http(server: str, app: Any, text: str) -> bytes:
+    url = f"http://{server}/v1/text-to-speech/tiny-dia/stream?output_format=pcm_24000"
+    async with aiohttp.ClientSession() as http, http.post(url, json={"text": text, "model_id": "x"}) as response:
+        assert response.status == 200, await response.text()
+        return await response.read()
+
+
+async def cartesia_ws(server: str, app: Any, text: str) -> bytes:
+    request = {
+        "model_id": "sonic-2",
+        "transcript": text,
+        "voice": {"mode": "id", "id": "tiny-dia"},
+        "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000},
+        "context_id": "dia-1",
+    }
+    audio = b""
+    async with websockets.connect(f"ws://{server}/tts/websocket?cartesia_version=2024-06-10") as ws:
+        await ws.send(json.dumps(request))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            assert message["type"] != "error", message
+            if message["type"] == "chunk":
+                audio += base64.b64decode(message["data"])
+            if message["type"] == "done":
+                return audio
+
+
+async def wyoming_tcp(server: str, app: Any, text: str) -> bytes:
+    from streamvox.stream_server.app import RUNTIME
+    from wyoming.audio import AudioChunk as WyomingChunk
+    from wyoming.audio import AudioStart, AudioStop
+    from wyoming.client import AsyncTcpClient
+    from wyoming.tts import Synthesize, SynthesizeVoice
+
+    async with AsyncTcpClient("127.0.0.1", app[RUNTIME].wyoming_port) as client:
+        await client.write_event(Synthesize(text=text, voice=SynthesizeVoice(name="tiny-dia")).event())
+        audio = b""
+        while True:
+            event = await asyncio.wait_for(client.read_event(), 60)
+            assert event is not None
+            if AudioStart.is_type(event.type):
+                assert AudioStart.from_event(event).rate == 44100
+            elif WyomingChunk.is_type(event.type):
+                audio += WyomingChunk.from_event(event).audio
+            elif AudioStop.is_type(event.type):
+                return audio
+
+
+@pytest.mark.parametrize(
+    ("dialect", "rate"),
+    [(elevenlabs_http, 24000), (cartesia_ws, 24000), (wyoming_tcp, 44100)],
+    ids=["elevenlabs", "cartesia", "wyoming"],
+)
+async def test_every_other_dialect_gives_the_native_protocols_pcm(
+    dia_server: tuple[str, Any], dialect: Callable[[str, Any, str], Any], rate: int
+) -> None:
+    """ElevenLabs' HTTP stream, Cartesia's socket (raw JSON) and Wyoming's client, each at its rate."""
+    server, app = dia_server
+    text = "[S1] Hello there. [S2] Hi."
+    audio = await dialect(server, app, text)
+    native, _ = await native_pcm(server, text, rate, seed=7)
+    assert len(audio) > 0 and audio == native
