@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
-from streamvox.engine.core import EngineCore
 from streamvox.engine.registry import VoiceRegistry
-from streamvox.stream_server.auth import ACCESS, Access, access_middleware, protect
+from streamvox.stream_server.auth import ACCESS, access_middleware, protect
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.dialects.cartesia import routes as cartesia_routes
 from streamvox.stream_server.dialects.elevenlabs import routes as elevenlabs_routes
@@ -19,10 +17,8 @@ from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
 from streamvox.stream_server.dialects.native.routes import STREAM_PATH
 from streamvox.stream_server.dialects.openai import routes as openai_routes
 from streamvox.stream_server.dialects.wyoming import routes as wyoming_routes
-from streamvox.stream_server.keys import KeyRing
-from streamvox.stream_server.metrics import CONTENT_TYPE, Metrics
-from streamvox.stream_server.quotas import MemoryQuotaStore
-from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.metrics import CONTENT_TYPE
+from streamvox.stream_server.runtime import ServerRuntime, package_version
 from streamvox.web_demo import static_dir
 
 log = logging.getLogger(__name__)
@@ -33,27 +29,9 @@ STATIC_FILES = web.AppKey("static_files", dict)
 __all__ = ["RUNTIME", "STREAM_PATH", "create_app", "package_version"]
 
 
-def package_version() -> str:
-    try:
-        return version("streamvox")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 async def healthz(request: web.Request) -> web.Response:
-    """``GET /healthz``: 200 while serving; 503 while draining, or with the engine's ``problem``
-    (its thread died, or every worker is stuck in a unit past the deadline)."""
-    runtime = request.app[RUNTIME]
-    problem = runtime.engine.problem
-    ok = problem is None and not runtime.draining
-    body = {
-        "status": "ok" if ok else ("draining" if runtime.draining else "engine_down"),
-        "problem": problem,
-        "version": package_version(),
-        "protocol": PROTOCOL_VERSION,
-        "sessions": len(runtime.sessions),
-        "voices": len(runtime.voices.infos()),
-    }
+    """``GET /healthz``: 200 while serving; 503 while draining, or with the engine's ``problem``."""
+    ok, body = request.app[RUNTIME].health(PROTOCOL_VERSION)
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -95,15 +73,10 @@ async def _drain_sessions(app: web.Application) -> None:
 def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None = None) -> web.Application:
     """Build the app; voices load here (before serving) unless a registry is given."""
     config = config or ServerConfig()
-    if voices is None:
-        voices = VoiceRegistry.load(config.voices, config.include_bundled_voice, config.threads)
-    access = Access(KeyRing(config.keys_file, config.api_keys), MemoryQuotaStore(), config.allow_origins,
-                    config.token_secret)  # fmt: skip
+    runtime = ServerRuntime.build(config, voices)
     app = web.Application(client_max_size=config.hard_message_bytes, middlewares=[access_middleware])
-    engine = EngineCore(voices, config.engine)
-    runtime = ServerRuntime(config, voices, engine, Metrics(engine), access=access)
     app[RUNTIME] = runtime
-    app[ACCESS] = access
+    app[ACCESS] = runtime.access
     app.cleanup_ctx.append(_engine_ctx)
     app.on_shutdown.append(_drain_sessions)
     native_routes.add_routes(app, runtime)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Literal, Protocol
 
@@ -23,6 +24,14 @@ from streamvox.stream_server.keys import KeyRing
 from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.quotas import MemoryQuotaStore, QuotaExceeded, Usage
 from streamvox.stream_server.voice_names import ScopedVoices, VoiceCatalog
+
+
+def package_version() -> str:
+    try:
+        return version("streamvox")
+    except PackageNotFoundError:
+        return "0+unknown"
+
 
 RefusalKind = Literal["unauthorized", "forbidden", "rate_limited", "overloaded", "draining"]
 
@@ -72,6 +81,17 @@ class ServerRuntime:
     access: Access = field(default_factory=lambda: Access(KeyRing(), MemoryQuotaStore()))
     _client: EngineClient | None = field(default=None, init=False, repr=False)
 
+    @classmethod
+    def build(cls, config: ServerConfig, voices: VoiceRegistry | None = None) -> ServerRuntime:
+        """A runtime for ``config``: its voices (loaded here unless given), an engine not yet
+        started, metrics, and the access policy (keys, quotas in memory, origins, token secret)."""
+        if voices is None:
+            voices = VoiceRegistry.load(config.voices, config.include_bundled_voice, config.threads)
+        access = Access(KeyRing(config.keys_file, config.api_keys), MemoryQuotaStore(), config.allow_origins,
+                        config.token_secret)  # fmt: skip
+        engine = EngineCore(voices, config.engine)
+        return cls(config, voices, engine, Metrics(engine), access=access)
+
     @property
     def engine_client(self) -> EngineClient:
         """The engine as this loop's sessions see it (made on first use, on the loop)."""
@@ -116,6 +136,22 @@ class ServerRuntime:
         if len(self.sessions) >= self.config.max_sessions:
             return Refusal("overloaded", f"server at capacity ({self.config.max_sessions} sessions); retry later")
         return None
+
+    def health(self, protocol: int) -> tuple[bool, dict[str, object]]:
+        """``GET /healthz``'s answer (``protocol``: the native protocol's version): healthy while
+        serving; not while draining, or with the engine's ``problem`` (its thread died, or every
+        worker is stuck in a unit past the deadline)."""
+        problem = self.engine.problem
+        ok = problem is None and not self.draining
+        body: dict[str, object] = {
+            "status": "ok" if ok else ("draining" if self.draining else "engine_down"),
+            "problem": problem,
+            "version": package_version(),
+            "protocol": protocol,
+            "sessions": len(self.sessions),
+            "voices": len(self.voices.infos()),
+        }
+        return ok, body
 
     async def serve(self, session: DrainableSession, run: Callable[[], Awaitable[None]]) -> None:
         """Run an admitted session, counted among the open ones until it ends."""

@@ -18,7 +18,7 @@ from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, PRO
 from streamvox.stream_server.dialects.native.session import Session
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
 from streamvox.stream_server.tokens import DEFAULT_TTL_S, MAX_TTL_S
-from streamvox.stream_server.transport import AiohttpTransport, accept_websocket
+from streamvox.stream_server.transport import AiohttpTransport, Transport, accept_websocket
 
 STREAM_PATH = "/v1/stream"
 TOKENS_PATH = "/v1/tokens"
@@ -38,29 +38,34 @@ def http_refusal(refusal: AuthRefusal) -> web.Response:
     return http_error(refusal.kind, refusal.message)
 
 
+async def serve_socket(transport: Transport, runtime: ServerRuntime, outcome: Grant | AuthRefusal, asked: str) -> None:
+    """One accepted native socket, whatever the web framework under ``transport``: the protocol
+    version the client ``asked`` for, admission (``outcome`` is what its credential gave), the
+    session; a refusal is an ``error`` event and its close code."""
+    if asked not in {str(v) for v in PROTOCOL_VERSIONS}:
+        versions = ", ".join(str(v) for v in PROTOCOL_VERSIONS)
+        message = f"protocol {asked!r} is not spoken here; use one of {versions}"
+        runtime.metrics.errors.labels("invalid_value").inc()
+        await transport.send_text(json.dumps(error_event("invalid_value", message, fatal=True)))
+        await transport.close(1008, b"invalid_value")
+        return
+    admission = runtime.admit(outcome)
+    if isinstance(admission, Refusal):
+        if admission.kind != "draining":
+            await transport.send_text(json.dumps(error_event(admission.kind, admission.message, fatal=True)))
+        await transport.close(CLOSE_CODES[admission.kind], admission.kind.encode())
+        return
+    with admission:
+        session = Session(transport, runtime.engine_client, admission.voices, runtime.config, runtime.metrics,
+                          int(asked), admission.usage)  # fmt: skip
+        await runtime.serve(session, session.run)
+
+
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def stream_handler(request: web.Request) -> web.StreamResponse:
-        config = runtime.config
-        ws = await accept_websocket(request, config)
+        ws = await accept_websocket(request, runtime.config)
         asked = request.query.get("protocol", str(PROTOCOL_VERSION))
-        if asked not in {str(v) for v in PROTOCOL_VERSIONS}:
-            versions = ", ".join(str(v) for v in PROTOCOL_VERSIONS)
-            message = f"protocol {asked!r} is not spoken here; use one of {versions}"
-            runtime.metrics.errors.labels("invalid_value").inc()
-            await ws.send_str(json.dumps(error_event("invalid_value", message, fatal=True)))
-            await ws.close(code=1008, message=b"invalid_value")
-            return ws
-        admission = runtime.admit(grant_of(request))
-        if isinstance(admission, Refusal):
-            if admission.kind != "draining":
-                await ws.send_str(json.dumps(error_event(admission.kind, admission.message, fatal=True)))
-            await ws.close(code=CLOSE_CODES[admission.kind], message=admission.kind.encode())
-            return ws
-        with admission:
-            transport = AiohttpTransport(ws, request.transport)
-            session = Session(transport, runtime.engine_client, admission.voices, config, runtime.metrics,
-                              int(asked), admission.usage)  # fmt: skip
-            await runtime.serve(session, session.run)
+        await serve_socket(AiohttpTransport(ws, request.transport), runtime, grant_of(request), asked)
         return ws
 
     async def tokens_handler(request: web.Request) -> web.Response:
