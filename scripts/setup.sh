@@ -39,7 +39,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   "${pip[@]}" "torch==2.13.0"
 fi
 target="."
-[ "$extras" = "test" ] && target=".[test]"
+[ "$extras" = "test" ] && target=".[test,ray]"
 echo "setup: installing streamvox ${target}"
 "${pip[@]}" -e "$target" --config-settings editable_mode=strict
 if [ "$extras" = "test" ]; then

@@ -129,8 +129,11 @@ class AsgiWebSocket:
 class StreamvoxAsgi:
     """The ASGI callable (see the module docstring); build it with :func:`create_asgi_app`."""
 
-    def __init__(self, runtime: ServerRuntime) -> None:
+    def __init__(self, runtime: ServerRuntime, replica: str | None = None) -> None:
         self.runtime = runtime
+        self.replica = replica
+        """This copy's name among several (a Ray Serve replica's id): sent as the
+        ``x-streamvox-replica`` header of every accepted socket and in ``/healthz``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -177,7 +180,10 @@ class StreamvoxAsgi:
             log.warning("refused a WebSocket from origin %r", request.headers.get("origin"))
             await send({"type": "websocket.close", "code": 4403, "reason": "origin_not_allowed"})
             return
-        await send({"type": "websocket.accept"})
+        accept: dict[str, Any] = {"type": "websocket.accept"}
+        if self.replica is not None:
+            accept["headers"] = [(b"x-streamvox-replica", self.replica.encode())]
+        await send(accept)
         transport = AsgiWebSocket(receive, send, self.runtime.config.hard_message_bytes)
         asked = request.query.get("protocol", str(PROTOCOL_VERSION))
         await native.serve_socket(transport, self.runtime, self._check(request), asked)
@@ -191,6 +197,8 @@ class StreamvoxAsgi:
             return
         if path == "/healthz":
             ok, body = runtime.health(PROTOCOL_VERSION)
+            if self.replica is not None:
+                body["replica"] = self.replica
             await _respond(send, 200 if ok else 503, body)
             return
         outcome = self._check(RequestView.of(scope))
@@ -210,6 +218,8 @@ async def _respond(send: Send, status: int, body: Any, content_type: str = "appl
     await send({"type": "http.response.body", "body": data})
 
 
-def create_asgi_app(config: ServerConfig | None = None, voices: VoiceRegistry | None = None) -> StreamvoxAsgi:
+def create_asgi_app(
+    config: ServerConfig | None = None, voices: VoiceRegistry | None = None, replica: str | None = None
+) -> StreamvoxAsgi:
     """Build the ASGI app; voices load here unless a registry is given (as ``create_app`` does)."""
-    return StreamvoxAsgi(ServerRuntime.build(config or ServerConfig(), voices))
+    return StreamvoxAsgi(ServerRuntime.build(config or ServerConfig(), voices), replica)

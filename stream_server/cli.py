@@ -50,6 +50,18 @@ def _voice_alias(text: str) -> tuple[str, str]:
     return name, target
 
 
+def _serve_on_ray(config: ServerConfig, replicas: int) -> int:
+    """``serve --ray``: the native protocol on a local Ray Serve instance (TLS and the compatible
+    dialects are the aiohttp server's, so far)."""
+    if config.tls_cert or config.wyoming_port is not None:
+        raise ValueError("--ray serves the native protocol without TLS or Wyoming (put TLS at the load balancer)")
+    try:
+        from streamvox.deploy.ray_app import run_local
+    except ImportError:
+        raise ValueError("--ray needs the optional extra: pip install 'streamvox[ray]'") from None
+    return run_local(config, config.host, config.port, replicas)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
@@ -81,6 +93,8 @@ def _serve(args: argparse.Namespace) -> int:
             allow_anonymous=args.allow_anonymous,
             engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
         )
+        if args.ray:
+            return _serve_on_ray(config, args.replicas)
         ssl_context = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         app = create_app(config)
@@ -273,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ORIGIN",
         help="a browser origin whose pages may open sockets (repeatable; * for any)",
     )
+    serve.add_argument(
+        "--ray", action="store_true", help="serve on a local Ray Serve instance (needs streamvox[ray]; native protocol)"
+    )
+    serve.add_argument("--replicas", type=int, default=2, help="with --ray: replicas, each its own engine")
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",

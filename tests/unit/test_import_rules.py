@@ -2,7 +2,7 @@
 
 dialects -> contexts / engine_client -> engine.api; engine.core -> engine.api / scheduler only; a
 backend imports engine.api, ar/, audio/, text/ and never another backend; codecs import nothing of
-ours; benchmarks and tests are never imported by the package.
+ours; benchmarks and tests are never imported by the package; only the deployment imports Ray.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = ("engine", "stream_server", "codecs", "web_demo", "bench")
+FOLDERS = ("engine", "stream_server", "codecs", "web_demo", "bench", "deploy")
 
 
 def _module_name(path: Path) -> str:
@@ -92,6 +92,17 @@ def test_shared_engine_pieces_know_no_backend_and_no_server() -> None:
 
 def test_the_engine_never_imports_the_server_or_the_benchmarks() -> None:
     assert _violations("streamvox.engine", ("streamvox.engine",)) == []
+
+
+def test_only_the_deployment_knows_ray() -> None:
+    """Ray is an optional extra: the server, the engine and the benchmarks never import it, and the
+    deployment reaches the server only through its ASGI app and config."""
+    for module, imports in MODULES.items():
+        if not module.startswith("streamvox.deploy"):
+            assert not any(name == "ray" or name.startswith("ray.") for name in imports), module
+    allowed = ("streamvox.deploy", "streamvox.stream_server.asgi", "streamvox.stream_server.config")
+    assert any(m.startswith("streamvox.deploy.") for m in MODULES)
+    assert _violations("streamvox.deploy", allowed) == []
 
 
 def test_codecs_import_nothing_of_ours() -> None:

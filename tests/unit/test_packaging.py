@@ -8,7 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOLDERS = {"stream_server", "engine", "codecs", "web_demo", "bench"}
+FOLDERS = {"stream_server", "engine", "codecs", "web_demo", "bench", "deploy"}
 
 
 def _pyproject() -> dict:
