@@ -59,6 +59,47 @@ def streamvox_app(config: ServerConfig, replicas: int = 2, cpus_per_replica: flo
     return deployment.bind()
 
 
+APP_ARGS = {
+    "replicas": "replicas (each its own engine; default 2)",
+    "cpus_per_replica": "Ray CPUs each replica reserves (default 1)",
+    "voices": 'extra voices as "KIND=PATH" (a list; the bundled voice is served too unless no_bundled_voice)',
+    "no_bundled_voice": "do not serve the bundled voice (default false)",
+    "max_sessions": "sessions each replica admits (default 64)",
+    "drain_timeout_s": "the drain window (default 10)",
+    "idle_timeout_s": "close sessions silent this long (default 300; 0 never)",
+    "seed": "the seed of contexts whose client names none",
+    "keys_file": "API keys (the same file on every replica)",
+    "allow_anonymous": "serve without keys (default false: refused, as for a public bind)",
+    "allow_origins": "browser origins allowed to open sockets (a list)",
+}
+"""What a Serve config's ``args`` may set for :func:`app_builder` (the rest is ``ServerConfig``'s default)."""
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """The application a Serve config (``serve run deploy/serve_config.yaml``, or a KubeRay
+    RayService's ``serveConfigV2``) names as ``streamvox.deploy.ray_app:app_builder``;
+    ``args`` takes the keys of :data:`APP_ARGS`.  ``ValueError`` names an unknown or bad one."""
+    from streamvox.engine.registry import VoiceSpec
+
+    unknown = set(args) - set(APP_ARGS)
+    if unknown:
+        raise ValueError(f"unknown args {sorted(unknown)}; known: {', '.join(APP_ARGS)}")
+    idle = float(args.get("idle_timeout_s", 300.0))
+    config = ServerConfig(
+        host="0.0.0.0",  # Ray's proxy listens beyond loopback: keys or an explicit allow_anonymous
+        allow_anonymous=bool(args.get("allow_anonymous", False)),
+        voices=tuple(VoiceSpec.parse(str(v)) for v in args.get("voices", ())),
+        include_bundled_voice=not bool(args.get("no_bundled_voice", False)),
+        max_sessions=int(args.get("max_sessions", 64)),
+        drain_timeout_s=float(args.get("drain_timeout_s", 10.0)),
+        idle_timeout_s=idle or None,
+        default_seed=None if args.get("seed") is None else int(args["seed"]),
+        keys_file=args.get("keys_file"),
+        allow_origins=tuple(args.get("allow_origins", ())),
+    )
+    return streamvox_app(config, int(args.get("replicas", 2)), float(args.get("cpus_per_replica", 1.0)))
+
+
 def run_local(config: ServerConfig, host: str, port: int, replicas: int, cpus_per_replica: float = 1.0) -> int:
     """Start a local Ray instance, serve ``replicas`` replicas on ``host:port`` until SIGINT or
     SIGTERM, then shut Serve and Ray down."""

@@ -12,18 +12,19 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
+import yaml
 from streamvox.bench.harness import free_port
-from streamvox.engine.core import EngineConfig
-from streamvox.stream_server.config import ServerConfig
 
 from tests.helpers.ws import collect_until, recv_json, send, speak_whole
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "serve_config.yaml"
 TEXT = "Good morning! The weather today is sunny with a light breeze from the west."
 
 
@@ -31,14 +32,15 @@ TEXT = "Good morning! The weather today is sunny with a light breeze from the we
 def ray_address() -> Iterator[str]:
     import ray
     from ray import serve
-    from streamvox.deploy.ray_app import streamvox_app
+    from streamvox.deploy.ray_app import app_builder
 
     port = free_port()
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = ServerConfig(engine=EngineConfig(max_lead_s=None), max_sessions=6)
-        serve.run(streamvox_app(config, replicas=2), route_prefix="/")
+        application = yaml.safe_load(SERVE_CONFIG.read_text())["applications"][0]
+        args = {**application["args"], "max_sessions": 6}  # the shipped config, with a small limit
+        serve.run(app_builder(args), route_prefix=application["route_prefix"])
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -118,3 +120,15 @@ def test_serve_ray_refuses_what_it_does_not_serve_in_one_line() -> None:
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--ray serves the native protocol" in lines[0]
+
+
+def test_the_serve_config_is_valid_and_its_args_are_checked() -> None:
+    from ray.serve.schema import ServeDeploySchema
+    from streamvox.deploy.ray_app import app_builder
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(SERVE_CONFIG.read_text()))
+    assert schema.applications[0].import_path == "streamvox.deploy.ray_app:app_builder"
+    with pytest.raises(ValueError, match="unknown args"):
+        app_builder({"replica": 2})
+    with pytest.raises(ValueError, match="without API keys"):
+        app_builder({"replicas": 1})
