@@ -41,6 +41,7 @@ import torch
 from streamvox.bench.dia_voice import random_dac, write_dia_voice
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacConfig
+from streamvox.engine.backends.dia.text import speaker_text_ids
 from streamvox.engine.backends.dia.voice import DiaVoice, DiaVoiceConfig
 
 _TEXT = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices."
@@ -207,8 +208,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
         reference = None
         if args.reference:
-            ids = DiaVoice.load(tiny).text_ids(_TEXT).tolist()
-            reference = _reference(Path(args.reference), directory, ids, 2, 2 + args.steps)
+            reference = _reference(Path(args.reference), directory, speaker_text_ids(_TEXT), 2, 2 + args.steps)
         first_steps = first_audio_steps(tiny)
     chunks = DiaVoiceConfig().chunks
     result: dict[str, Any] = {

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from multidict import CIMultiDict
 from streamvox.engine.registry import VoiceRegistry
 from streamvox.stream_server.auth import AuthRefusal, Grant
 from streamvox.stream_server.config import ServerConfig
@@ -50,20 +51,13 @@ class RequestView:
 
     @classmethod
     def of(cls, scope: Scope) -> RequestView:
-        headers = _Caseless({k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])})
+        headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", []))
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         return cls(headers, query)
 
     @property
     def host(self) -> str | None:
         return self.headers.get("host")
-
-
-class _Caseless(dict[str, str]):
-    """Header lookup by any case (ASGI gives names in lower case)."""
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        return super().get(key.lower(), default)
 
 
 class AsgiWebSocket:
@@ -167,7 +161,7 @@ class StreamvoxAsgi:
                 return
 
     def _check(self, request: RequestView) -> Grant | AuthRefusal:
-        return self.runtime.access.check(native.CREDENTIALS.find(request), "native")  # type: ignore[arg-type]
+        return self.runtime.access.check(native.CREDENTIALS.find(request), "native")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":

@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
@@ -91,6 +91,16 @@ class AuthRefusal:
         return 401 if self.kind == "unauthorized" else 403
 
 
+class CredentialCarrier(Protocol):
+    """What a credential is looked up in: an aiohttp request, or the ASGI app's view of one."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+
 @dataclass(frozen=True)
 class CredentialSources:
     """Where a dialect's clients put their key: ``Authorization: Bearer``, whole-value headers,
@@ -100,7 +110,7 @@ class CredentialSources:
     bearer: bool = True
     query: tuple[str, ...] = ()
 
-    def find(self, request: web.Request) -> str | None:
+    def find(self, request: CredentialCarrier) -> str | None:
         if self.bearer:
             scheme, _, value = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer" and value.strip():

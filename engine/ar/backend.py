@@ -207,18 +207,17 @@ class _Finish(_ARUnit):
 
 
 class ARBackend:
-    """Runs the streams of one autoregressive family; a subclass names its ``kind`` and loads voices."""
+    """Runs the streams of one autoregressive family; a subclass names its ``kind`` and its
+    ``voice_type`` (whose ``load(directory)`` reads a voice)."""
 
     kind = ""
+    voice_type: Any = None
 
     def __init__(self) -> None:
         self._lanes: dict[ARVoice, _VoiceLane] = {}
 
-    def load_voice(self, source: Path) -> ARVoice:
-        raise NotImplementedError
-
     def load(self, source: str | Path, voice_id: str | None = None, threads: int = 0) -> ARVoice:
-        voice = self.load_voice(Path(source))
+        voice: ARVoice = self.voice_type.load(Path(source))
         if voice_id is not None:
             voice.id = voice_id
         return voice

@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from streamvox.engine.text.speakers import SPEAKER_TAG, without_tags
+
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof sr jr st mt ft vs fig figs no nos vol vols ch sec approx dept est gen gov lt col sgt "
     "capt cmdr rev hon e.g i.e cf al jan feb mar apr jun jul aug sep sept oct nov dec".split()
@@ -30,10 +32,9 @@ _SENTENCE_END = re.compile(r"(?:[.!?]+|…)[" + re.escape(_CLOSERS) + r"]*(?=\s|
 _CLAUSE_END = re.compile(r"[,;:][" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\s[-–—]+(?=\s)|—")
 _WORD = re.compile(r"\S+")
 _SPEAKABLE = re.compile(r"\w")
-_TURN = re.compile(r"\s+\[S[12]\]")
+_TURN = re.compile(r"\s+" + SPEAKER_TAG.pattern)
 """A speaker tag after some text: a new dialogue turn starts there."""
-_TRAILING_TAG = re.compile(r"\s*\[S[12]\]\s*$")
-_TAG = re.compile(r"\[S[12]\]")
+_TRAILING_TAG = re.compile(r"\s*" + SPEAKER_TAG.pattern + r"\s*$")
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Segmenter:
             if not cut:
                 break
             cut = _keep_tag_with_its_words(pending, cut)
-            if not final and _TAG.search(pending[:cut]) and not _has_words(pending[:cut]):
+            if not final and SPEAKER_TAG.search(pending[:cut]) and not _has_words(pending[:cut]):
                 break  # a speaker tag waits for the words it introduces
             start = self._pos
             self._pos += cut
@@ -194,7 +195,7 @@ def _turn_start(text: str) -> int | None:
 
 
 def _has_words(text: str) -> bool:
-    return bool(_SPEAKABLE.search(_TAG.sub("", text)))
+    return bool(_SPEAKABLE.search(without_tags(text)))
 
 
 def _keep_tag_with_its_words(text: str, cut: int) -> int:

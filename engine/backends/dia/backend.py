@@ -10,8 +10,6 @@ stream named (``[S1]`` at first).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamvox.engine.ar.backend import ARBackend
 from streamvox.engine.backends.dia.voice import DiaVoice
 
@@ -20,6 +18,4 @@ class DiaBackend(ARBackend):
     """Loads Dia voice directories and runs their streams."""
 
     kind = "dia"
-
-    def load_voice(self, source: Path) -> DiaVoice:
-        return DiaVoice.load(source)
+    voice_type = DiaVoice

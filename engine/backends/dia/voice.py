@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile as sf
-import soxr
 import torch
 from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
+from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacCodec, DacConfig, fold_weight_norm
 from streamvox.engine.backends.dia.model import DecoderCache, DiaNetwork
@@ -49,6 +48,15 @@ from streamvox.engine.text.words import SpokenWord
 _VOICE_KEYS = frozenset({"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "sampling", "chunks"})
 DAC_CONTEXT = 10
 """Frames of context each side of a DAC window: the decoder's receptive field (exact to float error)."""
+DAC_WINDOWS = ChunkSchedule(
+    first=8, growth=2.0, cap=64, lookahead=DAC_CONTEXT, left_context=DAC_CONTEXT, overlap=0, bucket=1
+)
+"""DAC windows of 8, 16, 32, then 64 frames, with the receptive field of context each side."""
+
+
+def slot_rows(slot: int) -> list[int]:
+    """The cache rows of ``slot``: its conditional row, then its unconditional one."""
+    return [2 * slot, 2 * slot + 1]
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,7 @@ class DiaVoiceConfig:
     """Prompt transcript plus segment text, in bytes, that the cross-attention cache holds."""
     dtype: str = "float32"
     sampling: DiaSampling = field(default_factory=DiaSampling)
-    chunks: ChunkSchedule = field(
-        default_factory=lambda: ChunkSchedule(
-            first=8, growth=2.0, cap=64, lookahead=DAC_CONTEXT, left_context=DAC_CONTEXT, overlap=0, bucket=1
-        )
-    )
+    chunks: ChunkSchedule = DAC_WINDOWS
 
     def __post_init__(self) -> None:
         if self.max_streams < 1 or self.max_rows < 32 or self.max_text_bytes < 16:
@@ -85,13 +89,14 @@ class DiaVoiceConfig:
         known = {f.name for f in fields(DiaSampling)}
         if not isinstance(sampling, Mapping) or set(sampling) - known:
             raise ValueError(f"sampling takes {', '.join(sorted(known))}")
+        max_rows = int(spec.get("max_rows", 3072))
         return cls(
             language=str(spec.get("language", "en")),
             max_streams=int(spec.get("max_streams", 2)),
-            max_rows=int(spec.get("max_rows", 3072)),
+            max_rows=max_rows,
             max_text_bytes=int(spec.get("max_text_bytes", 512)),
             dtype=str(spec.get("dtype", "float32")),
-            sampling=DiaSampling(**{"max_rows": int(spec.get("max_rows", 3072)), **sampling}),
+            sampling=DiaSampling(**{"max_rows": max_rows, **sampling}),
             chunks=_chunks(spec.get("chunks", {})),
         )
 
@@ -101,8 +106,7 @@ def _chunks(spec: Any) -> ChunkSchedule:
     the context either side is the decoder's receptive field, so the streamed audio stays exact."""
     if not isinstance(spec, Mapping) or set(spec) - {"first", "growth", "cap"}:
         raise ValueError("chunks takes first, growth and cap (frames)")
-    base = DiaVoiceConfig.__dataclass_fields__["chunks"].default_factory()  # type: ignore[misc]
-    return replace(base, **{k: (float(v) if k == "growth" else int(v)) for k, v in spec.items()})
+    return replace(DAC_WINDOWS, **{k: (float(v) if k == "growth" else int(v)) for k, v in spec.items()})
 
 
 class DacFrameDecoder:
@@ -138,7 +142,7 @@ class DiaRequest:
 
     @property
     def rows(self) -> list[int]:
-        return [2 * self.slot, 2 * self.slot + 1]
+        return slot_rows(self.slot)
 
     def feed_vocoder(self) -> None:
         """Hand the vocoder the frames completed since the last call."""
@@ -250,7 +254,7 @@ class DiaVoice:
         ids = self.text_ids(text)
         encoder_in = torch.stack([ids, torch.zeros_like(ids)])
         mask = torch.ones(encoder_in.shape, dtype=torch.bool)
-        rows = [2 * slot, 2 * slot + 1]
+        rows = slot_rows(slot)
         self.network.start(self.cache, rows, self.network.encode(encoder_in, mask), mask)
         params = self.config.sampling
         if greedy:
@@ -277,7 +281,7 @@ class DiaVoice:
 
     def release_slot(self, slot: int) -> None:
         """Slot ``slot`` is free again (engine thread; no unit uses it)."""
-        self.cache.clear([2 * slot, 2 * slot + 1])
+        self.cache.clear(slot_rows(slot))
 
     def warm_up(self) -> None:
         request = self.start_segment(0, 0, "[S1] Warm up.", seed=0)
@@ -328,12 +332,10 @@ def _fill(module: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path
 
 def _read_prompt(root: Path, codec: DacCodec) -> tuple[torch.Tensor, str]:
     try:
-        audio, rate = sf.read(str(root / "prompt.wav"), dtype="float32", always_2d=True)
+        audio, rate = read_mono(root / "prompt.wav")
         text = (root / "prompt.txt").read_text().strip()
     except (OSError, RuntimeError) as exc:
         raise VoiceLoadError(f"{root}: a prompt needs prompt.wav and prompt.txt ({exc})") from None
-    mono = audio.mean(axis=1)
-    if rate != codec.config.sample_rate:
-        mono = soxr.resample(mono, rate, codec.config.sample_rate).astype(np.float32)
+    mono = resample(audio, rate, codec.config.sample_rate)
     codes = codec.encode(torch.from_numpy(mono)[None])[0].T.contiguous()
     return codes, text

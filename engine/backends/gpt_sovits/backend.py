@@ -7,8 +7,6 @@ scheduling (lanes, slots, continuous batching, a segment's end) is
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamvox.engine.ar.backend import ARBackend
 from streamvox.engine.backends.gpt_sovits.voice import GptSovitsVoice
 
@@ -17,6 +15,4 @@ class GptSovitsBackend(ARBackend):
     """Loads GPT-SoVITS v2 voice directories and runs their streams."""
 
     kind = "gpt-sovits"
-
-    def load_voice(self, source: Path) -> GptSovitsVoice:
-        return GptSovitsVoice.load(source)
+    voice_type = GptSovitsVoice

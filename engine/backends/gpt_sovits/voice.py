@@ -42,6 +42,7 @@ from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.generate import TokenStream, advance, choose
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
+from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, load_s1
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
 from streamvox.engine.backends.gpt_sovits.text import english_phoneme_ids
@@ -162,7 +163,7 @@ class GptSovitsVoice:
             sovits = SoVITSDecoder.load(root / spec["sovits_weights"], bf16_vocoder=config.bf16_vocoder)
             reference, reference_rate = _read_audio(root / spec["reference_audio"])
             speaker = sovits.speaker(
-                sovits.reference_spectrogram(_resample(reference, reference_rate, sovits.config.sampling_rate))
+                sovits.reference_spectrogram(resample(reference, reference_rate, sovits.config.sampling_rate))
             )
             if "prompt_tokens" in spec:
                 tokens = np.load(root / spec["prompt_tokens"], allow_pickle=False).astype(np.int64).reshape(-1)
@@ -283,21 +284,13 @@ def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
 def _extract_tokens(hubert_dir: Path, reference: np.ndarray, rate: int, sovits: SoVITSDecoder) -> list[int]:
     from streamvox.engine.backends.gpt_sovits.cnhubert import SAMPLE_RATE, CNHubert, reference_tokens
 
-    audio_16k = _resample(reference, rate, SAMPLE_RATE)
+    audio_16k = resample(reference, rate, SAMPLE_RATE)
     return reference_tokens(CNHubert.load(hubert_dir), sovits.semantic_tokens, audio_16k)
 
 
 def _read_audio(path: Path) -> tuple[np.ndarray, int]:
     """The reference recording, mixed to mono, at its own rate."""
-    import soundfile
-
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    audio, rate = read_mono(path)
     if len(audio) < rate // 2:
         raise ValueError(f"{path.name}: the reference audio is shorter than 0.5 s")
-    return audio.mean(axis=1), rate
-
-
-def _resample(audio: np.ndarray, source_rate: int, rate: int) -> np.ndarray:
-    import soxr
-
-    return (audio if source_rate == rate else soxr.resample(audio, source_rate, rate)).astype(np.float32)
+    return audio, rate
