@@ -11,7 +11,8 @@ transformers.  Measured side by side on this machine:
   bound for that step, bytes it must read (decoder weights, each row's self-
   and cross-attention caches) divided by the bandwidth, and their ratio;
 * transformers' ``generate`` (greedy, CFG 3, fp32) on the same directory:
-  ms per step from two lengths (so its prefill and set-up cancel), and ours at
+  ms per step from two lengths, the best of three runs of each (so its prefill
+  and set-up cancel, and a single slow run does not), and ours at
   batch 1 fp32 against it;
 * the encoder's prefill by text length, the DAC's time per window (first
   window and a steady one) against the audio it makes, and after how many
@@ -70,7 +71,9 @@ def run(n):
                        do_sample=False, guidance_scale=3.0, top_k=45)
     return time.perf_counter() - started
 run(2)
-short, long = run(job["short"]), run(job["long"])
+# The best of three of each length: the difference of two single runs is noise at tiny sizes.
+short = min(run(job["short"]) for _ in range(3))
+long = min(run(job["long"]) for _ in range(3))
 print(json.dumps({"short_s": short, "long_s": long, "steps": job["long"] - job["short"]}))
 """
 

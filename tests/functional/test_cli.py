@@ -279,7 +279,7 @@ def test_bench_dia_smoke() -> None:
     """The Dia benchmark times ours (fp32, bf16, two batch sizes) and transformers on one directory,
     with the bandwidth bound beside each step."""
     out = subprocess.run(
-        [*STREAMVOX, "bench", "dia", "--size", "tiny", "--steps", "2", "--batches", "1", "2", "--json"],
+        [*STREAMVOX, "bench", "dia", "--size", "tiny", "--steps", "8", "--batches", "1", "2", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
