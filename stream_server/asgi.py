@@ -4,14 +4,16 @@ Ray Serve (``deploy/``) speaks ASGI, so each replica serves this app; uvicorn
 serves it too.  It holds one :class:`ServerRuntime` (voices, engine, metrics,
 access policy), started and drained by the ASGI lifespan, and routes:
 
-* ``GET /v1/stream`` (WebSocket): the native protocol, through
-  :func:`~streamvox.stream_server.dialects.native.routes.serve_socket`, the
-  function the aiohttp route calls, over :class:`AsgiWebSocket`;
+* every dialect's WebSockets (:data:`SOCKET_ROUTES`: the native protocol,
+  ElevenLabs' two sockets, Cartesia's), each through the same
+  :class:`~streamvox.stream_server.socket_routes.SocketRoute` the aiohttp
+  server registers, over :class:`AsgiWebSocket`;
 * ``GET /healthz``, ``GET /v1/voices``, ``GET /metrics``: the aiohttp server's answers.
 
-Credentials and origins are checked by the same :class:`Access` with the
-native protocol's sources.  Other paths get 404 (the compatible dialects are
-served by the aiohttp server only, so far).  Event-loop only.
+Credentials and origins are checked by the same :class:`Access`, with each
+route's own credential sources.  Other paths get 404: the HTTP speech routes
+(OpenAI's, ElevenLabs') and Wyoming's TCP listener are the aiohttp server's
+only.  Event-loop only.
 """
 
 from __future__ import annotations
@@ -29,13 +31,19 @@ from multidict import CIMultiDict
 from streamvox.engine.registry import VoiceRegistry
 from streamvox.stream_server.auth import AuthRefusal, Grant
 from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.dialects.cartesia import routes as cartesia
+from streamvox.stream_server.dialects.elevenlabs import routes as elevenlabs
 from streamvox.stream_server.dialects.native import routes as native
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, error_event
 from streamvox.stream_server.metrics import CONTENT_TYPE
 from streamvox.stream_server.runtime import ServerRuntime
+from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, find_socket_route
 from streamvox.stream_server.transport import Incoming
 
 log = logging.getLogger(__name__)
+
+SOCKET_ROUTES: tuple[SocketRoute, ...] = (*native.SOCKETS, *elevenlabs.SOCKETS, *cartesia.SOCKETS)
+"""Every dialect's WebSockets, as the aiohttp server registers them."""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -167,20 +175,22 @@ class StreamvoxAsgi:
         if (await receive())["type"] != "websocket.connect":
             return
         request = RequestView.of(scope)
-        if scope.get("path") != native.STREAM_PATH:
+        found = find_socket_route(SOCKET_ROUTES, scope.get("path", ""))
+        if found is None:
             await send({"type": "websocket.close", "code": 4404, "reason": "no socket at this path"})
             return
+        route, params = found
         if not self.runtime.access.origin_allowed(request.headers.get("origin"), request.host):
             log.warning("refused a WebSocket from origin %r", request.headers.get("origin"))
             await send({"type": "websocket.close", "code": 4403, "reason": "origin_not_allowed"})
             return
+        outcome = self.runtime.access.check(route.credentials.find(request), route.dialect)
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if self.replica is not None:
             accept["headers"] = [(b"x-streamvox-replica", self.replica.encode())]
         await send(accept)
         transport = AsgiWebSocket(receive, send, self.runtime.config.hard_message_bytes)
-        asked = request.query.get("protocol", str(PROTOCOL_VERSION))
-        await native.serve_socket(transport, self.runtime, self._check(request), asked)
+        await route.serve(transport, self.runtime, SocketRequest(params, request.query, outcome))
         await transport.close(1000, b"")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,7 +5,11 @@ and bad input behave as there."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,15 +22,19 @@ from streamvox.engine.registry import VoiceRegistry
 from streamvox.stream_server.asgi import StreamvoxAsgi, create_asgi_app
 from streamvox.stream_server.config import ServerConfig
 
+from tests.helpers.dialect_ws import cartesia_pcm, elevenlabs_multi_pcm
 from tests.helpers.ws import collect_until, recv_json, send, speak_whole
 
 TEXT = "Good morning! The weather today is sunny with a light breeze from the west."
 
 
-async def serve_asgi(app: StreamvoxAsgi) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+async def serve_asgi(app: StreamvoxAsgi, **tls: str) -> AsyncIterator[tuple[str, uvicorn.Server]]:
+    """``tls``: uvicorn's ``ssl_certfile`` and ``ssl_keyfile``, for ``wss://``."""
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", ws="websockets-sansio")
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, lifespan="on", log_level="warning", ws="websockets-sansio", **tls
+        )  # fmt: skip
     )
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -51,6 +59,54 @@ async def keyed_asgi(registry: VoiceRegistry) -> AsyncIterator[str]:
     config = ServerConfig(api_keys="tester=sv-test-key-123456", engine=EngineConfig(max_lead_s=None))
     async for address, _ in serve_asgi(create_asgi_app(config, registry)):
         yield address
+
+
+@pytest.fixture()
+async def tls_dialect_asgi(registry: VoiceRegistry, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """The ASGI app configured as the ``dialect_server`` fixture, behind TLS from a CA made here
+    (the SDKs speak only ``wss://``); yields ``host:port`` and the CA's PEM file."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = {"ca": tmp_path / "ca.pem", "cert": tmp_path / "cert.pem", "key": tmp_path / "key.pem"}
+    ca.cert_pem.write_to_path(str(files["ca"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
+    cert.private_key_pem.write_to_path(str(files["key"]))
+    config = ServerConfig(default_seed=7, voice_aliases=(("joe", "en_US-joe-medium"),),
+                          engine=EngineConfig(max_lead_s=None))  # fmt: skip
+    app = create_asgi_app(config, registry)
+    async for address, _ in serve_asgi(app, ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"])):
+        yield address, files["ca"]
+
+
+def _cartesia_sdk_pcm(address: str, text: str) -> bytes:
+    from cartesia import Cartesia
+
+    client = Cartesia(api_key="not-checked", base_url=f"https://{address}")
+    with client.tts.websocket_connect() as connection:
+        output_format = {"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000}
+        ctx = connection.context(model_id="sonic-3", voice={"mode": "id", "id": "joe"}, output_format=output_format)
+        ctx.push(text)
+        ctx.no_more_inputs()
+        events = list(ctx.receive())
+    assert events[-1].type == "done"
+    return b"".join(base64.b64decode(e.data) for e in events if e.type == "chunk")
+
+
+async def test_the_dialect_sockets_give_the_aiohttp_servers_bytes(
+    tls_dialect_asgi: tuple[str, Path], dialect_server: tuple[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cartesia's SDK and ElevenLabs' multi-stream socket (Pipecat's messages), each through the
+    ASGI app and through the aiohttp server, with the same seed: the same PCM."""
+    address, ca_file = tls_dialect_asgi
+    aiohttp_ws = dialect_server[0].replace("http://", "ws://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    through_asgi = await asyncio.to_thread(_cartesia_sdk_pcm, address, TEXT)
+    assert len(through_asgi) > 24000 and through_asgi == await cartesia_pcm(aiohttp_ws, "joe", TEXT)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    multi = await elevenlabs_multi_pcm(f"wss://{address}", "joe", TEXT, ssl_context=context)
+    assert len(multi) > 22050 and multi == await elevenlabs_multi_pcm(aiohttp_ws, "joe", TEXT)
 
 
 @pytest.mark.parametrize("fmt", ["opus", {"codec": "pcm_s16le", "sample_rate": 16000}])
@@ -129,3 +185,22 @@ async def test_keys_and_origins_are_checked_as_on_aiohttp(keyed_asgi: str) -> No
             assert response.status == 401 and (await response.json())["code"] == "unauthorized"
         async with http.get(f"http://{keyed_asgi}/v1/voices", headers=headers) as response:
             assert response.status == 200
+
+
+async def test_elevenlabs_keys_in_the_first_message_and_refusals_its_way(keyed_asgi: str) -> None:
+    url = f"ws://{keyed_asgi}/v1/text-to-speech/en_US-joe-medium/stream-input?output_format=pcm_16000"
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"text": " ", "xi_api_key": "sv-test-key-123456"}))
+        await ws.send(json.dumps({"text": "Hello there. "}))
+        await ws.send(json.dumps({"text": ""}))
+        messages = [json.loads(await asyncio.wait_for(ws.recv(), 30))]
+        while not messages[-1].get("isFinal"):
+            messages.append(json.loads(await asyncio.wait_for(ws.recv(), 30)))
+    assert sum(len(base64.b64decode(m["audio"])) for m in messages if m.get("audio")) > 16000
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({"text": " ", "xi_api_key": "sv-wrong-key"}))
+        refusal = json.loads(await ws.recv())
+        assert refusal["error"] == "invalid_api_key"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008

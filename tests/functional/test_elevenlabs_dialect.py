@@ -17,6 +17,7 @@ import pytest
 import websockets
 from streamvox.stream_server.app import RUNTIME, STREAM_PATH
 
+from tests.helpers.dialect_ws import read_multi
 from tests.helpers.ws import speak_whole
 
 pytestmark = pytest.mark.dialect
@@ -79,19 +80,6 @@ async def test_the_sdks_audio_says_the_text(
     assert wer(TEXT, transcribe(pcm, 16000)) <= 0.10
 
 
-async def _read_multi(ws: Any, contexts: set[str], timeout: float = 60) -> dict[str, list[dict[str, Any]]]:
-    seen: dict[str, list[dict[str, Any]]] = {c: [] for c in contexts}
-    finals: set[str] = set()
-    while finals != contexts:
-        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-        cid = message["contextId"]
-        assert message["context_id"] == cid
-        seen[cid].append(message)
-        if message.get("isFinal") is True:
-            finals.add(cid)
-    return seen
-
-
 async def test_multi_stream_contexts_with_alignment_like_pipecat(dialect_server: tuple[str, Any]) -> None:
     base, _ = dialect_server
     url = base.replace("http://", "ws://") + f"/v1/text-to-speech/{VOICE}/multi-stream-input?output_format=pcm_22050"
@@ -105,7 +93,7 @@ async def test_multi_stream_contexts_with_alignment_like_pipecat(dialect_server:
         await ws.send(json.dumps({"text": " ", "contextId": "turn-2"}))
         await ws.send(json.dumps({"text": "A second turn. ", "contextId": "turn-2", "flush": True}))
         await ws.send(json.dumps({"contextId": "turn-2", "close_context": True}))
-        seen = await _read_multi(ws, {"turn-1", "turn-2"})
+        seen = await read_multi(ws, {"turn-1", "turn-2"})
     first = seen["turn-1"]
     assert first[-1] == {"isFinal": True, "contextId": "turn-1", "context_id": "turn-1"}
     pcm = b"".join(base64.b64decode(m["audio"]) for m in first if m.get("audio"))

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
-from streamvox.stream_server.auth import CredentialSources, grant_of, protect
+from streamvox.stream_server.auth import CredentialSources
 from streamvox.stream_server.dialects.cartesia.session import CartesiaError, CartesiaSession
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
-from streamvox.stream_server.transport import AiohttpTransport, accept_websocket
+from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
+from streamvox.stream_server.transport import Transport
 
 WEBSOCKET_PATH = "/tts/websocket"
 CREDENTIALS = CredentialSources(headers=("X-API-Key",), bearer=True, query=("api_key", "access_token"))
@@ -24,20 +25,23 @@ _STATUS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429, "overload
 _CLOSE = {"unauthorized": 1008, "forbidden": 1008, "rate_limited": 1008, "overloaded": 1013, "draining": 1001}
 
 
-def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    async def websocket(request: web.Request) -> web.StreamResponse:
-        config = runtime.config
-        ws = await accept_websocket(request, config)
-        admission = runtime.admit(grant_of(request))
-        if isinstance(admission, Refusal):
-            error = CartesiaError(admission.message, None, _STATUS[admission.kind], admission.kind)
-            await ws.send_str(json.dumps(error.body))
-            await ws.close(code=_CLOSE[admission.kind], message=admission.kind.encode())
-            return ws
-        with admission:
-            session = CartesiaSession(AiohttpTransport(ws, request.transport), runtime.engine_client,
-                                      admission.voices, config, runtime.metrics, admission.usage)  # fmt: skip
-            await runtime.serve(session, session.run)
-        return ws
+async def serve_socket(transport: Transport, runtime: ServerRuntime, request: SocketRequest) -> None:
+    """One accepted Cartesia socket: admission, then the session (a refusal is Cartesia's
+    ``error`` message and a close)."""
+    admission = runtime.admit(request.outcome)
+    if isinstance(admission, Refusal):
+        error = CartesiaError(admission.message, None, _STATUS[admission.kind], admission.kind)
+        await transport.send_text(json.dumps(error.body))
+        await transport.close(_CLOSE[admission.kind], admission.kind.encode())
+        return
+    with admission:
+        session = CartesiaSession(transport, runtime.engine_client, admission.voices, runtime.config,
+                                  runtime.metrics, admission.usage)  # fmt: skip
+        await runtime.serve(session, session.run)
 
-    app.router.add_get(WEBSOCKET_PATH, protect(websocket, "cartesia", CREDENTIALS, None))
+
+SOCKETS = (SocketRoute(WEBSOCKET_PATH, "cartesia", CREDENTIALS, serve_socket),)
+
+
+def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
+    add_socket_routes(app, runtime, SOCKETS)

@@ -15,11 +15,12 @@ codes in ElevenLabs' error message, then close 1008.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from streamvox.codecs.formats import FormatError, OutputFormat
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
@@ -39,9 +40,10 @@ from streamvox.stream_server.dialects.elevenlabs.session import (
 from streamvox.stream_server.http_speech import HttpSpeech, ResponseWriter
 from streamvox.stream_server.quotas import QuotaExceeded
 from streamvox.stream_server.runtime import Admission, Refusal, ServerRuntime
+from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
-from streamvox.stream_server.transport import AiohttpTransport, Incoming, Prepended, Transport, accept_websocket
+from streamvox.stream_server.transport import Incoming, Prepended, Transport
 from streamvox.stream_server.voice_names import VoiceCatalog, resolve_voice
 
 PREFIXES = ("", "/elevenlabs")
@@ -75,42 +77,51 @@ def _format(runtime: ServerRuntime, name: str, voice: Voice) -> OutputFormat:
         raise _HttpError(422, "invalid_output_format", str(exc)) from None
 
 
+async def _serve_socket(transport: Transport, runtime: ServerRuntime, request: SocketRequest, multi: bool) -> None:
+    config = runtime.config
+    outcome = request.outcome
+    if isinstance(outcome, AuthRefusal) and outcome.missing:  # the key may be in the first message
+        first, key = await _first_message_key(transport, DEFAULT_INACTIVITY_S)
+        outcome = runtime.access.check(key, "elevenlabs")
+        if first is not None:
+            transport = Prepended(first, transport)
+    admission = runtime.admit(outcome)
+    if isinstance(admission, Refusal):  # admit() counted it
+        await _refuse_socket(transport, _refusal_error(admission.kind, admission.message))
+        return
+    with admission:
+        try:
+            voice = _voice(admission.voices, runtime, request.path_params["voice_id"])
+            fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
+            inactivity = _inactivity(request.query.get("inactivity_timeout"))
+        except _HttpError as exc:
+            runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
+            await _refuse_socket(transport, exc)
+            return
+        settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
+        session = ElevenLabsSession(transport, runtime.engine_client, config, runtime.metrics, settings,
+                                    admission.usage)  # fmt: skip
+        await runtime.serve(session, session.run)
+
+
+async def serve_stream_input(transport: Transport, runtime: ServerRuntime, request: SocketRequest) -> None:
+    """``…/stream-input``: one context per socket."""
+    await _serve_socket(transport, runtime, request, multi=False)
+
+
+async def serve_multi_stream_input(transport: Transport, runtime: ServerRuntime, request: SocketRequest) -> None:
+    """``…/multi-stream-input``: contexts named by ``context_id``."""
+    await _serve_socket(transport, runtime, request, multi=True)
+
+
+SOCKETS = tuple(
+    SocketRoute(f"{prefix}/v1/text-to-speech/{{voice_id}}/{name}", "elevenlabs", CREDENTIALS, serve)
+    for prefix in PREFIXES
+    for name, serve in (("stream-input", serve_stream_input), ("multi-stream-input", serve_multi_stream_input))
+)
+
+
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    async def websocket(request: web.Request, multi: bool) -> web.StreamResponse:
-        config = runtime.config
-        ws = await accept_websocket(request, config)
-        transport: Transport = AiohttpTransport(ws, request.transport)
-        outcome = grant_of(request)
-        if isinstance(outcome, AuthRefusal) and outcome.missing:  # the key may be in the first message
-            first, key = await _first_message_key(ws, DEFAULT_INACTIVITY_S)
-            outcome = runtime.access.check(key, "elevenlabs")
-            if first is not None:
-                transport = Prepended(first, transport)
-        admission = runtime.admit(outcome)
-        if isinstance(admission, Refusal):  # admit() counted it
-            await _refuse_socket(ws, _refusal_error(admission.kind, admission.message))
-            return ws
-        with admission:
-            try:
-                voice = _voice(admission.voices, runtime, request.match_info["voice_id"])
-                fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
-                inactivity = _inactivity(request.query.get("inactivity_timeout"))
-            except _HttpError as exc:
-                runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
-                await _refuse_socket(ws, exc)
-                return ws
-            settings = SocketSettings(voice, fmt, inactivity, multi, config.default_seed)
-            session = ElevenLabsSession(transport, runtime.engine_client, config, runtime.metrics, settings,
-                                        admission.usage)  # fmt: skip
-            await runtime.serve(session, session.run)
-        return ws
-
-    async def stream_input(request: web.Request) -> web.StreamResponse:
-        return await websocket(request, multi=False)
-
-    async def multi_stream_input(request: web.Request) -> web.StreamResponse:
-        return await websocket(request, multi=True)
-
     async def speech(request: web.Request, timestamps: bool) -> web.StreamResponse:
         admission = runtime.admit(grant_of(request))
         if isinstance(admission, Refusal):
@@ -172,14 +183,11 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         ]
         return web.json_response({"voices": listed + aliases})
 
-    for socket_handler in (stream_input, multi_stream_input):
-        protect(socket_handler, "elevenlabs", CREDENTIALS, None)
+    add_socket_routes(app, runtime, SOCKETS)
     for http_handler in (stream, with_timestamps, voices):
         protect(http_handler, "elevenlabs", CREDENTIALS, _http_refusal)
     for prefix in PREFIXES:
         base = f"{prefix}/v1/text-to-speech/{{voice_id}}"
-        app.router.add_get(f"{base}/stream-input", stream_input)
-        app.router.add_get(f"{base}/multi-stream-input", multi_stream_input)
         app.router.add_post(f"{base}/stream", stream)
         app.router.add_post(f"{base}/stream/with-timestamps", with_timestamps)
         app.router.add_post(base, stream)
@@ -201,32 +209,33 @@ def _refusal_error(kind: str, message: str) -> _HttpError:
     return _HttpError(status, code, f"{message[:1].upper()}{message[1:]}.")
 
 
-async def _refuse_socket(ws: web.WebSocketResponse, error: _HttpError) -> None:
+async def _refuse_socket(transport: Transport, error: _HttpError) -> None:
     """ElevenLabs' socket error message, then close 1008."""
-    await ws.send_str(json.dumps(ElevenLabsError(error.code, error.message).body()))
-    await ws.close(code=1008, message=error.code.encode())
+    await transport.send_text(json.dumps(ElevenLabsError(error.code, error.message).body()))
+    await transport.close(1008, error.code.encode())
 
 
 def _http_refusal(refusal: AuthRefusal) -> web.Response:
     return _refusal_error(refusal.kind, refusal.message).response()
 
 
-async def _first_message_key(ws: web.WebSocketResponse, timeout: float) -> tuple[Incoming | None, str | None]:
+async def _first_message_key(transport: Transport, timeout: float) -> tuple[Incoming | None, str | None]:
     """Read the socket's first frame for a key in it (``xi_api_key``); the frame is handed on."""
+    frames = aiter(transport)
     try:
-        msg = await ws.receive(timeout=timeout)
-    except TimeoutError:
+        first = await asyncio.wait_for(anext(frames), timeout)
+    except (TimeoutError, StopAsyncIteration):
         return None, None
-    if msg.type == WSMsgType.BINARY:
-        return Incoming("binary", msg.data), None
-    if msg.type != WSMsgType.TEXT:
-        return None, None
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]  # an async generator
+    if first.kind != "text" or not isinstance(first.data, str):
+        return (first, None) if first.kind == "binary" else (None, None)
     try:
-        raw = json.loads(msg.data)
+        raw = json.loads(first.data)
     except (json.JSONDecodeError, RecursionError):
         raw = None
     key = raw.get("xi_api_key", raw.get("xi-api-key")) if isinstance(raw, dict) else None
-    return Incoming("text", msg.data), key if isinstance(key, str) else None
+    return first, key if isinstance(key, str) else None
 
 
 def _inactivity(raw: str | None) -> float:

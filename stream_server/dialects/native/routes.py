@@ -17,8 +17,9 @@ from streamvox.stream_server.auth import DIALECTS, AuthRefusal, CredentialSource
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, PROTOCOL_VERSIONS, error_event
 from streamvox.stream_server.dialects.native.session import Session
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
+from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
 from streamvox.stream_server.tokens import DEFAULT_TTL_S, MAX_TTL_S
-from streamvox.stream_server.transport import AiohttpTransport, Transport, accept_websocket
+from streamvox.stream_server.transport import Transport
 
 STREAM_PATH = "/v1/stream"
 TOKENS_PATH = "/v1/tokens"
@@ -38,10 +39,11 @@ def http_refusal(refusal: AuthRefusal) -> web.Response:
     return http_error(refusal.kind, refusal.message)
 
 
-async def serve_socket(transport: Transport, runtime: ServerRuntime, outcome: Grant | AuthRefusal, asked: str) -> None:
+async def serve_socket(transport: Transport, runtime: ServerRuntime, request: SocketRequest) -> None:
     """One accepted native socket, whatever the web framework under ``transport``: the protocol
-    version the client ``asked`` for, admission (``outcome`` is what its credential gave), the
-    session; a refusal is an ``error`` event and its close code."""
+    version the client asked for (``?protocol=``), admission (``request.outcome`` is what its
+    credential gave), the session; a refusal is an ``error`` event and its close code."""
+    asked = request.query.get("protocol", str(PROTOCOL_VERSION))
     if asked not in {str(v) for v in PROTOCOL_VERSIONS}:
         versions = ", ".join(str(v) for v in PROTOCOL_VERSIONS)
         message = f"protocol {asked!r} is not spoken here; use one of {versions}"
@@ -49,7 +51,7 @@ async def serve_socket(transport: Transport, runtime: ServerRuntime, outcome: Gr
         await transport.send_text(json.dumps(error_event("invalid_value", message, fatal=True)))
         await transport.close(1008, b"invalid_value")
         return
-    admission = runtime.admit(outcome)
+    admission = runtime.admit(request.outcome)
     if isinstance(admission, Refusal):
         if admission.kind != "draining":
             await transport.send_text(json.dumps(error_event(admission.kind, admission.message, fatal=True)))
@@ -61,13 +63,10 @@ async def serve_socket(transport: Transport, runtime: ServerRuntime, outcome: Gr
         await runtime.serve(session, session.run)
 
 
-def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    async def stream_handler(request: web.Request) -> web.StreamResponse:
-        ws = await accept_websocket(request, runtime.config)
-        asked = request.query.get("protocol", str(PROTOCOL_VERSION))
-        await serve_socket(AiohttpTransport(ws, request.transport), runtime, grant_of(request), asked)
-        return ws
+SOCKETS = (SocketRoute(STREAM_PATH, "native", CREDENTIALS, serve_socket),)
 
+
+def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
     async def tokens_handler(request: web.Request) -> web.Response:
         """``POST /v1/tokens`` with an API key: a browser token (``ttl_s`` default 300, at most
         3600; optional ``voices``, ``dialects``, ``max_sessions``)."""
@@ -92,7 +91,7 @@ def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
         assert isinstance(grant, Grant)  # the middleware answered refusals
         return web.json_response({"voices": [v.to_json() for v in runtime.voices_for(grant).infos()]})
 
-    app.router.add_get(STREAM_PATH, protect(stream_handler, "native", CREDENTIALS, None))
+    add_socket_routes(app, runtime, SOCKETS)
     app.router.add_post(TOKENS_PATH, protect(tokens_handler, "native", CREDENTIALS, http_refusal))
     app.router.add_get(VOICES_PATH, protect(voices_handler, "native", CREDENTIALS, http_refusal))
 

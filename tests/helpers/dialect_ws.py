@@ -1,0 +1,61 @@
+"""Speaking the compatible dialects' WebSocket wire shapes, as Pipecat and Cartesia's clients do,
+over plain ``ws://`` (for servers with no TLS in front, such as Ray Serve's proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import uuid
+from typing import Any
+
+import websockets
+
+
+async def read_multi(ws: Any, contexts: set[str], timeout: float = 60) -> dict[str, list[dict[str, Any]]]:
+    """ElevenLabs multi-stream messages by context, until each context's ``isFinal``."""
+    seen: dict[str, list[dict[str, Any]]] = {c: [] for c in contexts}
+    finals: set[str] = set()
+    while finals != contexts:
+        message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+        cid = message["contextId"]
+        assert message["context_id"] == cid
+        seen[cid].append(message)
+        if message.get("isFinal") is True:
+            finals.add(cid)
+    return seen
+
+
+async def elevenlabs_multi_pcm(
+    base_ws: str, voice: str, text: str, rate: int = 22050, ssl_context: ssl.SSLContext | None = None
+) -> bytes:
+    """One context on ElevenLabs' ``multi-stream-input``, word by word as Pipecat sends an LLM's
+    words; the PCM of every audio message."""
+    url = f"{base_ws}/v1/text-to-speech/{voice}/multi-stream-input?output_format=pcm_{rate}"
+    async with websockets.connect(url, max_size=None, ssl=ssl_context) as ws:
+        await ws.send(json.dumps({"text": " ", "context_id": "turn-1"}))
+        for word in text.split():
+            await ws.send(json.dumps({"text": f"{word} ", "context_id": "turn-1"}))
+        await ws.send(json.dumps({"context_id": "turn-1", "flush": True}))
+        await ws.send(json.dumps({"context_id": "turn-1", "close_context": True}))
+        seen = await read_multi(ws, {"turn-1"})
+    return b"".join(base64.b64decode(m["audio"]) for m in seen["turn-1"] if m.get("audio"))
+
+
+async def cartesia_pcm(base_ws: str, voice: str, text: str, rate: int = 24000) -> bytes:
+    """One Cartesia context (``pcm_s16le`` at ``rate``) in one message; the PCM of its chunks."""
+    context_id = uuid.uuid4().hex
+    request = {"model_id": "sonic-3", "transcript": text, "voice": {"mode": "id", "id": voice},
+               "context_id": context_id, "continue": False,
+               "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate}}  # fmt: skip
+    chunks: list[bytes] = []
+    async with websockets.connect(f"{base_ws}/tts/websocket?cartesia_version=2025-04-16", max_size=None) as ws:
+        await ws.send(json.dumps(request))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 60))
+            assert message["type"] != "error", message
+            if message["type"] == "chunk":
+                chunks.append(base64.b64decode(message["data"]))
+            if message["type"] == "done":
+                return b"".join(chunks)
