@@ -59,6 +59,11 @@ class ClientStats:
     errors: list[str] = field(default_factory=list)
     timeline: list[tuple[int, float | None, int]] = field(default_factory=list)
     """Per utterance: (turn, TTFA ms, underruns)."""
+    client_ttfa_ms: list[float] = field(default_factory=list)
+    """Per utterance: first word sent to first audio received, at the client (network and any
+    proxy included)."""
+    packet_gaps_ms: list[float] = field(default_factory=list)
+    """Time between consecutive audio packets of an utterance, at the client."""
 
 
 async def client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
@@ -90,12 +95,18 @@ async def client(url: str, index: int, until: float, profile: LoadProfile, stats
                     await asyncio.sleep(1 / words_per_s)
                 await ws.send(json.dumps({"type": "end", "context_id": cid}))
 
+            first_word_at = time.monotonic()
+            last_packet_at: float | None = None
             task = asyncio.create_task(sender())
             while not done:
                 message = await ws.recv()
                 now = time.monotonic()
                 if isinstance(message, bytes):
+                    if last_packet_at is not None:
+                        stats.packet_gaps_ms.append(1000 * (now - last_packet_at))
+                    last_packet_at = now
                     if playback_start is None:
+                        stats.client_ttfa_ms.append(1000 * (now - first_word_at))
                         playback_start = now + PREBUFFER_S
                     elif now - playback_start > received:  # the listener ran dry before this packet
                         stall = now - playback_start - received
@@ -139,11 +150,29 @@ async def _load(url: str, streams: int, seconds: float, profile: LoadProfile) ->
     return stats
 
 
-def run_load(url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None) -> dict[str, Any]:
+def _cpu_s(processes: list[Any]) -> float:
+    import psutil
+
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_load(
+    url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None, tree: bool = False
+) -> dict[str, Any]:
+    """One step of ``streams`` listeners for ``seconds``; with ``server_pid``, the server's CPU
+    (``tree``: the process and all its descendants, as for a local Ray instance's processes)."""
     import psutil
 
     proc = psutil.Process(server_pid) if server_pid else None
-    cpu_before = proc.cpu_times() if proc else None
+    processes = ([proc, *proc.children(recursive=True)] if tree else [proc]) if proc else []
+    cpu_before = _cpu_s(processes)
     me = psutil.Process()
     own_before = me.cpu_times()
     wall = time.monotonic()
@@ -152,12 +181,19 @@ def run_load(url: str, streams: int, seconds: float, profile: LoadProfile, serve
     own_after = me.cpu_times()
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
     ttfa = [t for s in stats for t in s.ttfa_ms]
+    client_ttfa = [t for s in stats for t in s.client_ttfa_ms]
+    gaps = [g for s in stats for g in s.packet_gaps_ms]
     row: dict[str, Any] = {
         "streams": streams,
         "contexts": sum(s.contexts for s in stats),
         "ttfa_ms_p50": percentile(ttfa, 50) if ttfa else None,
         "ttfa_ms_p95": percentile(ttfa, 95) if ttfa else None,
         "ttfa_ms_all": ttfa,
+        "client_ttfa_ms_p50": percentile(client_ttfa, 50) if client_ttfa else None,
+        "client_ttfa_ms_p95": percentile(client_ttfa, 95) if client_ttfa else None,
+        "packet_gap_ms_p50": percentile(gaps, 50) if gaps else None,
+        "packet_gap_ms_p95": percentile(gaps, 95) if gaps else None,
+        "packet_gap_ms_p99": percentile(gaps, 99) if gaps else None,
         "underruns": sum(s.underruns for s in stats),
         "underrun_ms": 1000 * sum(s.underrun_s for s in stats),
         "streams_with_underruns": sum(1 for s in stats if s.underruns),
@@ -168,9 +204,8 @@ def run_load(url: str, streams: int, seconds: float, profile: LoadProfile, serve
         # The simulated listeners share the machine with the server: what they cost is not the server's.
         "client_cpu_percent": 100 * own_cpu / wall,
     }
-    if proc and cpu_before:
-        after = proc.cpu_times()
-        cpu = (after.user + after.system) - (cpu_before.user + cpu_before.system)
+    if proc:
+        cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall
         row["server_cpu_s_per_audio_s"] = cpu / row["audio_s"] if row["audio_s"] else None
     return row

@@ -18,6 +18,7 @@ from streamvox.stream_server.dialects.native.routes import STREAM_PATH
 from streamvox.stream_server.dialects.openai import routes as openai_routes
 from streamvox.stream_server.dialects.wyoming import routes as wyoming_routes
 from streamvox.stream_server.metrics import CONTENT_TYPE
+from streamvox.stream_server.routes import aiohttp_refusal
 from streamvox.stream_server.runtime import ServerRuntime, package_version
 from streamvox.web_demo import static_dir
 
@@ -86,7 +87,7 @@ def create_app(config: ServerConfig | None = None, voices: VoiceRegistry | None 
     wyoming_routes.add_routes(app, runtime, package_version())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", protect(metrics_handler, "native", native_routes.CREDENTIALS,
-                                           native_routes.http_refusal))  # fmt: skip
+                                           aiohttp_refusal(native_routes.http_refusal)))  # fmt: skip
     app.router.add_get("/", index)
     app[STATIC_FILES] = {p.name: p for p in static_dir().iterdir() if p.is_file()}
     app.router.add_get("/static/{name}", static_file)

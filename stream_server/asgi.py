@@ -4,22 +4,23 @@ Ray Serve (``deploy/``) speaks ASGI, so each replica serves this app; uvicorn
 serves it too.  It holds one :class:`ServerRuntime` (voices, engine, metrics,
 access policy), started and drained by the ASGI lifespan, and routes:
 
-* every dialect's WebSockets (:data:`SOCKET_ROUTES`: the native protocol,
-  ElevenLabs' two sockets, Cartesia's), each through the same
-  :class:`~streamvox.stream_server.socket_routes.SocketRoute` the aiohttp
-  server registers, over :class:`AsgiWebSocket`;
-* ``GET /healthz``, ``GET /v1/voices``, ``GET /metrics``: the aiohttp server's answers.
+* every dialect's routes (:data:`ROUTES`): the native protocol's socket,
+  tokens and voices; OpenAI's speech; ElevenLabs' two sockets, its HTTP
+  speech and voices; Cartesia's socket.  Each is the same
+  :class:`~streamvox.stream_server.routes.SocketRoute` or
+  :class:`~streamvox.stream_server.routes.HttpRoute` the aiohttp server
+  registers, over :class:`AsgiWebSocket` or :class:`AsgiHttpResponse`;
+* ``GET /healthz`` and ``GET /metrics``: the aiohttp server's answers.
 
 Credentials and origins are checked by the same :class:`Access`, with each
-route's own credential sources.  Other paths get 404: the HTTP speech routes
-(OpenAI's, ElevenLabs') and Wyoming's TCP listener are the aiohttp server's
-only.  Event-loop only.
+route's own credential sources and refusal shape.  Other paths get 404;
+Wyoming's TCP listener and the demo page are the aiohttp server's only.
+Event-loop only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
@@ -29,21 +30,24 @@ from urllib.parse import parse_qsl
 
 from multidict import CIMultiDict
 from streamvox.engine.registry import VoiceRegistry
-from streamvox.stream_server.auth import AuthRefusal, Grant
+from streamvox.stream_server.auth import AuthRefusal
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.dialects.cartesia import routes as cartesia
 from streamvox.stream_server.dialects.elevenlabs import routes as elevenlabs
 from streamvox.stream_server.dialects.native import routes as native
-from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, error_event
+from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
+from streamvox.stream_server.dialects.openai import routes as openai
 from streamvox.stream_server.metrics import CONTENT_TYPE
+from streamvox.stream_server.routes import HttpRequest, HttpRoute, SocketRequest, SocketRoute, find_route, send_json
 from streamvox.stream_server.runtime import ServerRuntime
-from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, find_socket_route
 from streamvox.stream_server.transport import Incoming
 
 log = logging.getLogger(__name__)
 
-SOCKET_ROUTES: tuple[SocketRoute, ...] = (*native.SOCKETS, *elevenlabs.SOCKETS, *cartesia.SOCKETS)
-"""Every dialect's WebSockets, as the aiohttp server registers them."""
+ROUTES = (*native.ROUTES, *openai.ROUTES, *elevenlabs.ROUTES, *cartesia.ROUTES)
+"""Every dialect's routes, as the aiohttp server registers them (Wyoming is TCP, not here)."""
+SOCKET_ROUTES = tuple(r for r in ROUTES if isinstance(r, SocketRoute))
+HTTP_ROUTES = tuple(r for r in ROUTES if isinstance(r, HttpRoute))
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -136,6 +140,12 @@ class StreamvoxAsgi:
         self.replica = replica
         """This copy's name among several (a Ray Serve replica's id): sent as the
         ``x-streamvox-replica`` header of every accepted socket and in ``/healthz``."""
+        self.metrics_source: Callable[[], Awaitable[bytes]] | None = None
+        """What ``GET /metrics`` answers when not this process's own metrics (a Ray deployment
+        answers with every replica's)."""
+        self.companions: list[Callable[[], Awaitable[None]]] = []
+        """Coroutines run beside the app from startup until shutdown (a Ray replica's reporters)."""
+        self._companion_tasks: list[asyncio.Task[None]] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -147,14 +157,19 @@ class StreamvoxAsgi:
             await self._http(scope, receive, send)
 
     async def startup(self) -> None:
-        """Start the engine (the lifespan does this; hosts without one call it themselves)."""
+        """Start the engine and the companions (the lifespan does this; hosts without one call it)."""
         self.runtime.engine.start()
+        self._companion_tasks = [asyncio.create_task(_logged(run())) for run in self.companions]
 
     async def shutdown(self) -> None:
-        """Refuse new sessions, let open ones finish within the drain window, stop the engine."""
+        """Refuse new sessions, let open ones finish within the drain window, stop the companions
+        and the engine."""
         if self.runtime.sessions:
             log.info("draining %d session(s)", len(self.runtime.sessions))
         await self.runtime.drain()
+        for task in self._companion_tasks:
+            task.cancel()
+        await asyncio.gather(*self._companion_tasks, return_exceptions=True)
         await asyncio.to_thread(self.runtime.engine.stop)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -168,14 +183,11 @@ class StreamvoxAsgi:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    def _check(self, request: RequestView) -> Grant | AuthRefusal:
-        return self.runtime.access.check(native.CREDENTIALS.find(request), "native")
-
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         request = RequestView.of(scope)
-        found = find_socket_route(SOCKET_ROUTES, scope.get("path", ""))
+        found = find_route(SOCKET_ROUTES, scope.get("path", ""))
         if found is None:
             await send({"type": "websocket.close", "code": 4404, "reason": "no socket at this path"})
             return
@@ -194,32 +206,128 @@ class StreamvoxAsgi:
         await transport.close(1000, b"")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path, method = scope.get("path"), scope.get("method")
+        path, method = scope.get("path", ""), scope.get("method", "")
         runtime = self.runtime
-        if method != "GET" or path not in ("/healthz", native.VOICES_PATH, "/metrics"):
-            await _respond(send, 404, {"error": "not_found", "message": f"no route for {method} {path}"})
-            return
-        if path == "/healthz":
+        response = AsgiHttpResponse(receive, send)
+        if method == "GET" and path == "/healthz":
             ok, body = runtime.health(PROTOCOL_VERSION)
             if self.replica is not None:
                 body["replica"] = self.replica
-            await _respond(send, 200 if ok else 503, body)
+            await send_json(response, 200 if ok else 503, body)
             return
-        outcome = self._check(RequestView.of(scope))
+        view = RequestView.of(scope)
+        if method == "GET" and path == "/metrics":
+            outcome = runtime.access.check(native.CREDENTIALS.find(view), "native")
+            if isinstance(outcome, AuthRefusal):
+                await send_json(response, *native.http_refusal(outcome))
+                return
+            text = await self.metrics_source() if self.metrics_source is not None else runtime.metrics.render()
+            await response.start(200, CONTENT_TYPE, len(text))
+            await response.write(text)
+            await response.finish()
+            return
+        found = find_route(HTTP_ROUTES, path, method)
+        if found is None:
+            await send_json(response, 404, {"error": "not_found", "message": f"no route for {method} {path}"})
+            return
+        route, params = found
+        body = await response.read_body(runtime.config.hard_message_bytes)
+        if body is None:
+            await send_json(response, 413, {"error": "payload_too_large", "message": "the request body is too large"})
+            return
+        outcome = runtime.access.check(route.credentials.find(view), route.dialect)
         if isinstance(outcome, AuthRefusal):
-            refusal = error_event(outcome.kind, outcome.message, fatal=True)
-            await _respond(send, native.HTTP_STATUS.get(outcome.kind, 400), refusal)
-        elif path == "/metrics":
-            await _respond(send, 200, runtime.metrics.render(), CONTENT_TYPE)
-        else:
-            await _respond(send, 200, {"voices": [v.to_json() for v in runtime.voices_for(outcome).infos()]})
+            await send_json(response, *route.refusal(outcome))
+            return
+
+        async def read() -> bytes:
+            return body
+
+        try:
+            await route.serve(runtime, HttpRequest(params, view.query, view.headers, outcome, read), response)
+        except ConnectionError:
+            log.debug("%s %s: the client left", method, path)
+        finally:
+            response.close()
 
 
-async def _respond(send: Send, status: int, body: Any, content_type: str = "application/json") -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+class AsgiHttpResponse:
+    """:class:`~streamvox.stream_server.routes.HttpResponse` over an ASGI HTTP request.
+
+    Once the body is read, a task waits for the client's ``http.disconnect`` so that a write
+    after it raises ``ConnectionError``, as an aiohttp write to a gone client does.  ASGI has
+    no way to cut a connection: :meth:`drop` makes every later write fail instead."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._gone = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def read_body(self, limit: int) -> bytes | None:
+        """The whole body, or ``None`` past ``limit`` bytes; then watch for the client leaving."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._gone = True
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        self._watch = asyncio.create_task(self._wait_for_disconnect())
+        return b"".join(chunks)
+
+    async def _wait_for_disconnect(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self._gone = True
+
+    async def start(self, status: int, content_type: str, length: int | None = None) -> None:
+        headers = [(b"content-type", content_type.encode())]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, data: bytes) -> None:
+        if self._gone:
+            raise ConnectionError("the client has gone")
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        except OSError as exc:
+            self._gone = True
+            raise ConnectionError(str(exc)) from exc
+
+    async def finish(self) -> None:
+        if self._gone:
+            raise ConnectionError("the client has gone")
+        try:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError as exc:
+            self._gone = True
+            raise ConnectionError(str(exc)) from exc
+
+    def drop(self) -> None:
+        self._gone = True
+
+    def close(self) -> None:
+        """The request is over: stop watching for a disconnect."""
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("a companion of the ASGI app failed")
 
 
 def create_asgi_app(

@@ -50,16 +50,16 @@ def _voice_alias(text: str) -> tuple[str, str]:
     return name, target
 
 
-def _serve_on_ray(config: ServerConfig, replicas: int) -> int:
-    """``serve --ray``: the native protocol on a local Ray Serve instance (TLS and the compatible
-    dialects are the aiohttp server's, so far)."""
+def _serve_on_ray(config: ServerConfig, replicas: int, max_replicas: int | None, cpus: float) -> int:
+    """``serve --ray``: the WebSocket dialects on a local Ray Serve instance (TLS, the HTTP speech
+    routes and Wyoming are the aiohttp server's)."""
     if config.tls_cert or config.wyoming_port is not None:
-        raise ValueError("--ray serves the native protocol without TLS or Wyoming (put TLS at the load balancer)")
+        raise ValueError("--ray serves the WebSocket dialects without TLS or Wyoming (put TLS at the load balancer)")
     try:
-        from streamvox.deploy.ray_app import run_local
+        from streamvox.deploy.ray_app import Placement, run_local
     except ImportError:
         raise ValueError("--ray needs the optional extra: pip install 'streamvox[ray]'") from None
-    return run_local(config, config.host, config.port, replicas)
+    return run_local(config, config.host, config.port, Placement(replicas, cpus, max_replicas=max_replicas))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
             engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
         )
         if args.ray:
-            return _serve_on_ray(config, args.replicas)
+            return _serve_on_ray(config, args.replicas, args.max_replicas, args.cpus_per_replica)
         ssl_context = server_ssl_context(config.tls_cert, config.tls_key) if config.tls_cert else None
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         app = create_app(config)
@@ -195,6 +195,12 @@ def _bench_load(args: argparse.Namespace) -> int:
     return run_load_bench(args)
 
 
+def _bench_ray(args: argparse.Namespace) -> int:
+    from streamvox.bench.ray_load import run_ray_bench
+
+    return run_ray_bench(args)
+
+
 def _bench_soak(args: argparse.Namespace) -> int:
     from streamvox.bench.soak import run_soak_bench
 
@@ -288,9 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a browser origin whose pages may open sockets (repeatable; * for any)",
     )
     serve.add_argument(
-        "--ray", action="store_true", help="serve on a local Ray Serve instance (needs streamvox[ray]; native protocol)"
+        "--ray", action="store_true", help="serve on a local Ray Serve instance (needs streamvox[ray]; WebSockets)"
     )
     serve.add_argument("--replicas", type=int, default=2, help="with --ray: replicas, each its own engine")
+    serve.add_argument(
+        "--max-replicas", type=int, default=None, help="with --ray: autoscale from --replicas up to this many"
+    )
+    serve.add_argument(
+        "--cpus-per-replica",
+        type=float,
+        default=1.0,
+        help="with --ray: CPUs each replica reserves (its engine workers and threads, unless set)",
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",
@@ -379,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=_bench_load)
+    ray_bench = bench_sub.add_parser("ray", help="bench load against Ray Serve and one server with the same cores")
+    ray_bench.add_argument("--replicas", type=int, default=2)
+    ray_bench.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray_bench.add_argument("--streams", type=int, default=16, help="concurrent streams (the bound with --find-max)")
+    ray_bench.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")
+    ray_bench.add_argument("--find-max", action="store_true", help="step N up until a step fails, per target")
+    ray_bench.add_argument("--words-per-s", type=float, default=15.0)
+    ray_bench.add_argument("--ramp", type=float, default=2.0)
+    ray_bench.add_argument("--pause", type=float, default=0.0)
+    ray_bench.add_argument("--ttfa-bound", type=float, default=250.0, help="p95 server TTFA a passing step needs (ms)")
+    ray_bench.add_argument("--max-lead", type=float, default=DEFAULT_MAX_LEAD_S)
+    ray_bench.add_argument("--json", action="store_true")
+    ray_bench.set_defaults(func=_bench_ray)
     soak = bench_sub.add_parser("soak", help="N listeners for M minutes: RSS, fds, TTFA, underruns over time")
     soak.add_argument("--minutes", type=float, default=30.0)
     soak.add_argument("--streams", type=int, default=None, help="listeners (default: 80 %% of the measured maximum)")

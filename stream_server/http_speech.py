@@ -15,22 +15,22 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
 from streamvox.codecs.formats import OutputFormat
 from streamvox.engine.api import SynthesisParams, Voice
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation, Presenter
 from streamvox.stream_server.quotas import Usage
+from streamvox.stream_server.routes import HttpResponse
 from streamvox.stream_server.runtime import ServerRuntime
 
 _ids = itertools.count(1)
 
 
 class ResponseWriter:
-    """Writes into a prepared HTTP response; a write that fails marks the client gone (once) and
+    """Writes into a started HTTP response; a write that fails marks the client gone (once) and
     calls ``on_gone``, and later writes are dropped.  The base of the HTTP dialects' presenters."""
 
-    def __init__(self, response: web.StreamResponse, on_gone: Callable[[], None]) -> None:
+    def __init__(self, response: HttpResponse, on_gone: Callable[[], None]) -> None:
         self.response = response
         self.on_gone = on_gone
         self.gone = False
@@ -42,14 +42,16 @@ class ResponseWriter:
         try:
             await self.response.write(data)
             self.last_write = time.monotonic()
-        except (ConnectionError, RuntimeError):
+        except ConnectionError:
             self.gone = True
             self.on_gone()
 
-
-def _drop(request: web.Request) -> None:
-    if request.transport is not None:
-        request.transport.abort()
+    async def finish(self) -> None:
+        """End the response (the client may have gone meanwhile: then nothing more happens)."""
+        try:
+            await self.response.finish()
+        except ConnectionError:
+            self.gone = True
 
 
 class HttpSpeech:
@@ -60,10 +62,10 @@ class HttpSpeech:
         runtime: ServerRuntime,
         presenter: Presenter,
         last_write: Callable[[], float],
-        request: web.Request,
+        drop: Callable[[], None],
         usage: Usage | None = None,
     ) -> None:
-        """A client that stops reading while audio waits gets ``request``'s connection dropped.
+        """A client that stops reading while audio waits gets its connection cut (``drop``).
         ``usage``: the key's meter; the route has charged the text (before answering), the
         audio is charged as it is sent."""
         self.id = f"h{next(_ids)}"
@@ -75,7 +77,7 @@ class HttpSpeech:
             runtime.metrics,
             presenter,
             last_write,
-            lambda _ctx: _drop(request),
+            lambda _ctx: drop(),
             usage,
         )
         self.context: Context | None = None

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from streamvox.engine.core import EngineCore
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -70,5 +73,25 @@ class Metrics:
         for k in range(1, 17):  # a voice's slot pool bounds a batch; 16 covers the sizes we serve
             steps.labels(str(k)).set_function(lambda k=k: engine.batch_sizes.get(k, 0))
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, labels: Mapping[str, str] | None = None) -> bytes:
+        """The text exposition; ``labels`` are added to every sample (a Ray Serve replica adds
+        its ``replica``, so several replicas' series can be gathered in one place)."""
+        if not labels:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, dict(labels)))
+
+
+class _Labelled:
+    """A registry's families with constant labels added to each sample (a collector-like view)."""
+
+    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
+        self.registry = registry
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(sample.name, {**sample.labels, **self.labels}, sample.value, sample.timestamp,
+                                    sample.exemplar)  # fmt: skip
+            yield labelled

@@ -22,7 +22,7 @@ from streamvox.engine.registry import VoiceRegistry
 from streamvox.stream_server.asgi import StreamvoxAsgi, create_asgi_app
 from streamvox.stream_server.config import ServerConfig
 
-from tests.helpers.dialect_ws import cartesia_pcm, elevenlabs_multi_pcm
+from tests.helpers.dialect_ws import cartesia_pcm, elevenlabs_multi_pcm, openai_pcm
 from tests.helpers.ws import collect_until, recv_json, send, speak_whole
 
 TEXT = "Good morning! The weather today is sunny with a light breeze from the west."
@@ -61,6 +61,12 @@ async def keyed_asgi(registry: VoiceRegistry) -> AsyncIterator[str]:
         yield address
 
 
+def _dialect_config() -> ServerConfig:
+    """As the ``dialect_server`` fixture's: its seed and vendor voice aliases."""
+    aliases = (("21m00Tcm4TlvDq8ikWAM", "en_US-joe-medium"), ("joe", "en_US-joe-medium"))
+    return ServerConfig(default_seed=7, voice_aliases=aliases, engine=EngineConfig(max_lead_s=None))
+
+
 @pytest.fixture()
 async def tls_dialect_asgi(registry: VoiceRegistry, tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """The ASGI app configured as the ``dialect_server`` fixture, behind TLS from a CA made here
@@ -73,9 +79,7 @@ async def tls_dialect_asgi(registry: VoiceRegistry, tmp_path: Path) -> AsyncIter
     ca.cert_pem.write_to_path(str(files["ca"]))
     cert.cert_chain_pems[0].write_to_path(str(files["cert"]))
     cert.private_key_pem.write_to_path(str(files["key"]))
-    config = ServerConfig(default_seed=7, voice_aliases=(("joe", "en_US-joe-medium"),),
-                          engine=EngineConfig(max_lead_s=None))  # fmt: skip
-    app = create_asgi_app(config, registry)
+    app = create_asgi_app(_dialect_config(), registry)
     async for address, _ in serve_asgi(app, ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"])):
         yield address, files["ca"]
 
@@ -92,6 +96,13 @@ def _cartesia_sdk_pcm(address: str, text: str) -> bytes:
         events = list(ctx.receive())
     assert events[-1].type == "done"
     return b"".join(base64.b64decode(e.data) for e in events if e.type == "chunk")
+
+
+@pytest.fixture()
+async def dialect_asgi(registry: VoiceRegistry) -> AsyncIterator[str]:
+    """The ASGI app configured as the ``dialect_server`` fixture (its seed, its aliases)."""
+    async for address, _ in serve_asgi(create_asgi_app(_dialect_config(), registry)):
+        yield address
 
 
 async def test_the_dialect_sockets_give_the_aiohttp_servers_bytes(
@@ -204,3 +215,53 @@ async def test_elevenlabs_keys_in_the_first_message_and_refusals_its_way(keyed_a
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_the_http_routes_give_the_aiohttp_servers_answers(
+    dialect_asgi: str, dialect_server: tuple[str, Any]
+) -> None:
+    """OpenAI's speech through the real ``openai`` package, ElevenLabs' HTTP speech with
+    timestamps and its voice list: the same bytes and bodies through the ASGI app as from aiohttp."""
+    import openai
+
+    theirs = dialect_server[0]
+    ours = f"http://{dialect_asgi}"
+    pcm = await openai_pcm(ours, TEXT)
+    assert len(pcm) > 24000 and pcm == await openai_pcm(theirs, TEXT)
+    with pytest.raises(openai.BadRequestError) as refused:
+        await openai_pcm(ours, TEXT, speed=9.0)
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "speed"
+    url = "/v1/text-to-speech/en_US-joe-medium/stream/with-timestamps?output_format=pcm_16000"
+    async with aiohttp.ClientSession() as http:
+        answers = []
+        for base in (ours, theirs):
+            async with http.post(base + url, json={"text": "Hello there, friend."}) as response:
+                assert response.status == 200 and response.content_type == "application/json"
+                answers.append([json.loads(line) for line in (await response.read()).splitlines()])
+            async with http.get(f"{base}/elevenlabs/v1/voices") as response:
+                answers.append(await response.json())
+            async with http.post(f"{base}/v1/text-to-speech/nobody/stream", json={"text": "Hi."}) as response:
+                answers.append((response.status, await response.json()))
+    assert answers[0] and answers[:3] == answers[3:]
+    assert answers[2][0] == 404 and answers[2][1]["detail"]["status"] == "voice_not_found"
+
+
+async def test_tokens_and_refusals_in_each_dialects_shape(keyed_asgi: str) -> None:
+    key = {"Authorization": "Bearer sv-test-key-123456"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"http://{keyed_asgi}/v1/tokens", json={"ttl_s": 60}, headers=key) as response:
+            token = (await response.json())["token"]
+            assert response.status == 200
+        async with http.post(f"http://{keyed_asgi}/v1/tokens", json={"ttl_s": -1}, headers=key) as response:
+            assert response.status == 400 and (await response.json())["code"] == "invalid_value"
+        speech = {"model": "tts-1", "voice": "alloy", "input": "Hi.", "response_format": "pcm"}
+        async with http.post(f"http://{keyed_asgi}/v1/audio/speech", json=speech) as response:
+            body = await response.json()
+            assert response.status == 401 and body["error"]["code"] == "invalid_api_key"
+        url = f"http://{keyed_asgi}/v1/text-to-speech/en_US-joe-medium/stream"
+        async with http.post(url, json={"text": "Hi."}, headers={"xi-api-key": "sv-wrong"}) as response:
+            assert response.status == 401 and (await response.json())["detail"]["status"] == "invalid_api_key"
+        async with http.post(f"http://{keyed_asgi}/v1/audio/speech", json={"input": "x" * 2_000_000}) as response:
+            assert response.status == 413
+    async with websockets.connect(f"ws://{keyed_asgi}/v1/stream?token={token}", max_size=None) as ws:
+        assert (await recv_json(ws))["type"] == "ready"

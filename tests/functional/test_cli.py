@@ -190,6 +190,25 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
+def test_bench_ray_smoke() -> None:
+    """The Ray-vs-standalone benchmark starts both (same cores), runs a step against each and
+    reports TTFA at both ends, inter-packet gaps and each process tree's CPU."""
+    command = [*STREAMVOX, "--log-level", "WARNING", "bench", "ray", "--streams", "1", "--seconds", "3",
+               "--ramp", "0.5", "--json"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["standalone_workers"] == 2 and set(result["rows"]) == {"standalone", "ray"}
+    for (row,) in result["rows"].values():
+        assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
+        assert 0 < row["ttfa_ms_p50"] < row["client_ttfa_ms_p50"] < 5000
+        assert row["packet_gap_ms_p95"] is not None and row["server_cpu_s_per_audio_s"] > 0
+    cpu = {name: rows[0]["server_cpu_s_per_audio_s"] for name, rows in result["rows"].items()}
+    assert cpu["ray"] > cpu["standalone"]  # Ray's own processes (GCS, raylet, proxy) are counted too
+
+
+@pytest.mark.slow
 def test_bench_latency_smoke() -> None:
     out = subprocess.run(
         [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--runs", "2", "--json"],

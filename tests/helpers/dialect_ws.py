@@ -1,5 +1,6 @@
-"""Speaking the compatible dialects' WebSocket wire shapes, as Pipecat and Cartesia's clients do,
-over plain ``ws://`` (for servers with no TLS in front, such as Ray Serve's proxy)."""
+"""Speaking the compatible dialects as their clients do: the WebSocket wire shapes Pipecat and
+Cartesia's clients send over plain ``ws://`` (for servers with no TLS in front, such as Ray
+Serve's proxy), and OpenAI's speech through the real ``openai`` package."""
 
 from __future__ import annotations
 
@@ -59,3 +60,16 @@ async def cartesia_pcm(base_ws: str, voice: str, text: str, rate: int = 24000) -
                 chunks.append(base64.b64decode(message["data"]))
             if message["type"] == "done":
                 return b"".join(chunks)
+
+
+async def openai_pcm(base: str, text: str, **extra: Any) -> bytes:
+    """OpenAI's ``POST /v1/audio/speech`` (voice ``alloy``, ``pcm``) through the ``openai`` package."""
+    import openai
+
+    async with (
+        openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="not-checked", max_retries=0) as client,
+        client.audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alloy", input=text, response_format="pcm", **extra
+        ) as response,
+    ):
+        return b"".join([chunk async for chunk in response.iter_bytes()])

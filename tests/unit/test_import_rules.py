@@ -127,7 +127,7 @@ def test_dialects_reach_the_engine_only_through_its_seam() -> None:
         "streamvox.stream_server.metrics",
         "streamvox.stream_server.quotas",
         "streamvox.stream_server.runtime",
-        "streamvox.stream_server.socket_routes",
+        "streamvox.stream_server.routes",
         "streamvox.stream_server.tokens",
         "streamvox.stream_server.text_checks",
         "streamvox.stream_server.timeline",

@@ -15,8 +15,9 @@ import json
 from aiohttp import web
 from streamvox.stream_server.auth import CredentialSources
 from streamvox.stream_server.dialects.cartesia.session import CartesiaError, CartesiaSession
+from streamvox.stream_server.routes import SocketRequest, SocketRoute
+from streamvox.stream_server.routes import add_routes as add_dialect_routes
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
-from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
 from streamvox.stream_server.transport import Transport
 
 WEBSOCKET_PATH = "/tts/websocket"
@@ -40,8 +41,8 @@ async def serve_socket(transport: Transport, runtime: ServerRuntime, request: So
         await runtime.serve(session, session.run)
 
 
-SOCKETS = (SocketRoute(WEBSOCKET_PATH, "cartesia", CREDENTIALS, serve_socket),)
+ROUTES = (SocketRoute(WEBSOCKET_PATH, "cartesia", CREDENTIALS, serve_socket),)
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    add_socket_routes(app, runtime, SOCKETS)
+    add_dialect_routes(app, runtime, ROUTES)

@@ -19,13 +19,14 @@ import asyncio
 import base64
 import json
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from streamvox.codecs.formats import FormatError, OutputFormat
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
 from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
-from streamvox.stream_server.auth import AuthRefusal, CredentialSources, Grant, grant_of, protect
+from streamvox.stream_server.auth import AuthRefusal, CredentialSources, Grant
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.dialects.elevenlabs.alignment import AlignmentQueue
 from streamvox.stream_server.dialects.elevenlabs.formats import CONTENT_TYPES, DEFAULT_FORMAT, elevenlabs_format
@@ -39,8 +40,9 @@ from streamvox.stream_server.dialects.elevenlabs.session import (
 )
 from streamvox.stream_server.http_speech import HttpSpeech, ResponseWriter
 from streamvox.stream_server.quotas import QuotaExceeded
+from streamvox.stream_server.routes import HttpRequest, HttpResponse, HttpRoute, SocketRequest, SocketRoute, send_json
+from streamvox.stream_server.routes import add_routes as add_dialect_routes
 from streamvox.stream_server.runtime import Admission, Refusal, ServerRuntime
-from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord, char_alignment
 from streamvox.stream_server.transport import Incoming, Prepended, Transport
@@ -59,8 +61,12 @@ class _HttpError(Exception):
         self.code = code
         self.message = message
 
-    def response(self) -> web.Response:
-        return web.json_response({"detail": {"status": self.code, "message": self.message}}, status=self.status)
+    @property
+    def body(self) -> dict[str, Any]:
+        return {"detail": {"status": self.code, "message": self.message}}
+
+    async def send(self, response: HttpResponse) -> None:
+        await send_json(response, self.status, self.body)
 
 
 def _voice(voices: VoiceCatalog, runtime: ServerRuntime, voice_id: str) -> Voice:
@@ -121,78 +127,96 @@ SOCKETS = tuple(
 )
 
 
-def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    async def speech(request: web.Request, timestamps: bool) -> web.StreamResponse:
-        admission = runtime.admit(grant_of(request))
-        if isinstance(admission, Refusal):
-            return _refusal_error(admission.kind, admission.message).response()
-        with admission:
-            return await _speak(request, admission, timestamps)
+async def _speech(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse, timestamps: bool) -> None:
+    admission = runtime.admit(request.outcome)
+    if isinstance(admission, Refusal):
+        await _refusal_error(admission.kind, admission.message).send(response)
+        return
+    with admission:
+        await _speak(runtime, request, response, admission, timestamps)
 
-    async def _speak(request: web.Request, admission: Admission, timestamps: bool) -> web.StreamResponse:
-        try:
-            voice = _voice(admission.voices, runtime, request.match_info["voice_id"])
-            fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
-            text, speed = _speech_body(await request.read())
-            if admission.usage is not None:
-                try:
-                    admission.usage.take_text(len(text))
-                except QuotaExceeded as exc:
-                    raise _HttpError(429, "quota_exceeded", f"{exc.message}.") from None
-        except _HttpError as exc:
-            runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
-            return exc.response()
-        content_type = "application/json" if timestamps else CONTENT_TYPES[fmt.codec]
-        response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        holder: list[HttpSpeech] = []
-        presenter = _SpeechPresenter(response, timestamps, lambda: holder[0].gone())
-        job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, request, admission.usage)
-        holder.append(job)
-        params = SynthesisParams(seed=runtime.config.default_seed)
-        if speed is not None and "speed" in voice.honours:
-            params = SynthesisParams(length_scale=voice.length_scale / speed, seed=runtime.config.default_seed)
 
-        async def run() -> None:
-            await job.run(voice, fmt, params, text, "char" if timestamps else "none")
+async def _speak(
+    runtime: ServerRuntime, request: HttpRequest, response: HttpResponse, admission: Admission, timestamps: bool
+) -> None:
+    try:
+        voice = _voice(admission.voices, runtime, request.path_params["voice_id"])
+        fmt = _format(runtime, request.query.get("output_format", DEFAULT_FORMAT), voice)
+        text, speed = _speech_body(await request.read())
+        if admission.usage is not None:
+            try:
+                admission.usage.take_text(len(text))
+            except QuotaExceeded as exc:
+                raise _HttpError(429, "quota_exceeded", f"{exc.message}.") from None
+    except _HttpError as exc:
+        runtime.metrics.errors.labels(f"elevenlabs_{exc.code}").inc()
+        await exc.send(response)
+        return
+    await response.start(200, "application/json" if timestamps else CONTENT_TYPES[fmt.codec])
+    holder: list[HttpSpeech] = []
+    presenter = _SpeechPresenter(response, timestamps, lambda: holder[0].gone())
+    job = HttpSpeech(runtime, presenter, lambda: presenter.last_write, response.drop, admission.usage)
+    holder.append(job)
+    params = SynthesisParams(seed=runtime.config.default_seed)
+    if speed is not None and "speed" in voice.honours:
+        params = SynthesisParams(length_scale=voice.length_scale / speed, seed=runtime.config.default_seed)
 
-        await runtime.serve(job, run)
-        if not presenter.gone:
-            await presenter.flush_tail()
-            await response.write_eof()
-        return response
+    async def run() -> None:
+        await job.run(voice, fmt, params, text, "char" if timestamps else "none")
 
-    async def stream(request: web.Request) -> web.StreamResponse:
-        return await speech(request, timestamps=False)
+    await runtime.serve(job, run)
+    if not presenter.gone:
+        await presenter.flush_tail()
+        await presenter.finish()
 
-    async def with_timestamps(request: web.Request) -> web.StreamResponse:
-        return await speech(request, timestamps=True)
 
-    async def voices(request: web.Request) -> web.Response:
-        grant = grant_of(request)
-        assert isinstance(grant, Grant)  # the middleware answered refusals
-        listed = [
-            {"voice_id": v.id, "name": v.id, "category": "premade", "labels": {"language": v.language},
-             "fine_tuning": {"language": v.language}, "available_for_tiers": [], "settings": None}
-            for v in runtime.voices_for(grant).infos()
-        ]  # fmt: skip
-        aliases = [
-            {"voice_id": name, "name": name, "category": "premade", "labels": {"alias_of": target}}
-            for name, target in runtime.config.voice_aliases
-        ]
-        return web.json_response({"voices": listed + aliases})
+async def stream(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+    """``POST …/stream``: the audio bytes as they are made."""
+    await _speech(runtime, request, response, timestamps=False)
 
-    add_socket_routes(app, runtime, SOCKETS)
-    for http_handler in (stream, with_timestamps, voices):
-        protect(http_handler, "elevenlabs", CREDENTIALS, _http_refusal)
+
+async def with_timestamps(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+    """``POST …/stream/with-timestamps``: NDJSON lines of audio and character timings."""
+    await _speech(runtime, request, response, timestamps=True)
+
+
+async def voices(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+    """``GET /elevenlabs/v1/voices``: ElevenLabs' shape of the voices this caller may use, and the aliases."""
+    grant = request.outcome
+    assert isinstance(grant, Grant)  # refusals were answered before the route ran
+    listed = [
+        {"voice_id": v.id, "name": v.id, "category": "premade", "labels": {"language": v.language},
+         "fine_tuning": {"language": v.language}, "available_for_tiers": [], "settings": None}
+        for v in runtime.voices_for(grant).infos()
+    ]  # fmt: skip
+    aliases = [
+        {"voice_id": name, "name": name, "category": "premade", "labels": {"alias_of": target}}
+        for name, target in runtime.config.voice_aliases
+    ]
+    await send_json(response, 200, {"voices": listed + aliases})
+
+
+def _http_refusal(refusal: AuthRefusal) -> tuple[int, Any]:
+    error = _refusal_error(refusal.kind, refusal.message)
+    return error.status, error.body
+
+
+def _http_routes() -> list[HttpRoute]:
+    routes = []
     for prefix in PREFIXES:
         base = f"{prefix}/v1/text-to-speech/{{voice_id}}"
-        app.router.add_post(f"{base}/stream", stream)
-        app.router.add_post(f"{base}/stream/with-timestamps", with_timestamps)
-        app.router.add_post(base, stream)
-        app.router.add_post(f"{base}/with-timestamps", with_timestamps)
-    app.router.add_get("/elevenlabs/v1/voices", voices)
+        for path, serve in ((f"{base}/stream", stream), (f"{base}/stream/with-timestamps", with_timestamps),
+                            (base, stream), (f"{base}/with-timestamps", with_timestamps)):  # fmt: skip
+            routes.append(HttpRoute("POST", path, "elevenlabs", CREDENTIALS, serve, _http_refusal))
+    routes.append(HttpRoute("GET", "/elevenlabs/v1/voices", "elevenlabs", CREDENTIALS, voices, _http_refusal))
+    return routes
+
+
+ROUTES: tuple[SocketRoute | HttpRoute, ...] = (*SOCKETS, *_http_routes())
+
+
+def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
+    add_dialect_routes(app, runtime, ROUTES)
 
 
 _REFUSALS = {
@@ -213,10 +237,6 @@ async def _refuse_socket(transport: Transport, error: _HttpError) -> None:
     """ElevenLabs' socket error message, then close 1008."""
     await transport.send_text(json.dumps(ElevenLabsError(error.code, error.message).body()))
     await transport.close(1008, error.code.encode())
-
-
-def _http_refusal(refusal: AuthRefusal) -> web.Response:
-    return _refusal_error(refusal.kind, refusal.message).response()
 
 
 async def _first_message_key(transport: Transport, timeout: float) -> tuple[Incoming | None, str | None]:
@@ -279,7 +299,7 @@ class _SpeechPresenter(ResponseWriter):
     the characters spoken in it (``characters``, ``character_start_times_seconds``,
     ``character_end_times_seconds``: seconds from the start of the whole audio)."""
 
-    def __init__(self, response: web.StreamResponse, timestamps: bool, on_gone: Callable[[], None]) -> None:
+    def __init__(self, response: HttpResponse, timestamps: bool, on_gone: Callable[[], None]) -> None:
         super().__init__(response, on_gone)
         self.timestamps = timestamps
         self._alignment = AlignmentQueue()

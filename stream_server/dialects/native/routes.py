@@ -13,11 +13,12 @@ import json
 from typing import Any
 
 from aiohttp import web
-from streamvox.stream_server.auth import DIALECTS, AuthRefusal, CredentialSources, Grant, grant_of, protect
+from streamvox.stream_server.auth import DIALECTS, AuthRefusal, CredentialSources, Grant
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION, PROTOCOL_VERSIONS, error_event
 from streamvox.stream_server.dialects.native.session import Session
+from streamvox.stream_server.routes import HttpRequest, HttpResponse, HttpRoute, SocketRequest, SocketRoute, send_json
+from streamvox.stream_server.routes import add_routes as add_dialect_routes
 from streamvox.stream_server.runtime import Refusal, ServerRuntime
-from streamvox.stream_server.socket_routes import SocketRequest, SocketRoute, add_socket_routes
 from streamvox.stream_server.tokens import DEFAULT_TTL_S, MAX_TTL_S
 from streamvox.stream_server.transport import Transport
 
@@ -30,12 +31,12 @@ HTTP_STATUS = {"unauthorized": 401, "forbidden": 403, "rate_limited": 429, "over
                "invalid_value": 400}  # fmt: skip
 
 
-def http_error(code: str, message: str) -> web.Response:
-    """The native HTTP error: the socket's ``error`` event as a JSON body."""
-    return web.json_response(error_event(code, message, fatal=True), status=HTTP_STATUS.get(code, 400))
+def http_error(code: str, message: str) -> tuple[int, dict[str, Any]]:
+    """The native HTTP error: the socket's ``error`` event as a JSON body, and its status."""
+    return HTTP_STATUS.get(code, 400), error_event(code, message, fatal=True)
 
 
-def http_refusal(refusal: AuthRefusal) -> web.Response:
+def http_refusal(refusal: AuthRefusal) -> tuple[int, dict[str, Any]]:
     return http_error(refusal.kind, refusal.message)
 
 
@@ -63,37 +64,44 @@ async def serve_socket(transport: Transport, runtime: ServerRuntime, request: So
         await runtime.serve(session, session.run)
 
 
-SOCKETS = (SocketRoute(STREAM_PATH, "native", CREDENTIALS, serve_socket),)
+async def tokens(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+    """``POST /v1/tokens`` with an API key: a browser token (``ttl_s`` default 300, at most
+    3600; optional ``voices``, ``dialects``, ``max_sessions``)."""
+    grant = request.outcome
+    assert isinstance(grant, Grant)  # refusals were answered before the route ran
+    if not runtime.access.enabled:
+        await send_json(response, *http_error("invalid_value", "this server has no keys: clients need no token"))
+        return
+    try:
+        body = _token_request(await request.read())
+        token, claims = runtime.access.issue(grant, body["ttl_s"], body["voices"], body["dialects"],
+                                             body["max_sessions"])  # fmt: skip
+    except ValueError as exc:
+        await send_json(response, *http_error("invalid_value", str(exc)))
+        return
+    except PermissionError as exc:
+        await send_json(response, *http_error("forbidden", str(exc)))
+        return
+    await send_json(response, 200, {"token": token, "expires_at": claims.expires_at, "voices": claims.voices,
+                                    "dialects": claims.dialects, "max_sessions": claims.sessions})  # fmt: skip
+
+
+async def voices(runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+    """``GET /v1/voices``: id, language, sample rate and kind of every voice this caller may use."""
+    grant = request.outcome
+    assert isinstance(grant, Grant)  # refusals were answered before the route ran
+    await send_json(response, 200, {"voices": [v.to_json() for v in runtime.voices_for(grant).infos()]})
+
+
+ROUTES: tuple[SocketRoute | HttpRoute, ...] = (
+    SocketRoute(STREAM_PATH, "native", CREDENTIALS, serve_socket),
+    HttpRoute("POST", TOKENS_PATH, "native", CREDENTIALS, tokens, http_refusal),
+    HttpRoute("GET", VOICES_PATH, "native", CREDENTIALS, voices, http_refusal),
+)
 
 
 def add_routes(app: web.Application, runtime: ServerRuntime) -> None:
-    async def tokens_handler(request: web.Request) -> web.Response:
-        """``POST /v1/tokens`` with an API key: a browser token (``ttl_s`` default 300, at most
-        3600; optional ``voices``, ``dialects``, ``max_sessions``)."""
-        grant = grant_of(request)
-        assert isinstance(grant, Grant)  # the middleware answered refusals
-        if not runtime.access.enabled:
-            return http_error("invalid_value", "this server has no keys: clients need no token")
-        try:
-            body = _token_request(await request.read())
-            token, claims = runtime.access.issue(grant, body["ttl_s"], body["voices"], body["dialects"],
-                                                 body["max_sessions"])  # fmt: skip
-        except ValueError as exc:
-            return http_error("invalid_value", str(exc))
-        except PermissionError as exc:
-            return http_error("forbidden", str(exc))
-        return web.json_response({"token": token, "expires_at": claims.expires_at, "voices": claims.voices,
-                                  "dialects": claims.dialects, "max_sessions": claims.sessions})  # fmt: skip
-
-    async def voices_handler(request: web.Request) -> web.Response:
-        """``GET /v1/voices``: id, language, sample rate and kind of every voice this caller may use."""
-        grant = grant_of(request)
-        assert isinstance(grant, Grant)  # the middleware answered refusals
-        return web.json_response({"voices": [v.to_json() for v in runtime.voices_for(grant).infos()]})
-
-    add_socket_routes(app, runtime, SOCKETS)
-    app.router.add_post(TOKENS_PATH, protect(tokens_handler, "native", CREDENTIALS, http_refusal))
-    app.router.add_get(VOICES_PATH, protect(voices_handler, "native", CREDENTIALS, http_refusal))
+    add_dialect_routes(app, runtime, ROUTES)
 
 
 def _token_request(raw: bytes) -> dict[str, Any]:

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from streamvox.codecs.formats import OutputFormat, resolve_format
 from streamvox.engine.api import SynthesisParams, Voice
 from streamvox.engine.events import StreamDone
 from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.http_speech import ResponseWriter
+from streamvox.stream_server.routes import HttpResponse, send_json
 from streamvox.stream_server.text_checks import text_problem
 from streamvox.stream_server.timeline import TimedWord
 
@@ -48,8 +48,8 @@ class OpenAIError(Exception):
         self.status = status
         self.body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status)
+    async def send(self, response: HttpResponse) -> None:
+        await send_json(response, self.status, self.body)
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ def synthesis_params(request: SpeechRequest, voice: Voice, seed: int | None) -> 
 class SpeechPresenter(ResponseWriter):
     """Writes one context's audio into the HTTP response, raw or as server-sent events."""
 
-    def __init__(self, response: web.StreamResponse, sse: bool, on_gone: Callable[[], None]) -> None:
+    def __init__(self, response: HttpResponse, sse: bool, on_gone: Callable[[], None]) -> None:
         super().__init__(response, on_gone)
         self.sse = sse
 
