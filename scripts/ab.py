@@ -15,6 +15,9 @@ same random-weight GPT-SoVITS voice.  Then:
    p50 / p95 / mean of the server TTFA and the ratios now / before.
 3. With ``--load``: ``bench load --find-max`` steps run against both servers,
    interleaved step by step, until both fail; the largest passing N of each.
+4. With ``--llm-paced``: ``bench first-span``'s texts sent word by word at 20
+   words/s to each server in turn: first audio p50 / p95 and the streamed
+   audio's WER (whisper-tiny; needs the test extra) for each.
 """
 
 from __future__ import annotations
@@ -140,12 +143,32 @@ def _compare_load(servers: dict[str, tuple[Any, str, int]], seconds: float) -> N
     print(f"largest passing N: before {best['before']}, now {best['now']}")
 
 
+def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str) -> None:
+    from streamvox.bench.first_span import TEXTS, corpus_wer, speak
+
+    delays: dict[str, list[float]] = {"before": [], "now": []}
+    audio: dict[str, list[Any]] = {"before": [], "now": []}
+    for i, text in enumerate(TEXTS):
+        for side in ("before", "now") if i % 2 == 0 else ("now", "before"):
+            delay, pcm = asyncio.run(speak(servers[side][1], text, paced=True))
+            delays[side].append(delay)
+            audio[side].append(pcm)
+    for side in ("before", "now"):
+        label = f"before ({rev})" if side == "before" else "now"
+        error, _ = corpus_wer(TEXTS, audio[side])
+        print(
+            f"LLM-paced {label}: first audio p50 {percentile(delays[side], 50):.0f} ms, "
+            f"p95 {percentile(delays[side], 95):.0f} ms; streamed WER {error:.2f} % ({len(TEXTS)} texts)"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rev", help="the earlier commit")
     parser.add_argument("--runs", type=int, default=40, help="TTFA utterances per server")
     parser.add_argument("--load", action="store_true", help="also step bench load against both servers")
     parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument("--llm-paced", action="store_true", help="also first audio and WER of LLM-paced text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree, shim = Path(tmp) / "tree", Path(tmp) / "shim" / "streamvox"
@@ -163,6 +186,8 @@ def main() -> int:
                 _compare_ttfa(servers, args.runs, args.rev)
                 if args.load:
                     _compare_load(servers, args.load_seconds)
+                if args.llm_paced:
+                    _compare_llm_paced(servers, args.rev)
             finally:
                 for proc, _, _ in servers.values():
                     proc.terminate()

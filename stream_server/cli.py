@@ -12,6 +12,7 @@ from pathlib import Path
 from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.registry import BACKENDS, VoiceSpec
+from streamvox.engine.text.segmenter import SegmenterConfig
 from streamvox.stream_server.config import DEFAULT_HOST, DEFAULT_MAX_LEAD_S, DEFAULT_PORT, ServerConfig
 from streamvox.stream_server.keys import ENV_KEYS
 
@@ -92,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
             allow_origins=tuple(args.allow_origin),
             allow_anonymous=args.allow_anonymous,
             engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
+            segmenter=SegmenterConfig(first_max_words=args.first_words),
         )
         if args.ray:
             return _serve_on_ray(config, args.replicas, args.max_replicas, args.cpus_per_replica)
@@ -193,6 +195,12 @@ def _bench_load(args: argparse.Namespace) -> int:
     from streamvox.bench.load import run_load_bench
 
     return run_load_bench(args)
+
+
+def _bench_first_span(args: argparse.Namespace) -> int:
+    from streamvox.bench.first_span import run_first_span_bench
+
+    return run_first_span_bench(args)
 
 
 def _bench_ray(args: argparse.Namespace) -> int:
@@ -312,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a non-loopback address without keys (anyone who can reach it may use it)",
     )
     serve.add_argument(
+        "--first-words",
+        type=int,
+        default=SegmenterConfig.first_max_words,
+        help="a reply's first span ends after at most this many words (fewer: sooner first audio)",
+    )
+    serve.add_argument(
         "--max-lead",
         type=float,
         default=DEFAULT_MAX_LEAD_S,
@@ -394,6 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=_bench_load)
+    first_span = bench_sub.add_parser(
+        "first-span", help="LLM-paced first audio and streamed WER per first-span size (needs the test extra)"
+    )
+    first_span.add_argument("--first-words", type=int, nargs="+", default=[6, 4, 3], help="first-span limits to try")
+    first_span.add_argument("--texts", type=int, default=40, help="how many of the built-in texts")
+    first_span.add_argument("--repeats", type=int, default=3, help="LLM-paced runs per text (timing)")
+    first_span.add_argument("--wer-margin", type=float, default=0.5, help="points of WER over one-shot allowed")
+    first_span.add_argument("--json", action="store_true")
+    first_span.set_defaults(func=_bench_first_span)
     ray_bench = bench_sub.add_parser("ray", help="bench load against Ray Serve and one server with the same cores")
     ray_bench.add_argument("--replicas", type=int, default=2)
     ray_bench.add_argument("--cpus-per-replica", type=float, default=1.0)

@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
@@ -44,6 +45,12 @@ class PathPattern:
         return None if found is None else found.groupdict()
 
 
+@cache
+def path_pattern(path: str) -> PathPattern:
+    """The compiled pattern of a route's path (compiled once per path)."""
+    return PathPattern(path)
+
+
 @dataclass(frozen=True)
 class SocketRequest:
     """What a socket dialect reads of the upgrade request: the path's named parts, the query,
@@ -66,10 +73,6 @@ class SocketRoute:
     dialect: str
     credentials: CredentialSources
     serve: SocketServe
-    pattern: PathPattern = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pattern", PathPattern(self.path))
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,6 @@ class HttpRoute:
     credentials: CredentialSources
     serve: HttpServe
     refusal: HttpRefusal
-    pattern: PathPattern = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "pattern", PathPattern(self.path))
 
 
 Route = TypeVar("Route", SocketRoute, HttpRoute)
@@ -141,7 +140,7 @@ def find_route(routes: Sequence[Route], path: str, method: str | None = None) ->
     for route in routes:
         if method is not None and getattr(route, "method", method) != method:
             continue
-        params = route.pattern.match(path)
+        params = path_pattern(route.path).match(path)
         if params is not None:
             return route, params
     return None

@@ -2,8 +2,9 @@
 
 Text arrives a few characters at a time (an LLM's tokens).  The first span of
 a context is cut small for latency: at the first clause boundary, after
-``first_max_words`` complete words, or when ``first_wait_s`` has passed since
-its first word arrived.  Later spans are whole sentences for natural prosody,
+``first_max_words`` complete words (or fewer, so that it does not end on a word
+that leans on the next, such as "the" or "of"), or when ``first_wait_s`` has
+passed since its first word arrived.  Later spans are whole sentences for natural prosody,
 split at a clause or word boundary only past ``max_chars``.  A boundary counts
 only once the character after it has arrived, so "3." in "3.50", "Dr." in
 "Dr. Smith" and "example." in "example.com" never cut.  A dialogue speaker tag
@@ -27,6 +28,15 @@ _ABBREVIATIONS = frozenset(
 """Words that end in a period without ending a sentence."""
 _ABBREVIATIONS_AT_END = frozenset("etc inc ltd co corp a.m p.m u.s u.k".split())
 """Abbreviations that end the sentence only when a capitalised word follows."""
+_LEANING_WORDS = frozenset(
+    "a an the this that these those my your his her its our their some any no every each "
+    "to of in on at by for from with into onto about over under after before than as like "
+    "and or but nor so if because while when where "
+    "i we you he she it they is are was were be been am will would can could should shall may might must "
+    "do does did have has had not".split()
+)
+"""English words that lean on the word after them: a word-count cut never leaves one at the end
+of a first span ("a short summary of | the meeting" is heard as two sentences)."""
 _CLOSERS = "\"')]}»”’"
 _SENTENCE_END = re.compile(r"(?:[.!?]+|…)[" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\n")
 _CLAUSE_END = re.compile(r"[,;:][" + re.escape(_CLOSERS) + r"]*(?=\s|$)|\s[-–—]+(?=\s)|—")
@@ -176,9 +186,19 @@ class Segmenter:
         sentence = _earliest(_sentence_end(pending, final), _turn_start(pending))
         clause = _clause_end(pending, cfg.first_min_words)
         words = [m for m in _WORD.finditer(pending) if m.end() < len(pending)]
-        by_words = words[cfg.first_max_words - 1].end() if len(words) >= cfg.first_max_words else None
+        by_words = None
+        if len(words) >= cfg.first_max_words:
+            kept = cfg.first_max_words
+            while kept > cfg.first_min_words and _leans_forward(words[kept - 1].group()):
+                kept -= 1
+            by_words = words[kept - 1].end()
         candidates = [c for c in (sentence, clause, by_words) if c is not None]
         return min(candidates) if candidates else None
+
+
+def _leans_forward(word: str) -> bool:
+    """A function word that belongs with what follows it (see ``_LEANING_WORDS``)."""
+    return word.lower().strip(_CLOSERS + "\"'“‘(") in _LEANING_WORDS
 
 
 def _earliest(*cuts: int | None) -> int | None:

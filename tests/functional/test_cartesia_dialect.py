@@ -99,7 +99,7 @@ async def test_every_raw_encoding_carries_the_same_audio(
 async def test_the_audio_says_the_text(
     tls_dialect_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.helpers.asr import transcribe, wer
+    from streamvox.bench.asr import transcribe, wer
 
     address, ca_file, _ = tls_dialect_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 import websockets
+from streamvox.bench.asr import transcribe, wer
 from streamvox.bench.harness import free_port, wait_healthy
 from streamvox.stream_server.cli import build_parser
-
-from tests.helpers.asr import transcribe, wer
 
 STREAMVOX = [sys.executable, "-m", "streamvox.stream_server.cli"]
 
@@ -187,6 +186,24 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
     assert result["peer"]["ttfa_ms_p50"] > 0
     assert plot.stat().st_size > 5000
+
+
+@pytest.mark.slow
+@pytest.mark.asr
+def test_bench_first_span_smoke() -> None:
+    """The first-span benchmark serves two first-span sizes, sends texts at LLM pace, and reports
+    first audio and the streamed WER beside the one-shot WER."""
+    command = [*STREAMVOX, "--log-level", "WARNING", "bench", "first-span", "--first-words", "6", "2",
+               "--texts", "2", "--repeats", "1", "--json"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["texts"] == 2 and 0 <= result["one_shot_wer_pct"] < 50
+    six, two = result["rows"]
+    assert (six["first_words"], two["first_words"]) == (6, 2)
+    assert two["first_audio_ms_p50"] < six["first_audio_ms_p50"]  # 4 words fewer to wait for, 50 ms each
+    for row in (six, two):
+        assert len(row["transcripts"]) == 2 and 0 <= row["wer_pct"] < 50
 
 
 @pytest.mark.slow

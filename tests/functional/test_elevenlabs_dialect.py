@@ -66,8 +66,7 @@ async def test_the_sdks_audio_says_the_text(
     tls_dialect_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from elevenlabs.client import ElevenLabs
-
-    from tests.helpers.asr import transcribe, wer
+    from streamvox.bench.asr import transcribe, wer
 
     address, ca_file, _ = tls_dialect_server
     monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from streamvox.bench.asr import transcribe, wer
 from streamvox.stream_server.app import RUNTIME
 
-from tests.helpers.asr import transcribe, wer
 from tests.helpers.clients import run_reference_client
 
 pytestmark = [pytest.mark.dialect, pytest.mark.asr, pytest.mark.reference]

@@ -114,7 +114,7 @@ async def test_speed_changes_the_duration(dialect_server: tuple[str, Any]) -> No
 
 @pytest.mark.asr
 async def test_the_audio_says_the_text(dialect_server: tuple[str, Any]) -> None:
-    from tests.helpers.asr import transcribe, wer
+    from streamvox.bench.asr import transcribe, wer
 
     base, _ = dialect_server
     pcm = np.frombuffer(await _speech(base, "pcm"), dtype="<i2").astype(np.float32) / 32768

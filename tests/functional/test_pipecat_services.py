@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from streamvox.bench.asr import transcribe, wer
 
-from tests.helpers.asr import transcribe, wer
 from tests.helpers.clients import run_reference_client
 
 pytestmark = [pytest.mark.dialect, pytest.mark.asr, pytest.mark.reference]

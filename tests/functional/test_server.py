@@ -11,8 +11,8 @@ import time
 import aiohttp
 import pytest
 import websockets
+from streamvox.bench.asr import transcribe, wer
 
-from tests.helpers.asr import transcribe, wer
 from tests.helpers.audio import sf_read_stream
 from tests.helpers.mp3 import decode_mp3
 from tests.helpers.ws import Exchange, collect_until, recv_json, send

@@ -88,7 +88,7 @@ async def test_words_after_a_pause_start_where_the_sound_does(server: str) -> No
 
 @pytest.mark.asr
 async def test_word_starts_agree_with_whisper(server: str) -> None:
-    from tests.helpers.asr import word_timestamps
+    from streamvox.bench.asr import word_timestamps
 
     errors = []
     for text in PLAIN_TEXTS:

@@ -91,7 +91,7 @@ async def test_streaming_chunks_that_split_words(dialect_server: tuple[str, Any]
 
 @pytest.mark.asr
 async def test_streamed_audio_says_the_text(dialect_server: tuple[str, Any]) -> None:
-    from tests.helpers.asr import transcribe, wer
+    from streamvox.bench.asr import transcribe, wer
 
     _, app = dialect_server
     async with _client(app) as client:

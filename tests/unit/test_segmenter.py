@@ -6,9 +6,9 @@ import pytest
 from streamvox.engine.text.segmenter import Segmenter, SegmenterConfig
 
 
-def stream(text: str, step: int = 3) -> list[str]:
+def stream(text: str, step: int = 3, config: SegmenterConfig | None = None) -> list[str]:
     """Feed ``text`` a few characters at a time (no time passes), then flush."""
-    seg = Segmenter()
+    seg = Segmenter(config or SegmenterConfig())
     spans = []
     for i in range(0, len(text), step):
         spans += seg.push(text[i : i + step], now=0.0)
@@ -28,6 +28,21 @@ def test_first_span_caps_at_n_words_without_punctuation() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Here is a short summary of the meeting today.", "Here is a short summary"),
+        ("In the morning we will visit the castle.", "In the morning we will visit"),
+        ("Your order shipped this morning and should arrive.", "Your order shipped this morning"),
+        ("Go to the shop to buy the milk.", "Go to the shop to buy"),
+        ("It is to the of a thing.", "It is"),  # never fewer than first_min_words
+    ],
+)
+def test_a_first_span_cut_by_words_never_ends_on_a_word_that_leans_on_the_next(text: str, first: str) -> None:
+    """"summary of | the meeting" is heard as two sentences; "summary | of the meeting" is not."""
+    assert stream(text)[0] == first
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "Prices rose 3.5 percent to $10.25 today.",
@@ -38,7 +53,7 @@ def test_first_span_caps_at_n_words_without_punctuation() -> None:
     ],
 )
 def test_no_false_sentence_cuts(text: str) -> None:
-    spans = stream(text, step=2)
+    spans = stream(text, step=2, config=SegmenterConfig(first_max_words=50))  # sentence cuts only
     assert " ".join(spans) == text
     assert len([s for s in spans if s.endswith(".")]) == 1
 

