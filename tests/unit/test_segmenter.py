@@ -38,7 +38,7 @@ def test_first_span_caps_at_n_words_without_punctuation() -> None:
     ],
 )
 def test_a_first_span_cut_by_words_never_ends_on_a_word_that_leans_on_the_next(text: str, first: str) -> None:
-    """"summary of | the meeting" is heard as two sentences; "summary | of the meeting" is not."""
+    """ "summary of | the meeting" is heard as two sentences; "summary | of the meeting" is not."""
     assert stream(text)[0] == first
 
 
