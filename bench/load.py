@@ -33,6 +33,8 @@ UTTERANCES = [
     "It looks like rain this afternoon, so you may want an umbrella. Tomorrow should be dry and a little warmer.",
     "Your order shipped this morning and should arrive on Thursday. I will send you the tracking link by email.",
 ]
+FIND_MAX_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 64)
+"""Stream counts ``--find-max`` steps through (4 apart near the limit: N_max ÷ limit to ~0.1)."""
 PREBUFFER_S = 0.1
 REPORT_EVERY_S = 0.25
 
@@ -211,6 +213,25 @@ def run_load(
     return row
 
 
+def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> float:
+    """The physical limit's denominator: CPU seconds the unmodified Piper graph, one thread, spends
+    per second of audio on the load texts (one warm-up, then ``runs`` passes), measured now."""
+    from streamvox.bench.latency import RawOnnx
+
+    raw = RawOnnx(" ".join(UTTERANCES), threads=1)
+    raw.run()
+    raw.cpu_s = raw.audio_s = 0.0
+    for _ in range(runs):
+        raw.run()
+    return raw.cpu_per_audio_s
+
+
+def physical_limit(cores: int, raw_cpu_per_audio_s: float, duty_cycle: float = 1.0) -> float:
+    """Streams this machine could keep in real time if nothing but the raw model ran:
+    ``cores ÷ raw CPU s per audio s``, divided by the share of time a listener hears speech."""
+    return cores / raw_cpu_per_audio_s / duty_cycle
+
+
 def passes(row: dict[str, Any], ttfa_bound_ms: float) -> bool:
     return (
         row["underruns"] == 0
@@ -295,6 +316,12 @@ def _table(result: dict[str, Any]) -> str:
         lines.append(
             f"  largest N with zero underruns and p95 TTFA <= {result['ttfa_bound_ms']:.0f} ms: {result['max_streams']}"
         )
+    duty = "" if result["duty_cycle"] == 1.0 else f" ÷ duty cycle {result['duty_cycle']:.2f}"
+    lines.append(
+        f"  physical limit = {result['machine'].split(', ')[-1].split()[0]} cores ÷ raw single-thread "
+        f"{result['raw_cpu_s_per_audio_s']:.3f} CPU s per audio s{duty} = {result['limit_streams']:.1f} streams"
+        + (f"; N_max ÷ limit = {result['max_over_limit']:.2f}" if result.get("max_over_limit") is not None else "")
+    )
     peer = result.get("peer")
     if peer:
         lines.append(
@@ -319,7 +346,7 @@ def run_load_bench(args: argparse.Namespace) -> int:
     try:
         steps = [args.streams]
         if args.find_max:
-            steps = [n for n in (1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64) if n <= args.streams] or [args.streams]
+            steps = [n for n in FIND_MAX_STEPS if n <= args.streams] or [args.streams]
         rows = []
         max_streams = None
         for n in steps:
@@ -334,8 +361,18 @@ def run_load_bench(args: argparse.Namespace) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
+    raw = raw_single_thread_cpu_per_audio_s()
+    cores = os.cpu_count() or 1
+    best = next((r for r in reversed(rows) if r["pass"]), None)
+    # Speech share of a listener's time at the largest passing N (1.0 with no pause between replies).
+    duty = min(1.0, best["audio_s"] / (best["streams"] * best["wall_s"])) if best and args.pause > 0 else 1.0
+    limit = physical_limit(cores, raw, duty)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
+        "raw_cpu_s_per_audio_s": raw,
+        "duty_cycle": duty,
+        "limit_streams": limit,
+        "max_over_limit": (max_streams / limit) if args.find_max and max_streams else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "seconds": args.seconds,
         "words_per_s": args.words_per_s,

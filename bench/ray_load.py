@@ -24,9 +24,8 @@ import time
 from typing import Any
 
 from streamvox.bench.harness import free_port, start_server, wait_healthy
-from streamvox.bench.load import LoadProfile, passes, run_load
+from streamvox.bench.load import FIND_MAX_STEPS, LoadProfile, passes, run_load
 
-STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64)
 COLUMNS = ("client_ttfa_ms_p50", "client_ttfa_ms_p95", "ttfa_ms_p95", "packet_gap_ms_p50", "packet_gap_ms_p95",
            "packet_gap_ms_p99")  # fmt: skip
 
@@ -69,7 +68,7 @@ def run_ray_bench(args: argparse.Namespace) -> int:
             "standalone": (f"ws://127.0.0.1:{standalone_port}/v1/stream", standalone.pid, False),
             "ray": (f"ws://127.0.0.1:{ray_port}/v1/stream", ray_proc.pid, True),
         }
-        steps = [n for n in STEPS if n <= args.streams] if args.find_max else [args.streams]
+        steps = [n for n in FIND_MAX_STEPS if n <= args.streams] if args.find_max else [args.streams]
         rows: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         failed: set[str] = set()
         for n in steps:

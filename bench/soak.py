@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
-from streamvox.bench.load import ClientStats, LoadProfile, client, passes, run_load
+from streamvox.bench.load import FIND_MAX_STEPS, ClientStats, LoadProfile, client, passes, run_load
 
-FIND_MAX_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 48, 64)
 FIND_MAX_SECONDS = 20.0
 TTFA_BOUND_MS = 250.0
 
