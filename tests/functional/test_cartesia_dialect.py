@@ -15,6 +15,7 @@ import websockets
 from streamvox.codecs.pcm import alaw_to_s16, mulaw_to_s16
 from streamvox.stream_server.app import RUNTIME, STREAM_PATH
 
+from tests.helpers.dialect_ws import cartesia_pcm
 from tests.helpers.ws import speak_whole
 
 pytestmark = pytest.mark.dialect
@@ -78,12 +79,14 @@ async def test_the_sdk_streams_a_context_with_word_timestamps(
 
 @pytest.mark.parametrize(("encoding", "rate"), [("pcm_f32le", 44100), ("pcm_mulaw", 8000), ("pcm_alaw", 16000)])
 async def test_every_raw_encoding_carries_the_same_audio(
-    tls_dialect_server: tuple[str, Path, Any], monkeypatch: pytest.MonkeyPatch, encoding: str, rate: int
+    dialect_server: tuple[str, Any], encoding: str, rate: int
 ) -> None:
-    address, ca_file, _ = tls_dialect_server
-    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
-    s16, _ = await asyncio.to_thread(_sdk_speak, address, "pcm_s16le", rate, [TEXT])
-    other, _ = await asyncio.to_thread(_sdk_speak, address, encoding, rate, [TEXT])
+    """Cartesia's wire messages over plain ``ws://`` (the SDK itself, over TLS, is the other tests'
+    subject: its sync client, in a thread beside this in-process server's TLS, has hung in its
+    opening handshake about once in a dozen runs, the server's loop idle; see the README)."""
+    base = dialect_server[0].replace("http://", "ws://")
+    s16 = await cartesia_pcm(base, "joe", TEXT, rate)
+    other = await cartesia_pcm(base, "joe", TEXT, rate, encoding)
     reference = np.frombuffer(s16, dtype="<i2")
     if encoding == "pcm_f32le":
         decoded = np.round(np.frombuffer(other, dtype="<f4") * 32768).astype(np.int32)

@@ -44,12 +44,12 @@ async def elevenlabs_multi_pcm(
     return b"".join(base64.b64decode(m["audio"]) for m in seen["turn-1"] if m.get("audio"))
 
 
-async def cartesia_pcm(base_ws: str, voice: str, text: str, rate: int = 24000) -> bytes:
-    """One Cartesia context (``pcm_s16le`` at ``rate``) in one message; the PCM of its chunks."""
+async def cartesia_pcm(base_ws: str, voice: str, text: str, rate: int = 24000, encoding: str = "pcm_s16le") -> bytes:
+    """One Cartesia context (``encoding`` at ``rate``) in one message; the bytes of its chunks."""
     context_id = uuid.uuid4().hex
     request = {"model_id": "sonic-3", "transcript": text, "voice": {"mode": "id", "id": voice},
                "context_id": context_id, "continue": False,
-               "output_format": {"container": "raw", "encoding": "pcm_s16le", "sample_rate": rate}}  # fmt: skip
+               "output_format": {"container": "raw", "encoding": encoding, "sample_rate": rate}}  # fmt: skip
     chunks: list[bytes] = []
     async with websockets.connect(f"{base_ws}/tts/websocket?cartesia_version=2025-04-16", max_size=None) as ws:
         await ws.send(json.dumps(request))
