@@ -53,7 +53,7 @@ torch.set_num_threads(int(sys.argv[2]))
 from transformers import DiaForConditionalGeneration
 from transformers.models.dia.processing_dia import DiaProcessor
 job = json.loads(sys.argv[1])
-model = DiaForConditionalGeneration.from_pretrained(job["directory"], dtype=torch.float32).eval()
+model = DiaForConditionalGeneration.from_pretrained(job["directory"], dtype=torch.float32, local_files_only=True).eval()
 cfg = model.config.decoder_config
 delays = model.config.delay_pattern
 length = 1 + max(delays)

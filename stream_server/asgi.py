@@ -38,7 +38,15 @@ from streamvox.stream_server.dialects.native import routes as native
 from streamvox.stream_server.dialects.native.events import PROTOCOL_VERSION
 from streamvox.stream_server.dialects.openai import routes as openai
 from streamvox.stream_server.metrics import CONTENT_TYPE
-from streamvox.stream_server.routes import HttpRequest, HttpRoute, SocketRequest, SocketRoute, find_route, send_json
+from streamvox.stream_server.routes import (
+    HttpRequest,
+    HttpResponse,
+    HttpRoute,
+    SocketRequest,
+    SocketRoute,
+    find_route,
+    send_json,
+)
 from streamvox.stream_server.runtime import ServerRuntime
 from streamvox.stream_server.transport import Incoming
 
@@ -146,6 +154,8 @@ class StreamvoxAsgi:
         self.companions: list[Callable[[], Awaitable[None]]] = []
         """Coroutines run beside the app from startup until shutdown (a Ray replica's reporters)."""
         self._companion_tasks: list[asyncio.Task[None]] = []
+        metrics = HttpRoute("GET", "/metrics", "native", native.CREDENTIALS, self._metrics, native.http_refusal)
+        self._http_routes = (*HTTP_ROUTES, metrics)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -183,6 +193,13 @@ class StreamvoxAsgi:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
+    async def _metrics(self, runtime: ServerRuntime, request: HttpRequest, response: HttpResponse) -> None:
+        """``GET /metrics`` (the native protocol's keys): this process's metrics, or ``metrics_source``'s."""
+        text = await self.metrics_source() if self.metrics_source is not None else runtime.metrics.render()
+        await response.start(200, CONTENT_TYPE, len(text))
+        await response.write(text)
+        await response.finish()
+
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
@@ -216,17 +233,7 @@ class StreamvoxAsgi:
             await send_json(response, 200 if ok else 503, body)
             return
         view = RequestView.of(scope)
-        if method == "GET" and path == "/metrics":
-            outcome = runtime.access.check(native.CREDENTIALS.find(view), "native")
-            if isinstance(outcome, AuthRefusal):
-                await send_json(response, *native.http_refusal(outcome))
-                return
-            text = await self.metrics_source() if self.metrics_source is not None else runtime.metrics.render()
-            await response.start(200, CONTENT_TYPE, len(text))
-            await response.write(text)
-            await response.finish()
-            return
-        found = find_route(HTTP_ROUTES, path, method)
+        found = find_route(self._http_routes, path, method)
         if found is None:
             await send_json(response, 404, {"error": "not_found", "message": f"no route for {method} {path}"})
             return
@@ -295,19 +302,16 @@ class AsgiHttpResponse:
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def write(self, data: bytes) -> None:
-        if self._gone:
-            raise ConnectionError("the client has gone")
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        except OSError as exc:
-            self._gone = True
-            raise ConnectionError(str(exc)) from exc
+        await self._body(data, more=True)
 
     async def finish(self) -> None:
+        await self._body(b"", more=False)
+
+    async def _body(self, data: bytes, more: bool) -> None:
         if self._gone:
             raise ConnectionError("the client has gone")
         try:
-            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send({"type": "http.response.body", "body": data, "more_body": more})
         except OSError as exc:
             self._gone = True
             raise ConnectionError(str(exc)) from exc

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -78,20 +78,22 @@ class Metrics:
         its ``replica``, so several replicas' series can be gathered in one place)."""
         if not labels:
             return generate_latest(self.registry)
-        return generate_latest(_Labelled(self.registry, dict(labels)))
+        return exposition(_labelled(family, labels) for family in self.registry.collect())
 
 
-class _Labelled:
-    """A registry's families with constant labels added to each sample (a collector-like view)."""
+def exposition(families: Iterable[Metric]) -> bytes:
+    """The text exposition of these metric families (prometheus-client renders only a collector)."""
 
-    def __init__(self, registry: CollectorRegistry, labels: dict[str, str]) -> None:
-        self.registry = registry
-        self.labels = labels
+    class _Families:
+        def collect(self) -> Iterator[Metric]:
+            yield from families
 
-    def collect(self) -> Iterator[Metric]:
-        for family in self.registry.collect():
-            labelled = Metric(family.name, family.documentation, family.type, family.unit)
-            for sample in family.samples:
-                labelled.add_sample(sample.name, {**sample.labels, **self.labels}, sample.value, sample.timestamp,
-                                    sample.exemplar)  # fmt: skip
-            yield labelled
+    return generate_latest(_Families())
+
+
+def _labelled(family: Metric, labels: Mapping[str, str]) -> Metric:
+    """``family`` with ``labels`` added to each of its samples."""
+    labelled = Metric(family.name, family.documentation, family.type, family.unit)
+    for sample in family.samples:
+        labelled.add_sample(sample.name, {**sample.labels, **labels}, sample.value, sample.timestamp, sample.exemplar)
+    return labelled

@@ -34,14 +34,14 @@ import torch
 def _dia(directory: str) -> Any:
     from transformers import DiaForConditionalGeneration
 
-    return DiaForConditionalGeneration.from_pretrained(directory).eval()
+    return DiaForConditionalGeneration.from_pretrained(directory, local_files_only=True).eval()
 
 
 def _dac(directory: str) -> Any:
     from safetensors.torch import load_file
     from transformers import DacConfig, DacModel
 
-    model = DacModel(DacConfig.from_pretrained(directory))
+    model = DacModel(DacConfig.from_pretrained(directory, local_files_only=True))
     weights = load_file(str(Path(directory) / "model.safetensors"))
     if any(".parametrizations." in name for name in weights):
         model.apply_weight_norm()
