@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import ray
+from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from streamvox.stream_server.asgi import StreamvoxAsgi
-from streamvox.stream_server.metrics import exposition
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,12 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
         for family in text_string_to_metric_families(text):
             merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
             merged.samples.extend(family.samples)
-    return exposition(families.values())
+
+    class _Merged:
+        def collect(self) -> Iterator[Metric]:
+            yield from families.values()
+
+    return generate_latest(_Merged())
 
 
 @ray.remote(num_cpus=0)
