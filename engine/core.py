@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from streamvox.engine.api import Backend, Plan, StreamSettings, SynthesisParams, Unit, Voice
+from streamvox.engine.api import Backend, Plan, Segment, StreamSettings, SynthesisParams, Unit, Voice
 from streamvox.engine.events import AudioChunk, EngineEvent, StreamAborted, StreamDone, StreamFailed
 from streamvox.engine.memory import release_free_heap
 from streamvox.engine.scheduler import DeadlineScheduler, EngineStream
@@ -112,8 +112,7 @@ class _Open:
 @dataclass(frozen=True)
 class _Segment:
     stream_id: str
-    index: int
-    text: str
+    segment: Segment
 
 
 @dataclass(frozen=True)
@@ -249,9 +248,10 @@ class EngineCore:
         self._inbox.put(_Open(stream_id, voice, self.voices.backend(voice.kind), params, sink))
         return voice
 
-    def add_segment(self, stream_id: str, index: int, text: str) -> None:
-        """Queue one speakable span (raw client text; the backend normalises it)."""
-        self._inbox.put(_Segment(stream_id, index, text))
+    def add_segment(self, stream_id: str, index: int, text: str, lead: str = "", preview: str = "") -> None:
+        """Queue one speakable span (raw client text; the backend normalises it), with the text
+        spoken before it and after it in its sentence when known (see :class:`Segment`)."""
+        self._inbox.put(_Segment(stream_id, Segment(index, text, lead, preview)))
 
     def finish(self, stream_id: str) -> None:
         """No more segments: ``StreamDone`` follows the last one's audio."""
@@ -403,7 +403,7 @@ class EngineCore:
         if stream is None:
             return
         if isinstance(command, _Segment):
-            stream.pending.append((command.index, command.text))
+            stream.pending.append(command.segment)
         elif isinstance(command, _Finish):
             stream.input_finished = True
         elif isinstance(command, _Playback):

@@ -16,8 +16,10 @@ same random-weight GPT-SoVITS voice.  Then:
 3. With ``--load``: ``bench load --find-max`` steps run against both servers,
    interleaved step by step, until both fail; the largest passing N of each.
 4. With ``--llm-paced``: ``bench first-span``'s texts sent word by word at 20
-   words/s to each server in turn: first audio p50 / p95 and the streamed
-   audio's WER (whisper-tiny; needs the test extra) for each.
+   words/s to each server in turn (``--paced-repeats`` times, seeds 11, 12, ...):
+   first audio p50 / p95, playback stalls and the streamed audio's WER
+   (whisper-tiny; needs the test extra) for each.  ``--first-words N`` starts
+   both servers with that first-span limit.
 """
 
 from __future__ import annotations
@@ -77,11 +79,14 @@ async def _session_bytes(url: str, configure: dict[str, Any], text: str) -> tupl
                 raise RuntimeError(f"server sent {event}")
 
 
-def _start(pythonpath: str | None, voice_dir: Path) -> tuple[subprocess.Popen[bytes], str, int]:
+def _start(
+    pythonpath: str | None, voice_dir: Path, first_words: int | None
+) -> tuple[subprocess.Popen[bytes], str, int]:
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
-    proc, port = start_server(
-        threads=0, max_lead=0.0, workers=None, env=env, max_sessions=128, extra=["--gpt-sovits-voice", str(voice_dir)]
-    )
+    extra = ["--gpt-sovits-voice", str(voice_dir)]
+    if first_words is not None:
+        extra += ["--first-words", str(first_words)]
+    proc, port = start_server(threads=0, max_lead=0.0, workers=None, env=env, max_sessions=128, extra=extra)
     return proc, f"ws://127.0.0.1:{port}/v1/stream", proc.pid
 
 
@@ -143,22 +148,28 @@ def _compare_load(servers: dict[str, tuple[Any, str, int]], seconds: float) -> N
     print(f"largest passing N: before {best['before']}, now {best['now']}")
 
 
-def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str) -> None:
-    from streamvox.bench.first_span import TEXTS, corpus_wer, speak
+def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str, repeats: int) -> None:
+    from streamvox.bench.first_span import SEED, TEXTS, corpus_wer, speak, stall_ms
 
     delays: dict[str, list[float]] = {"before": [], "now": []}
+    stalls: dict[str, list[float]] = {"before": [], "now": []}
     audio: dict[str, list[Any]] = {"before": [], "now": []}
-    for i, text in enumerate(TEXTS):
-        for side in ("before", "now") if i % 2 == 0 else ("now", "before"):
-            delay, pcm = asyncio.run(speak(servers[side][1], text, paced=True))
-            delays[side].append(delay)
-            audio[side].append(pcm)
+    for repeat in range(repeats):
+        for i, text in enumerate(TEXTS):
+            for side in ("before", "now") if i % 2 == 0 else ("now", "before"):
+                delay, pcm, arrivals = asyncio.run(speak(servers[side][1], text, paced=True, seed=SEED + repeat))
+                delays[side].append(delay)
+                stalls[side].append(stall_ms(arrivals))
+                audio[side].append(pcm)
     for side in ("before", "now"):
         label = f"before ({rev})" if side == "before" else "now"
-        error, _ = corpus_wer(TEXTS, audio[side])
+        error, _ = corpus_wer(TEXTS * repeats, audio[side])
+        stalled = [x for x in stalls[side] if x > 0]
         print(
             f"LLM-paced {label}: first audio p50 {percentile(delays[side], 50):.0f} ms, "
-            f"p95 {percentile(delays[side], 95):.0f} ms; streamed WER {error:.2f} % ({len(TEXTS)} texts)"
+            f"p95 {percentile(delays[side], 95):.0f} ms; stalled {len(stalled)} of {len(stalls[side])} "
+            f"(longest {max(stalls[side]):.0f} ms); streamed WER {error:.2f} % "
+            f"({len(TEXTS)} texts x {repeats} seeds)"
         )
 
 
@@ -169,6 +180,8 @@ def main() -> int:
     parser.add_argument("--load", action="store_true", help="also step bench load against both servers")
     parser.add_argument("--load-seconds", type=float, default=20.0)
     parser.add_argument("--llm-paced", action="store_true", help="also first audio and WER of LLM-paced text")
+    parser.add_argument("--paced-repeats", type=int, default=1, help="LLM-paced runs per text (one seed each)")
+    parser.add_argument("--first-words", type=int, help="both servers' first-span limit (default: their own)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree, shim = Path(tmp) / "tree", Path(tmp) / "shim" / "streamvox"
@@ -180,14 +193,17 @@ def main() -> int:
             for name in PACKAGES:
                 if (tree / name).is_dir():
                     (shim / name).symlink_to(tree / name)
-            servers = {"before": _start(str(shim.parent), voice_dir), "now": _start(None, voice_dir)}
+            servers = {
+                "before": _start(str(shim.parent), voice_dir, args.first_words),
+                "now": _start(None, voice_dir, args.first_words),
+            }
             try:
                 same = _compare_bytes(servers)
                 _compare_ttfa(servers, args.runs, args.rev)
                 if args.load:
                     _compare_load(servers, args.load_seconds)
                 if args.llm_paced:
-                    _compare_llm_paced(servers, args.rev)
+                    _compare_llm_paced(servers, args.rev, args.paced_repeats)
             finally:
                 for proc, _, _ in servers.values():
                     proc.terminate()

@@ -323,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-words",
         type=int,
         default=SegmenterConfig.first_max_words,
-        help="a reply's first span ends after at most this many words (fewer: sooner first audio)",
+        help="a reply's first span is cut once this many words have arrived (fewer: sooner first audio); "
+        "it speaks all but the last, which the voice reads ahead for prosody",
     )
     serve.add_argument(
         "--max-lead",
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     first_span.add_argument("--first-words", type=int, nargs="+", default=[6, 4, 3], help="first-span limits to try")
     first_span.add_argument("--texts", type=int, default=40, help="how many of the built-in texts")
-    first_span.add_argument("--repeats", type=int, default=3, help="LLM-paced runs per text (timing)")
+    first_span.add_argument("--repeats", type=int, default=3, help="runs per text, one seed each")
     first_span.add_argument("--wer-margin", type=float, default=0.5, help="points of WER over one-shot allowed")
     first_span.add_argument("--json", action="store_true")
     first_span.set_defaults(func=_bench_first_span)

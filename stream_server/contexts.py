@@ -108,7 +108,7 @@ class Context:
             self.segments[index] = (span, now)
             if self.first_speakable_at is None:
                 self.first_speakable_at = now
-            self.engine.add_segment(self.stream_id, index, span.text)
+            self.engine.add_segment(self.stream_id, index, span.text, span.lead, span.preview)
 
     # --- figures -------------------------------------------------------------------------------
 

@@ -37,8 +37,8 @@ class EngineClient:
 
         return self.engine.open(stream_id, voice_id, params, sink)
 
-    def add_segment(self, stream_id: str, index: int, text: str) -> None:
-        self.engine.add_segment(stream_id, index, text)
+    def add_segment(self, stream_id: str, index: int, text: str, lead: str = "", preview: str = "") -> None:
+        self.engine.add_segment(stream_id, index, text, lead, preview)
 
     def finish(self, stream_id: str) -> None:
         self.engine.finish(stream_id)

@@ -44,7 +44,7 @@ def synthesize(
     spans = Segmenter(segmenter or SegmenterConfig()).flush_text(text)
     voice = engine.open(stream_id, voice_id, params or SynthesisParams(), events.put)
     for index, span in enumerate(spans):
-        engine.add_segment(stream_id, index, span.text)
+        engine.add_segment(stream_id, index, span.text, span.lead, span.preview)
     engine.finish(stream_id)
     chunks: list[np.ndarray] = []
     while True:

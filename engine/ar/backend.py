@@ -154,7 +154,7 @@ class _Prefill(_ARUnit):
 
     def run(self) -> list[EngineEvent]:
         state = self.state
-        index, raw = self.segment
+        index, raw = self.segment.index, self.segment.text
         text = state.voice.speakable(raw, state.notes)
         if text is None:
             return [SegmentFinished(state.stream_id, index)]

@@ -1,15 +1,20 @@
 """Incremental text segmentation: when has enough text arrived to start speaking?
 
 Text arrives a few characters at a time (an LLM's tokens).  The first span of
-a context is cut small for latency: at the first clause boundary, after
-``first_max_words`` complete words (or fewer, so that it does not end on a word
-that leans on the next, such as "the" or "of"), or when ``first_wait_s`` has
-passed since its first word arrived.  Later spans are whole sentences for natural prosody,
-split at a clause or word boundary only past ``max_chars``.  A boundary counts
-only once the character after it has arrived, so "3." in "3.50", "Dr." in
-"Dr. Smith" and "example." in "example.com" never cut.  A dialogue speaker tag
-(``[S1]``, ``[S2]``) starts a turn: the text before it is a span of its own, and
-no cut leaves a tag at the end of a span, away from the words it introduces.
+a context is cut small for latency: at the first clause boundary, once
+``first_max_words`` complete words have arrived, or when ``first_wait_s`` has
+passed since its first word arrived.  A cut by word count keeps the last of those
+words (and any before it that lean on the next, such as "the" or "of") as the
+span's *preview*: the voice reads them for the prosody of the words it speaks, so
+the span's last word is said as mid-sentence, not as an utterance's end, and the
+next span speaks them, with the first span's words as its *lead* (read, not
+spoken again), so the seam falls mid-sentence inside one continuous reading.
+Later spans are whole sentences for natural prosody, split at a clause or word
+boundary only past ``max_chars``.  A boundary counts only once the character
+after it has arrived, so "3." in "3.50", "Dr." in "Dr. Smith" and "example." in
+"example.com" never cut.  A dialogue speaker tag (``[S1]``, ``[S2]``) starts a
+turn: the text before it is a span of its own, and no cut leaves a tag at the
+end of a span, away from the words it introduces.
 
 Not thread-safe: one segmenter per context, driven by its session.
 """
@@ -51,8 +56,11 @@ _TRAILING_TAG = re.compile(r"\s*" + SPEAKER_TAG.pattern + r"\s*$")
 class SegmenterConfig:
     """How eagerly text is released for synthesis."""
 
-    first_max_words: int = 6
-    """The first span is cut after this many complete words if no clause ended sooner."""
+    first_max_words: int = 4
+    """The first span is cut once this many complete words have arrived, if no clause ended sooner;
+    its last word (with any leaning words before it) is its preview, spoken by the next span.
+    4 words: first audio within 200 ms of the first word at 20 words/s, at the intelligibility of
+    whole-sentence synthesis (``streamvox bench first-span``; the figures are in the README)."""
     first_min_words: int = 2
     """A clause boundary cuts the first span only after this many words (a sentence end always does)."""
     first_wait_s: float = 0.35
@@ -78,6 +86,12 @@ class Span:
     text: str
     start: int
     end: int
+    lead: str = ""
+    """The text spoken just before this span in the same sentence: the voice may read it for context
+    (it is not spoken again)."""
+    preview: str = ""
+    """The words that follow this span, already known: the voice may read them for context (the next
+    span speaks them)."""
 
 
 @dataclass
@@ -88,6 +102,8 @@ class Segmenter:
     _text: str = ""
     _pos: int = 0
     _pending_since: float | None = None
+    _lead_from: int | None = None
+    """Where the last span began, when it ended on a preview: the next span's lead starts there."""
     spans_emitted: int = 0
 
     @property
@@ -141,7 +157,7 @@ class Segmenter:
         spans: list[Span] = []
         while True:
             pending = self.pending
-            cut = self._next_cut(pending, final)
+            cut, preview_end = self._next_cut(pending, final)
             if cut is None and hurry is not None:
                 cut = _clause_end(pending, self.config.first_min_words, last=True)
                 if cut is None and hurry == "word":
@@ -159,41 +175,47 @@ class Segmenter:
             piece = self._text[start : self._pos]
             stripped = piece.strip()
             if _has_words(stripped):
-                lead = len(piece) - len(piece.lstrip())
-                spans.append(Span(stripped, start + lead, start + lead + len(stripped)))
+                begin = start + len(piece) - len(piece.lstrip())
+                lead = self._text[self._lead_from : begin].strip() if self._lead_from is not None else ""
+                preview = self._text[self._pos : start + preview_end].strip() if preview_end else ""
+                spans.append(Span(stripped, begin, begin + len(stripped), lead, preview))
+                self._lead_from = begin if preview else None
                 self.spans_emitted += 1
             rest = self.pending
             self._pending_since = (now if now is not None else self._pending_since) if rest.strip() else None
         return spans
 
-    def _next_cut(self, pending: str, final: bool) -> int | None:
+    def _next_cut(self, pending: str, final: bool) -> tuple[int | None, int | None]:
+        """Where the next span ends in ``pending`` (``None``: not yet), and where its preview ends."""
         if not pending.strip():
-            return len(pending) if final and pending else None
+            return (len(pending) if final and pending else None), None
         if self.spans_emitted == 0:
-            cut = self._first_cut(pending, final)
+            cut, preview_end = self._first_cut(pending, final)
             if cut is not None:
-                return cut
+                return cut, preview_end
         sentence = _earliest(_sentence_end(pending, final), _turn_start(pending))
         limit = self.config.max_chars
         if sentence is not None and sentence <= limit:
-            return sentence
+            return sentence, None
         if sentence is not None or len(pending) > limit:
-            return _split_long(pending[:limit]) or limit
-        return len(pending) if final else None
+            return (_split_long(pending[:limit]) or limit), None
+        return (len(pending) if final else None), None
 
-    def _first_cut(self, pending: str, final: bool) -> int | None:
+    def _first_cut(self, pending: str, final: bool) -> tuple[int | None, int | None]:
         cfg = self.config
         sentence = _earliest(_sentence_end(pending, final), _turn_start(pending))
         clause = _clause_end(pending, cfg.first_min_words)
+        punctuated = _earliest(sentence, clause)
         words = [m for m in _WORD.finditer(pending) if m.end() < len(pending)]
-        by_words = None
-        if len(words) >= cfg.first_max_words:
-            kept = cfg.first_max_words
-            while kept > cfg.first_min_words and _leans_forward(words[kept - 1].group()):
-                kept -= 1
-            by_words = words[kept - 1].end()
-        candidates = [c for c in (sentence, clause, by_words) if c is not None]
-        return min(candidates) if candidates else None
+        if len(words) < cfg.first_max_words:
+            return punctuated, None
+        known = words[cfg.first_max_words - 1].end()
+        if punctuated is not None and punctuated <= known:
+            return punctuated, None  # a clause or sentence among the words that arrived: cut there, whole
+        kept = max(1, cfg.first_max_words - 1)
+        while kept > cfg.first_min_words and _leans_forward(words[kept - 1].group()):
+            kept -= 1
+        return words[kept - 1].end(), (known if kept < cfg.first_max_words else None)
 
 
 def _leans_forward(word: str) -> bool:

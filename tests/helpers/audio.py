@@ -18,3 +18,9 @@ def sf_read_stream(data: bytes) -> tuple[np.ndarray, int]:
             parts.append(block)
         rate = f.samplerate
     return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)), rate
+
+
+def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``test`` against ``reference`` in dB (infinite when equal)."""
+    noise = np.sum((reference.astype(np.float64) - test) ** 2)
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise))

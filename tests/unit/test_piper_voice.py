@@ -12,12 +12,9 @@ from streamvox.engine.backends.piper.graph import GraphSplitError, split_piper_g
 from streamvox.engine.backends.piper.segment import PiperSegment
 from streamvox.engine.backends.piper.voice import HOP_LENGTH, FrontOutput, PiperVoice, VoiceLoadError
 
+from tests.helpers.audio import snr_db
+
 TEXT = "Streaming speech should start quickly, sound natural, and never click between chunks."
-
-
-def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
-    noise = np.sum((reference.astype(np.float64) - test) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / noise))
 
 
 def test_split_matches_the_original_graph_with_noise_off(voice: PiperVoice) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from streamvox.engine.text.segmenter import Segmenter, SegmenterConfig
+from streamvox.engine.text.segmenter import Segmenter, SegmenterConfig, Span
 
 
 def stream(text: str, step: int = 3, config: SegmenterConfig | None = None) -> list[str]:
@@ -21,25 +21,65 @@ def test_first_span_is_the_first_clause_then_sentences() -> None:
     assert stream(text) == ["Hello there,", "my friend.", "This is the second sentence.", "And a third!"]
 
 
-def test_first_span_caps_at_n_words_without_punctuation() -> None:
-    spans = stream("one two three four five six seven eight nine ten. Next sentence here.")
-    assert spans[0] == "one two three four five six"
-    assert spans[1] == "seven eight nine ten."
+def spans_of(text: str, step: int = 3, config: SegmenterConfig | None = None) -> list[Span]:
+    seg = Segmenter(config or SegmenterConfig())
+    spans = []
+    for i in range(0, len(text), step):
+        spans += seg.push(text[i : i + step], now=0.0)
+    return spans + seg.flush()
+
+
+def test_first_span_is_cut_once_n_words_arrived_and_previews_the_last() -> None:
+    spans = spans_of("one two three four five six seven eight nine ten. Next sentence here.")
+    assert [(s.text, s.lead, s.preview) for s in spans] == [
+        ("one two three four five", "", "six"),
+        ("six seven eight nine ten.", "one two three four five", ""),
+        ("Next sentence here.", "", ""),
+    ]
 
 
 @pytest.mark.parametrize(
-    ("text", "first"),
+    ("text", "first", "preview"),
     [
-        ("Here is a short summary of the meeting today.", "Here is a short summary"),
-        ("In the morning we will visit the castle.", "In the morning we will visit"),
-        ("Your order shipped this morning and should arrive.", "Your order shipped this morning"),
-        ("Go to the shop to buy the milk.", "Go to the shop to buy"),
-        ("It is to the of a thing.", "It is"),  # never fewer than first_min_words
+        ("Here is a short summary of the meeting today.", "Here is a short summary", "of"),
+        ("In the morning we will visit the castle.", "In the morning", "we will visit"),
+        ("Your order shipped this morning and should arrive.", "Your order shipped this morning", "and"),
+        ("Go to the shop to buy the milk.", "Go to the shop", "to buy"),
+        ("It is to the of a thing.", "It is", "to the of a"),  # never fewer than first_min_words
     ],
 )
-def test_a_first_span_cut_by_words_never_ends_on_a_word_that_leans_on_the_next(text: str, first: str) -> None:
+def test_a_first_span_cut_by_words_never_ends_on_a_word_that_leans_on_the_next(
+    text: str, first: str, preview: str
+) -> None:
     """ "summary of | the meeting" is heard as two sentences; "summary | of the meeting" is not."""
-    assert stream(text)[0] == first
+    spans = spans_of(text)
+    assert (spans[0].text, spans[0].preview) == (first, preview)
+    assert spans[1].lead == first and spans[1].text.startswith(preview)
+
+
+def test_a_preview_is_spoken_by_the_next_span_whatever_releases_it() -> None:
+    """Flushed, hurried or timed out, the previewed words come next, led by the first span."""
+    for release in ("flush", "hurry", "time"):
+        seg = Segmenter(SegmenterConfig(first_max_words=4))
+        first = seg.push("The train to Chicago leaves ", now=0.0)
+        assert [(s.text, s.preview) for s in first] == [("The train", "to Chicago")]
+        if release == "flush":
+            rest = seg.flush()
+        elif release == "hurry":
+            rest = seg.poll(0.1, hurry="word")
+        else:
+            rest = seg.poll(5.0)
+        assert [(s.text, s.lead, s.preview) for s in rest] == [("to Chicago leaves", "The train", "")]
+
+
+def test_no_preview_when_punctuation_or_the_time_cap_cuts() -> None:
+    """A clause or sentence among the words that arrived cuts there, whole; so does the time cap."""
+    spans = spans_of("Sure thing my friend, I will do it now.", step=100, config=SegmenterConfig(first_max_words=4))
+    assert [(s.text, s.preview) for s in spans[:1]] == [("Sure thing my friend,", "")]
+    assert spans[1].lead == ""
+    seg = Segmenter(SegmenterConfig(first_wait_s=0.3))
+    seg.push("one two thr", now=0.0)
+    assert [(s.text, s.preview) for s in seg.poll(0.31)] == [("one two", "")]
 
 
 @pytest.mark.parametrize(
@@ -157,8 +197,8 @@ def test_no_cut_leaves_a_speaker_tag_behind_its_words() -> None:
     spans += segmenter.flush()
     assert [s.text for s in spans] == ["[S1] Well I think so", "[S2] Really?", "Yes"]
     tagged = Segmenter()
-    assert [s.text for s in tagged.push("[S1] One two three four five [S2] ", now=0.0)] == [
-        "[S1] One two three four five"
+    assert [(s.text, s.preview) for s in tagged.push("[S1] One two three four five [S2] ", now=0.0)] == [
+        ("[S1] One two three four five", "")  # the turn ends among the words that arrived: no preview
     ]
     assert tagged.poll(now=10.0) == [] and tagged.pending.strip() == "[S2]"  # waits for its words
     assert [s.text for s in tagged.push("Sure.", now=10.0) + tagged.flush()] == ["[S2] Sure."]

@@ -1,7 +1,9 @@
 """The Piper backend: a unit is one vocoder window; a segment's first unit also runs its encoder.
 
-Each segment's word timings come with its first unit, except a stream's first segment's: they
-come with its second, so working them out (about 1 ms) never delays the first audio.
+A segment cut mid-sentence is read with its lead and preview (``reading.py``) and only its own
+words are decoded.  Each segment's word timings come with its first unit, except a stream's first
+segment's: they come with its second, so working them out (about 1 ms) never delays the first
+audio, unless the segment has a preview, whose first frame must be known before the decoding.
 
 Piper streams need no lane and are never batched: single-threaded windows of
 different streams side by side beat one batched call (``streamvox bench batch``).
@@ -24,11 +26,11 @@ from streamvox.engine.api import (
 )
 from streamvox.engine.audio.stream_output import StreamOutput
 from streamvox.engine.audio.windows import WindowPlan
+from streamvox.engine.backends.piper.reading import Reading, own_timings, read, spoken_frames
 from streamvox.engine.backends.piper.segment import PiperSegment
 from streamvox.engine.backends.piper.voice import HOP_LENGTH, FrontOutput, PiperVoice
 from streamvox.engine.backends.piper.words import phoneme_words, word_timings
 from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted, SegmentWords
-from streamvox.engine.text.words import SpokenWord, spoken_words
 
 BUNDLED_VOICE_ID = "en_US-joe-medium"
 
@@ -63,17 +65,19 @@ class PiperStream:
 
 
 def _timed_words(
-    stream_id: str,
-    index: int,
-    voice: PiperVoice,
-    phonemes: list[str],
-    words: list[SpokenWord],
-    sources: list[int],
-    front: FrontOutput,
+    stream_id: str, index: int, reading: Reading, labels: list[int], front: FrontOutput, start_frame: int
 ) -> SegmentWords:
-    labels = phoneme_words(phonemes, words, voice.config.espeak_voice)
-    timings = word_timings(words, labels, sources, front.durations, HOP_LENGTH)
-    return SegmentWords(stream_id, index, tuple(timings), estimated=False)
+    timings = word_timings(reading.words, labels, reading.sources, front.durations, HOP_LENGTH)
+    own = own_timings(reading, timings, start_frame * HOP_LENGTH)
+    return SegmentWords(stream_id, index, tuple(own), estimated=False)
+
+
+def _labels(voice: PiperVoice, reading: Reading) -> list[int]:
+    return phoneme_words(reading.phonemes, reading.words, voice.config.espeak_voice)
+
+
+def _timed_lazily(stream_id: str, index: int, voice: PiperVoice, reading: Reading, front: FrontOutput) -> SegmentWords:
+    return _timed_words(stream_id, index, reading, _labels(voice, reading), front, 0)
 
 
 class _WindowUnit:
@@ -90,18 +94,14 @@ class _WindowUnit:
         events: list[EngineEvent] = []
         smoother = state.output.smoother
         if self.segment is not None:
-            index, text = self.segment
-            normalized, words = spoken_words(text)
-            phonemes = state.voice.phonemes(normalized)
-            ids, sources = state.voice.ids_with_sources(phonemes)
-            if not ids:
-                return [SegmentFinished(state.stream_id, index)]
-            p = state.params
+            index = self.segment.index
             first = state.windows_done == 0
-            front = state.voice.front(ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first)
-            segment = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first)
+            started = self._start(self.segment, first)
+            if started is None:
+                return [SegmentFinished(state.stream_id, index)]
+            segment, untimed = started
             events.append(SegmentStarted(state.stream_id, index, smoother.start_piece(segment.samples)))
-            state.untimed = partial(_timed_words, state.stream_id, index, state.voice, phonemes, words, sources, front)
+            state.untimed = untimed
             if not first:
                 events.append(state.untimed())
                 state.untimed = None
@@ -129,6 +129,35 @@ class _WindowUnit:
         if self.finish:
             events.extend(state.output.finish())
         return events
+
+    def _start(self, segment: Segment, first: bool) -> tuple[PiperSegment, Callable[[], SegmentWords]] | None:
+        """Run the encoder on ``segment``'s reading; ``None`` if it has nothing to speak.
+
+        A reading in context whose own words cannot be cut out is read again alone."""
+        state, p = self.state, self.state.params
+        reading = read(state.voice, segment.text, segment.lead, segment.preview)
+        while True:
+            if not reading.ids:
+                return None
+            front = state.voice.front(
+                reading.ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first
+            )
+            if not reading.in_context:
+                frames, tail, labels = None, 0, None
+                break
+            labels = _labels(state.voice, reading)
+            frames = spoken_frames(reading, labels, front.durations)
+            if frames is not None:
+                tail = state.output.smoother.overlap if reading.end_word < len(reading.words) else 0
+                break
+            reading = read(state.voice, segment.text)
+        piper = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first, frames, tail)
+        start = 0 if frames is None else frames[0]
+        if labels is None:
+            untimed = partial(_timed_lazily, state.stream_id, segment.index, state.voice, reading, front)
+        else:
+            untimed = partial(_timed_words, state.stream_id, segment.index, reading, labels, front, start)
+        return piper, untimed
 
     def settle(self, gone: Sequence[bool], failed: bool) -> None:
         """Nothing to free: a Piper stream holds no shared resource."""
