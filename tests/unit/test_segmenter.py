@@ -30,7 +30,8 @@ def spans_of(text: str, step: int = 3, config: SegmenterConfig | None = None) ->
 
 
 def test_first_span_is_cut_once_n_words_arrived_and_previews_the_last() -> None:
-    spans = spans_of("one two three four five six seven eight nine ten. Next sentence here.")
+    six = SegmenterConfig(first_max_words=6)
+    spans = spans_of("one two three four five six seven eight nine ten. Next sentence here.", config=six)
     assert [(s.text, s.lead, s.preview) for s in spans] == [
         ("one two three four five", "", "six"),
         ("six seven eight nine ten.", "one two three four five", ""),
@@ -52,7 +53,7 @@ def test_a_first_span_cut_by_words_never_ends_on_a_word_that_leans_on_the_next(
     text: str, first: str, preview: str
 ) -> None:
     """ "summary of | the meeting" is heard as two sentences; "summary | of the meeting" is not."""
-    spans = spans_of(text)
+    spans = spans_of(text, config=SegmenterConfig(first_max_words=6))
     assert (spans[0].text, spans[0].preview) == (first, preview)
     assert spans[1].lead == first and spans[1].text.startswith(preview)
 
@@ -189,14 +190,14 @@ def test_a_speaker_tag_starts_a_dialogue_turn() -> None:
 
 def test_no_cut_leaves_a_speaker_tag_behind_its_words() -> None:
     """Streamed token by token, a word-count or time cut that would end on ``[S2]`` stops before it."""
-    segmenter = Segmenter()
+    segmenter = Segmenter(SegmenterConfig(first_max_words=6))
     spans = []
     for token in ["[S1] Well", " I", " think", " so", " [S2]", " Really", "?", " Yes"]:
         spans += segmenter.push(token, now=0.0)
     spans += segmenter.poll(now=10.0)
     spans += segmenter.flush()
     assert [s.text for s in spans] == ["[S1] Well I think so", "[S2] Really?", "Yes"]
-    tagged = Segmenter()
+    tagged = Segmenter(SegmenterConfig(first_max_words=6))
     assert [(s.text, s.preview) for s in tagged.push("[S1] One two three four five [S2] ", now=0.0)] == [
         ("[S1] One two three four five", "")  # the turn ends among the words that arrived: no preview
     ]
