@@ -154,7 +154,7 @@ STREAMING_TEXT = (
 async def test_each_format_streams_a_segment_window_by_window(server: str, fmt: object) -> None:
     """Structural, not timed (first-byte latency per format is `bench latency`'s row): a format's
     encoder hands out bytes as each vocoder window finishes, so the long sentence's segment (the one
-    after the first span, three windows) arrives in as many payloads before the next segment's
+    after the first span, two windows) arrives in as many payloads before the next segment's
     ``segment`` event (the outbox keeps a context's events and audio in sample order), and they
     carry that segment's share of the bytes (a format that held its bytes back to a segment's or
     the stream's end fails)."""
@@ -181,7 +181,7 @@ async def test_each_format_streams_a_segment_window_by_window(server: str, fmt: 
     assert sorted(starts) == [0, 1, 2], "the text should have made a first span and two sentences"
     long_sentence = sizes[1]
     share = (starts[2] - starts[1]) / event["samples"]
-    assert len(long_sentence) >= 3, long_sentence
+    assert len(long_sentence) >= 2, long_sentence
     assert sum(long_sentence) >= 0.8 * share * total, (sum(long_sentence), share, total)
 
 
