@@ -47,7 +47,7 @@ def windowed(voice: PiperVoice, front: FrontOutput, plan: WindowPlan, urgent: bo
 PLANS = {
     "default": WindowPlan(),
     "small windows": WindowPlan(first_frames=8, later_first_frames=8, max_frames=32, growth=2.0, flow_chunk_frames=40),
-    "decoder context 8": WindowPlan(context_frames=8, max_frames=64, growth=2.0),
+    "decoder context 8": WindowPlan(context_frames=8, later_first_frames=64, max_frames=64, growth=2.0),
 }
 
 
@@ -63,7 +63,10 @@ def test_windowed_synthesis_equals_one_shot(voice: PiperVoice, plan: WindowPlan,
 
 @pytest.mark.parametrize(
     "plan",
-    [WindowPlan(context_frames=0, max_frames=64, growth=2.0), WindowPlan(flow_context_frames=0, flow_chunk_frames=32)],
+    [
+        WindowPlan(context_frames=0, later_first_frames=64, max_frames=64, growth=2.0),
+        WindowPlan(flow_context_frames=0, flow_chunk_frames=32),
+    ],
     ids=["no decoder context", "no flow context"],
 )
 def test_without_context_the_seams_are_audible(voice: PiperVoice, plan: WindowPlan) -> None:
