@@ -65,8 +65,17 @@ class PiperStream:
 
 
 def _timed_words(
-    stream_id: str, index: int, reading: Reading, labels: list[int], front: FrontOutput, start_frame: int
+    stream_id: str,
+    index: int,
+    voice: PiperVoice,
+    reading: Reading,
+    labels: list[int] | None,
+    front: FrontOutput,
+    start_frame: int,
 ) -> SegmentWords:
+    """``labels``: the reading's phoneme words, if they were needed already (else worked out here)."""
+    if labels is None:
+        labels = _labels(voice, reading)
     timings = word_timings(reading.words, labels, reading.sources, front.durations, HOP_LENGTH)
     own = own_timings(reading, timings, start_frame * HOP_LENGTH)
     return SegmentWords(stream_id, index, tuple(own), estimated=False)
@@ -74,10 +83,6 @@ def _timed_words(
 
 def _labels(voice: PiperVoice, reading: Reading) -> list[int]:
     return phoneme_words(reading.phonemes, reading.words, voice.config.espeak_voice)
-
-
-def _timed_lazily(stream_id: str, index: int, voice: PiperVoice, reading: Reading, front: FrontOutput) -> SegmentWords:
-    return _timed_words(stream_id, index, reading, _labels(voice, reading), front, 0)
 
 
 class _WindowUnit:
@@ -153,10 +158,7 @@ class _WindowUnit:
             reading = read(state.voice, segment.text)
         piper = PiperSegment(state.voice, front, self.backend.windows, p.speaker, first, frames, tail)
         start = 0 if frames is None else frames[0]
-        if labels is None:
-            untimed = partial(_timed_lazily, state.stream_id, segment.index, state.voice, reading, front)
-        else:
-            untimed = partial(_timed_words, state.stream_id, segment.index, reading, labels, front, start)
+        untimed = partial(_timed_words, state.stream_id, segment.index, state.voice, reading, labels, front, start)
         return piper, untimed
 
     def settle(self, gone: Sequence[bool], failed: bool) -> None:

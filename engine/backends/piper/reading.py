@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from streamvox.engine.backends.piper.voice import PiperVoice
+from streamvox.engine.backends.piper.words import frame_edges, id_words
 from streamvox.engine.events import WordTiming
 from streamvox.engine.text.words import SpokenWord, spoken_words
 
@@ -64,8 +65,8 @@ def spoken_frames(reading: Reading, labels: Sequence[int], durations: np.ndarray
     out cleanly: a lead or preview word's sound falls among them, or they have no frames.
 
     ``labels`` gives each phoneme's word (:func:`~streamvox.engine.backends.piper.words.phoneme_words`)."""
-    edges = np.concatenate([[0], np.cumsum(durations)]).astype(np.int64)
-    owners = [labels[s] if s >= 0 else -1 for s in reading.sources]
+    edges = frame_edges(durations)
+    owners = id_words(labels, reading.sources)
     first = [i for i, w in enumerate(owners) if reading.first_word <= w < reading.end_word]
     if not first:
         return None

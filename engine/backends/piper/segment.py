@@ -40,8 +40,9 @@ class PiperSegment:
         self.start, self.end = frames if frames is not None else (0, front.frames)
         self.tail_samples = min(tail_samples, (front.frames - self.end) * HOP_LENGTH)
         self._z = np.empty_like(front.z_p)
-        self._z_ready = max(0, self.start - plan.context_frames)
-        self._z_empty = True
+        self._z_from = max(0, self.start - plan.context_frames)
+        """The first frame the decoder needs ``z`` for: the flow starts there."""
+        self._z_ready = self._z_from
         self._windows = plan.windows(self.end - self.start, first)
         self.done = self.end <= self.start
 
@@ -60,13 +61,13 @@ class PiperSegment:
         frames = self.front.frames
         needed = min(frames, end + tail_frames + self.plan.context_frames)
         if self._z_ready < needed:
-            target = needed if self._z_empty else max(needed, self._z_ready + self.plan.flow_chunk_frames)
+            first_chunk = self._z_ready == self._z_from
+            target = needed if first_chunk else max(needed, self._z_ready + self.plan.flow_chunk_frames)
             target = min(frames, target)
             self._z[:, self._z_ready : target] = self.voice.flow_window(
                 self.front.z_p, self._z_ready, target, self.plan.flow_context_frames, self.speaker, urgent
             )
             self._z_ready = target
-            self._z_empty = False
         audio = self.voice.decode_window(
             self._z[:, :needed], start, end + tail_frames, self.plan.context_frames, self.speaker, urgent
         )

@@ -129,6 +129,16 @@ def _give_unmatched_words_their_gaps(phonemes: Sequence[str], labels: list[int])
         i = j
 
 
+def id_words(labels: Sequence[int], sources: Sequence[int]) -> list[int]:
+    """For each phoneme id, the word its phoneme belongs to (-1 for BOS, PAD, EOS and silence)."""
+    return [labels[source] if source >= 0 else -1 for source in sources]
+
+
+def frame_edges(durations: np.ndarray) -> np.ndarray:
+    """The frame where each phoneme id starts, and after them the total: ``len(durations) + 1`` ints."""
+    return np.concatenate([[0], np.cumsum(durations)]).astype(np.int64)
+
+
 def word_timings(
     words: Sequence[SpokenWord], labels: Sequence[int], sources: Sequence[int], durations: np.ndarray, hop: int
 ) -> list[WordTiming]:
@@ -138,11 +148,10 @@ def word_timings(
     its frames, ``hop`` the samples per frame."""
     if len(sources) != len(durations):
         raise ValueError(f"{len(sources)} id sources but {len(durations)} durations")
-    edges = np.concatenate([[0], np.cumsum(durations)]).astype(np.int64)
+    edges = frame_edges(durations)
     first: dict[int, int] = {}
     last: dict[int, int] = {}
-    for i, source in enumerate(sources):
-        word = labels[source] if source >= 0 else -1
+    for i, word in enumerate(id_words(labels, sources)):
         if word >= 0:
             first.setdefault(word, i)
             last[word] = i
