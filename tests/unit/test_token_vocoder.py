@@ -84,7 +84,7 @@ def test_windowed_synthesis_equals_one_shot_once_context_covers_the_receptive_fi
     """The flow and HiFi-GAN are local: with 12 tokens (24 frames) of context each side a
     window reproduces the one-shot decode; with none it does not."""
     decoder, speaker = voice
-    mean, log_scale = decoder.encode(torch.tensor([TOKENS]), PHONEMES.reshape(1, -1), speaker)
+    mean, log_scale = decoder.encode(torch.tensor([TOKENS]), decoder.encode_text(PHONEMES.reshape(1, -1)), speaker)
     noise = frame_noise(3, 0, mean.shape[2], mean.shape[1]).unsqueeze(0)
     full = decoder.synthesize(mean, log_scale, noise, speaker, 0.5)[0].numpy()
     a, b = 100, 160
@@ -140,3 +140,20 @@ def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecod
         del decoder.synthesize
     assert set(seen) <= set(schedule.window_sizes()), seen
     assert len(set(seen)) < len(seen)
+
+
+def test_an_utterance_encodes_its_text_once_and_decodes_as_sovits_does(
+    voice: tuple[SoVITSDecoder, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The utterance keeps its encoded text; each window gives the audio a plain decode gives."""
+    decoder, speaker = voice
+    windows = ((0, 16), (8, 40), (30, 62))
+    plain = [decoder.decode(TOKENS[a:b], PHONEMES, speaker, 0.5, 3, first_token=a).numpy() for a, b in windows]
+    utterance = UtteranceDecoder(decoder, PHONEMES.reshape(1, -1), speaker, 0.5, 3)
+
+    def no_second_encoding(phonemes: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the text was encoded again")
+
+    monkeypatch.setattr(decoder, "encode_text", no_second_encoding)
+    for (a, b), expected in zip(windows, plain, strict=True):
+        np.testing.assert_array_equal(utterance.decode(TOKENS[a:b], a), expected)
