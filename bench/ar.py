@@ -10,15 +10,31 @@ reference (``gpt-sovits-cpufast``'s ``infer_panel``, in a child process with
 The end-of-speech row of the output head is zero, far below the top 15
 logits, so every run decodes ``--tokens`` tokens.
 
+Each batch row is also set against the hardware, measured in the same run:
+the memory read bandwidth and the linear layers' multiply-add rate (fp32, and
+int8 through fbgemm).  A step's floor is the larger of the bytes it must read
+(weights, and every slot's cached keys and values at the step's mean width)
+over the bandwidth and its multiply-adds over that rate; the row reports ms per
+step, the floor, which of the two sets it, and their ratio.  From the floor it
+derives a ceiling: the throughput with every step at its floor and the
+prefills as measured (they are compute-bound, one per stream), against batch 1
+as measured.  Where that ceiling is below a target, no step code reaches it.
+
 Streaming (batch 1, fp32 and int8 T2S): random v2-size SoVITS weights are
 written as a real-format s2 file; one utterance of ``--tokens`` tokens is
 generated and vocoded chunk by chunk (:class:`ChunkSchedule` defaults) the way
-a session will be served.  It reports the first-chunk latency (prefill start
-to the first audio chunk, the speaker vector precomputed and the window sizes
-warmed up as a loaded voice has them), the RTF (all compute / audio length),
-the vocoder's own one-shot RTF (warm), and the streamed audio's SNR against the one-shot decode of the same
-tokens (random weights attend more diffusely than trained ones, so this is a
-floor, not the figure a real voice gets).
+a session will be served, T2S and vocoder taking turns on one thread.  It
+reports the first-chunk latency (prefill start to the first audio chunk, the
+speaker vector precomputed and the window sizes warmed up as a loaded voice
+has them) split into prefill, T2S steps and the vocoder; the RTF (all compute /
+audio length) split into T2S and vocoder; how many tokens the vocoder decoded
+per token of audio (the re-decoded left context and bucket stretching); the
+playback stall a listener starting at the first chunk hears; the vocoder's own
+one-shot RTF (warm); and the streamed audio's SNR against the one-shot decode
+of the same tokens (random weights attend more diffusely than trained ones,
+so this is a floor, not the figure a real voice gets).  With ``--reference``
+the reference pipeline runs beside it on the same weights: ``infer_panel``,
+then SoVITS's one-shot ``decode`` (its first audio is all of it).
 """
 
 from __future__ import annotations
@@ -35,12 +51,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from streamvox.bench.hardware import matmul_gmacs, memory_bandwidth_gbs
+from streamvox.bench.harness import playback_stall_ms
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
 
 _REFERENCE_RUN = """
-import json, sys, time, torch
+import io, json, sys, time, torch
 torch.set_num_threads(int(sys.argv[2]))
 from AR.models.t2s_model import Text2SemanticDecoder
 job = json.loads(sys.argv[1])
@@ -58,13 +76,68 @@ with torch.no_grad():
     started = time.perf_counter()
     y, _ = run(job["tokens"])
     elapsed = time.perf_counter() - started
-print(json.dumps({"tokens": int(y.shape[1] - prompt.shape[1]), "seconds": elapsed}))
+codes = y[:, prompt.shape[1]:]
+result = {"tokens": int(codes.shape[1]), "seconds": elapsed}
+if job.get("s2"):
+    from module.mel_processing import spectrogram_torch
+    from module.models import SynthesizerTrn
+    with open(job["s2"], "rb") as f:
+        data = f.read()
+    s2 = torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=True)
+    hps = s2["config"]
+    d = hps["data"]
+    segment = hps["train"]["segment_size"] // d["hop_length"]
+    sovits = SynthesizerTrn(d["filter_length"] // 2 + 1, segment, n_speakers=d["n_speakers"], **hps["model"]).eval()
+    sovits.load_state_dict({k: v.float() for k, v in s2["weight"].items()}, strict=False)
+    rate = d["sampling_rate"]
+    t = torch.arange(3 * rate) / rate
+    refer = spectrogram_torch(0.3 * torch.sin(2 * torch.pi * 150 * t)[None], d["filter_length"], rate,
+                              d["hop_length"], d["win_length"])
+    text = torch.tensor([job["target"]])
+    with torch.no_grad():
+        sovits.decode(codes[None], text, refer)  # this length's one-off setup, as ours is warm
+        started = time.perf_counter()
+        audio = sovits.decode(codes[None], text, refer, noise_scale=0.5)
+        result["sovits_seconds"] = time.perf_counter() - started
+    result["audio_seconds"] = audio.shape[-1] / rate
+print(json.dumps(result))
 """
 
 
+def t2s_step_bytes(cfg: T2SConfig, int8: bool, batch: int, width: float) -> float:
+    """What one batched T2S step must read from memory: every transformer linear's weights
+    (1 byte each in int8, 4 in fp32, plus fp32 biases), the fp32 output head, and each of the
+    ``batch`` slots' cached keys and values over ``width`` positions in every layer.  Norms and
+    the one embedding row per slot are left out (under 0.1 % of it)."""
+    h, f = cfg.hidden, cfg.ffn
+    linear_weights = cfg.layers * (3 * h * h + h * h + 2 * h * f)
+    biases = cfg.layers * (3 * h + h + f + h)
+    weights = linear_weights * (1 if int8 else 4) + 4 * biases + 4 * cfg.vocab * h
+    cache = 2 * cfg.layers * batch * width * h * 4
+    return weights + cache
+
+
+def t2s_step_macs(cfg: T2SConfig, batch: int, width: float) -> float:
+    """Multiply-adds of one batched T2S step: each slot through every linear and the head, and its
+    attention (scores and weighted values) over ``width`` cached positions in every layer."""
+    h, f = cfg.hidden, cfg.ffn
+    per_slot = cfg.layers * (3 * h * h + h * h + 2 * h * f + 2 * width * h) + cfg.vocab * h
+    return batch * per_slot
+
+
 def _ours(
-    checkpoint: Path, batch: int, phonemes: list[int], prompt: list[int], tokens: int, int8: bool
+    checkpoint: Path,
+    batch: int,
+    phonemes: list[int],
+    prompt: list[int],
+    tokens: int,
+    int8: bool,
+    bandwidth: float,
+    macs_per_s: float,
 ) -> dict[str, Any]:
+    """``batch`` streams prefilled one by one, then decoded ``tokens`` steps together.  A step's
+    floor is the larger of its bytes over ``bandwidth`` (bytes/s) and its multiply-adds over
+    ``macs_per_s`` (the linear layers' rate at these weights)."""
     from streamvox.engine.ar.generate import TokenStream, advance, choose
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
@@ -81,19 +154,50 @@ def _ours(
         first = decoder.prefill(slot, torch.tensor(phonemes), torch.tensor(prompt))
         streams.append(TokenStream.start(slot, first, torch.tensor(prompt), SamplingParams(), seed=slot))
     prefilled = time.perf_counter()
+    steps = 0
     while not all(s.done for s in streams):
         advance(decoder, streams, [None if s.done else choose(s, policy) for s in streams])
+        steps += 1
     finished = time.perf_counter()
     produced = sum(len(s.tokens) for s in streams)
+    # The step reads the cache up to its longest slot; on average that is half-way through.
+    mean_width = len(phonemes) + len(prompt) + (steps + 1) / 2
+    memory_s = t2s_step_bytes(cfg, int8, batch, mean_width) / bandwidth
+    compute_s = t2s_step_macs(cfg, batch, mean_width) / macs_per_s
+    bound_s = max(memory_s, compute_s)
+    step_s = (finished - prefilled) / steps
+    prefill_s = prefilled - started
     return {
         "weights": "int8" if int8 else "fp32",
         "batch": batch,
         "tokens": produced,
-        "prefill_s": prefilled - started,
+        "steps": steps,
+        "prefill_s": prefill_s,
         "decode_s": finished - prefilled,
         "tokens_per_s": produced / (finished - started),
         "decode_tokens_per_s": produced / (finished - prefilled),
+        "step_ms": 1000 * step_s,
+        "bound_ms": 1000 * bound_s,
+        "bound_by": "memory" if memory_s >= compute_s else "compute",
+        "ratio_to_bound": step_s / bound_s,
+        "ceiling_tokens_per_s": produced / (prefill_s + steps * bound_s),
     }
+
+
+class _CountingDecoder:
+    """A token decoder that counts the tokens it is asked to decode (context included)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.tokens_decoded = 0
+
+    @property
+    def samples_per_token(self) -> int:
+        return int(self.inner.samples_per_token)
+
+    def decode(self, tokens: Any, first_token: int) -> Any:
+        self.tokens_decoded += len(tokens)
+        return self.inner.decode(tokens, first_token)
 
 
 def _streaming(
@@ -123,7 +227,8 @@ def _streaming(
     speaker = sovits.speaker(sovits.reference_spectrogram((0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)))
     schedule = ChunkSchedule()
     target = torch.tensor(phonemes)
-    vocoder = StreamingVocoder(UtteranceDecoder(sovits, target.reshape(1, -1), speaker, 0.5, 0), schedule)
+    counting = _CountingDecoder(UtteranceDecoder(sovits, target.reshape(1, -1), speaker, 0.5, 0))
+    vocoder = StreamingVocoder(counting, schedule)
     policy = EosPolicy(eos=cfg.eos, max_steps=tokens)
     # Warm-up, as a served voice is warm: first calls allocate and pick kernels.
     warm = TokenStream.start(0, t2s.prefill(0, target, torch.tensor(prompt)), torch.tensor(prompt), SamplingParams(), 0)
@@ -132,20 +237,34 @@ def _streaming(
     for window in schedule.window_sizes():  # what a loaded voice's warm_up does
         sovits.decode([0] * window, target, speaker)
     chunks: list[tuple[float, int]] = []
+    t2s_s = vocoder_s = 0.0
+    first_vocoder_s = first_t2s_s = 0.0
     started = time.perf_counter()
     first = t2s.prefill(0, target, torch.tensor(prompt))
     stream = TokenStream.start(0, first, torch.tensor(prompt), SamplingParams(), seed=0)
+    prefill_s = time.perf_counter() - started
     pieces = []
     while not stream.done:
+        step_started = time.perf_counter()
         token = choose(stream, policy)
         advance(t2s, [stream], [token])
+        t2s_s += time.perf_counter() - step_started
         if token is not None:
             vocoder.add([token])
         while vocoder.pending():
+            decode_started = time.perf_counter()
             pieces.append(vocoder.decode())
-            chunks.append((time.perf_counter() - started, len(pieces[-1])))
+            now = time.perf_counter()
+            vocoder_s += now - decode_started
+            if not chunks:
+                first_t2s_s, first_vocoder_s = decode_started - started, now - decode_started
+            chunks.append((now - started, len(pieces[-1])))
+    decode_started = time.perf_counter()
     pieces.append(vocoder.finish())
     elapsed = time.perf_counter() - started
+    vocoder_s += started + elapsed - decode_started
+    if not chunks:  # an utterance shorter than the first chunk: its only audio comes at the end
+        first_t2s_s, first_vocoder_s = decode_started - started, started + elapsed - decode_started
     chunks.append((elapsed, len(pieces[-1])))
     streamed = np.concatenate(pieces)
     audio_s = len(streamed) / rate
@@ -161,7 +280,14 @@ def _streaming(
         "first_chunk_ms": 1000 * chunks[0][0],
         "first_chunk_audio_ms": 1000 * chunks[0][1] / rate,
         "chunks": len(chunks),
+        "first_chunk_prefill_ms": 1000 * (prefill_s),
+        "first_chunk_t2s_ms": 1000 * first_t2s_s,
+        "first_chunk_vocoder_ms": 1000 * first_vocoder_s,
         "rtf": elapsed / audio_s,
+        "t2s_rtf": (prefill_s + t2s_s) / audio_s,
+        "vocoder_rtf": vocoder_s / audio_s,
+        "tokens_decoded_per_token": counting.tokens_decoded / len(stream.tokens),
+        "stall_ms": playback_stall_ms(chunks, rate),
         "vocoder_one_shot_rtf": one_shot_s / audio_s,
         "streamed_vs_one_shot_snr_db": 10 * np.log10(float(np.sum(offline**2)) / error) if error > 0 else None,
         "schedule": {
@@ -174,8 +300,18 @@ def _streaming(
     }
 
 
-def _reference(reference: Path, checkpoint: Path, phonemes: list[int], prompt: list[int], tokens: int) -> Any:
-    job = {"checkpoint": str(checkpoint), "phonemes": phonemes, "prompt": prompt, "tokens": tokens}
+def _reference(reference: Path, checkpoint: Path, s2: Path, phonemes: list[int], prompt: list[int], tokens: int) -> Any:
+    """The reference pipeline in a child process: ``infer_panel`` for ``tokens`` tokens, then
+    ``SynthesizerTrn.decode`` of them in one shot (it has no streaming of its own at this API), so
+    its first audio is all of it."""
+    job = {
+        "checkpoint": str(checkpoint),
+        "s2": str(s2),
+        "phonemes": phonemes,
+        "prompt": prompt,
+        "target": phonemes,
+        "tokens": tokens,
+    }
     env = dict(os.environ, PYTHONPATH=f"{reference / 'GPT_SoVITS'}{os.pathsep}{reference}")
     threads = str(torch.get_num_threads())
     done = subprocess.run(
@@ -185,6 +321,8 @@ def _reference(reference: Path, checkpoint: Path, phonemes: list[int], prompt: l
         raise RuntimeError(f"reference run failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    result["first_audio_ms"] = 1000 * (result["seconds"] + result["sovits_seconds"])
+    result["rtf"] = (result["seconds"] + result["sovits_seconds"]) / result["audio_seconds"]
     return result
 
 
@@ -199,9 +337,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         write_sovits_checkpoint(s2, SoVITSConfig(), seed=0)
         reference = None
         if args.reference:
-            reference = _reference(Path(args.reference), checkpoint, phonemes, prompt, args.tokens)
+            reference = _reference(Path(args.reference), checkpoint, s2, phonemes, prompt, args.tokens)
+        bandwidth = memory_bandwidth_gbs()
+        gmacs = {int8: matmul_gmacs(int8) for int8 in (False, True)}
         ours = [
-            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8) for int8 in (False, True) for b in args.batches
+            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9)
+            for int8 in (False, True)
+            for b in args.batches
         ]
         streaming = [
             _streaming(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
@@ -214,6 +356,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_stream": args.tokens,
         "text_len": args.text_len,
         "prompt_len": args.prompt_len,
+        "bandwidth_gbs": bandwidth,
+        "matmul_gmacs_fp32": gmacs[False],
+        "matmul_gmacs_int8": gmacs[True],
         "ours": ours,
         "reference": reference,
         "streaming": streaming,
@@ -225,6 +370,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             continue
         for row in rows:
             row["throughput_vs_batch1"] = row["tokens_per_s"] / one["tokens_per_s"]
+            row["decode_vs_batch1"] = row["decode_tokens_per_s"] / one["decode_tokens_per_s"]
+            # The most batching could give against the batch-1 measured here, were every step at its
+            # bandwidth floor: the prefills stay (compute-bound, one per stream).
+            row["ceiling_vs_batch1"] = row["ceiling_tokens_per_s"] / one["tokens_per_s"]
         if reference:
             result[f"speedup_vs_reference_batch1_{kind}"] = one["tokens_per_s"] / reference["tokens_per_s"]
     return result
@@ -233,29 +382,43 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def _table(result: dict[str, Any]) -> str:
     lines = [
         f"streamvox bench ar — {result['date']}, {result['machine']}; GPT-SoVITS v2 T2S, random weights, "
-        f"{result['tokens_per_stream']} tokens per stream, text {result['text_len']} + prompt {result['prompt_len']}",
-        "  system                   batch  tokens/s (incl. prefill)  decode tokens/s  x batch 1",
+        f"{result['tokens_per_stream']} tokens per stream, text {result['text_len']} + prompt {result['prompt_len']}; "
+        f"memory bandwidth {result['bandwidth_gbs']:.1f} GB/s, linear layers {result['matmul_gmacs_fp32']:.0f} GMAC/s"
+        f" fp32, {result['matmul_gmacs_int8']:.0f} int8",
+        "  system             batch  tokens/s (incl. prefill)  x batch 1  decode x batch 1"
+        "  ms/step  bound ms (by)  ratio  ceiling x batch 1",
     ]
     for r in result["ours"]:
         lines.append(
-            f"  streamvox {r['weights']:<14} {r['batch']:>5} {r['tokens_per_s']:>25.1f}"
-            f" {r['decode_tokens_per_s']:>16.1f} {r.get('throughput_vs_batch1', float('nan')):>10.2f}"
+            f"  streamvox {r['weights']:<8} {r['batch']:>5} {r['tokens_per_s']:>25.1f}"
+            f" {r.get('throughput_vs_batch1', float('nan')):>10.2f} {r.get('decode_vs_batch1', float('nan')):>17.2f}"
+            f" {r['step_ms']:>8.1f} {r['bound_ms']:>6.1f} {r['bound_by'][:3]} {r['ratio_to_bound']:>6.2f}"
+            f" {r.get('ceiling_vs_batch1', float('nan')):>18.2f}"
         )
     ref = result["reference"]
     if ref:
-        lines.append(f"  gpt-sovits-cpufast           1 {ref['tokens_per_s']:>25.1f}")
+        lines.append(f"  gpt-sovits-cpufast     1 {ref['tokens_per_s']:>25.1f}")
     for kind in ("fp32", "int8"):
         if f"speedup_vs_reference_batch1_{kind}" in result:
             ratio = result[f"speedup_vs_reference_batch1_{kind}"]
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
     lines.append(
-        "  streaming, batch 1 (T2S + SoVITS chunks)   first chunk  its audio   RTF   vocoder RTF  SNR vs one-shot"
+        "  streaming, batch 1 (T2S + SoVITS chunks)  first chunk = prefill + T2S + vocoder  its audio   RTF"
+        " = T2S + vocoder  decoded/token  stall  one-shot voc RTF  SNR vs one-shot"
     )
     for r in result["streaming"]:
         snr = r["streamed_vs_one_shot_snr_db"]
         lines.append(
-            f"  streamvox {r['weights']:<31} {r['first_chunk_ms']:>8.0f} ms {r['first_chunk_audio_ms']:>6.0f} ms"
-            f" {r['rtf']:>6.3f} {r['vocoder_one_shot_rtf']:>11.3f} {'' if snr is None else f'{snr:.1f} dB':>16}"
+            f"  streamvox {r['weights']:<20} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
+            f" + {r['first_chunk_t2s_ms'] - r['first_chunk_prefill_ms']:>4.0f} + {r['first_chunk_vocoder_ms']:>4.0f}"
+            f" {r['first_chunk_audio_ms']:>9.0f} ms {r['rtf']:>6.3f} = {r['t2s_rtf']:.3f} + {r['vocoder_rtf']:.3f}"
+            f" {r['tokens_decoded_per_token']:>11.2f} {r['stall_ms']:>5.0f} ms {r['vocoder_one_shot_rtf']:>12.3f}"
+            f" {'' if snr is None else f'{snr:.1f} dB':>16}"
+        )
+    if ref:
+        lines.append(
+            f"  gpt-sovits-cpufast, one shot (T2S, then SoVITS)  first audio {ref['first_audio_ms']:.0f} ms"
+            f" = {1000 * ref['seconds']:.0f} + {1000 * ref['sovits_seconds']:.0f}, RTF {ref['rtf']:.3f}"
         )
     return "\n".join(lines)
 

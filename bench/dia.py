@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from streamvox.bench.dia_voice import random_dac, write_dia_voice
+from streamvox.bench.hardware import memory_bandwidth_gbs
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacConfig
 from streamvox.engine.backends.dia.text import speaker_text_ids
@@ -76,17 +77,6 @@ short = min(run(job["short"]) for _ in range(3))
 long = min(run(job["long"]) for _ in range(3))
 print(json.dumps({"short_s": short, "long_s": long, "steps": job["long"] - job["short"]}))
 """
-
-
-def memory_bandwidth_gbs(size_bytes: int = 1 << 30, repeats: int = 5) -> float:
-    """Read bandwidth: the best of ``repeats`` full reads (a sum) of a ``size_bytes`` float32 tensor."""
-    data = torch.ones(size_bytes // 4)
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - started)
-    return size_bytes / best / 1e9
 
 
 def step_bytes(voice: DiaVoice, rows: list[int]) -> int:

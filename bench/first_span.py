@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from streamvox.bench.asr import transcribe, wer
-from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.harness import percentile, playback_stall_ms, start_server
 
 WORDS_PER_S = 20.0
 SEED = 11
@@ -79,27 +79,12 @@ TEXTS = [
 ]
 
 
-def stall_ms(arrivals: list[tuple[float, int]]) -> float:
-    """Playback stall in ms for a listener that starts playing at the first packet: each packet
-    (arrival time in s, samples) that arrives after the audio before it has played out adds the wait."""
-    if not arrivals:
-        return 0.0
-    clock = arrivals[0][0]
-    stalled = 0.0
-    for at, samples in arrivals:
-        if at > clock:
-            stalled += at - clock
-            clock = at
-        clock += samples / SAMPLE_RATE
-    return stalled * 1000
-
-
 async def speak(
     url: str, text: str, paced: bool, seed: int = SEED
 ) -> tuple[float, np.ndarray, list[tuple[float, int]]]:
     """One context: ``paced``, word by word at LLM pace, else the whole text at once. Returns the
     first audio's delay after the first text was sent (ms), the PCM and each packet's arrival
-    (``time.perf_counter()``, samples) for :func:`stall_ms`."""
+    (``time.perf_counter()``, samples) for :func:`~streamvox.bench.harness.playback_stall_ms`."""
     import websockets
 
     async with websockets.connect(url, max_size=None) as ws:
@@ -167,7 +152,7 @@ def run_first_span_bench(args: argparse.Namespace) -> int:
                 for text in texts:
                     delay, pcm, arrivals = asyncio.run(speak(url, text, paced=True, seed=seed))
                     delays.append(delay)
-                    stalls.append(stall_ms(arrivals))
+                    stalls.append(playback_stall_ms(arrivals, SAMPLE_RATE))
                     streamed.append(pcm)
         finally:
             proc.terminate()

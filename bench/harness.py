@@ -1,4 +1,5 @@
-"""What every benchmark shares: a free loopback port, a server in a child process, percentiles."""
+"""What every benchmark shares: a free loopback port, a server in a child process, percentiles,
+playback stalls."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ import numpy as np
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def playback_stall_ms(arrivals: Sequence[tuple[float, int]], sample_rate: int) -> float:
+    """Playback stall in ms for a listener that starts playing at the first packet: each packet
+    (arrival time in s, samples) that arrives after the audio before it has played out adds the wait."""
+    if not arrivals:
+        return 0.0
+    clock = arrivals[0][0]
+    stalled = 0.0
+    for at, samples in arrivals:
+        if at > clock:
+            stalled += at - clock
+            clock = at
+        clock += samples / sample_rate
+    return stalled * 1000
 
 
 def free_port() -> int:

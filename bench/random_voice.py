@@ -150,8 +150,15 @@ def write_sovits_checkpoint(path: Path, cfg: SoVITSConfig, seed: int) -> None:
         weights[f"ref_enc.{name}.bias"] = torch.zeros(out_f)
     for i in range(2):
         conv(f"ref_enc.temporal.{i}.conv1.conv", 256, 128, 5)
-    hps = {
-        "data": {"sampling_rate": 32000, "filter_length": 2048, "hop_length": 640, "win_length": 2048},
+    hps = {  # as a trained v2 checkpoint carries them, training-only settings included
+        "train": {"segment_size": 20480},
+        "data": {
+            "sampling_rate": 32000,
+            "filter_length": 2048,
+            "hop_length": 640,
+            "win_length": 2048,
+            "n_speakers": 300,
+        },
         "model": {
             "inter_channels": inter,
             "hidden_channels": h,
@@ -159,14 +166,18 @@ def write_sovits_checkpoint(path: Path, cfg: SoVITSConfig, seed: int) -> None:
             "n_heads": cfg.n_heads,
             "n_layers": cfg.n_layers,
             "kernel_size": cfg.kernel_size,
+            "p_dropout": 0.1,
             "resblock": cfg.resblock,
             "resblock_kernel_sizes": list(cfg.resblock_kernel_sizes),
             "resblock_dilation_sizes": [list(d) for d in cfg.resblock_dilation_sizes],
             "upsample_rates": list(cfg.upsample_rates),
             "upsample_initial_channel": cfg.upsample_initial_channel,
             "upsample_kernel_sizes": list(cfg.upsample_kernel_sizes),
+            "n_layers_q": 3,
+            "use_spectral_norm": False,
             "gin_channels": cfg.gin_channels,
             "semantic_frame_rate": "25hz",
+            "freeze_quantizer": True,
             "version": "v2",
         },
     }

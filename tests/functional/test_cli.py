@@ -308,13 +308,23 @@ def test_bench_ar_smoke() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     rows = [(r["weights"], r["batch"], r["tokens"]) for r in result["ours"]]
     assert rows == [("fp32", 1, 4), ("fp32", 2, 8), ("int8", 1, 4), ("int8", 2, 8)]
-    assert result["reference"]["tokens"] == 4 and result["reference"]["tokens_per_s"] > 0
+    assert result["bandwidth_gbs"] > 0 and result["matmul_gmacs_fp32"] > 0 and result["matmul_gmacs_int8"] > 0
+    for row in result["ours"]:
+        assert row["steps"] == 4 and 0 < row["bound_ms"] < row["step_ms"] and row["bound_by"] in ("memory", "compute")
+        assert row["ceiling_tokens_per_s"] > row["tokens_per_s"] and row["ceiling_vs_batch1"] > 0
+    reference = result["reference"]
+    assert reference["tokens"] == 4 and reference["tokens_per_s"] > 0
+    assert reference["audio_seconds"] == 4 * 1280 / 32000 and reference["first_audio_ms"] > 0 and reference["rtf"] > 0
     assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0
     streaming = result["streaming"]
     assert [r["weights"] for r in streaming] == ["fp32", "int8", "int8 + bf16 vocoder"]
     for row in streaming:
         assert row["tokens"] == 4 and row["audio_s"] == 4 * 1280 / 32000
         assert row["first_chunk_ms"] > 0 and row["rtf"] > 0 and row["vocoder_one_shot_rtf"] > 0
+        parts = row["first_chunk_t2s_ms"] + row["first_chunk_vocoder_ms"]
+        assert 0 < row["first_chunk_prefill_ms"] < row["first_chunk_t2s_ms"] and parts <= row["first_chunk_ms"]
+        assert row["t2s_rtf"] > 0 and row["vocoder_rtf"] > 0 and row["t2s_rtf"] + row["vocoder_rtf"] <= row["rtf"]
+        assert row["tokens_decoded_per_token"] >= 1 and row["stall_ms"] >= 0
 
 
 def test_bench_dia_smoke() -> None:
