@@ -2,8 +2,9 @@
 
     python scripts/ab_t2s.py b0eb554 [--int8] [--batches 1 4 16] [--steps 15]
 
-``engine/backends/gpt_sovits/t2s.py`` depends on torch alone, so ``REV``'s copy
-(``git show``) is loaded as a module beside the installed one.  Both decoders
+``REV``'s ``engine/backends/gpt_sovits/t2s.py`` (``git show``) is loaded as a
+module beside the installed one, its ``streamvox`` imports pointed at ``REV``'s
+own copies of those modules.  Both decoders
 get the same random v2-size weights, prefill the same prompt into every slot
 and then step the same tokens, alternating step by step so drift on a shared
 machine hits both alike.  It prints, per batch size, the median ms per step of
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import statistics
 import subprocess
 import sys
@@ -33,16 +35,25 @@ ROOT = Path(__file__).resolve().parents[1]
 MODULE = "engine/backends/gpt_sovits/t2s.py"
 
 
-def _module_at(rev: str, folder: Path) -> ModuleType:
-    source = subprocess.run(["git", "show", f"{rev}:{MODULE}"], cwd=ROOT, check=True, capture_output=True, text=True)
-    if "from streamvox" in source.stdout or "import streamvox" in source.stdout:
-        raise SystemExit(f"{rev}'s t2s.py imports streamvox: it cannot be loaded on its own")
-    path = folder / f"t2s_{rev}.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+def _module_at(rev: str, relpath: str, folder: Path) -> ModuleType:
+    """``REV``'s copy of the module at ``relpath``, loaded beside the installed package: each
+    ``from streamvox.… import`` in it is pointed at ``REV``'s copy of that module (loaded the
+    same way), so nothing of the working tree leaks into the "before" side."""
+    source = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=ROOT, check=True, capture_output=True, text=True)
+    text = source.stdout
+    for dotted in sorted(set(re.findall(r"^from streamvox\.([\w.]+) import", text, flags=re.M))):
+        dependency = _module_at(rev, dotted.replace(".", "/") + ".py", folder)
+        pattern = rf"^from streamvox\.{re.escape(dotted)} import"
+        text = re.sub(pattern, f"from {dependency.__name__} import", text, flags=re.M)
+    if re.search(r"^\s*(import|from) streamvox\b", text, flags=re.M):
+        raise SystemExit(f"{rev}:{relpath} imports streamvox in a way this script cannot redirect")
+    name = f"before_{rev}_" + relpath.removesuffix(".py").replace("/", "_")
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
-    sys.modules[path.stem] = module  # dataclasses look their module up
+    sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -60,7 +71,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
-        before = _module_at(args.rev, Path(tmp))
+        sys.path.insert(0, tmp)
+        before = _module_at(args.rev, MODULE, Path(tmp))
         checkpoint = Path(tmp) / "t2s.ckpt"
         write_t2s_checkpoint(checkpoint, current.T2SConfig(), seed=0)
         loaded = load_s1(checkpoint)

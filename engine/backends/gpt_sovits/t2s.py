@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from streamvox.engine.ar.blocked_linear import block_count, blocked_product, column_blocks
 
 BERT_DIM = 1024
 
@@ -268,42 +269,30 @@ class T2SDecoder:
 class _Linear:
     """``x @ W.T + b``, in fp32 or with W as int8 per output channel (fbgemm's dynamic linear).
 
-    fp32 keeps W transposed and cut by output columns into ``parts`` blocks, ``(parts, in,
-    out / parts)``, each contiguous (the same memory as W), and runs one batched product over
-    the blocks: torch spreads the blocks over its threads, where MKL runs a product of a few
-    rows on one thread only.  ``parts`` is torch's thread count when the decoder is built (1:
-    a plain product), so it does not change with load; the logits do not depend on it (tested).
-    On 2 cores (``scripts/ab_t2s.py``, against a plain ``F.linear`` over W) a step runs 1.7x
-    faster at batch 1, 1.6x at 4, 1.2x at 16; the prefill is unchanged.  int8 keeps only
-    fbgemm's packed copy, which threads on its own."""
+    fp32 keeps W as one column block per torch thread (:mod:`streamvox.engine.ar.blocked_linear`),
+    counted when the decoder is built, so it does not change with load; the logits do not
+    depend on it (tested).  On 2 cores (``scripts/ab_t2s.py``, against a plain ``F.linear``
+    over W) a step runs 1.7x faster at batch 1, 1.6x at 4, 1.2x at 16; the prefill is
+    unchanged.  int8 keeps only fbgemm's packed copy, which threads on its own."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> None:
-        out_features, in_features = weight.shape
-        parts = torch.get_num_threads()
-        self.parts = parts if parts > 1 and out_features % parts == 0 else 1
-        self.blocks: torch.Tensor | None = None
-        self.block_bias: torch.Tensor | None = None
-        if not int8:
-            columns = out_features // self.parts
-            self.blocks = weight.T.reshape(in_features, self.parts, columns).permute(1, 0, 2).contiguous()
-            self.block_bias = bias.reshape(self.parts, 1, columns)
+        self.parts = block_count(weight.shape[0], torch.get_num_threads())
+        self.blocks = None if int8 else column_blocks(weight, self.parts)
         self.bias = bias
         self.packed = None
         if int8:
             scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
-            zero = torch.zeros(out_features, dtype=torch.long)
+            zero = torch.zeros(weight.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # torch 2.13 marks quantised tensors deprecated; still supported
                 warnings.simplefilter("ignore")
                 quantized = torch.quantize_per_channel(weight, scale, zero, 0, torch.qint8)
                 self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
         if self.packed is None:
-            assert self.blocks is not None and self.block_bias is not None
-            rows = flat.shape[0]
-            out = torch.baddbmm(self.block_bias, flat.expand(self.parts, rows, flat.shape[1]), self.blocks)
-            return out.permute(1, 0, 2).reshape(*x.shape[:-1], -1)
+            assert self.blocks is not None
+            return blocked_product(x, self.blocks, self.bias)
+        flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
 
     def relu(self, x: torch.Tensor) -> torch.Tensor:
