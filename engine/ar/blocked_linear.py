@@ -67,16 +67,22 @@ class BlockedLinear(nn.Module):
         return blocked_product(x, self.blocks, self.bias)
 
 
-def use_blocked_linears(module: nn.Module, threads: int | None = None, blocks_per_thread: int = 1) -> int:
+def use_blocked_linears(
+    module: nn.Module, threads: int | None = None, blocks_per_thread: int = 1, skip: tuple[str, ...] = ()
+) -> int:
     """Replace every fp32 ``nn.Linear`` inside ``module`` by a :class:`BlockedLinear` with up to
-    ``threads * blocks_per_thread`` blocks (``threads``: torch's count now).  Returns how many were
+    ``threads * blocks_per_thread`` blocks (``threads``: torch's count now), except those under
+    a submodule whose qualified name starts with one of ``skip``.  Returns how many were
     replaced; none when that count is 1 (a plain product is as good)."""
     wanted = (threads or torch.get_num_threads()) * blocks_per_thread
     if wanted <= 1:
         return 0
     replaced = 0
-    for parent in list(module.modules()):
+    for parent_name, parent in list(module.named_modules()):
         for name, child in list(parent.named_children()):
+            qualified = f"{parent_name}.{name}" if parent_name else name
+            if any(qualified.startswith(prefix) for prefix in skip):
+                continue
             if isinstance(child, nn.Linear) and child.weight.dtype == torch.float32:
                 parts = block_count(child.out_features, wanted)
                 if parts > 1:

@@ -58,3 +58,13 @@ def test_a_module_s_fp32_linears_are_swapped_and_give_the_same_output() -> None:
     assert sum(p.numel() for p in model.parameters()) == 16 * 32 + 32 + 32 * 12 + 12 * 7 + 7
     assert use_blocked_linears(half, threads=2) == 0  # bf16 stays a plain product
     assert use_blocked_linears(nn.Linear(4, 4), threads=1) == 0
+
+
+def test_skipped_submodules_keep_their_linears() -> None:
+    model = nn.Module()
+    model.encoder = nn.Sequential(nn.Linear(8, 8))
+    model.decoder = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 4)))
+    model.head = nn.Linear(8, 6)
+    assert use_blocked_linears(model, threads=2, skip=("encoder",)) == 3
+    assert isinstance(model.encoder[0], nn.Linear)
+    assert all(isinstance(m, BlockedLinear) for m in (model.decoder[0], model.decoder[1][0], model.head))

@@ -214,7 +214,7 @@ class DiaNetwork(nn.Module):
 
     def new_cache(self, rows: int, max_len: int, max_text: int | None = None) -> DecoderCache:
         """Zeroed caches for ``rows`` decoder rows (two per request) of ``max_len`` positions."""
-        d, dtype = self.config.decoder, self.logits_dense.weight.dtype
+        d, dtype = self.config.decoder, self.decoder.norm.weight.dtype
         max_text = max_text or self.config.encoder.max_positions
         self_shape = (rows, d.kv_heads, max_len, d.head_dim)
         cross_shape = (rows, d.cross_kv_heads, max_text, d.cross_head_dim)

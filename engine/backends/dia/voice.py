@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from streamvox.engine.api import VoiceLoadError
+from streamvox.engine.ar.blocked_linear import use_blocked_linears
 from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
@@ -213,6 +214,10 @@ class DiaVoice:
         network = DiaNetwork(model_config)
         _fill(network, _model_weights(root, model_config), root)
         network.to(dtype).eval()
+        # The decoder's fp32 linears as column blocks (several per thread: measured best at Dia's
+        # widths), where a step's few rows are otherwise multiplied on one thread; bf16 stays plain
+        # (faster so), and so does the encoder (once per request, over many rows).
+        use_blocked_linears(network, blocks_per_thread=4, skip=("model.encoder",))
         codec = DacCodec(dac_config)
         _fill(codec, fold_weight_norm(_safetensors(root / "dac" / "model.safetensors")), root / "dac")
         codec.eval()
