@@ -77,6 +77,43 @@ def write_t2s_checkpoint(path: Path, cfg: T2SConfig, seed: int, eos_scale: float
     torch.save({"weight": {"model." + k: v for k, v in weights.items()}, "config": config}, path)
 
 
+def sovits_hps(cfg: SoVITSConfig) -> dict[str, Any]:
+    """The ``config`` an s2 file carries for ``cfg``, as a trained v2 checkpoint has it: the model's
+    sizes and the data settings, and the training-only ones upstream's ``SynthesizerTrn`` needs to
+    be built (``p_dropout``, ``segment_size``, ``n_speakers`` and the like)."""
+    return {
+        "train": {"segment_size": 20480},
+        "data": {
+            "sampling_rate": cfg.sampling_rate,
+            "filter_length": cfg.filter_length,
+            "hop_length": cfg.hop_length,
+            "win_length": cfg.win_length,
+            "n_speakers": 300,
+        },
+        "model": {
+            "inter_channels": cfg.inter_channels,
+            "hidden_channels": cfg.hidden_channels,
+            "filter_channels": cfg.filter_channels,
+            "n_heads": cfg.n_heads,
+            "n_layers": cfg.n_layers,
+            "kernel_size": cfg.kernel_size,
+            "p_dropout": 0.1,
+            "resblock": cfg.resblock,
+            "resblock_kernel_sizes": list(cfg.resblock_kernel_sizes),
+            "resblock_dilation_sizes": [list(d) for d in cfg.resblock_dilation_sizes],
+            "upsample_rates": list(cfg.upsample_rates),
+            "upsample_initial_channel": cfg.upsample_initial_channel,
+            "upsample_kernel_sizes": list(cfg.upsample_kernel_sizes),
+            "n_layers_q": 3,
+            "use_spectral_norm": False,
+            "gin_channels": cfg.gin_channels,
+            "semantic_frame_rate": cfg.semantic_frame_rate,
+            "freeze_quantizer": True,
+            "version": "v2",
+        },
+    }
+
+
 def write_sovits_checkpoint(path: Path, cfg: SoVITSConfig, seed: int) -> None:
     """Random SoVITS v2 weights as a real s2 ``.pth`` (fp16, header tag ``04``)."""
     gen = torch.Generator().manual_seed(seed)
@@ -150,37 +187,7 @@ def write_sovits_checkpoint(path: Path, cfg: SoVITSConfig, seed: int) -> None:
         weights[f"ref_enc.{name}.bias"] = torch.zeros(out_f)
     for i in range(2):
         conv(f"ref_enc.temporal.{i}.conv1.conv", 256, 128, 5)
-    hps = {  # as a trained v2 checkpoint carries them, training-only settings included
-        "train": {"segment_size": 20480},
-        "data": {
-            "sampling_rate": 32000,
-            "filter_length": 2048,
-            "hop_length": 640,
-            "win_length": 2048,
-            "n_speakers": 300,
-        },
-        "model": {
-            "inter_channels": inter,
-            "hidden_channels": h,
-            "filter_channels": cfg.filter_channels,
-            "n_heads": cfg.n_heads,
-            "n_layers": cfg.n_layers,
-            "kernel_size": cfg.kernel_size,
-            "p_dropout": 0.1,
-            "resblock": cfg.resblock,
-            "resblock_kernel_sizes": list(cfg.resblock_kernel_sizes),
-            "resblock_dilation_sizes": [list(d) for d in cfg.resblock_dilation_sizes],
-            "upsample_rates": list(cfg.upsample_rates),
-            "upsample_initial_channel": cfg.upsample_initial_channel,
-            "upsample_kernel_sizes": list(cfg.upsample_kernel_sizes),
-            "n_layers_q": 3,
-            "use_spectral_norm": False,
-            "gin_channels": cfg.gin_channels,
-            "semantic_frame_rate": "25hz",
-            "freeze_quantizer": True,
-            "version": "v2",
-        },
-    }
+    hps = sovits_hps(cfg)
     buffer = io.BytesIO()
     torch.save({"weight": {k: v.half() for k, v in weights.items()}, "config": hps, "info": "random"}, buffer)
     path.write_bytes(b"04" + buffer.getvalue()[2:])

@@ -4,38 +4,11 @@ SoVITS parity, token-vocoder and serving tests."""
 from __future__ import annotations
 
 import numpy as np
+from streamvox.bench.random_voice import sovits_hps
+from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
 
-TINY_HPS = {
-    "train": {"segment_size": 20480},
-    "data": {
-        "sampling_rate": 32000,
-        "filter_length": 2048,
-        "hop_length": 640,
-        "win_length": 2048,
-        "n_speakers": 300,
-    },
-    "model": {
-        "inter_channels": 192,
-        "hidden_channels": 192,
-        "filter_channels": 64,
-        "n_heads": 2,
-        "n_layers": 2,
-        "kernel_size": 3,
-        "p_dropout": 0.1,
-        "resblock": "1",
-        "resblock_kernel_sizes": [3, 5],
-        "resblock_dilation_sizes": [[1, 3, 5], [1, 3, 5]],
-        "upsample_rates": [10, 8, 2, 2, 2],
-        "upsample_initial_channel": 64,
-        "upsample_kernel_sizes": [16, 16, 8, 2, 2],
-        "n_layers_q": 3,
-        "use_spectral_norm": False,
-        "gin_channels": 512,
-        "semantic_frame_rate": "25hz",
-        "freeze_quantizer": True,
-        "version": "v2",
-    },
-}
+TINY_HPS = sovits_hps(SoVITSConfig.tiny())
+"""The s2 ``config`` of the tiny test voice, as the reference's ``make_s2`` builds it."""
 
 
 def reference_audio(seconds: float = 1.2, rate: int = 32000) -> np.ndarray:
