@@ -8,7 +8,7 @@ cut by output columns into ``parts`` contiguous blocks ``(parts, in, out /
 parts)`` (the same memory as ``W``) and running one batched product over the
 blocks lets torch spread the blocks over its threads.  Each output element is
 still one dot product over the whole input, so the result equals ``x @ W.T +
-b`` up to rounding (tested), and it does not depend on the number of rows.
+b``, and a row's result the same row alone, up to rounding (both tested).
 
 fp32 only: bf16 batched products are slower on CPU than bf16 ``F.linear``
 (measured), so bf16 weights stay plain.  Thread-safe for concurrent calls (the
