@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.harness import percentile, playback_stall_ms, start_server
 from streamvox.bench.latency import PARAGRAPH, _server_utterance
 from streamvox.bench.load import LoadProfile, passes, run_load
 from streamvox.bench.random_voice import write_voice
@@ -149,7 +149,7 @@ def _compare_load(servers: dict[str, tuple[Any, str, int]], seconds: float) -> N
 
 
 def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str, repeats: int) -> None:
-    from streamvox.bench.first_span import SEED, TEXTS, corpus_wer, speak, stall_ms
+    from streamvox.bench.first_span import SAMPLE_RATE, SEED, TEXTS, corpus_wer, speak
 
     delays: dict[str, list[float]] = {"before": [], "now": []}
     stalls: dict[str, list[float]] = {"before": [], "now": []}
@@ -159,7 +159,7 @@ def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str, repea
             for side in ("before", "now") if i % 2 == 0 else ("now", "before"):
                 delay, pcm, arrivals = asyncio.run(speak(servers[side][1], text, paced=True, seed=SEED + repeat))
                 delays[side].append(delay)
-                stalls[side].append(stall_ms(arrivals))
+                stalls[side].append(playback_stall_ms(arrivals, SAMPLE_RATE))
                 audio[side].append(pcm)
     for side in ("before", "now"):
         label = f"before ({rev})" if side == "before" else "now"
