@@ -67,10 +67,10 @@ def spoken_frames(reading: Reading, labels: Sequence[int], durations: np.ndarray
     ``labels`` gives each phoneme's word (:func:`~streamvox.engine.backends.piper.words.phoneme_words`)."""
     edges = frame_edges(durations)
     owners = id_words(labels, reading.sources)
-    first = [i for i, w in enumerate(owners) if reading.first_word <= w < reading.end_word]
-    if not first:
+    own = [i for i, w in enumerate(owners) if reading.first_word <= w < reading.end_word]
+    if not own:
         return None
-    lo, hi = first[0], first[-1]
+    lo, hi = own[0], own[-1]
     if any(0 <= w < reading.first_word for w in owners[lo:]):
         return None
     if any(w >= reading.end_word for w in owners[: hi + 1]):
