@@ -93,7 +93,7 @@ if job.get("s2"):
     t = torch.arange(3 * rate) / rate
     refer = spectrogram_torch(0.3 * torch.sin(2 * torch.pi * 150 * t)[None], d["filter_length"], rate,
                               d["hop_length"], d["win_length"])
-    text = torch.tensor([job["target"]])
+    text = x  # the target text is the prompt text here, as in our streaming run
     with torch.no_grad():
         sovits.decode(codes[None], text, refer)  # this length's one-off setup, as ours is warm
         started = time.perf_counter()
@@ -309,7 +309,6 @@ def _reference(reference: Path, checkpoint: Path, s2: Path, phonemes: list[int],
         "s2": str(s2),
         "phonemes": phonemes,
         "prompt": prompt,
-        "target": phonemes,
         "tokens": tokens,
     }
     env = dict(os.environ, PYTHONPATH=f"{reference / 'GPT_SoVITS'}{os.pathsep}{reference}")
