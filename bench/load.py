@@ -22,10 +22,12 @@ import json
 import os
 import platform
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
+from streamvox.engine.core import EngineConfig
 
 UTTERANCES = [
     "Sure, I can help with that. The quickest way is to restart the router, wait a minute, and then reconnect.",
@@ -36,6 +38,7 @@ UTTERANCES = [
 FIND_MAX_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 48, 64)
 """Stream counts ``--find-max`` steps through (4 apart near the limit: N_max ÷ limit to ~0.1)."""
 PREBUFFER_S = 0.1
+LEAD_WORK_S = EngineConfig().lead_work_s
 REPORT_EVERY_S = 0.25
 
 
@@ -165,6 +168,31 @@ def _cpu_s(processes: list[Any]) -> float:
     return total
 
 
+LATENESS = (
+    "streamvox_engine_late_units",
+    "streamvox_engine_late_seconds",
+    "streamvox_engine_late_units_behind_lead_work",
+)
+"""The engine's own count of units that came too late for their listener (``/metrics``)."""
+
+
+def engine_lateness(ws_url: str) -> dict[str, float] | None:
+    """The server's late-unit counters, read from ``/metrics`` next to ``ws_url``; ``None`` when
+    they cannot be read (a server that wants a key for it, or several replicas' labelled series)."""
+    base = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/v1/", 1)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return None
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in LATENESS:
+            values[name] = float(value)
+    return values if len(values) == len(LATENESS) else None
+
+
 def run_load(
     url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None, tree: bool = False
 ) -> dict[str, Any]:
@@ -177,9 +205,11 @@ def run_load(
     cpu_before = _cpu_s(processes)
     me = psutil.Process()
     own_before = me.cpu_times()
+    late_before = engine_lateness(url)
     wall = time.monotonic()
     stats = asyncio.run(_load(url, streams, seconds, profile))
     wall = time.monotonic() - wall
+    late_after = engine_lateness(url) if late_before is not None else None
     own_after = me.cpu_times()
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
     ttfa = [t for s in stats for t in s.ttfa_ms]
@@ -206,6 +236,11 @@ def run_load(
         # The simulated listeners share the machine with the server: what they cost is not the server's.
         "client_cpu_percent": 100 * own_cpu / wall,
     }
+    if late_before is not None and late_after is not None:
+        late = {name: late_after[name] - late_before[name] for name in LATENESS}
+        row["server_late_units"] = int(late["streamvox_engine_late_units"])
+        row["server_late_s"] = late["streamvox_engine_late_seconds"]
+        row["server_late_behind_lead_work"] = int(late["streamvox_engine_late_units_behind_lead_work"])
     if proc:
         cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall
@@ -302,16 +337,27 @@ def _table(result: dict[str, Any]) -> str:
     ]
     lines.append(
         "  streams contexts  TTFA p50   TTFA p95  underruns  underrun ms  server CPU  CPU s/audio s  client CPU  pass"
+        "  late units (behind lead work)"
     )
     for r in result["rows"]:
         cpu = r.get("server_cpu_percent")
         per = r.get("server_cpu_s_per_audio_s")
+        late = (
+            ""
+            if "server_late_units" not in r
+            else f"{r['server_late_units']:>10} ({r['server_late_behind_lead_work']})"
+        )
         lines.append(
             f"  {r['streams']:>7} {r['contexts']:>8} {r['ttfa_ms_p50'] or 0:>8.1f} ms {r['ttfa_ms_p95'] or 0:>7.1f} ms "
             f"{r['underruns']:>9} {r['underrun_ms']:>11.0f}  {'' if cpu is None else f'{cpu:>8.0f} %'}"
             f"  {'' if per is None else f'{per:>12.3f}'}  {r['client_cpu_percent']:>8.0f} %"
-            f"  {'yes' if r['pass'] else 'no'}" + (f"  errors: {','.join(r['errors'])}" if r["errors"] else "")
+            f"  {'yes' if r['pass'] else 'no ':<4}  {late}"
+            + (f"  errors: {','.join(r['errors'])}" if r["errors"] else "")
         )
+    lines.append(
+        "  late units: the server's count of units that finished after their listener ran dry; in brackets, those"
+        f" that started while a worker ran work over {LEAD_WORK_S:g} s ahead (the share preemption could address)"
+    )
     if result.get("max_streams") is not None:
         lines.append(
             f"  largest N with zero underruns and p95 TTFA <= {result['ttfa_bound_ms']:.0f} ms: {result['max_streams']}"

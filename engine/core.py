@@ -74,6 +74,9 @@ class EngineConfig:
     """A unit still running after this long fails its streams (``synthesis_failed``) and its
     worker is replaced by a spare; the server reports unhealthy while as many workers are stuck
     as it normally has (``None``: no deadline)."""
+    lead_work_s: float = 1.0
+    """A unit whose stream had at least this much audio still to play when it started is work
+    done ahead; a late unit that started while one ran counts as late behind it (metrics)."""
     idle_trim_s: float | None = 2.0
     """Once no stream has existed for this long after some work, every voice gives back the
     memory its runtime kept for the shapes it saw, and the C heap returns its free pages
@@ -145,6 +148,16 @@ class _Dispatched:
     plan: Plan
     members: tuple[EngineStream, ...]
     started: float = field(default_factory=time.monotonic)
+    deadline: float | None = None
+    """When the dispatched stream's listener would run dry without this unit (``None``: the
+    stream has no audio out yet, so no listener is waiting on a buffer)."""
+    behind_lead_work: bool = False
+    """When it started, a worker was running work at least ``lead_work_s`` ahead of its listener."""
+
+    @property
+    def slack(self) -> float | None:
+        """Audio the listener still had to play when the unit started (negative: already late)."""
+        return None if self.deadline is None else self.deadline - self.started
 
 
 @dataclass(frozen=True)
@@ -175,6 +188,9 @@ class _Counters:
     units_executed: int = 0
     units_by_concurrency: dict[int, int] = field(default_factory=dict)
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    late_units: int = 0
+    late_s: float = 0.0
+    late_behind_lead_work: int = 0
 
 
 class EngineCore:
@@ -293,6 +309,25 @@ class EngineCore:
     def units_by_concurrency(self) -> dict[int, int]:
         """How many units started while ``k`` units (this one included) were in flight."""
         return self._counters.units_by_concurrency
+
+    @property
+    def late_units(self) -> int:
+        """Units that finished after their listener's buffer ran dry: the engine's own count of
+        underruns, as far as the listener's reported position (else our first audio) tells it.
+        Read from other threads for metrics: a snapshot."""
+        return self._counters.late_units
+
+    @property
+    def late_seconds(self) -> float:
+        """How long after the buffer ran dry the late units finished, summed."""
+        return self._counters.late_s
+
+    @property
+    def late_behind_lead_work(self) -> int:
+        """Late units that started while a worker ran work at least ``lead_work_s`` ahead of its
+        listener: the lateness that preempting work done ahead might have avoided (a unit is
+        never stopped once started).  The other late units started beside urgent work only."""
+        return self._counters.late_behind_lead_work
 
     @property
     def batch_sizes(self) -> dict[int, int]:
@@ -436,7 +471,14 @@ class EngineCore:
             self._busy_lanes.add(plan.lane)
         for member in members:
             member.busy = True
-        job = _Dispatched(unit, plan, tuple(members))
+        lead = self.config.lead_work_s
+        job = _Dispatched(
+            unit,
+            plan,
+            tuple(members),
+            deadline=None if stream.first_audio_at is None else stream.deadline(),
+            behind_lead_work=any(other.slack is not None and other.slack >= lead for other in self._running),
+        )
         self._running.add(job)
         counts = self._counters.units_by_concurrency
         counts[len(self._running)] = counts.get(len(self._running), 0) + 1
@@ -475,6 +517,12 @@ class EngineCore:
             self._fail(stream, done.error)
             return
         stream.compute_s += done.seconds
+        if job.deadline is not None and any(isinstance(event, AudioChunk) for event in done.events):
+            late_by = time.monotonic() - job.deadline
+            if late_by > 0:
+                self._counters.late_units += 1
+                self._counters.late_s += late_by
+                self._counters.late_behind_lead_work += job.behind_lead_work
         for event in done.events:
             if isinstance(event, AudioChunk):
                 stream.samples_out += len(event.pcm)

@@ -13,8 +13,11 @@ same random-weight GPT-SoVITS voice.  Then:
 2. **Single-stream TTFA**: the latency benchmark's paragraph through each
    server in alternating order (drift on a shared machine hits both alike);
    p50 / p95 / mean of the server TTFA and the ratios now / before.
-3. With ``--load``: ``bench load --find-max`` steps run against both servers,
-   interleaved step by step, until both fail; the largest passing N of each.
+3. With ``--load``: ``bench load`` steps (``--load-steps``) run against both servers,
+   interleaved run by run, ``--load-repeats`` times each; a side passes a step when
+   every repeat passes and stops at the first it fails (``--load-keep-going``: runs
+   them all).  Each line gives the server's CPU per audio second and its count of
+   late units; ``--max-lead 3`` paces both servers as a deployed one is.
 4. With ``--llm-paced``: ``bench first-span``'s texts sent word by word at 20
    words/s to each server in turn (``--paced-repeats`` times, seeds 11, 12, ...):
    first audio p50 / p95, playback stalls and the streamed audio's WER
@@ -52,7 +55,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("piper noise off", {"format": {"codec": "pcm_s16le"}, "noise": False}),
     ("gpt-sovits pcm", {"voice": AR_VOICE, "format": {"codec": "pcm_s16le"}, "seed": 5}),
 ]
-LOAD_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 32)
+LOAD_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40)
 
 
 async def _session_bytes(url: str, configure: dict[str, Any], text: str) -> tuple[bytes, dict[str, Any]]:
@@ -80,13 +83,13 @@ async def _session_bytes(url: str, configure: dict[str, Any], text: str) -> tupl
 
 
 def _start(
-    pythonpath: str | None, voice_dir: Path, first_words: int | None
+    pythonpath: str | None, voice_dir: Path, first_words: int | None, max_lead: float
 ) -> tuple[subprocess.Popen[bytes], str, int]:
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
     extra = ["--gpt-sovits-voice", str(voice_dir)]
     if first_words is not None:
         extra += ["--first-words", str(first_words)]
-    proc, port = start_server(threads=0, max_lead=0.0, workers=None, env=env, max_sessions=128, extra=extra)
+    proc, port = start_server(threads=0, max_lead=max_lead, workers=None, env=env, max_sessions=128, extra=extra)
     return proc, f"ws://127.0.0.1:{port}/v1/stream", proc.pid
 
 
@@ -124,25 +127,46 @@ def _compare_ttfa(servers: dict[str, tuple[Any, str, int]], runs: int, rev: str)
     )
 
 
-def _compare_load(servers: dict[str, tuple[Any, str, int]], seconds: float) -> None:
+def _compare_load(
+    servers: dict[str, tuple[Any, str, int]], seconds: float, steps: list[int], repeats: int, keep_going: bool
+) -> None:
+    """Each step ``repeats`` times per side, the sides alternating run by run; a side passes a
+    step when every repeat passes, and (unless ``keep_going``) stops at the first step it fails."""
     profile = LoadProfile()
     best: dict[str, int | None] = {"before": None, "now": None}
     failed = {"before": False, "now": False}
-    for n in LOAD_STEPS:
-        for side in ("before", "now") if n % 2 else ("now", "before"):
-            if failed[side]:
+    for n in steps:
+        rows: dict[str, list[dict[str, Any]]] = {"before": [], "now": []}
+        for r in range(repeats):
+            for side in ("before", "now") if (n + r) % 2 else ("now", "before"):
+                if failed[side]:
+                    continue
+                _, url, pid = servers[side]
+                row = run_load(url, n, seconds, profile, pid)
+                rows[side].append(row)
+                print(
+                    f"load {side} N={n} run {r + 1}: {'pass' if passes(row, 250.0) else 'FAIL'} "
+                    f"(TTFA p95 {row['ttfa_ms_p95']:.0f} ms, underruns {row['underruns']}, "
+                    f"server CPU {row.get('server_cpu_percent', 0):.0f} %, "
+                    f"{row.get('server_cpu_s_per_audio_s') or 0:.4f} CPU s per audio s, "
+                    f"late units {row.get('server_late_units')} ({row.get('server_late_behind_lead_work')} behind "
+                    "work done ahead))",
+                    flush=True,
+                )
+        for side, done in rows.items():
+            if not done:
                 continue
-            _, url, pid = servers[side]
-            row = run_load(url, n, seconds, profile, pid)
-            ok = passes(row, 250.0)
-            print(
-                f"load {side} N={n}: {'pass' if ok else 'FAIL'} (TTFA p95 {row['ttfa_ms_p95']:.0f} ms, "
-                f"underruns {row['underruns']}, server CPU {row.get('server_cpu_percent', 0):.0f} %)"
-            )
-            if ok:
+            if all(passes(row, 250.0) for row in done):
                 best[side] = n
-            else:
+            elif not keep_going:
                 failed[side] = True
+            cpu = [row["server_cpu_s_per_audio_s"] for row in done if row.get("server_cpu_s_per_audio_s")]
+            print(
+                f"load {side} N={n}: {sum(passes(row, 250.0) for row in done)}/{len(done)} pass, "
+                f"underruns {sum(row['underruns'] for row in done)}, "
+                f"mean CPU s per audio s {statistics.mean(cpu) if cpu else 0:.4f}",
+                flush=True,
+            )
         if all(failed.values()):
             break
     print(f"largest passing N: before {best['before']}, now {best['now']}")
@@ -179,6 +203,17 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=40, help="TTFA utterances per server")
     parser.add_argument("--load", action="store_true", help="also step bench load against both servers")
     parser.add_argument("--load-seconds", type=float, default=20.0)
+    parser.add_argument(
+        "--load-steps", type=int, nargs="+", default=list(LOAD_STEPS), help="stream counts to step through"
+    )
+    parser.add_argument("--load-repeats", type=int, default=1, help="runs of each step per server")
+    parser.add_argument("--load-keep-going", action="store_true", help="run every step, failed or not")
+    parser.add_argument(
+        "--max-lead",
+        type=float,
+        default=0.0,
+        help="both servers' lead limit (0: none, how fast they can go; the server's default is 3)",
+    )
     parser.add_argument("--llm-paced", action="store_true", help="also first audio and WER of LLM-paced text")
     parser.add_argument("--paced-repeats", type=int, default=1, help="LLM-paced runs per text (one seed each)")
     parser.add_argument("--first-words", type=int, help="both servers' first-span limit (default: their own)")
@@ -194,14 +229,14 @@ def main() -> int:
                 if (tree / name).is_dir():
                     (shim / name).symlink_to(tree / name)
             servers = {
-                "before": _start(str(shim.parent), voice_dir, args.first_words),
-                "now": _start(None, voice_dir, args.first_words),
+                "before": _start(str(shim.parent), voice_dir, args.first_words, args.max_lead),
+                "now": _start(None, voice_dir, args.first_words, args.max_lead),
             }
             try:
                 same = _compare_bytes(servers)
                 _compare_ttfa(servers, args.runs, args.rev)
                 if args.load:
-                    _compare_load(servers, args.load_seconds)
+                    _compare_load(servers, args.load_seconds, args.load_steps, args.load_repeats, args.load_keep_going)
                 if args.llm_paced:
                     _compare_llm_paced(servers, args.rev, args.paced_repeats)
             finally:

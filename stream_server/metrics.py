@@ -51,6 +51,22 @@ class Metrics:
         queue.set_function(lambda: engine.streams_with_work)
         units = Gauge("streamvox_engine_units", "Units of work (windows) executed since start", registry=r)
         units.set_function(lambda: engine.units_executed)
+        late = Gauge(
+            "streamvox_engine_late_units",
+            "Units finished after their listener's buffer ran dry (the engine's view of underruns)",
+            registry=r,
+        )
+        late.set_function(lambda: engine.late_units)
+        late_s = Gauge(
+            "streamvox_engine_late_seconds", "How late the late units finished, summed (seconds)", registry=r
+        )
+        late_s.set_function(lambda: engine.late_seconds)
+        behind = Gauge(
+            "streamvox_engine_late_units_behind_lead_work",
+            "Late units that started while a worker ran work over lead_work_s ahead of its listener",
+            registry=r,
+        )
+        behind.set_function(lambda: engine.late_behind_lead_work)
         in_flight = Gauge("streamvox_engine_units_in_flight", "Units running on the engine's workers now", registry=r)
         in_flight.set_function(lambda: engine.units_in_flight)
         # Windows are not batched into one call (``streamvox bench batch``: parallel single-thread

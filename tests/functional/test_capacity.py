@@ -103,6 +103,9 @@ async def test_metrics_endpoint(server: str) -> None:
     assert "streamvox_engine_queue_depth 0.0" in body
     assert "streamvox_engine_units_in_flight 0.0" in body
     assert 'streamvox_engine_units_by_parallelism{running="1"}' in body
+    assert "streamvox_engine_late_units 0.0" in body  # one short context on an idle server
+    assert "streamvox_engine_late_seconds 0.0" in body
+    assert "streamvox_engine_late_units_behind_lead_work 0.0" in body
 
 
 async def test_a_client_that_stops_reading_is_held_then_closed(aiohttp_server, registry) -> None:

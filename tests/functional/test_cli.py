@@ -186,6 +186,9 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
     assert result["peer"]["ttfa_ms_p50"] > 0
     assert plot.stat().st_size > 5000
+    # The server's own count of late units, read from its /metrics around the step.
+    assert 0 <= row["server_late_behind_lead_work"] <= row["server_late_units"]
+    assert row["server_late_s"] >= 0 and (row["server_late_s"] > 0) == (row["server_late_units"] > 0)
     # The physical limit, measured in the same run: cores over the raw model's single-thread cost,
     # spread over the share of time a listener hears speech (a pause between replies lowers it).
     assert 0 < result["raw_cpu_s_per_audio_s"] < 2 and 0 < result["duty_cycle"] <= 1

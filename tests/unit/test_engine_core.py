@@ -267,3 +267,51 @@ def test_engine_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         EngineConfig(max_lead_s=0)
     assert EngineConfig(workers=3).worker_count == 3
+
+
+LONG = "A listener who is behind hears every window late, and the engine counts each one. " * 3
+
+
+def _open_reported(core: EngineCore, name: str, voice: PiperVoice, position_s: float) -> queue.SimpleQueue[object]:
+    """A long stream whose listener reports, after the first audio, having played ``position_s``."""
+    events: queue.SimpleQueue[object] = queue.SimpleQueue()
+    core.open(name, voice.id, NOISE_OFF, events.put)
+    core.add_segment(name, 0, LONG)
+    core.add_segment(name, 1, LONG)
+    while not isinstance(events.get(timeout=30), AudioChunk):
+        pass
+    core.report_playback(name, position_s=position_s)
+    return events
+
+
+def _finish_all(core: EngineCore, streams: dict[str, queue.SimpleQueue[object]]) -> None:
+    for name in streams:
+        core.finish(name)
+    for events in streams.values():
+        while not isinstance(events.get(timeout=120), StreamDone):
+            pass
+
+
+def test_units_finished_after_the_listener_ran_dry_are_counted_late(
+    make_engine: Callable[..., EngineCore], voice: PiperVoice
+) -> None:
+    core = make_engine(EngineConfig(workers=1))
+    _finish_all(core, {"on-time": _open_reported(core, "on-time", voice, position_s=0.0)})
+    assert core.late_units == 0 and core.late_seconds == 0  # far faster than real time: never late
+    _finish_all(core, {"behind": _open_reported(core, "behind", voice, position_s=100.0)})
+    assert core.late_units >= 3  # every unit after the report: playback "began" 100 s ago
+    assert core.late_seconds >= 50 * core.late_units  # 100 s less the ~30 s of audio already out
+    assert core.late_behind_lead_work == 0  # one worker: nothing ran beside them
+
+
+def test_late_units_that_started_beside_work_done_ahead_are_told_apart(
+    make_engine: Callable[..., EngineCore], voice: PiperVoice
+) -> None:
+    core = make_engine(EngineConfig(workers=2, lead_work_s=1.0))
+    streams = {
+        "ahead": _open_reported(core, "ahead", voice, position_s=-100.0),  # its listener starts in 100 s
+        "behind": _open_reported(core, "behind", voice, position_s=100.0),
+    }
+    _finish_all(core, streams)
+    assert core.late_units >= 3  # only the stream behind: the one ahead has 100 s of slack
+    assert 1 <= core.late_behind_lead_work <= core.late_units
