@@ -174,11 +174,15 @@ LATENESS = (
     "streamvox_engine_late_units_behind_lead_work",
 )
 """The engine's own count of units that came too late for their listener (``/metrics``)."""
+CPU_ROLES = ("workers", "runtime_pools", "event_loop", "engine", "other")
+"""``streamvox_cpu_seconds_total{role}``: where the server's CPU goes (Linux servers)."""
 
 
-def engine_lateness(ws_url: str) -> dict[str, float] | None:
-    """The server's late-unit counters, read from ``/metrics`` next to ``ws_url``; ``None`` when
-    they cannot be read (a server that wants a key for it, or several replicas' labelled series)."""
+def server_counters(ws_url: str) -> dict[str, float] | None:
+    """The server's late-unit counters and CPU seconds by thread role, read from ``/metrics``
+    next to ``ws_url``: names as in :data:`LATENESS`, roles as ``cpu:<role>``.  ``None`` when the
+    late units cannot be read (a server that wants a key for it, or several replicas' labelled
+    series); the roles are absent where the server cannot read per-thread times."""
     base = ws_url.replace("ws://", "http://", 1).replace("wss://", "https://", 1).split("/v1/", 1)[0]
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
@@ -187,10 +191,12 @@ def engine_lateness(ws_url: str) -> dict[str, float] | None:
         return None
     values: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
+        name, _, value = line.rpartition(" ")
         if name in LATENESS:
             values[name] = float(value)
-    return values if len(values) == len(LATENESS) else None
+        elif name.startswith('streamvox_cpu_seconds_total{role="'):
+            values["cpu:" + name.split('"')[1]] = float(value)
+    return values if all(name in values for name in LATENESS) else None
 
 
 def run_load(
@@ -205,11 +211,11 @@ def run_load(
     cpu_before = _cpu_s(processes)
     me = psutil.Process()
     own_before = me.cpu_times()
-    late_before = engine_lateness(url)
+    counters_before = server_counters(url)
     wall = time.monotonic()
     stats = asyncio.run(_load(url, streams, seconds, profile))
     wall = time.monotonic() - wall
-    late_after = engine_lateness(url) if late_before is not None else None
+    counters_after = server_counters(url) if counters_before is not None else None
     own_after = me.cpu_times()
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
     ttfa = [t for s in stats for t in s.ttfa_ms]
@@ -236,11 +242,15 @@ def run_load(
         # The simulated listeners share the machine with the server: what they cost is not the server's.
         "client_cpu_percent": 100 * own_cpu / wall,
     }
-    if late_before is not None and late_after is not None:
-        late = {name: late_after[name] - late_before[name] for name in LATENESS}
-        row["server_late_units"] = int(late["streamvox_engine_late_units"])
-        row["server_late_s"] = late["streamvox_engine_late_seconds"]
-        row["server_late_behind_lead_work"] = int(late["streamvox_engine_late_units_behind_lead_work"])
+    if counters_before is not None and counters_after is not None:
+        change = {name: counters_after[name] - counters_before.get(name, 0.0) for name in counters_after}
+        row["server_late_units"] = int(change["streamvox_engine_late_units"])
+        row["server_late_s"] = change["streamvox_engine_late_seconds"]
+        row["server_late_behind_lead_work"] = int(change["streamvox_engine_late_units_behind_lead_work"])
+        if row["audio_s"] and all(f"cpu:{role}" in change for role in CPU_ROLES):
+            row["server_cpu_ms_per_audio_s_by_role"] = {
+                role: 1000 * change[f"cpu:{role}"] / row["audio_s"] for role in CPU_ROLES
+            }
     if proc:
         cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall
@@ -358,6 +368,10 @@ def _table(result: dict[str, Any]) -> str:
         "  late units: the server's count of units that finished after their listener ran dry; in brackets, those"
         f" that started while a worker ran work over {LEAD_WORK_S:g} s ahead (the share preemption could address)"
     )
+    for r in result["rows"]:
+        if by_role := r.get("server_cpu_ms_per_audio_s_by_role"):
+            split = ", ".join(f"{role.replace('_', ' ')} {ms:.1f}" for role, ms in by_role.items())
+            lines.append(f"  N={r['streams']}: server CPU ms per audio s by thread role: {split}")
     if result.get("max_streams") is not None:
         lines.append(
             f"  largest N with zero underruns and p95 TTFA <= {result['ttfa_bound_ms']:.0f} ms: {result['max_streams']}"

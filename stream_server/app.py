@@ -58,6 +58,7 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 
 async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[RUNTIME].metrics.thread_cpu.mark_event_loop()
     engine = app[RUNTIME].engine
     engine.start()
     yield

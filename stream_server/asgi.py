@@ -168,6 +168,7 @@ class StreamvoxAsgi:
 
     async def startup(self) -> None:
         """Start the engine and the companions (the lifespan does this; hosts without one call it)."""
+        self.runtime.metrics.thread_cpu.mark_event_loop()
         self.runtime.engine.start()
         self._companion_tasks = [asyncio.create_task(_logged(run())) for run in self.companions]
 

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from streamvox.engine.core import EngineCore
+from streamvox.stream_server.thread_cpu import ThreadCpuCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -45,6 +46,8 @@ class Metrics:
             "streamvox_client_underrun_seconds", "Silence from underruns reported by clients", registry=r
         )
         self.errors = Counter("streamvox_errors", "Error events sent, by code", ["code"], registry=r)
+        self.thread_cpu = ThreadCpuCollector()
+        r.register(self.thread_cpu)
         streams = Gauge("streamvox_engine_streams", "Streams the engine thread holds", registry=r)
         streams.set_function(lambda: engine.active_streams)
         queue = Gauge("streamvox_engine_queue_depth", "Streams with work waiting for the engine thread", registry=r)

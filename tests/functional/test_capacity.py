@@ -106,6 +106,13 @@ async def test_metrics_endpoint(server: str) -> None:
     assert "streamvox_engine_late_units 0.0" in body  # one short context on an idle server
     assert "streamvox_engine_late_seconds 0.0" in body
     assert "streamvox_engine_late_units_behind_lead_work 0.0" in body
+    cpu = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("streamvox_cpu_seconds_total{")
+    }
+    assert set(cpu) == {"event_loop", "engine", "workers", "runtime_pools", "other"}
+    assert cpu["workers"] > 0  # the context was spoken on them
 
 
 async def test_a_client_that_stops_reading_is_held_then_closed(aiohttp_server, registry) -> None:

@@ -189,6 +189,10 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     # The server's own count of late units, read from its /metrics around the step.
     assert 0 <= row["server_late_behind_lead_work"] <= row["server_late_units"]
     assert row["server_late_s"] >= 0 and (row["server_late_s"] > 0) == (row["server_late_units"] > 0)
+    # Where its CPU went, by thread role, per second of audio: the models' workers above all.
+    by_role = row["server_cpu_ms_per_audio_s_by_role"]
+    assert set(by_role) == {"workers", "runtime_pools", "event_loop", "engine", "other"}
+    assert by_role["workers"] > 0 and by_role["event_loop"] > 0
     # The physical limit, measured in the same run: cores over the raw model's single-thread cost,
     # spread over the share of time a listener hears speech (a pause between replies lowers it).
     assert 0 < result["raw_cpu_s_per_audio_s"] < 2 and 0 < result["duty_cycle"] <= 1
