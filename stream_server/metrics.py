@@ -48,30 +48,32 @@ class Metrics:
         self.errors = Counter("streamvox_errors", "Error events sent, by code", ["code"], registry=r)
         self.thread_cpu = ThreadCpuCollector()
         r.register(self.thread_cpu)
-        streams = Gauge("streamvox_engine_streams", "Streams the engine thread holds", registry=r)
-        streams.set_function(lambda: engine.active_streams)
-        queue = Gauge("streamvox_engine_queue_depth", "Streams with work waiting for the engine thread", registry=r)
-        queue.set_function(lambda: engine.streams_with_work)
-        units = Gauge("streamvox_engine_units", "Units of work (windows) executed since start", registry=r)
-        units.set_function(lambda: engine.units_executed)
-        late = Gauge(
-            "streamvox_engine_late_units",
-            "Units finished after their listener's buffer ran dry (the engine's view of underruns)",
-            registry=r,
-        )
-        late.set_function(lambda: engine.late_units)
-        late_s = Gauge(
-            "streamvox_engine_late_seconds", "How late the late units finished, summed (seconds)", registry=r
-        )
-        late_s.set_function(lambda: engine.late_seconds)
-        behind = Gauge(
-            "streamvox_engine_late_units_behind_lead_work",
-            "Late units that started while a worker ran work over lead_work_s ahead of its listener",
-            registry=r,
-        )
-        behind.set_function(lambda: engine.late_behind_lead_work)
-        in_flight = Gauge("streamvox_engine_units_in_flight", "Units running on the engine's workers now", registry=r)
-        in_flight.set_function(lambda: engine.units_in_flight)
+        live = {
+            "streamvox_engine_streams": ("Streams the engine thread holds", lambda: engine.active_streams),
+            "streamvox_engine_queue_depth": (
+                "Streams with work waiting for the engine thread",
+                lambda: engine.streams_with_work,
+            ),
+            "streamvox_engine_units": ("Units of work (windows) executed since start", lambda: engine.units_executed),
+            "streamvox_engine_late_units": (
+                "Units finished after their listener's buffer ran dry (the engine's view of underruns)",
+                lambda: engine.late_units,
+            ),
+            "streamvox_engine_late_seconds": (
+                "How late the late units finished, summed (seconds)",
+                lambda: engine.late_seconds,
+            ),
+            "streamvox_engine_late_units_behind_lead_work": (
+                "Late units that started while a worker ran work over lead_work_s ahead of its listener",
+                lambda: engine.late_behind_lead_work,
+            ),
+            "streamvox_engine_units_in_flight": (
+                "Units running on the engine's workers now",
+                lambda: engine.units_in_flight,
+            ),
+        }
+        for name, (documentation, read) in live.items():
+            Gauge(name, documentation, registry=r).set_function(read)
         # Windows are not batched into one call (``streamvox bench batch``: parallel single-thread
         # calls beat batched calls at every size); what runs together is this many units at once.
         parallel = Gauge(
