@@ -91,6 +91,8 @@ class EngineConfig:
             raise ValueError("seam_ms and urgent_windows must be >= 0")
         if self.unit_deadline_s is not None and self.unit_deadline_s <= 0:
             raise ValueError(f"unit_deadline_s must be > 0 or None, got {self.unit_deadline_s}")
+        if self.lead_work_s <= 0:
+            raise ValueError(f"lead_work_s must be > 0, got {self.lead_work_s}")
         if self.idle_trim_s is not None and self.idle_trim_s <= 0:
             raise ValueError(f"idle_trim_s must be > 0 or None, got {self.idle_trim_s}")
 

@@ -266,6 +266,8 @@ def test_engine_config_rejects_nonsense() -> None:
         EngineConfig(workers=-1)
     with pytest.raises(ValueError):
         EngineConfig(max_lead_s=0)
+    with pytest.raises(ValueError, match="lead_work_s"):
+        EngineConfig(lead_work_s=0)
     assert EngineConfig(workers=3).worker_count == 3
 
 
