@@ -36,8 +36,8 @@ def test_split_matches_the_original_graph_with_noise_off(voice: PiperVoice) -> N
     assert int(front.durations.sum()) == front.frames
 
 
-def windowed(voice: PiperVoice, front: FrontOutput, plan: WindowPlan, urgent: bool) -> np.ndarray:
-    segment = PiperSegment(voice, front, plan)
+def windowed(voice: PiperVoice, front: FrontOutput, plan: WindowPlan, urgent: bool, first: bool = True) -> np.ndarray:
+    segment = PiperSegment(voice, front, plan, first=first)
     pieces = []
     while not segment.done:
         pieces.append(segment.next_window(urgent=urgent))
@@ -59,6 +59,55 @@ def test_windowed_synthesis_equals_one_shot(voice: PiperVoice, plan: WindowPlan,
     streamed = windowed(voice, front, plan, urgent)
     assert len(streamed) == len(one_shot) == front.frames * HOP_LENGTH
     assert snr_db(one_shot, streamed) >= 60
+
+
+@pytest.mark.parametrize("plan", [PLANS["default"], PLANS["small windows"]], ids=["default", "small windows"])
+def test_a_later_segment_windowed_equals_one_shot(voice: PiperVoice, plan: WindowPlan) -> None:
+    front = voice.front(voice.text_to_ids(TEXT), None)
+    one_shot = voice.decode(voice.flow(front.z_p))
+    streamed = windowed(voice, front, plan, urgent=False, first=False)
+    assert len(streamed) == len(one_shot)
+    assert snr_db(one_shot, streamed) >= 60
+
+
+def _flow_calls(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    calls: list[tuple[int, int]] = []
+    flow_window = voice.flow_window
+
+    def recording(z_p: np.ndarray, start: int, end: int, *args: object, **kwargs: object) -> np.ndarray:
+        calls.append((start, end))
+        return flow_window(z_p, start, end, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(voice, "flow_window", recording)
+    return calls
+
+
+def test_a_later_segment_runs_its_flow_in_one_call(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its first window is not the stream's first audio: one flow call (no second call, no second
+    set of context frames), where a stream's first segment starts on a chunk for its first window."""
+    front = voice.front(voice.text_to_ids("A later sentence of a reply."), None)
+    plan = WindowPlan()
+    assert front.frames + plan.context_frames <= plan.flow_chunk_frames
+    calls = _flow_calls(voice, monkeypatch)
+    windowed(voice, front, plan, urgent=False, first=False)
+    assert calls == [(0, front.frames)]
+    calls.clear()
+    windowed(voice, front, plan, urgent=False, first=True)
+    assert len(calls) == 2 and calls[0] == (0, plan.first_frames + plan.context_frames)
+
+
+def test_the_flow_stops_at_the_last_frame_the_decoder_reads(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment read with its neighbours decodes only its own frames: the flow skips the rest of
+    the preview (it is context to the encoder, and to the flow through its context frames)."""
+    front = voice.front(voice.text_to_ids(TEXT), None)
+    plan = WindowPlan()
+    own = (30, front.frames // 2)
+    calls = _flow_calls(voice, monkeypatch)
+    segment = PiperSegment(voice, front, plan, first=False, frames=own)
+    while not segment.done:
+        segment.next_window()
+    assert calls[0][0] == own[0] - plan.context_frames
+    assert calls[-1][1] == own[1] + plan.context_frames < front.frames
 
 
 @pytest.mark.parametrize(
