@@ -4,10 +4,11 @@ The roles are the parts of the data flow: the event loop (protocols, codecs,
 sockets), the engine thread (scheduling), the engine's workers (the models'
 own threads, running units), the model runtimes' thread pools (threads no
 Python code started: onnxruntime's and torch's intra-op pools; in a Ray Serve
-replica, Ray's own threads too), and any other Python thread.  ``streamvox bench load`` reads them around each step to say
-where a second of served audio costs its CPU; an operator sees the same split
-in ``/metrics``.  Counts cover the threads alive at the scrape (a replaced
-worker's time leaves with it).
+replica, Ray's own threads too), and any other Python thread.  ``streamvox
+bench load`` reads them around each step to say where a second of served
+audio costs its CPU; an operator sees the same split in ``/metrics``.
+Counts cover the threads alive at the scrape (a replaced worker's time leaves
+with it).
 """
 
 from __future__ import annotations
