@@ -28,6 +28,7 @@ from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
 from streamvox.engine.core import EngineConfig
+from streamvox.stream_server.thread_cpu import ROLES as CPU_ROLES
 
 UTTERANCES = [
     "Sure, I can help with that. The quickest way is to restart the router, wait a minute, and then reconnect.",
@@ -174,8 +175,6 @@ LATENESS = (
     "streamvox_engine_late_units_behind_lead_work",
 )
 """The engine's own count of units that came too late for their listener (``/metrics``)."""
-CPU_ROLES = ("workers", "runtime_pools", "event_loop", "engine", "other")
-"""``streamvox_cpu_seconds_total{role}``: where the server's CPU goes (Linux servers)."""
 
 
 def server_counters(ws_url: str) -> dict[str, float] | None:

@@ -44,6 +44,10 @@ from streamvox.engine.scheduler import DeadlineScheduler, EngineStream
 
 log = logging.getLogger(__name__)
 
+ENGINE_THREAD_NAME = "streamvox-engine"
+WORKER_THREAD_PREFIX = "streamvox-worker"
+"""The engine's thread names (what ``/metrics`` tells the roles of the server's threads by)."""
+
 Sink = Callable[[EngineEvent], None]
 
 
@@ -221,8 +225,8 @@ class EngineCore:
     def start(self) -> None:
         if self._thread is None:
             # Twice the workers: the spares stand in for workers stuck in a unit past its deadline.
-            self._pool = ThreadPoolExecutor(2 * self.config.worker_count, thread_name_prefix="streamvox-worker")
-            self._thread = threading.Thread(target=self._run, name="streamvox-engine", daemon=True)
+            self._pool = ThreadPoolExecutor(2 * self.config.worker_count, thread_name_prefix=WORKER_THREAD_PREFIX)
+            self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD_NAME, daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from streamvox.engine.core import ENGINE_THREAD_NAME, WORKER_THREAD_PREFIX
 
-ROLES = ("event_loop", "engine", "workers", "runtime_pools", "other")
+ROLES = ("workers", "runtime_pools", "event_loop", "engine", "other")
 _TASKS = Path("/proc/self/task")
 
 
@@ -30,9 +31,9 @@ def role_of(name: str | None, native_id: int, loop_thread: int | None) -> str:
         return "event_loop"
     if name is None:
         return "runtime_pools"
-    if name == "streamvox-engine":
+    if name == ENGINE_THREAD_NAME:
         return "engine"
-    if name.startswith("streamvox-worker"):
+    if name.startswith(WORKER_THREAD_PREFIX):
         return "workers"
     return "other"
 

@@ -7,10 +7,11 @@ large enough for its first window, so the first audio needs little work; a
 later segment (earlier audio is still playing) runs its flow in one call when
 it fits a chunk, which saves a call and its context frames per segment
 (measured on LLM-paced replies: 5–6 % of the CPU per audio second).  The
-decoder then runs each window with ``context_frames`` of ``z`` either side.  Only the segment's own
-frames are decoded (a reading's lead and preview serve as context), plus, when
-a preview follows, ``tail_samples`` into it: the next segment starts on those
-same sounds, so the crossfade at the seam mixes two renderings of one moment.
+decoder then runs each window with ``context_frames`` of ``z`` either side.
+Only the segment's own frames are decoded (a reading's lead and preview serve
+as context), plus, when a preview follows, ``tail_samples`` into it: the next
+segment starts on those same sounds, so the crossfade at the seam mixes two
+renderings of one moment.
 Not thread-safe: driven by the one unit of its stream in flight (on whichever
 worker runs it).
 """
@@ -43,11 +44,13 @@ class PiperSegment:
         self.speaker = speaker
         self.start, self.end = frames if frames is not None else (0, front.frames)
         self.tail_samples = min(tail_samples, (front.frames - self.end) * HOP_LENGTH)
+        self._tail_frames = -(-self.tail_samples // HOP_LENGTH)
+        """Frames past ``end`` the last window decodes for ``tail_samples``."""
         self._z = np.empty_like(front.z_p)
         self._z_from = max(0, self.start - plan.context_frames)
         """The first frame the decoder needs ``z`` for: the flow starts there."""
         self._z_ready = self._z_from
-        self._z_until = min(front.frames, self.end - (-self.tail_samples // HOP_LENGTH) + plan.context_frames)
+        self._z_until = min(front.frames, self.end + self._tail_frames + plan.context_frames)
         """One past the last frame the decoder reads: the flow stops there."""
         self._small_first_chunk = first
         self._windows = plan.windows(self.end - self.start, first)
@@ -64,7 +67,7 @@ class PiperSegment:
         """
         start, end = (self.start + f for f in next(self._windows))
         last = end >= self.end
-        tail_frames = -(-self.tail_samples // HOP_LENGTH) if last else 0
+        tail_frames = self._tail_frames if last else 0
         frames = self.front.frames
         needed = min(frames, end + tail_frames + self.plan.context_frames)
         if self._z_ready < needed:
