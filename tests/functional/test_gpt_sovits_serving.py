@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import torch
 import websockets
 from streamvox.bench.random_voice import write_voice
 from streamvox.engine.api import SynthesisParams, VoiceLoadError
@@ -253,3 +254,39 @@ def test_voice_json_sections_take_exactly_their_dataclass_fields(tmp_path: Path)
         GptSovitsVoice.load(write_voice(tmp_path / "bad", "tiny", settings={"chunks": {"size": 8}}))
     with pytest.raises(VoiceLoadError, match="sampling takes top_k"):
         GptSovitsVoice.load(write_voice(tmp_path / "bad2", "tiny", settings={"sampling": {"top_z": 1}}))
+
+
+def test_a_voice_on_the_fixed_shape_compiled_step_speaks_as_on_the_variable_one(
+    make_engine: Callable[..., EngineCore], tmp_path: Path
+) -> None:
+    """``"step": "compile"`` (what a GPU voice runs, compiled here for the CPU) through the engine:
+    the same seeded audio as the default step, several streams batched together."""
+    settings = {"max_streams": 3, "max_len": 256, "chunks": SMALL_CHUNKS}
+    voices = VoiceRegistry()
+    for name, step in (("variable", "variable"), ("compiled", "compile")):
+        directory = write_voice(tmp_path / name, "tiny", seed=1, eos_scale=50.0, settings={**settings, "step": step})
+        voice = GptSovitsVoice.load(directory)
+        voice.warm_up()
+        voices.add(voice)
+    engine = make_engine(voices=voices)
+    variable, compiled = voices.get("variable"), voices.get("compiled")
+    assert compiled.stepper is not compiled.t2s and variable.stepper is variable.t2s
+    expected = synthesize(engine, "variable", TEXT, SynthesisParams(seed=5)).audio
+    for audio in run_streams(engine, compiled, 3):
+        assert len(audio) == len(expected) > 0
+        np.testing.assert_allclose(audio, expected, atol=1e-4)
+
+
+def test_device_dtype_and_step_are_checked_at_load(tmp_path: Path) -> None:
+    bad = {
+        "dtype": ({"dtype": "float64"}, "dtype must be one of"),
+        "step": ({"step": "jit"}, "step must be one of"),
+        "graph": ({"step": "cuda-graph"}, "needs a cuda device"),
+        "device": ({"device": "tpu:0"}, "not a torch device|only cpu and cuda"),
+        "int8": ({"int8": True, "dtype": "bfloat16"}, "int8"),
+    }
+    if not torch.cuda.is_available():
+        bad["cuda"] = ({"device": "cuda"}, "CUDA is not available")
+    for name, (settings, message) in bad.items():
+        with pytest.raises(VoiceLoadError, match=message):
+            GptSovitsVoice.load(write_voice(tmp_path / name, "tiny", settings=settings))

@@ -93,11 +93,11 @@ def test_teacher_forced_logits_equal_the_reference(tmp_path: Path) -> None:
     for token in forced:
         ours.append(decoder.step(torch.tensor([0]), torch.tensor([token]))[0])
     np.testing.assert_allclose(torch.stack(ours).numpy(), ref, atol=1e-5, rtol=0)
-    # Attending over the whole cache width (for compiled / graph-captured steps) changes nothing.
+    # The fixed-shape step over every slot (what is compiled or graph-captured) changes nothing.
     wide = our_decoder(checkpoint)
     wide.prefill(0, torch.tensor(PHONEMES), torch.tensor(PROMPT))
     for i, token in enumerate(forced):
-        logits = wide.step(torch.tensor([0]), torch.tensor([token]), full_width=True)[0]
+        logits = wide.step_all(torch.tensor([token]), torch.tensor([True]))[0]
         np.testing.assert_allclose(logits.numpy(), ref[i + 1], atol=1e-5, rtol=0)
 
 

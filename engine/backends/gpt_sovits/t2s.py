@@ -13,11 +13,14 @@ length per slot.  ``prefill`` fills one slot from its text and prompt;
 ``step`` appends one token to each of a batch of slots and returns their next
 logits, attending only below each slot's own length, so streams join and
 leave between steps (continuous batching) without touching each other.
-``step(..., full_width=True)`` attends over the whole cache width with a mask
-instead of the longest active prefix, so the attention shapes stay the same
-from step to step (what ``torch.compile`` or a CUDA graph needs) and the
-tokens do not change (tested).  No compiled or graph-captured step is built
-yet: that waits for a GPU to check it on.
+``step_all`` is the same step over every slot at once, with a mask of the
+slots that take a token and attention over the whole cache width: its shapes
+never change and it never reads a value back to the host, which is what
+``torch.compile`` and a CUDA graph need (:mod:`streamvox.engine.ar.fixed_step`
+wraps it); its tokens equal ``step``'s (tested).
+
+The decoder lives on one ``device`` in one ``dtype`` (float32, or bfloat16
+for a GPU); logits come back as float32 on the CPU, where sampling runs.
 
 Not thread-safe: one T2S call at a time per decoder (the backend's lane), on a worker.
 """
@@ -102,11 +105,20 @@ class T2SDecoder:
         slots: int = 1,
         max_len: int = 2048,
         int8: bool = False,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         """``int8`` stores the transformer's linear weights as int8 per output channel (fbgemm dynamic
         quantisation): a batch-1 step reads a quarter of the bytes, which is what bounds it on a CPU.
         Logits then differ from fp32 by about 1 % per layer, so tokens may differ too; the parity
-        tests use fp32."""
+        tests use fp32.  ``device`` and ``dtype`` place every weight and the cache (int8 is for
+        float32 on the CPU only)."""
+        self.device = torch.device(device)
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"a T2S decoder runs in float32, bfloat16 or float16, not {dtype}")
+        if int8 and (self.device.type != "cpu" or dtype != torch.float32):
+            raise ValueError("int8 T2S weights are for float32 on the CPU")
+        self.dtype = dtype
         self.config = config
         self.int8 = int8
         self.slots = slots
@@ -117,7 +129,7 @@ class T2SDecoder:
                 tensor = weights[name]
             except KeyError:
                 raise ValueError(f"T2S weights lack {name!r}") from None
-            return tensor.detach().to(torch.float32).contiguous()
+            return tensor.detach().to(device=self.device, dtype=dtype).contiguous()
 
         self.bert_proj = (w("bert_proj.weight"), w("bert_proj.bias"))
         self.text_embedding = w("ar_text_embedding.word_embeddings.weight")
@@ -125,6 +137,8 @@ class T2SDecoder:
         self.text_alpha = w("ar_text_position.alpha")
         self.audio_alpha = w("ar_audio_position.alpha")
         self.head = w("ar_predict_layer.weight")
+        # Column blocks pay on CPU threads in float32 (see _Linear); elsewhere the library's own product is best.
+        self._blocked = self.device.type == "cpu" and dtype == torch.float32
         self._norms = []
         self._linears = []
         for i in range(config.layers):
@@ -142,7 +156,7 @@ class T2SDecoder:
             )
             self._linears.append(
                 {
-                    name: _Linear(w(p + weight), w(p + bias), int8)
+                    name: _Linear(w(p + weight), w(p + bias), int8, blocked=self._blocked)
                     for name, weight, bias in (
                         ("qkv", "self_attn.in_proj_weight", "self_attn.in_proj_bias"),
                         ("out", "self_attn.out_proj.weight", "self_attn.out_proj.bias"),
@@ -155,15 +169,18 @@ class T2SDecoder:
             raise ValueError(f"text embedding is {tuple(self.text_embedding.shape)}, config says otherwise")
         if self.head.shape != (config.vocab, config.hidden):
             raise ValueError(f"output head is {tuple(self.head.shape)}, config says otherwise")
-        self.positions = sine_positions(max_len, config.hidden)
+        self.positions = sine_positions(max_len, config.hidden).to(device=self.device, dtype=dtype)
         head_dim = config.hidden // config.heads
         shape = (config.layers, slots, config.heads, max_len, head_dim)
-        self.k_cache = torch.zeros(shape)
-        self.v_cache = torch.zeros(shape)
-        self.lengths = torch.zeros(slots, dtype=torch.long)
+        self.k_cache = torch.zeros(shape, device=self.device, dtype=dtype)
+        self.v_cache = torch.zeros(shape, device=self.device, dtype=dtype)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
         """Cache positions filled per slot (text + prompt + tokens fed so far)."""
-        self.audio_lengths = torch.zeros(slots, dtype=torch.long)
+        self.audio_lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
         """Semantic tokens per slot (prompt + fed): the next token's audio position."""
+        self._slot_ids = torch.arange(slots, device=self.device)
+        self._widths = torch.arange(max_len, device=self.device)
+        self._heads = torch.arange(config.heads, device=self.device)
 
     @torch.inference_mode()
     def prefill(
@@ -176,16 +193,18 @@ class T2SDecoder:
         total = n_text + n_audio
         if total == 0 or total >= self.max_len:
             raise ValueError(f"prefill needs 1..{self.max_len - 1} positions, got {total}")
+        device, dtype = self.device, self.dtype
         if bert is None:
             bert = torch.zeros(BERT_DIM, n_text)
-        text = F.embedding(phonemes.long(), self.text_embedding)
-        text = text + F.linear(bert.to(torch.float32).T, *self.bert_proj)
+        text = F.embedding(phonemes.long().to(device), self.text_embedding)
+        text = text + F.linear(bert.to(device=device, dtype=dtype).T, *self.bert_proj)
         text = text + self.text_alpha * self.positions[:n_text]
-        audio = F.embedding(prompt.long(), self.audio_embedding) + self.audio_alpha * self.positions[:n_audio]
+        audio = F.embedding(prompt.long().to(device), self.audio_embedding)
+        audio = audio + self.audio_alpha * self.positions[:n_audio]
         x = torch.cat([text, audio], dim=0).unsqueeze(0)
-        keep = torch.zeros(total, total, dtype=torch.bool)
+        keep = torch.zeros(total, total, dtype=torch.bool, device=device)
         keep[:, :n_text] = True
-        keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool))
+        keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool, device=device))
         for layer in range(self.config.layers):
             q, k, v = self._qkv(x, layer)
             self.k_cache[layer, slot, :, :total] = k[0]
@@ -194,34 +213,55 @@ class T2SDecoder:
             x = self._finish_block(x, attn, layer)
         self.lengths[slot] = total
         self.audio_lengths[slot] = n_audio
-        return F.linear(x[0, -1], self.head)
+        return F.linear(x[0, -1], self.head).float().cpu()
 
     @torch.inference_mode()
-    def step(self, slots: torch.Tensor, tokens: torch.Tensor, full_width: bool = False) -> torch.Tensor:
-        """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); return logits ``(len(slots), vocab)``."""
-        slots = slots.long()
+    def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); return logits ``(len(slots), vocab)``,
+        float32 on the CPU.  Attends up to the longest of these slots, so its shapes vary by step."""
+        slots, tokens = slots.long().to(self.device), tokens.long().to(self.device)
         positions = self.lengths[slots]
-        if int(positions.max()) >= self.max_len:
+        longest = int(positions.max())
+        if longest >= self.max_len:
             raise ValueError(f"a slot reached the cache length {self.max_len}")
-        batch, hidden, heads = len(slots), self.config.hidden, self.config.heads
-        head_dim, eps = hidden // heads, self.config.norm_eps
-        # One query per row, so rows stay 2-D ``(batch, hidden)`` and heads are views of them.
-        x = (
-            F.embedding(tokens.long(), self.audio_embedding)
-            + self.audio_alpha * self.positions[self.audio_lengths[slots]]
-        )
-        width = self.max_len if full_width else int(positions.max()) + 1
-        keep = torch.arange(width).unsqueeze(0) <= positions.unsqueeze(1)
-        bias = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
-        flat_bias = bias.unsqueeze(1).expand(batch, heads, width).reshape(batch * heads, 1, width)
         first = int(slots[0])
         # Slots in one run (the usual case: the engine keeps live streams packed) are read as
         # views; any other set is gathered, which copies the caches it reads.
-        packed = bool(torch.equal(slots, torch.arange(first, first + batch)))
+        packed = bool(torch.equal(slots, self._slot_ids[first : first + len(slots)]))
+        logits = self._step(slots, tokens, positions, longest + 1, first if packed else None)
+        self.lengths[slots] += 1
+        self.audio_lengths[slots] += 1
+        return logits.float().cpu()
+
+    @torch.no_grad()  # not inference_mode: torch.compile cannot trace the caches' views under it
+    def step_all(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """One step of every slot: ``tokens`` ``(slots,)`` on the decoder's device, ``active`` a bool
+        mask of the slots that take theirs; returns logits ``(slots, vocab)`` on the device (the
+        inactive rows are meaningless).  Fixed shapes and no read-back to the host: the step
+        ``torch.compile`` and CUDA graphs capture.  An inactive slot's row writes its key and value
+        at its own length, where its next real token overwrites them before any step reads them,
+        and its length does not move; the caller keeps every active slot below ``max_len``."""
+        positions = self.lengths.clamp(max=self.max_len - 1)
+        logits = self._step(self._slot_ids, tokens.long(), positions, self.max_len, 0)
+        grown = active.long()
+        self.lengths += grown
+        self.audio_lengths += grown
+        return logits
+
+    def _step(
+        self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, width: int, first: int | None
+    ) -> torch.Tensor:
+        """The transformer over one new token per row; ``first`` is set when ``slots`` are
+        ``first, first + 1, ...`` (their caches are read as views, not gathered)."""
+        batch, hidden, heads = len(slots), self.config.hidden, self.config.heads
+        head_dim, eps = hidden // heads, self.config.norm_eps
+        # One query per row, so rows stay 2-D ``(batch, hidden)`` and heads are views of them.
+        x = F.embedding(tokens, self.audio_embedding) + self.audio_alpha * self.positions[self.audio_lengths[slots]]
+        keep = self._widths[:width].unsqueeze(0) <= positions.unsqueeze(1)
+        bias = torch.zeros(keep.shape, device=self.device, dtype=self.dtype).masked_fill(~keep, float("-inf"))
+        flat_bias = bias.unsqueeze(1).expand(batch, heads, width).reshape(batch * heads, 1, width)
         # Where each (row, head) writes its new key and value in a layer's cache seen as rows of D.
-        write_at = (
-            (slots.unsqueeze(1) * heads + torch.arange(heads)) * self.max_len + positions.unsqueeze(1)
-        ).flatten()
+        write_at = ((slots.unsqueeze(1) * heads + self._heads) * self.max_len + positions.unsqueeze(1)).flatten()
         for layer in range(self.config.layers):
             norms, linears = self._norms[layer], self._linears[layer]
             qkv = linears["qkv"](x)
@@ -230,7 +270,7 @@ class T2SDecoder:
                 0, write_at, qkv[:, hidden : 2 * hidden].reshape(-1, head_dim)
             )
             self.v_cache[layer].view(-1, head_dim).index_copy_(0, write_at, qkv[:, 2 * hidden :].reshape(-1, head_dim))
-            if packed:
+            if first is not None:
                 keys = self.k_cache[layer, first : first + batch, :, :width]
                 values = self.v_cache[layer, first : first + batch, :, :width]
             else:
@@ -240,8 +280,6 @@ class T2SDecoder:
             x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
             mlp = linears["fc2"](linears["fc1"].relu(x))
             x = F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
-        self.lengths[slots] += 1
-        self.audio_lengths[slots] += 1
         return F.linear(x, self.head)
 
     def release(self, slot: int) -> None:
@@ -273,11 +311,13 @@ class _Linear:
     counted when the decoder is built, so it does not change with load; the logits do not
     depend on it (tested).  On 2 cores (``scripts/ab_t2s.py``, against a plain ``F.linear``
     over W) a step runs 1.7x faster at batch 1, 1.6x at 4, 1.2x at 16; the prefill is
-    unchanged.  int8 keeps only fbgemm's packed copy, which threads on its own."""
+    unchanged.  int8 keeps only fbgemm's packed copy, which threads on its own.  Off the CPU or
+    outside float32 (``blocked=False``) it is a plain ``F.linear``."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool, blocked: bool = True) -> None:
         self.parts = block_count(weight.shape[0], torch.get_num_threads())
-        self.blocks = None if int8 else column_blocks(weight, self.parts)
+        self.blocks = column_blocks(weight, self.parts) if blocked and not int8 else None
+        self.weight = None if blocked or int8 else weight
         self.bias = bias
         self.packed = None
         if int8:
@@ -289,6 +329,8 @@ class _Linear:
                 self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return F.linear(x, self.weight, self.bias)
         if self.packed is None:
             assert self.blocks is not None
             return blocked_product(x, self.blocks, self.bias)

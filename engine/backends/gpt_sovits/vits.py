@@ -150,14 +150,22 @@ def frame_noise(seed: int, start: int, frames: int, channels: int) -> torch.Tens
 class SoVITSDecoder:
     """See the module docstring.  ``weights`` is the s2 state dict (any float dtype)."""
 
-    def __init__(self, weights: Mapping[str, torch.Tensor], config: SoVITSConfig, bf16_vocoder: bool = False) -> None:
+    def __init__(
+        self,
+        weights: Mapping[str, torch.Tensor],
+        config: SoVITSConfig,
+        bf16_vocoder: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> None:
         """``bf16_vocoder`` runs HiFi-GAN (about 90 % of the decode) in bfloat16: about twice as
         fast on CPUs with AMX or AVX512-BF16, at about 44 dB SNR against fp32 (measured on
-        random v2-size weights); the parity tests use fp32."""
+        random v2-size weights); the parity tests use fp32.  ``device`` holds the weights and
+        runs every decode; audio comes back on the CPU."""
         if any(name.startswith("sv_emb") for name in weights):
             raise ValueError("this is a v2Pro SoVITS model (it has sv_emb); only v2 is supported")
         self.config = config
-        self.weights = L.fold_weight_norm(weights)
+        self.device = torch.device(device)
+        self.weights = {k: v.to(self.device) for k, v in L.fold_weight_norm(weights).items()}
         missing = [
             n
             for n in ("quantizer.vq.layers.0._codebook.embed", "enc_p.proj.weight", "dec.conv_pre.weight")
@@ -172,18 +180,18 @@ class SoVITSDecoder:
             self._vocoder_weights = {k: v.to(torch.bfloat16) for k, v in self.weights.items() if k.startswith("dec.")}
 
     @classmethod
-    def load(cls, path: str | Path, bf16_vocoder: bool = False) -> SoVITSDecoder:
+    def load(cls, path: str | Path, bf16_vocoder: bool = False, device: str | torch.device = "cpu") -> SoVITSDecoder:
         """From an s2 ``.pth`` file (restricted unpickler; header tag restored)."""
         checkpoint = load_s2(path)
         try:
-            return cls(checkpoint.weights, SoVITSConfig.from_checkpoint(checkpoint.config), bf16_vocoder)
+            return cls(checkpoint.weights, SoVITSConfig.from_checkpoint(checkpoint.config), bf16_vocoder, device)
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
 
     def reference_spectrogram(self, audio: np.ndarray) -> torch.Tensor:
         """Linear spectrogram ``(1, bins, frames)`` of a mono reference at the model's rate;
         peaks above 1 are scaled down as upstream does (by at most 2)."""
-        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(1, -1)
+        wave = torch.as_tensor(np.asarray(audio, dtype=np.float32)).reshape(1, -1).to(self.device)
         peak = float(wave.abs().max()) if wave.numel() else 0.0
         if peak > 1.0:
             wave = wave / min(2.0, peak)
@@ -204,7 +212,7 @@ class SoVITSDecoder:
         It depends on the text alone, so a stream computes it once per utterance instead of
         once per decode window (about 6 ms a window at v2 size)."""
         c, w = self.config, self.weights
-        text = F.embedding(phonemes, w["enc_p.text_embedding.weight"]).transpose(1, 2)
+        text = F.embedding(phonemes.to(self.device), w["enc_p.text_embedding.weight"]).transpose(1, 2)
         text = L.transformer_encoder(w, "enc_p.encoder_text", text, c.n_layers, c.n_heads, c.kernel_size)
         return L.conv1d(w, "enc_p.mrte.text_pre", text)
 
@@ -262,7 +270,12 @@ class SoVITSDecoder:
         if "ssl_proj.weight" not in w:
             raise ValueError("this SoVITS checkpoint has no ssl_proj: it cannot turn audio into tokens")
         stride = self.config.frames_per_token
-        x = F.conv1d(features.to(torch.float32), w["ssl_proj.weight"], w.get("ssl_proj.bias"), stride=stride)[0].T
+        x = F.conv1d(
+            features.to(device=self.device, dtype=torch.float32),
+            w["ssl_proj.weight"],
+            w.get("ssl_proj.bias"),
+            stride=stride,
+        )[0].T
         distance = x.pow(2).sum(1, keepdim=True) - 2 * x @ self.codebook.T + self.codebook.pow(2).sum(1)[None]
         return distance.argmin(dim=1).tolist()
 
@@ -275,7 +288,8 @@ class SoVITSDecoder:
         seed: int = 0,
         first_token: int = 0,
     ) -> torch.Tensor:
-        """Decode ``codes`` for the target ``phonemes``: audio ``(len(codes) * samples_per_token,)``.
+        """Decode ``codes`` for the target ``phonemes``: audio ``(len(codes) * samples_per_token,)``
+        on the CPU.
 
         ``first_token`` is where ``codes`` start in their utterance (0 for a one-shot decode); it
         places the window's noise, so a streamed window gets the noise the one-shot decode gives
@@ -293,11 +307,11 @@ class SoVITSDecoder:
         first_token: int = 0,
     ) -> torch.Tensor:
         """:meth:`decode` with the target text already through :meth:`encode_text`."""
-        codes_t = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
+        codes_t = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1).to(self.device)
         mean, log_scale = self.encode(codes_t, text, speaker)
         first_frame = first_token * self.config.frames_per_token
-        noise = frame_noise(seed, first_frame, mean.shape[2], mean.shape[1]).unsqueeze(0)
-        return self.synthesize(mean, log_scale, noise, speaker, noise_scale)[0]
+        noise = frame_noise(seed, first_frame, mean.shape[2], mean.shape[1]).unsqueeze(0).to(self.device)
+        return self.synthesize(mean, log_scale, noise, speaker, noise_scale)[0].cpu()
 
 
 @dataclass(frozen=True)

@@ -260,6 +260,12 @@ def linear_spectrogram(audio: torch.Tensor, n_fft: int, hop: int, win: int) -> t
     pad = (n_fft - hop) // 2
     padded = F.pad(audio.unsqueeze(1), (pad, pad), mode="reflect").squeeze(1)
     spec = torch.stft(
-        padded, n_fft, hop_length=hop, win_length=win, window=torch.hann_window(win), center=False, return_complex=True
+        padded,
+        n_fft,
+        hop_length=hop,
+        win_length=win,
+        window=torch.hann_window(win, device=audio.device),
+        center=False,
+        return_complex=True,
     )
     return torch.sqrt(spec.real.square() + spec.imag.square() + 1e-8)

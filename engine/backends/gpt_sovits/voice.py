@@ -12,13 +12,22 @@ The directory holds ``voice.json`` and the files it names (paths relative to it)
       "cnhubert": "chinese-hubert-base",      # a HuBERT model directory to extract them with
       "language": "en",
       "sampling": {"top_k": 15, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.35},
-      "noise_scale": 0.5, "max_streams": 4, "max_len": 1024, "int8": false, "bf16_vocoder": false
+      "noise_scale": 0.5, "max_streams": 4, "max_len": 1024, "int8": false, "bf16_vocoder": false,
+      "device": "cpu",                       # or "cuda", "cuda:1"
+      "dtype": "float32",                    # T2S weights and cache; "bfloat16" on a GPU
+      "step": "variable"                     # or a fixed-shape step: "eager", "compile", "cuda-graph", ...
     }
 
 Unknown keys are errors.  The reference's semantic tokens are read from
 ``prompt_tokens`` if given, else extracted at load time with the user's
 HuBERT model (``cnhubert``, a local Hugging Face directory; the reference must
 then last 3 to 10 s, as upstream requires); nothing is downloaded.
+
+``device`` puts T2S and SoVITS on one torch device (HuBERT, used once at load,
+stays on the CPU).  ``step`` picks T2S's decode step: ``variable`` (attends up
+to the longest live slot; best on a CPU) or one of
+:data:`~streamvox.engine.ar.fixed_step.MODES`, which step every slot at fixed
+shapes, compiled or replayed as a CUDA graph (what a GPU wants).
 
 The voice owns one :class:`T2SDecoder` whose cache has ``max_streams`` slots.
 The backend hands the slots out (a :class:`~streamvox.engine.ar.slots.SlotPool`
@@ -39,7 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 from streamvox.engine.api import VoiceLoadError
-from streamvox.engine.ar.generate import TokenStream, advance, choose
+from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
+from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
@@ -53,7 +63,10 @@ from streamvox.engine.text.words import SpokenWord, spoken_words
 _KEYS = {
     "id", "gpt_weights", "sovits_weights", "reference_audio", "reference_text", "prompt_tokens", "cnhubert",
     "language", "sampling", "noise_scale", "max_streams", "max_len", "int8", "bf16_vocoder", "chunks",
+    "device", "dtype", "step",
 }  # fmt: skip
+STEPS = ("variable", *MODES)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -75,8 +88,24 @@ class GptSovitsVoiceConfig:
     chunks: ChunkSchedule = field(default_factory=ChunkSchedule)
     num_speakers: int = 1
     length_scale: float = 1.0
+    device: str = "cpu"
+    """The torch device T2S and SoVITS run on."""
+    dtype: str = "float32"
+    """T2S weights and cache: ``float32`` or ``bfloat16`` (tokens may then differ from float32)."""
+    step: str = "variable"
+    """T2S's decode step: ``variable``, or a fixed-shape mode of :data:`MODES`."""
 
     def __post_init__(self) -> None:
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            raise ValueError(f"device {self.device!r} is not a torch device") from None
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.step not in STEPS:
+            raise ValueError(f"step must be one of {STEPS}, got {self.step!r}")
+        if self.step.endswith("cuda-graph") and torch.device(self.device).type != "cuda":
+            raise ValueError(f"step {self.step!r} needs a cuda device")
         if self.language != "en":
             raise ValueError(f"only English GPT-SoVITS voices are supported, not {self.language!r}")
         if self.max_streams < 1 or self.max_len < 64:
@@ -132,6 +161,8 @@ class GptSovitsVoice:
         self.config = config
         self.sample_rate = sovits.config.sampling_rate
         self.eos = t2s.config.eos
+        self.stepper: TokenModel = t2s if config.step == "variable" else FixedShapeStep(t2s, config.step)
+        """What runs T2S's steps: the decoder itself, or its fixed-shape step."""
 
     @property
     def language(self) -> str:
@@ -157,10 +188,21 @@ class GptSovitsVoice:
                     raise ValueError(f"{key!r} is required")
             if "prompt_tokens" not in spec and "cnhubert" not in spec:
                 raise ValueError("give 'prompt_tokens' (precomputed) or 'cnhubert' (a HuBERT model directory)")
+            _check_device(config.device)
             s1 = load_s1(root / spec["gpt_weights"])
             t2s_config = T2SConfig.from_checkpoint(s1.config)
-            t2s = T2SDecoder(s1.weights, t2s_config, slots=config.max_streams, max_len=config.max_len, int8=config.int8)
-            sovits = SoVITSDecoder.load(root / spec["sovits_weights"], bf16_vocoder=config.bf16_vocoder)
+            t2s = T2SDecoder(
+                s1.weights,
+                t2s_config,
+                slots=config.max_streams,
+                max_len=config.max_len,
+                int8=config.int8,
+                device=config.device,
+                dtype=DTYPES[config.dtype],
+            )
+            sovits = SoVITSDecoder.load(
+                root / spec["sovits_weights"], bf16_vocoder=config.bf16_vocoder, device=config.device
+            )
             reference, reference_rate = _read_audio(root / spec["reference_audio"])
             speaker = sovits.speaker(
                 sovits.reference_spectrogram(resample(reference, reference_rate, sovits.config.sampling_rate))
@@ -230,7 +272,7 @@ class GptSovitsVoice:
             chosen.append(token)
             if token is not None:
                 segment.vocoder.add([token])
-        advance(self.t2s, [s.tokens for s in segments], chosen)
+        advance(self.stepper, [s.tokens for s in segments], chosen)
 
     def trim_memory(self) -> None:
         """Nothing to shrink: torch's CPU allocator hands freed tensors back to the C heap, which
@@ -276,9 +318,23 @@ def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
             int8=bool(spec.get("int8", False)),
             bf16_vocoder=bool(spec.get("bf16_vocoder", False)),
             chunks=ChunkSchedule(**chunks),
+            device=str(spec.get("device", "cpu")),
+            dtype=str(spec.get("dtype", "float32")),
+            step=str(spec.get("step", "variable")),
         )
     except TypeError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _check_device(device: str) -> None:
+    """Refuse a CUDA device this machine cannot use (a clear load error, not a failure mid-stream)."""
+    place = torch.device(device)
+    if place.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    if place.type == "cuda" and place.index is not None and place.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if place.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: only cpu and cuda devices are supported")
 
 
 def _extract_tokens(hubert_dir: Path, reference: np.ndarray, rate: int, sovits: SoVITSDecoder) -> list[int]:
