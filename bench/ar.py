@@ -200,7 +200,7 @@ class _CountingDecoder:
         return self.inner.decode(tokens, first_token)
 
 
-def _streaming(
+def streaming_run(
     t2s_checkpoint: Path,
     s2_checkpoint: Path,
     phonemes: list[int],
@@ -208,10 +208,17 @@ def _streaming(
     tokens: int,
     int8: bool,
     bf16_vocoder: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    step: str = "variable",
 ) -> dict[str, Any]:
-    """One utterance generated and vocoded chunk by chunk at batch 1."""
+    """One utterance generated and vocoded chunk by chunk at batch 1, on ``device`` with T2S in
+    ``dtype`` and its ``step`` (``variable`` or a :data:`~streamvox.engine.ar.fixed_step.MODES`
+    mode).  Every step reads its logits back to the host and every chunk its audio, so the clock
+    sees the device's work without extra synchronisation."""
     import numpy as np
-    from streamvox.engine.ar.generate import TokenStream, advance, choose
+    from streamvox.engine.ar.fixed_step import FixedShapeStep
+    from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
     from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
@@ -220,8 +227,10 @@ def _streaming(
 
     loaded = load_s1(t2s_checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
-    t2s = T2SDecoder(loaded.weights, cfg, slots=1, max_len=len(phonemes) + len(prompt) + tokens + 8, int8=int8)
-    sovits = SoVITSDecoder.load(s2_checkpoint, bf16_vocoder=bf16_vocoder)
+    max_len = len(phonemes) + len(prompt) + tokens + 8
+    t2s = T2SDecoder(loaded.weights, cfg, slots=1, max_len=max_len, int8=int8, device=device, dtype=dtype)
+    stepper: TokenModel = t2s if step == "variable" else FixedShapeStep(t2s, step)
+    sovits = SoVITSDecoder.load(s2_checkpoint, bf16_vocoder=bf16_vocoder, device=device)
     rate = sovits.config.sampling_rate
     t = np.arange(3 * rate) / rate
     speaker = sovits.speaker(sovits.reference_spectrogram((0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)))
@@ -232,7 +241,8 @@ def _streaming(
     policy = EosPolicy(eos=cfg.eos, max_steps=tokens)
     # Warm-up, as a served voice is warm: first calls allocate and pick kernels.
     warm = TokenStream.start(0, t2s.prefill(0, target, torch.tensor(prompt)), torch.tensor(prompt), SamplingParams(), 0)
-    advance(t2s, [warm], [choose(warm, policy)])
+    for _ in range(3):  # a compiled step compiles here
+        advance(stepper, [warm], [choose(warm, policy)])
     t2s.release(0)
     for window in schedule.window_sizes():  # what a loaded voice's warm_up does
         sovits.decode([0] * window, target, speaker)
@@ -247,7 +257,7 @@ def _streaming(
     while not stream.done:
         step_started = time.perf_counter()
         token = choose(stream, policy)
-        advance(t2s, [stream], [token])
+        advance(stepper, [stream], [token])
         t2s_s += time.perf_counter() - step_started
         if token is not None:
             vocoder.add([token])
@@ -273,8 +283,11 @@ def _streaming(
     offline = sovits.decode(stream.tokens, target, speaker, seed=0).numpy()
     one_shot_s = time.perf_counter() - one_shot_started
     error = float(np.sum((streamed - offline) ** 2))
+    weights = "int8" if int8 else {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
     return {
-        "weights": ("int8" if int8 else "fp32") + (" + bf16 vocoder" if bf16_vocoder else ""),
+        "weights": weights + (" + bf16 vocoder" if bf16_vocoder else ""),
+        "device": device,
+        "step": step,
         "tokens": len(stream.tokens),
         "audio_s": audio_s,
         "first_chunk_ms": 1000 * chunks[0][0],
@@ -345,7 +358,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for b in args.batches
         ]
         streaming = [
-            _streaming(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
+            streaming_run(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
             for int8, bf16 in ((False, False), (True, False), (True, True))
         ]
     result: dict[str, Any] = {

@@ -16,16 +16,23 @@ import warnings
 import torch
 
 
-def memory_bandwidth_gbs(size_bytes: int = 1 << 30, repeats: int = 5) -> float:
-    """Read bandwidth in GB/s: the best of ``repeats`` full reads (a sum, on torch's threads) of a
-    ``size_bytes`` float32 tensor, far larger than any cache."""
-    data = torch.ones(size_bytes // 4)
+def memory_bandwidth_gbs(size_bytes: int = 1 << 30, repeats: int = 5, device: str = "cpu") -> float:
+    """Read bandwidth in GB/s: the best of ``repeats`` full reads (a sum, on torch's threads or the
+    GPU) of a ``size_bytes`` float32 tensor on ``device``, far larger than any cache."""
+    data = torch.ones(size_bytes // 4, device=device)
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first read pays a GPU's kernel load
+        _synchronize(device)
         started = time.perf_counter()
         data.sum()
+        _synchronize(device)
         best = min(best, time.perf_counter() - started)
     return size_bytes / best / 1e9
+
+
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_gmacs(int8: bool, rows: int = 512, size: int = 2048, repeats: int = 5) -> float:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 import torch
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
@@ -211,6 +210,8 @@ def write_voice(
     t = np.arange(int(3.5 * rate)) / rate
     phase = 2 * np.pi * np.cumsum(130 + 15 * np.sin(2 * np.pi * 3 * t)) / rate
     wave = 0.3 * sum(np.sin(k * phase) / k for k in range(1, 6))
+    import soundfile  # here, so the checkpoint writers need only torch (a bare GPU machine has no libsndfile)
+
     soundfile.write(directory / "reference.wav", wave.astype(np.float32), rate)
     rng = np.random.default_rng(seed)
     np.save(directory / "reference.semantic.npy", rng.integers(0, t2s.eos, int(3.5 * 25)).astype(np.int64))

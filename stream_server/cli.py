@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from streamvox.bench.ar_device_cli import add_arguments as add_ar_device_arguments
 from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.registry import BACKENDS, VoiceSpec
@@ -233,6 +234,12 @@ def _bench_ar(args: argparse.Namespace) -> int:
     return run_ar_bench(args)
 
 
+def _bench_ar_device(args: argparse.Namespace) -> int:
+    from streamvox.bench.ar_device import run_ar_device_bench
+
+    return run_ar_device_bench(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamvox", description="Real-time streaming text-to-speech server.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -378,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
+    ar_device = bench_sub.add_parser(
+        "ar-device", help="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph"
+    )
+    add_ar_device_arguments(ar_device)
+    ar_device.set_defaults(func=_bench_ar_device)
     dia = bench_sub.add_parser("dia", help="Dia decode ms/step vs the memory-bandwidth bound and transformers")
     dia.add_argument("--size", choices=("real", "tiny"), default="real", help="Dia-1.6B's sizes, or a tiny model")
     dia.add_argument("--steps", type=int, default=8, help="decode steps timed per batch size")
