@@ -1,9 +1,9 @@
-"""``streamvox bench ar-device``'s options, and a way to run it without the server's dependencies.
+"""``streamvox bench ar-device``'s options and entry point, also runnable without the server's dependencies.
 
-Apart from :mod:`streamvox.bench.ar_device` so that building the CLI's parser
-imports no torch.  ``python -m streamvox.bench.ar_device_cli`` needs only
-numpy and torch: what ``scripts/gpu_check.sh`` runs on a bare GPU machine,
-which has neither libopus nor libsndfile.
+The CLI hands this bench its options unparsed, so they are defined once,
+here.  ``python -m streamvox.bench.ar_device_cli`` needs only numpy and
+torch: what ``scripts/gpu_check.sh`` runs on a bare GPU machine, which has
+neither libopus nor libsndfile (the server's configuration imports both).
 """
 
 from __future__ import annotations
@@ -31,15 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json-out", help="also write the JSON result to this file")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m streamvox.bench.ar_device_cli") -> int:
+    """Parse ``argv`` (default: the command line) and run the bench."""
     parser = argparse.ArgumentParser(
-        prog="python -m streamvox.bench.ar_device_cli",
-        description="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph",
+        prog=prog, description="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph"
     )
     add_arguments(parser)
+    args = parser.parse_args(argv)
     from streamvox.bench.ar_device import run_ar_device_bench
 
-    return run_ar_device_bench(parser.parse_args())
+    return run_ar_device_bench(args)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-from streamvox.bench.ar_device_cli import add_arguments as add_ar_device_arguments
 from streamvox.engine.api import SynthesisParams
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.registry import BACKENDS, VoiceSpec
@@ -235,9 +234,9 @@ def _bench_ar(args: argparse.Namespace) -> int:
 
 
 def _bench_ar_device(args: argparse.Namespace) -> int:
-    from streamvox.bench.ar_device import run_ar_device_bench
+    from streamvox.bench.ar_device_cli import main
 
-    return run_ar_device_bench(args)
+    return main(args.options, prog="streamvox bench ar-device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,10 +384,15 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
+    # Its options live with the bench (streamvox.bench.ar_device_cli), which also runs without the
+    # server's dependencies on a bare GPU machine; "+" keeps argparse from reading them here.
     ar_device = bench_sub.add_parser(
-        "ar-device", help="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph"
+        "ar-device",
+        help="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph (--help for its options)",
+        add_help=False,
+        prefix_chars="+",
     )
-    add_ar_device_arguments(ar_device)
+    ar_device.add_argument("options", nargs=argparse.REMAINDER)
     ar_device.set_defaults(func=_bench_ar_device)
     dia = bench_sub.add_parser("dia", help="Dia decode ms/step vs the memory-bandwidth bound and transformers")
     dia.add_argument("--size", choices=("real", "tiny"), default="real", help="Dia-1.6B's sizes, or a tiny model")

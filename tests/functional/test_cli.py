@@ -334,6 +334,62 @@ def test_bench_ar_smoke() -> None:
         assert row["tokens_decoded_per_token"] >= 1 and row["stall_ms"] >= 0
 
 
+@pytest.mark.slow
+def test_bench_ar_device_smoke() -> None:
+    """The device bench on the CPU: the token check, the speed rows against the floor, streaming and
+    the real-time estimate, for the variable and the eager fixed-shape step."""
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "bench",
+            "ar-device",
+            "--device",
+            "cpu",
+            "--modes",
+            "variable",
+            "eager",
+            "--batches",
+            "1",
+            "2",
+            "--tokens",
+            "4",
+            "--check-batch",
+            "2",
+            "--check-tokens",
+            "5",
+            "--text-len",
+            "8",
+            "--prompt-len",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["dtype"] == "float32" and result["bandwidth_gbs"] > 0
+    assert result["tokens"] == {
+        mode: {"equal": True, "first_divergence_step": None, "tokens_per_stream": [5, 5]}
+        for mode in ("eager", "variable")
+    }
+    assert [(r["mode"], r["batch"], r["steps"]) for r in result["speed"]] == [
+        ("variable", 1, 4),
+        ("variable", 2, 4),
+        ("eager", 1, 4),
+        ("eager", 2, 4),
+    ]
+    for row in result["speed"]:
+        assert 0 < row["floor_ms"] < row["step_ms"] and row["sample_ms"] > 0 and row["tokens_per_s"] > 0
+    assert [(r["step"], r["tokens"]) for r in result["streaming"]] == [("variable", 4), ("eager", 4)]
+    for row in result["streaming"]:
+        assert row["first_chunk_ms"] > 0 and row["t2s_rtf"] > 0 and row["vocoder_rtf"] > 0
+    for estimate in result["real_time_streams"].values():
+        assert estimate["streams"] in (0, 1, 2)
+
+
 def test_bench_dia_smoke() -> None:
     """The Dia benchmark times ours (fp32, bf16, two batch sizes) and transformers on one directory,
     with the bandwidth bound beside each step."""
