@@ -21,7 +21,10 @@ transformers.  Measured side by side on this machine:
 
 Real time (86 steps/s) is out of reach on two CPU cores: what this reports is
 how close each step is to what the hardware allows, and how far ahead of the
-reference we are.  The head row of channel 0's EOS is zero, so nothing ends early.
+reference we are.  ``--device cuda`` runs ours on a GPU (the bandwidth is
+then the GPU's, and every timing waits for the GPU's queued work); the
+reference stays a CPU run, so leave it out there (``--reference ''``).  The
+head row of channel 0's EOS is zero, so nothing ends early.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import Any
 
 import torch
 from streamvox.bench.dia_voice import random_dac, write_dia_voice
-from streamvox.bench.hardware import memory_bandwidth_gbs
+from streamvox.bench.hardware import memory_bandwidth_gbs, synchronize
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacConfig
 from streamvox.engine.backends.dia.text import speaker_text_ids
@@ -124,24 +127,29 @@ def _steps(voice: DiaVoice, batch: int, steps: int, bandwidth: float) -> dict[st
 
 def _prefill_by_length(voice: DiaVoice, lengths: list[int]) -> list[dict[str, Any]]:
     out = []
+    device = voice.network.device
     for length in lengths:
-        ids = torch.randint(3, 256, (2, length))
-        mask = torch.ones(2, length, dtype=torch.bool)
+        ids = torch.randint(3, 256, (2, length), device=device)
+        mask = torch.ones(2, length, dtype=torch.bool, device=device)
         voice.network.encode(ids, mask)
+        synchronize(device)
         started = time.perf_counter()
         voice.network.encode(ids, mask)
+        synchronize(device)
         out.append({"text_bytes": length, "encoder_ms": (time.perf_counter() - started) * 1000})
     return out
 
 
-def _dac_windows(dac: DacConfig, first: int, cap: int, context: int) -> list[dict[str, Any]]:
-    codec = random_dac(dac, seed=1)
+def _dac_windows(dac: DacConfig, first: int, cap: int, context: int, device: str) -> list[dict[str, Any]]:
+    codec = random_dac(dac, seed=1).to(device)
     out = []
     for name, frames, emitted in (("first", first + context, first), ("steady", cap + 2 * context, cap)):
-        codes = torch.randint(0, dac.codebook_size, (1, dac.codebooks, frames))
+        codes = torch.randint(0, dac.codebook_size, (1, dac.codebooks, frames), device=device)
         codec.decode(codes)
+        synchronize(device)
         started = time.perf_counter()
         codec.decode(codes)
+        synchronize(device)
         ms = (time.perf_counter() - started) * 1000
         audio_ms = emitted * dac.hop / dac.sample_rate * 1000
         out.append({"window": name, "frames_decoded": frames, "frames_kept": emitted, "ms": ms, "rtf": ms / audio_ms})
@@ -181,9 +189,14 @@ def _reference(reference: Path, directory: Path, ids: list[int], short: int, lon
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = DiaConfig() if args.size == "real" else DiaConfig.tiny()
     dac = DacConfig() if args.size == "real" else DacConfig.tiny()
-    bandwidth = memory_bandwidth_gbs()
+    bandwidth = memory_bandwidth_gbs(device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = {"max_streams": max(args.batches), "max_rows": args.steps + 64, "max_text_bytes": 512}
+        settings = {
+            "max_streams": max(args.batches),
+            "max_rows": args.steps + 64,
+            "max_text_bytes": 512,
+            "device": args.device,
+        }
         directory = write_dia_voice(Path(tmp) / "dia", model, dac, seed=0, eos_scale=0.0, voice=settings)
         tiny = write_dia_voice(Path(tmp) / "tiny", DiaConfig.tiny(), DacConfig.tiny(), seed=0, voice=settings)
         ours: list[dict[str, Any]] = []
@@ -207,15 +220,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads"
+        + (f", {torch.cuda.get_device_name(args.device)}" if torch.device(args.device).type == "cuda" else ""),
         "size": args.size,
+        "device": args.device,
         "parameters": parameters,
         "bandwidth_gbs": bandwidth,
         "steps_timed": args.steps,
         "ours": ours,
         "reference": reference,
         "encoder_prefill": prefill,
-        "dac": _dac_windows(dac, chunks.first, chunks.cap, chunks.lookahead),
+        "dac": _dac_windows(dac, chunks.first, chunks.cap, chunks.lookahead, args.device),
         "first_audio_after_steps": first_steps,
     }
     one = next((r for r in ours if r["batch"] == 1 and r["dtype"] == "float32"), None)
@@ -230,8 +245,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def _table(result: dict[str, Any]) -> str:
     lines = [
-        f"streamvox bench dia — {result['date']}, {result['machine']}; {result['size']}-size random weights; "
-        f"memory bandwidth {result['bandwidth_gbs']:.1f} GB/s",
+        f"streamvox bench dia — {result['date']}, {result['machine']}; {result['size']}-size random weights"
+        f" on {result['device']}; memory bandwidth {result['bandwidth_gbs']:.1f} GB/s",
         "  weights    batch  ms/step  bound ms  ratio  steps/s per request  x batch 1",
     ]
     for r in result["ours"]:
@@ -261,4 +276,6 @@ def run_dia_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     result = measure(args)
     print(json.dumps(result) if args.json else _table(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=1), encoding="utf-8")
     return 0

@@ -22,15 +22,16 @@ def memory_bandwidth_gbs(size_bytes: int = 1 << 30, repeats: int = 5, device: st
     data = torch.ones(size_bytes // 4, device=device)
     best = float("inf")
     for _ in range(repeats + 1):  # the first read pays a GPU's kernel load
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         data.sum()
-        _synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return size_bytes / best / 1e9
 
 
-def _synchronize(device: str) -> None:
+def synchronize(device: str | torch.device) -> None:
+    """Wait for ``device``'s queued work (a GPU runs asynchronously; a CPU needs no wait)."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 

@@ -222,9 +222,9 @@ def _bench_batch(args: argparse.Namespace) -> int:
 
 
 def _bench_dia(args: argparse.Namespace) -> int:
-    from streamvox.bench.dia import run_dia_bench
+    from streamvox.bench.standalone import main
 
-    return run_dia_bench(args)
+    return main("dia", args.options, prog="streamvox bench dia")
 
 
 def _bench_ar(args: argparse.Namespace) -> int:
@@ -234,9 +234,9 @@ def _bench_ar(args: argparse.Namespace) -> int:
 
 
 def _bench_ar_device(args: argparse.Namespace) -> int:
-    from streamvox.bench.ar_device_cli import main
+    from streamvox.bench.standalone import main
 
-    return main(args.options, prog="streamvox bench ar-device")
+    return main("ar-device", args.options, prog="streamvox bench ar-device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
-    # Its options live with the bench (streamvox.bench.ar_device_cli), which also runs without the
-    # server's dependencies on a bare GPU machine; "+" keeps argparse from reading them here.
+    # The options of ar-device and dia live with them (streamvox.bench.standalone), which also runs
+    # them without the server's dependencies on a bare GPU machine; "+" keeps argparse from reading
+    # them here.
     ar_device = bench_sub.add_parser(
         "ar-device",
         help="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph (--help for its options)",
@@ -394,18 +395,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ar_device.add_argument("options", nargs=argparse.REMAINDER)
     ar_device.set_defaults(func=_bench_ar_device)
-    dia = bench_sub.add_parser("dia", help="Dia decode ms/step vs the memory-bandwidth bound and transformers")
-    dia.add_argument("--size", choices=("real", "tiny"), default="real", help="Dia-1.6B's sizes, or a tiny model")
-    dia.add_argument("--steps", type=int, default=8, help="decode steps timed per batch size")
-    dia.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4], help="requests per step (2 rows each)")
-    dia.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
-    dia.add_argument(
-        "--reference",
-        default=".ref/transformers",
-        help="transformers installed with --target (what scripts/setup.sh test does); '' to skip",
+    dia = bench_sub.add_parser(
+        "dia",
+        help="Dia decode ms/step vs the memory-bandwidth bound and transformers (--help for its options)",
+        add_help=False,
+        prefix_chars="+",
     )
-    dia.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    dia.add_argument("--json", action="store_true")
+    dia.add_argument("options", nargs=argparse.REMAINDER)
     dia.set_defaults(func=_bench_dia)
     load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
     load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")

@@ -404,7 +404,7 @@ def test_bench_dia_smoke() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     rows = [(r["dtype"], r["batch"]) for r in result["ours"]]
     assert rows == [("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)]
-    assert result["bandwidth_gbs"] > 0
+    assert result["bandwidth_gbs"] > 0 and result["device"] == "cpu"
     for row in result["ours"]:
         assert row["step_ms"] > 0 and 0 < row["bound_ms"] < row["step_ms"] and row["ratio_to_bound"] > 1
     assert result["reference"]["step_ms"] > 0 and result["speedup_vs_reference_batch1_fp32"] > 0

@@ -17,9 +17,10 @@ import aiohttp
 import numpy as np
 import openai
 import pytest
+import torch
 import websockets
 from streamvox.bench.dia_voice import write_dia_voice
-from streamvox.engine.api import SynthesisParams
+from streamvox.engine.api import SynthesisParams, VoiceLoadError
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacConfig
 from streamvox.engine.backends.dia.voice import DiaVoice
@@ -247,3 +248,20 @@ async def test_every_other_dialect_gives_the_native_protocols_pcm(
     audio = await dialect(server, app, text)
     native, _ = await native_pcm(server, text, rate, seed=7)
     assert len(audio) > 0 and audio == native
+
+
+def test_voice_json_settings_are_checked_at_load(tmp_path: Any) -> None:
+    directory = write_dia_voice(tmp_path / "dia", DiaConfig.tiny(), DacConfig.tiny(), seed=0)
+    bad = {
+        "dtype": ({"dtype": "float16"}, "dtype must be float32 or bfloat16"),
+        "device": ({"device": "tpu"}, "not a torch device|only cpu and cuda"),
+        "key": ({"devices": "cpu"}, "unknown voice.json keys: devices"),
+    }
+    if not torch.cuda.is_available():
+        bad["cuda"] = ({"device": "cuda:0"}, "CUDA is not available")
+    for settings, message in bad.values():
+        (directory / "voice.json").write_text(json.dumps(settings))
+        with pytest.raises(VoiceLoadError, match=message):
+            DiaVoice.load(directory)
+    (directory / "voice.json").write_text(json.dumps({"device": "cpu", "max_rows": 64}))
+    assert DiaVoice.load(directory).network.device.type == "cpu"

@@ -1,5 +1,6 @@
-"""GPT-SoVITS on a CUDA device: the graph-replayed and compiled fixed-shape steps against the CPU's
-variable step, bfloat16 beside float32, and SoVITS's audio against the CPU's.
+"""The AR voices on a CUDA device: GPT-SoVITS's graph-replayed and compiled fixed-shape steps against
+the CPU's variable step, bfloat16 beside float32, SoVITS's audio against the CPU's; a Dia voice's
+greedy rows and streamed audio against the CPU's.
 
 Skipped where torch sees no CUDA device (CI has none).  ``scripts/gpu_check.sh`` runs this file
 on a GPU machine (``--noconftest``: the shared fixtures load the server, which needs libopus and
@@ -13,8 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from streamvox.bench.dia_voice import write_dia_voice
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
 from streamvox.engine.ar.fixed_step import FixedShapeStep
+from streamvox.engine.backends.dia.config import DiaConfig
+from streamvox.engine.backends.dia.dac import DacConfig
+from streamvox.engine.backends.dia.voice import DiaVoice
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig, SoVITSDecoder
@@ -81,3 +86,23 @@ def test_sovits_on_the_gpu_decodes_the_cpu_s_audio(tmp_path: Path) -> None:
     assert audio[1].shape == audio[0].shape == (40 * cpu.config.samples_per_token,)
     error = float(np.sum((audio[1] - audio[0]) ** 2))
     assert 10 * np.log10(float(np.sum(audio[0] ** 2)) / max(error, 1e-30)) > 35  # dB (cuDNN may convolve in TF32)
+
+
+def test_a_dia_voice_on_the_gpu_speaks_as_on_the_cpu(tmp_path: Path) -> None:
+    directory = write_dia_voice(tmp_path / "dia", DiaConfig.tiny(), DacConfig.tiny(), seed=0, eos_scale=0.0)
+    audio, rows = [], []
+    for device in ("cpu", "cuda"):
+        (directory / "voice.json").write_text(f'{{"max_rows": 64, "device": "{device}"}}')
+        voice = DiaVoice.load(directory)
+        assert voice.cache.self_k[0].device.type == device
+        request = voice.start_segment(0, 0, "[S1] Hello there.", seed=None, greedy=True)
+        while request.generating:
+            voice.step([request])
+        audio.append(
+            np.concatenate(
+                [request.vocoder.decode() for _ in iter(request.vocoder.pending, False)] + [request.vocoder.finish()]
+            )
+        )
+        rows.append(torch.stack(request.state.rows))
+    assert torch.equal(rows[1], rows[0])
+    np.testing.assert_allclose(audio[1], audio[0], atol=1e-3)

@@ -188,6 +188,11 @@ class DacCodec(nn.Module):
         self.decoder = Decoder(config)
         self.quantizer = ResidualQuantizer(config)
 
+    @property
+    def device(self) -> torch.device:
+        """Where its weights are (``.to(device)`` moves them); inputs must be there too."""
+        return self.decoder.parameters().__next__().device
+
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``(B, codebooks, frames)`` -> audio ``(B, frames·hop)`` in [-1, 1]."""

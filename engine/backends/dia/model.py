@@ -85,7 +85,8 @@ class Projections(nn.Module):
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """cos and sin ``(R, 1, T, head_dim)`` for integer ``positions`` ``(R, T)`` (rotate-half layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    steps = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device)
+    inv_freq = 1.0 / (theta ** (steps / head_dim))
     freqs = positions[..., None].float() * inv_freq
     angles = torch.cat([freqs, freqs], dim=-1)
     return angles.cos().to(dtype)[:, None], angles.sin().to(dtype)[:, None]
@@ -117,7 +118,7 @@ class Encoder(nn.Module):
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Text bytes ``(R, L)`` under a padding ``mask`` ``(R, L)`` -> ``(R, L, hidden)``."""
         x = self.embedding(ids)
-        positions = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         allowed = mask[:, None, :].expand(-1, ids.shape[1], -1)
         for layer in self.layers:
@@ -187,13 +188,14 @@ class DecoderCache:
 
     def clear(self, rows: list[int]) -> None:
         """Forget what ``rows`` held (a slot given back); the tensors stay allocated."""
-        index = torch.tensor(rows)
+        index = torch.tensor(rows, device=self.lengths.device)
         self.lengths[index] = 0
         self.text_mask[index] = False
 
 
 class DiaNetwork(nn.Module):
-    """The whole model; ``encode``, ``start`` and ``decode`` are what the backend calls."""
+    """The whole model; ``encode``, ``start`` and ``decode`` are what the backend calls.  It runs on the
+    device its parameters are on (``.to(device)``), caches included; inputs may come from the CPU."""
 
     def __init__(self, config: DiaConfig) -> None:
         super().__init__()
@@ -214,29 +216,35 @@ class DiaNetwork(nn.Module):
 
     def new_cache(self, rows: int, max_len: int, max_text: int | None = None) -> DecoderCache:
         """Zeroed caches for ``rows`` decoder rows (two per request) of ``max_len`` positions."""
-        d, dtype = self.config.decoder, self.decoder.norm.weight.dtype
+        d, weight = self.config.decoder, self.decoder.norm.weight
+        on = {"dtype": weight.dtype, "device": weight.device}
         max_text = max_text or self.config.encoder.max_positions
         self_shape = (rows, d.kv_heads, max_len, d.head_dim)
         cross_shape = (rows, d.cross_kv_heads, max_text, d.cross_head_dim)
         return DecoderCache(
-            self_k=[torch.zeros(self_shape, dtype=dtype) for _ in range(d.layers)],
-            self_v=[torch.zeros(self_shape, dtype=dtype) for _ in range(d.layers)],
-            cross_k=[torch.zeros(cross_shape, dtype=dtype) for _ in range(d.layers)],
-            cross_v=[torch.zeros(cross_shape, dtype=dtype) for _ in range(d.layers)],
-            text_mask=torch.zeros(rows, max_text, dtype=torch.bool),
-            lengths=torch.zeros(rows, dtype=torch.long),
+            self_k=[torch.zeros(self_shape, **on) for _ in range(d.layers)],
+            self_v=[torch.zeros(self_shape, **on) for _ in range(d.layers)],
+            cross_k=[torch.zeros(cross_shape, **on) for _ in range(d.layers)],
+            cross_v=[torch.zeros(cross_shape, **on) for _ in range(d.layers)],
+            text_mask=torch.zeros(rows, max_text, dtype=torch.bool, device=weight.device),
+            lengths=torch.zeros(rows, dtype=torch.long, device=weight.device),
         )
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.norm.weight.device  # (the linears may be column-blocked, without a weight)
 
     @torch.inference_mode()
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(ids, mask)
+        return self.encoder(ids.to(self.device), mask.to(self.device))
 
     @torch.inference_mode()
     def start(self, cache: DecoderCache, rows: list[int], encoded: torch.Tensor, mask: torch.Tensor) -> None:
         """Fill ``rows``' cross-attention keys and values from their encoder output (once per request)."""
         if encoded.shape[1] > cache.text_mask.shape[1]:
             raise ValueError(f"text of {encoded.shape[1]} bytes exceeds the cache's {cache.text_mask.shape[1]}")
-        index, width = torch.tensor(rows), encoded.shape[1]
+        index, width = torch.tensor(rows, device=self.device), encoded.shape[1]
+        mask = mask.to(self.device)
         for layer_index, layer in enumerate(self.decoder.layers):
             k, v = layer.cross_attention.keys_values(encoded)
             cache.cross_k[layer_index][index, :, :width] = k
@@ -249,17 +257,17 @@ class DiaNetwork(nn.Module):
     def decode(self, cache: DecoderCache, rows: list[int], tokens: torch.Tensor) -> torch.Tensor:
         """Append ``tokens`` ``(R, T, channels)`` to ``rows`` (each at its own length) and return
         the logits ``(R, T, channels, vocab)`` for the rows after them."""
-        d = self.config.decoder
-        index = torch.tensor(rows)
+        d, device = self.config.decoder, self.device
+        index = torch.tensor(rows, device=device)
         steps = tokens.shape[1]
         start = cache.lengths[index]
         if int(start.max()) + steps > cache.max_len:
             raise ValueError(f"a row would pass the cache's {cache.max_len} positions")
-        positions = start[:, None] + torch.arange(steps)
+        positions = start[:, None] + torch.arange(steps, device=device)
         span = int(positions.max()) + 1
-        x = self.decoder.embeddings(tokens)
+        x = self.decoder.embeddings(tokens.to(device))
         cos, sin = rope_tables(positions, d.head_dim, d.rope_theta, x.dtype)
-        causal = torch.arange(span)[None, None, :] <= positions[:, :, None]
+        causal = torch.arange(span, device=device)[None, None, :] <= positions[:, :, None]
         text_mask = cache.text_mask[index]
         text_width = _last_true(text_mask) + 1
         cross_allowed = text_mask[:, None, :text_width].expand(-1, steps, -1)

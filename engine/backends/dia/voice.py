@@ -10,6 +10,7 @@ A voice directory (local; nothing is ever fetched)::
     prompt.wav, prompt.txt optional: audio to clone and its transcript ("[S1] ...")
     voice.json             optional: {"id", "language", "max_streams": 2, "max_rows": 3072,
                            "max_text_bytes": 512, "dtype": "float32"|"bfloat16",
+                           "device": "cpu"|"cuda"|"cuda:N",
                            "sampling": {temperature, top_p, top_k, guidance_scale, guidance_top_k}}
 
 Each request (one text segment of one stream) holds one slot of the voice's
@@ -17,8 +18,10 @@ Each request (one text segment of one stream) holds one slot of the voice's
 encoded with the DAC encoder once, at load time, and teacher-forced into each
 request's rows at its prefill (its transcript goes before the request's text).
 :meth:`DiaVoice.step` advances any set of requests by one decoder row in one
-batched call.  Not thread-safe: the backend runs one model call per voice at a
-time (its lane); a request's state is touched by one unit at a time.
+batched call.  The model, its caches and the DAC live on ``device``; the
+sampler runs on the CPU, so each step's logits come back to it.  Not
+thread-safe: the backend runs one model call per voice at a time (its lane);
+a request's state is touched by one unit at a time.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.blocked_linear import use_blocked_linears
 from streamvox.engine.ar.checkpoint import CheckpointError
+from streamvox.engine.ar.device import check_device
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.dia.config import DiaConfig
@@ -46,7 +50,9 @@ from streamvox.engine.backends.dia.words import speaker_free_words
 from streamvox.engine.backends.dia.words import word_weights as letter_weights
 from streamvox.engine.text.words import SpokenWord
 
-_VOICE_KEYS = frozenset({"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "sampling", "chunks"})
+_VOICE_KEYS = frozenset(
+    {"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "device", "sampling", "chunks"}
+)
 DAC_CONTEXT = 10
 """Frames of context each side of a DAC window: the decoder's receptive field (exact to float error)."""
 DAC_WINDOWS = ChunkSchedule(
@@ -72,6 +78,8 @@ class DiaVoiceConfig:
     max_text_bytes: int = 512
     """Prompt transcript plus segment text, in bytes, that the cross-attention cache holds."""
     dtype: str = "float32"
+    device: str = "cpu"
+    """The torch device the model, its caches and the DAC run on."""
     sampling: DiaSampling = field(default_factory=DiaSampling)
     chunks: ChunkSchedule = DAC_WINDOWS
 
@@ -80,6 +88,7 @@ class DiaVoiceConfig:
             raise ValueError("max_streams must be >= 1, max_rows >= 32 and max_text_bytes >= 16")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
+        check_device(self.device)
 
     @classmethod
     def from_json(cls, spec: Mapping[str, Any]) -> DiaVoiceConfig:
@@ -97,6 +106,7 @@ class DiaVoiceConfig:
             max_rows=max_rows,
             max_text_bytes=int(spec.get("max_text_bytes", 512)),
             dtype=str(spec.get("dtype", "float32")),
+            device=str(spec.get("device", "cpu")),
             sampling=DiaSampling(**{"max_rows": max_rows, **sampling}),
             chunks=_chunks(spec.get("chunks", {})),
         )
@@ -122,8 +132,8 @@ class DacFrameDecoder:
         return self.codec.config.hop
 
     def decode(self, tokens: Sequence[tuple[int, ...]], first_token: int) -> np.ndarray:
-        codes = torch.tensor(list(tokens), dtype=torch.long).T[None]
-        return self.codec.decode(codes)[0].float().numpy()
+        codes = torch.tensor(list(tokens), dtype=torch.long, device=self.codec.device).T[None]
+        return self.codec.decode(codes)[0].float().cpu().numpy()
 
 
 @dataclass(eq=False)
@@ -213,14 +223,15 @@ class DiaVoice:
         dtype = torch.bfloat16 if config.dtype == "bfloat16" else torch.float32
         network = DiaNetwork(model_config)
         _fill(network, _model_weights(root, model_config), root)
-        network.to(dtype).eval()
-        # The decoder's fp32 linears as column blocks (several per thread: measured best at Dia's
-        # widths), where a step's few rows are otherwise multiplied on one thread; bf16 stays plain
-        # (faster so), and so does the encoder (once per request, over many rows).
-        use_blocked_linears(network, blocks_per_thread=4, skip=("model.encoder",))
+        network.to(device=config.device, dtype=dtype).eval()
+        if torch.device(config.device).type == "cpu":
+            # The decoder's fp32 linears as column blocks (several per thread: measured best at Dia's
+            # widths), where a step's few rows are otherwise multiplied on one thread; bf16 stays plain
+            # (faster so), and so does the encoder (once per request, over many rows).
+            use_blocked_linears(network, blocks_per_thread=4, skip=("model.encoder",))
         codec = DacCodec(dac_config)
         _fill(codec, fold_weight_norm(_safetensors(root / "dac" / "model.safetensors")), root / "dac")
-        codec.eval()
+        codec.to(config.device).eval()
         prompt_codes, prompt_text = None, ""
         if (root / "prompt.wav").exists():
             prompt_codes, prompt_text = _read_prompt(root, codec)
@@ -266,8 +277,8 @@ class DiaVoice:
             params = replace(params, temperature=0.0)
         state = DiaDecodeState(self.network.config, params, seed, prompt=self.prompt_codes)
         prefill = torch.stack(state.rows)[None].expand(2, -1, -1)
-        logits = self.network.decode(self.cache, rows, prefill)
-        state.choose(logits[0, -1], logits[1, -1])
+        logits = self.network.decode(self.cache, rows, prefill)[:, -1].float().cpu()
+        state.choose(logits[0], logits[1])
         vocoder = StreamingVocoder(self.frame_decoder, self.config.chunks)
         return DiaRequest(index, slot, state, vocoder)
 
@@ -279,9 +290,9 @@ class DiaVoice:
             return
         rows = [row for r in live for row in r.rows]
         tokens = torch.stack([r.state.last_row for r in live for _ in range(2)])[:, None]
-        logits = self.network.decode(self.cache, rows, tokens)
+        logits = self.network.decode(self.cache, rows, tokens)[:, -1].float().cpu()
         for i, request in enumerate(live):
-            request.state.choose(logits[2 * i, -1], logits[2 * i + 1, -1])
+            request.state.choose(logits[2 * i], logits[2 * i + 1])
             request.feed_vocoder()
 
     def release_slot(self, slot: int) -> None:
@@ -342,5 +353,5 @@ def _read_prompt(root: Path, codec: DacCodec) -> tuple[torch.Tensor, str]:
     except (OSError, RuntimeError) as exc:
         raise VoiceLoadError(f"{root}: a prompt needs prompt.wav and prompt.txt ({exc})") from None
     mono = resample(audio, rate, codec.config.sample_rate)
-    codes = codec.encode(torch.from_numpy(mono)[None])[0].T.contiguous()
+    codes = codec.encode(torch.from_numpy(mono)[None].to(codec.device))[0].T.contiguous().cpu()
     return codes, text

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 from streamvox.engine.api import VoiceLoadError
+from streamvox.engine.ar.device import check_device
 from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
 from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
@@ -96,10 +97,7 @@ class GptSovitsVoiceConfig:
     """T2S's decode step: ``variable``, or a fixed-shape mode of :data:`MODES`."""
 
     def __post_init__(self) -> None:
-        try:
-            torch.device(self.device)
-        except RuntimeError:
-            raise ValueError(f"device {self.device!r} is not a torch device") from None
+        check_device(self.device)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.step not in STEPS:
@@ -188,7 +186,6 @@ class GptSovitsVoice:
                     raise ValueError(f"{key!r} is required")
             if "prompt_tokens" not in spec and "cnhubert" not in spec:
                 raise ValueError("give 'prompt_tokens' (precomputed) or 'cnhubert' (a HuBERT model directory)")
-            _check_device(config.device)
             s1 = load_s1(root / spec["gpt_weights"])
             t2s_config = T2SConfig.from_checkpoint(s1.config)
             t2s = T2SDecoder(
@@ -324,17 +321,6 @@ def _config(spec: Mapping[str, Any]) -> GptSovitsVoiceConfig:
         )
     except TypeError as exc:
         raise ValueError(str(exc)) from None
-
-
-def _check_device(device: str) -> None:
-    """Refuse a CUDA device this machine cannot use (a clear load error, not a failure mid-stream)."""
-    place = torch.device(device)
-    if place.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
-    if place.type == "cuda" and place.index is not None and place.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA devices")
-    if place.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r}: only cpu and cuda devices are supported")
 
 
 def _extract_tokens(hubert_dir: Path, reference: np.ndarray, rate: int, sovits: SoVITSDecoder) -> list[int]:
