@@ -221,22 +221,22 @@ def _bench_batch(args: argparse.Namespace) -> int:
     return run_batch_bench(args)
 
 
-def _bench_dia(args: argparse.Namespace) -> int:
-    from streamvox.bench.standalone import main
-
-    return main("dia", args.options, prog="streamvox bench dia")
-
-
 def _bench_ar(args: argparse.Namespace) -> int:
     from streamvox.bench.ar import run_ar_bench
 
     return run_ar_bench(args)
 
 
-def _bench_ar_device(args: argparse.Namespace) -> int:
+STANDALONE_BENCHES = {
+    "ar-device": "GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph",
+    "dia": "Dia decode ms/step vs the memory-bandwidth bound and transformers",
+}
+
+
+def _bench_standalone(args: argparse.Namespace) -> int:
     from streamvox.bench.standalone import main
 
-    return main("ar-device", args.options, prog="streamvox bench ar-device")
+    return main(args.bench, args.options, prog=f"streamvox bench {args.bench}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,25 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
-    # The options of ar-device and dia live with them (streamvox.bench.standalone), which also runs
-    # them without the server's dependencies on a bare GPU machine; "+" keeps argparse from reading
-    # them here.
-    ar_device = bench_sub.add_parser(
-        "ar-device",
-        help="GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph (--help for its options)",
-        add_help=False,
-        prefix_chars="+",
-    )
-    ar_device.add_argument("options", nargs=argparse.REMAINDER)
-    ar_device.set_defaults(func=_bench_ar_device)
-    dia = bench_sub.add_parser(
-        "dia",
-        help="Dia decode ms/step vs the memory-bandwidth bound and transformers (--help for its options)",
-        add_help=False,
-        prefix_chars="+",
-    )
-    dia.add_argument("options", nargs=argparse.REMAINDER)
-    dia.set_defaults(func=_bench_dia)
+    # The options of these benches live with them (streamvox.bench.standalone), which also runs them
+    # without the server's dependencies on a bare GPU machine; "+" keeps argparse from reading them here.
+    for name, summary in STANDALONE_BENCHES.items():
+        standalone = bench_sub.add_parser(
+            name, help=f"{summary} (--help: its options)", add_help=False, prefix_chars="+"
+        )
+        standalone.add_argument("options", nargs=argparse.REMAINDER)
+        standalone.set_defaults(func=_bench_standalone, bench=name)
     load = bench_sub.add_parser("load", help="N concurrent LLM-paced listeners: TTFA, underruns, CPU")
     load.add_argument("--streams", type=int, default=16, help="concurrent streams (the upper bound with --find-max)")
     load.add_argument("--seconds", type=float, default=20.0, help="how long each step runs")
