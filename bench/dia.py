@@ -85,7 +85,8 @@ print(json.dumps({"short_s": short, "long_s": long, "steps": job["long"] - job["
 def step_bytes(voice: DiaVoice, rows: list[int]) -> int:
     """What one decode step over ``rows`` must read: the decoder's weights (not the embedding
     tables, of which it reads nine rows, nor the cross-attention key and value projections, which
-    run once per request), and each row's filled self- and cross-attention caches."""
+    run once per request), and each row's filled self- and cross-attention caches; a fixed-shape
+    step reads every row of the cache over its whole width."""
     network = voice.network
     once = ("model.encoder.", "embeddings.embed.weight", "cross_attention.k_proj", "cross_attention.v_proj")
     decoder_weights = sum(
@@ -94,9 +95,10 @@ def step_bytes(voice: DiaVoice, rows: list[int]) -> int:
     d = network.config.decoder
     element = voice.cache.self_k[0].element_size()
     cache = 0
-    for row in rows:
-        length = int(voice.cache.lengths[row]) + 1
-        text = int(voice.cache.text_mask[row].sum())
+    fixed = voice.stepper is not None
+    for row in range(voice.cache.rows) if fixed else rows:
+        length = voice.cache.max_len if fixed else int(voice.cache.lengths[row]) + 1
+        text = voice.cache.text_mask.shape[1] if fixed else int(voice.cache.text_mask[row].sum())
         cache += (
             d.layers * 2 * element * (d.kv_heads * length * d.head_dim + d.cross_kv_heads * text * d.cross_head_dim)
         )
@@ -203,15 +205,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         prefill: list[dict[str, Any]] = []
         parameters = 0
         for dtype in args.dtypes:
-            (directory / "voice.json").write_text(json.dumps({**settings, "dtype": dtype}))
-            voice = DiaVoice.load(directory)
-            parameters = sum(p.numel() for p in voice.network.parameters())
-            for batch in args.batches:
-                ours.append({"dtype": dtype, **_steps(voice, batch, args.steps, bandwidth * 1e9)})
-            if dtype == "float32":
-                prefill = _prefill_by_length(voice, [32, 128, 512])
-            del voice
-            gc.collect()
+            for mode in args.modes:
+                # A fixed-shape step steps every cache row: its cache holds exactly the batch.
+                loads = [None] if mode == "variable" else args.batches
+                for streams in loads:
+                    spec = {**settings, "dtype": dtype, "step": mode}
+                    if streams is not None:
+                        spec["max_streams"] = streams
+                    (directory / "voice.json").write_text(json.dumps(spec))
+                    voice = DiaVoice.load(directory)
+                    parameters = sum(p.numel() for p in voice.network.parameters())
+                    for batch in args.batches if streams is None else [streams]:
+                        row = _steps(voice, batch, args.steps, bandwidth * 1e9)
+                        ours.append({"dtype": dtype, "mode": mode, **row})
+                    if dtype == "float32" and mode == "variable":
+                        prefill = _prefill_by_length(voice, [32, 128, 512])
+                    del voice
+                    gc.collect()
         reference = None
         if args.reference:
             reference = _reference(Path(args.reference), directory, speaker_text_ids(_TEXT), 2, 2 + args.steps)
@@ -233,11 +243,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "dac": _dac_windows(dac, chunks.first, chunks.cap, chunks.lookahead, args.device),
         "first_audio_after_steps": first_steps,
     }
-    one = next((r for r in ours if r["batch"] == 1 and r["dtype"] == "float32"), None)
-    if one is not None:
-        for row in ours:
-            same = next(r for r in ours if r["batch"] == 1 and r["dtype"] == row["dtype"])
+    one = next((r for r in ours if r["batch"] == 1 and r["dtype"] == "float32" and r["mode"] == "variable"), None)
+    for row in ours:
+        same = next(
+            (r for r in ours if r["batch"] == 1 and (r["dtype"], r["mode"]) == (row["dtype"], row["mode"])), None
+        )
+        if same is not None:
             row["throughput_vs_batch1"] = row["batch"] * same["step_ms"] / row["step_ms"]
+    if one is not None:
         if reference:
             result["speedup_vs_reference_batch1_fp32"] = reference["step_ms"] / one["step_ms"]
     return result
@@ -247,11 +260,12 @@ def _table(result: dict[str, Any]) -> str:
     lines = [
         f"streamvox bench dia — {result['date']}, {result['machine']}; {result['size']}-size random weights"
         f" on {result['device']}; memory bandwidth {result['bandwidth_gbs']:.1f} GB/s",
-        "  weights    batch  ms/step  bound ms  ratio  steps/s per request  x batch 1",
+        "  weights   step                 batch  ms/step  bound ms  ratio  steps/s per request  x batch 1",
     ]
     for r in result["ours"]:
         lines.append(
-            f"  {r['dtype']:<9} {r['batch']:>6} {r['step_ms']:>8.1f} {r['bound_ms']:>9.1f} {r['ratio_to_bound']:>6.2f}"
+            f"  {r['dtype']:<9} {r['mode']:<20} {r['batch']:>6} {r['step_ms']:>8.1f} {r['bound_ms']:>9.1f}"
+            f" {r['ratio_to_bound']:>6.2f}"
             f" {r['steps_per_s_per_request']:>20.2f} {r.get('throughput_vs_batch1', float('nan')):>10.2f}"
         )
     ref = result["reference"]

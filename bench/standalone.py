@@ -48,6 +48,13 @@ def dia_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"), default=["float32", "bfloat16"])
     parser.add_argument("--device", default="cpu", help="a torch device: cpu, cuda, cuda:N")
     parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("variable", "eager", "compile", "cuda-graph", "compile+cuda-graph"),
+        default=["variable"],
+        help="the decoder's steps: variable, or fixed-shape ones (each batch size loads its own voice)",
+    )
+    parser.add_argument(
         "--reference",
         default=".ref/transformers",
         help="transformers installed with --target (what scripts/setup.sh test does); '' to skip",

@@ -34,12 +34,16 @@ shapes, whole graph); ``cuda-graph``: eager kernels captured once and replayed;
 
 
 class FixedShapeModel(Protocol):
-    """What :class:`FixedShapeStep` needs from a decoder."""
+    """What :class:`FixedShapeStep` needs from a decoder.  A "slot" is one cache row: one stream
+    of GPT-SoVITS, one of the two guidance rows of a Dia request."""
 
     slots: int
     max_len: int
     device: torch.device
     lengths: torch.Tensor
+    """Positions filled per slot, on the device."""
+    token_shape: tuple[int, ...]
+    """One slot's input per step: ``()`` for one token, ``(channels,)`` for a row of codebooks."""
 
     def step_all(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor: ...
 
@@ -55,7 +59,7 @@ class FixedShapeStep:
             raise ValueError(f"a CUDA graph needs the model on a CUDA device, not {model.device}")
         self.model = model
         self.mode = mode
-        self._tokens = torch.zeros(model.slots, dtype=torch.long, device=model.device)
+        self._tokens = torch.zeros((model.slots, *model.token_shape), dtype=torch.long, device=model.device)
         self._active = torch.zeros(model.slots, dtype=torch.bool, device=model.device)
         self._run = model.step_all
         if mode.startswith("compile"):
@@ -81,15 +85,15 @@ class FixedShapeStep:
 
     @torch.no_grad()  # not inference_mode, under which torch.compile cannot trace the caches' views
     def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); logits ``(len(slots), vocab)``,
-        float32 on the CPU.  Raises ``ValueError`` for a slot given twice or already at the cache's
-        end (checked against the model's lengths: one small read-back)."""
+        """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); their logits (``(len(slots), vocab)``
+        for one token per slot), float32 on the CPU.  Raises ``ValueError`` for a slot given twice or
+        already at the cache's end (checked against the model's lengths: one small read-back)."""
         slots = slots.long().cpu()
         if len(set(slots.tolist())) != len(slots):
             raise ValueError("a slot was given twice in one step")
         if int(self.model.lengths[slots.to(self.model.device)].max()) >= self.model.max_len:
             raise ValueError(f"a slot reached the cache length {self.model.max_len}")
-        tokens_host = torch.zeros(self.model.slots, dtype=torch.long)
+        tokens_host = torch.zeros((self.model.slots, *self.model.token_shape), dtype=torch.long)
         active_host = torch.zeros(self.model.slots, dtype=torch.bool)
         tokens_host[slots] = tokens.long().cpu()
         active_host[slots] = True

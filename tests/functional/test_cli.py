@@ -391,10 +391,25 @@ def test_bench_ar_device_smoke() -> None:
 
 
 def test_bench_dia_smoke() -> None:
-    """The Dia benchmark times ours (fp32, bf16, two batch sizes) and transformers on one directory,
-    with the bandwidth bound beside each step."""
+    """The Dia benchmark times ours (fp32, bf16, the variable and the fixed-shape step, two batch
+    sizes) and transformers on one directory, with the bandwidth bound beside each step."""
     out = subprocess.run(
-        [*STREAMVOX, "bench", "dia", "--size", "tiny", "--steps", "8", "--batches", "1", "2", "--json"],
+        [
+            *STREAMVOX,
+            "bench",
+            "dia",
+            "--size",
+            "tiny",
+            "--steps",
+            "8",
+            "--batches",
+            "1",
+            "2",
+            "--modes",
+            "variable",
+            "eager",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -402,8 +417,8 @@ def test_bench_dia_smoke() -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    rows = [(r["dtype"], r["batch"]) for r in result["ours"]]
-    assert rows == [("float32", 1), ("float32", 2), ("bfloat16", 1), ("bfloat16", 2)]
+    rows = [(r["dtype"], r["mode"], r["batch"]) for r in result["ours"]]
+    assert rows == [(d, m, b) for d in ("float32", "bfloat16") for m in ("variable", "eager") for b in (1, 2)]
     assert result["bandwidth_gbs"] > 0 and result["device"] == "cpu"
     for row in result["ours"]:
         assert row["step_ms"] > 0 and 0 < row["bound_ms"] < row["step_ms"] and row["ratio_to_bound"] > 1

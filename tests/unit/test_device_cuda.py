@@ -90,11 +90,12 @@ def test_sovits_on_the_gpu_decodes_the_cpu_s_audio(tmp_path: Path) -> None:
     assert 10 * np.log10(float(np.sum(audio[0] ** 2)) / max(error, 1e-30)) > 35  # dB (cuDNN may convolve in TF32)
 
 
-def test_a_dia_voice_on_the_gpu_speaks_as_on_the_cpu(tmp_path: Path) -> None:
+@pytest.mark.parametrize("step", ["variable", "cuda-graph", "compile+cuda-graph"])
+def test_a_dia_voice_on_the_gpu_speaks_as_on_the_cpu(tmp_path: Path, step: str) -> None:
     directory = write_dia_voice(tmp_path / "dia", DiaConfig.tiny(), DacConfig.tiny(), seed=0, eos_scale=0.0)
     audio, rows = [], []
-    for device in ("cpu", "cuda"):
-        (directory / "voice.json").write_text(f'{{"max_rows": 64, "device": "{device}"}}')
+    for device, mode in (("cpu", "variable"), ("cuda", step)):
+        (directory / "voice.json").write_text(f'{{"max_rows": 64, "device": "{device}", "step": "{mode}"}}')
         voice = DiaVoice.load(directory)
         assert voice.cache.self_k[0].device.type == device
         request = voice.start_segment(0, 0, "[S1] Hello there.", seed=None, greedy=True)

@@ -158,6 +158,33 @@ def test_a_request_generates_the_same_rows_alone_and_batched_with_others_joining
     assert torch.equal(torch.stack(third_alone.state.rows), alone[13])
 
 
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_the_fixed_shape_step_generates_the_variable_step_s_rows(
+    ending_voice: DiaVoice, tmp_path: Path, mode: str
+) -> None:
+    """The step over every cache row (what a GPU compiles or replays as a graph), with requests
+    joining, idling and leaving, against the variable step's rows for each request alone."""
+    settings = {"max_streams": 3, "max_rows": 300, "step": mode}
+    directory = tmp_path / mode
+    write_dia_voice(directory, DiaConfig.tiny(), DacConfig.tiny(), seed=1, std=0.3, eos_scale=3.0, voice=settings)
+    fixed = DiaVoice.load(directory)
+    assert fixed.stepper is not None and ending_voice.stepper is None
+    alone = {seed: torch.stack(run_alone(ending_voice, seed).state.rows) for seed in (11, 12)}
+    first = fixed.start_segment(0, 0, TEXT, 11)
+    second = fixed.start_segment(1, 2, TEXT, 12)
+    running = [first, second]
+    for step in range(400):
+        fixed.step(running if step % 4 else running[:1])  # the second request idles every fourth step
+        for request in [r for r in running if not r.generating]:
+            fixed.release_slot(request.slot)
+            running.remove(request)
+        if not running:
+            break
+    assert torch.equal(torch.stack(first.state.rows), alone[11])
+    assert torch.equal(torch.stack(second.state.rows), alone[12])
+    assert int(fixed.cache.lengths.max()) == 0  # every row released
+
+
 def test_the_same_seed_gives_the_same_rows_and_another_seed_other_rows(ending_voice: DiaVoice) -> None:
     a, b, c = (torch.stack(run_alone(ending_voice, seed).state.rows) for seed in (4, 4, 5))
     assert torch.equal(a, b) and not torch.equal(a, c)

@@ -292,6 +292,62 @@ class DiaNetwork(nn.Module):
         logits = self.logits_dense(self.decoder.norm(x))
         return logits.view(len(rows), steps, d.channels, d.vocab)
 
+    @torch.no_grad()  # not inference_mode: torch.compile cannot trace the caches' views under it
+    def decode_all(self, cache: DecoderCache, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """One row for every cache row at once: ``tokens`` ``(rows, channels)`` on the device, ``active``
+        a bool mask of the rows that take theirs; returns logits ``(rows, channels, vocab)`` on the
+        device (the inactive rows' are meaningless).  Self-attention reads the whole cache width
+        under a causal mask and cross-attention the whole text width under the text mask, so the
+        shapes never change and nothing is read back to the host: the step ``torch.compile`` and
+        CUDA graphs capture (:mod:`streamvox.engine.ar.fixed_step`).  An inactive row writes its key
+        and value at its own length, which its next real row overwrites before any step reads
+        it, and its length does not move; the caller keeps every active row below ``max_len``."""
+        d, device = self.config.decoder, self.device
+        rows, max_len, max_text = cache.rows, cache.max_len, cache.text_mask.shape[1]
+        positions = cache.lengths.clamp(max=max_len - 1)[:, None]
+        x = self.decoder.embeddings(tokens[:, None, :])
+        cos, sin = rope_tables(positions, d.head_dim, d.rope_theta, x.dtype)
+        causal = torch.arange(max_len, device=device)[None, None, :] <= positions[:, :, None]
+        # A free row has no text: let it read position 0, so its (discarded) row stays finite.
+        no_text = ~cache.text_mask.any(dim=1, keepdim=True)
+        first = torch.arange(max_text, device=device)[None, :] == 0
+        cross_allowed = (cache.text_mask | (no_text & first))[:, None, :]
+        every = torch.arange(rows, device=device)
+        write_pos = positions[:, 0]
+        for layer_index, layer in enumerate(self.decoder.layers):
+            attn = layer.self_attention
+            h = layer.pre_sa_norm(x)
+            k, v = attn.keys_values(h)
+            q, k = apply_rope(attn.queries(h), cos, sin), apply_rope(k, cos, sin)
+            keys, values = cache.self_k[layer_index], cache.self_v[layer_index]
+            keys[every, :, write_pos] = k[:, :, 0]
+            values[every, :, write_pos] = v[:, :, 0]
+            x = x + attn.attend(q, keys, values, causal)
+            cross = layer.cross_attention
+            q = cross.queries(layer.pre_ca_norm(x))
+            x = x + cross.attend(q, cache.cross_k[layer_index], cache.cross_v[layer_index], cross_allowed)
+            x = x + layer.mlp(layer.pre_mlp_norm(x))
+        cache.lengths += active.long()
+        logits = self.logits_dense(self.decoder.norm(x))
+        return logits.view(rows, d.channels, d.vocab)
+
+
+class CachedDecoder:
+    """A network bound to its cache, as :class:`~streamvox.engine.ar.fixed_step.FixedShapeStep` steps
+    it: a slot is one cache row (a request has two) and its input a row of ``channels`` codes."""
+
+    def __init__(self, network: DiaNetwork, cache: DecoderCache) -> None:
+        self.network = network
+        self.cache = cache
+        self.slots = cache.rows
+        self.max_len = cache.max_len
+        self.device = network.device
+        self.lengths = cache.lengths
+        self.token_shape = (network.config.decoder.channels,)
+
+    def step_all(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        return self.network.decode_all(self.cache, tokens, active)
+
 
 def _last_true(mask: torch.Tensor) -> int:
     """The largest column index holding a true value anywhere in ``mask`` (0 if none)."""

@@ -10,7 +10,7 @@ A voice directory (local; nothing is ever fetched)::
     prompt.wav, prompt.txt optional: audio to clone and its transcript ("[S1] ...")
     voice.json             optional: {"id", "language", "max_streams": 2, "max_rows": 3072,
                            "max_text_bytes": 512, "dtype": "float32"|"bfloat16",
-                           "device": "cpu"|"cuda"|"cuda:N",
+                           "device": "cpu"|"cuda"|"cuda:N", "step": "variable"|"cuda-graph"|...,
                            "sampling": {temperature, top_p, top_k, guidance_scale, guidance_top_k}}
 
 Each request (one text segment of one stream) holds one slot of the voice's
@@ -19,7 +19,11 @@ encoded with the DAC encoder once, at load time, and teacher-forced into each
 request's rows at its prefill (its transcript goes before the request's text).
 :meth:`DiaVoice.step` advances any set of requests by one decoder row in one
 batched call.  The model, its caches and the DAC live on ``device``; the
-sampler runs on the CPU, so each step's logits come back to it.  Not
+sampler runs on the CPU, so each step's logits come back to it.  ``step``
+picks the decoder's step: ``variable`` (attends up to the longest live row;
+best on a CPU) or a fixed-shape mode of
+:data:`~streamvox.engine.ar.fixed_step.MODES` over every cache row (compiled,
+or a CUDA graph: what a GPU wants).  Not
 thread-safe: the backend runs one model call per voice at a time (its lane);
 a request's state is touched by one unit at a time.
 """
@@ -38,11 +42,12 @@ from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.blocked_linear import use_blocked_linears
 from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.device import check_device
+from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.dia.config import DiaConfig
 from streamvox.engine.backends.dia.dac import DacCodec, DacConfig, fold_weight_norm
-from streamvox.engine.backends.dia.model import DecoderCache, DiaNetwork
+from streamvox.engine.backends.dia.model import CachedDecoder, DecoderCache, DiaNetwork
 from streamvox.engine.backends.dia.sampling import DiaDecodeState, DiaSampling
 from streamvox.engine.backends.dia.text import has_speech, last_speaker, speaker_text_ids, with_speaker
 from streamvox.engine.backends.dia.weights import read_original
@@ -51,7 +56,7 @@ from streamvox.engine.backends.dia.words import word_weights as letter_weights
 from streamvox.engine.text.words import SpokenWord
 
 _VOICE_KEYS = frozenset(
-    {"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "device", "sampling", "chunks"}
+    {"id", "language", "max_streams", "max_rows", "max_text_bytes", "dtype", "device", "step", "sampling", "chunks"}
 )
 DAC_CONTEXT = 10
 """Frames of context each side of a DAC window: the decoder's receptive field (exact to float error)."""
@@ -80,6 +85,8 @@ class DiaVoiceConfig:
     dtype: str = "float32"
     device: str = "cpu"
     """The torch device the model, its caches and the DAC run on."""
+    step: str = "variable"
+    """The decoder's step: ``variable``, or a fixed-shape mode of :data:`MODES`."""
     sampling: DiaSampling = field(default_factory=DiaSampling)
     chunks: ChunkSchedule = DAC_WINDOWS
 
@@ -89,6 +96,10 @@ class DiaVoiceConfig:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         check_device(self.device)
+        if self.step not in ("variable", *MODES):
+            raise ValueError(f"step must be variable or one of {MODES}, got {self.step!r}")
+        if self.step.endswith("cuda-graph") and torch.device(self.device).type != "cuda":
+            raise ValueError(f"step {self.step!r} needs a cuda device")
 
     @classmethod
     def from_json(cls, spec: Mapping[str, Any]) -> DiaVoiceConfig:
@@ -107,6 +118,7 @@ class DiaVoiceConfig:
             max_text_bytes=int(spec.get("max_text_bytes", 512)),
             dtype=str(spec.get("dtype", "float32")),
             device=str(spec.get("device", "cpu")),
+            step=str(spec.get("step", "variable")),
             sampling=DiaSampling(**{"max_rows": max_rows, **sampling}),
             chunks=_chunks(spec.get("chunks", {})),
         )
@@ -193,6 +205,10 @@ class DiaVoice:
             2 * config.max_streams, config.max_rows + prompt_rows + 1, config.max_text_bytes
         )
         self.frame_decoder = DacFrameDecoder(codec)
+        self.stepper = (
+            None if config.step == "variable" else FixedShapeStep(CachedDecoder(network, self.cache), config.step)
+        )
+        """The fixed-shape step over every cache row, or ``None`` for the network's variable one."""
 
     @property
     def sample_rate(self) -> int:
@@ -289,8 +305,11 @@ class DiaVoice:
         if not live:
             return
         rows = [row for r in live for row in r.rows]
-        tokens = torch.stack([r.state.last_row for r in live for _ in range(2)])[:, None]
-        logits = self.network.decode(self.cache, rows, tokens)[:, -1].float().cpu()
+        tokens = torch.stack([r.state.last_row for r in live for _ in range(2)])
+        if self.stepper is None:
+            logits = self.network.decode(self.cache, rows, tokens[:, None])[:, -1].float().cpu()
+        else:
+            logits = self.stepper.step(torch.tensor(rows), tokens)
         for i, request in enumerate(live):
             request.state.choose(logits[2 * i], logits[2 * i + 1])
             request.feed_vocoder()

@@ -178,6 +178,8 @@ class T2SDecoder:
         """Cache positions filled per slot (text + prompt + tokens fed so far)."""
         self.audio_lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
         """Semantic tokens per slot (prompt + fed): the next token's audio position."""
+        self.token_shape: tuple[int, ...] = ()
+        """One token per slot and step (see :class:`~streamvox.engine.ar.fixed_step.FixedShapeModel`)."""
         self._slot_ids = torch.arange(slots, device=self.device)
         self._widths = torch.arange(max_len, device=self.device)
         self._heads = torch.arange(config.heads, device=self.device)
