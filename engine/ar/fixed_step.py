@@ -17,8 +17,9 @@ GPU (bound by reading the weights) wants and a CPU does not: on a CPU the
 variable-width ``step`` stays the default.
 
 Not thread-safe: one step at a time (the backend's lane already runs one T2S
-call per voice at a time).  Prefill and release stay on the wrapped model,
-outside the graph: they write the same cache tensors the graph reads.
+call per voice at a time).  Prefill and release stay the model's own, called
+on it directly, outside the graph: they write the same cache tensors the
+graph reads.
 """
 
 from __future__ import annotations
@@ -106,10 +107,3 @@ class FixedShapeStep:
             logits = self._run(self._tokens, self._active)
         assert logits is not None
         return logits.float().cpu()[slots]
-
-    def prefill(self, *args: object, **kwargs: object) -> torch.Tensor:
-        """The model's own prefill (eager, outside the graph)."""
-        return self.model.prefill(*args, **kwargs)  # type: ignore[attr-defined]
-
-    def release(self, slot: int) -> None:
-        self.model.release(slot)  # type: ignore[attr-defined]
