@@ -11,7 +11,8 @@ same voice, runs interleaved so both see the same machine conditions.
 * Overhead ratio: server CPU seconds per audio second divided by the raw
   ONNX model's CPU seconds per audio second on the same text (one-shot,
   sentence by sentence as Piper runs it), with onnxruntime's default
-  threading (what piper-tts does) and, beside it, single-threaded.
+  threading (what piper-tts does) and, beside it, single-threaded.  The
+  server's own split by thread role (``/metrics``) says where the rest goes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.load import cpu_by_role, server_counters
 
 PARAGRAPH = (
     "The storm rolled in just after midnight, rattling the windows of the old farmhouse. "
@@ -272,6 +274,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
         piper_first: list[float] = []
         piper_total: list[float] = []
         cpu_s = 0.0
+        counters_before = server_counters(url)
         for _ in range(runs):  # interleaved, so machine noise falls on all systems alike
             before = server_proc.cpu_times()
             server_runs.append(asyncio.run(_server_utterance(url, PARAGRAPH)))
@@ -282,6 +285,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
             piper_total.append(total)
             raw_default.run()
             raw_single.run()
+        by_role = cpu_by_role(counters_before, server_counters(url), sum(r.audio_s for r in server_runs))
         e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
         formats = format_first_bytes(url, max(5, runs // 2))
         contexts = second_context(url, max(5, runs // 2))
@@ -312,6 +316,7 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
         "raw_onnx_1thread_cpu_s_per_audio_s": raw_single.cpu_per_audio_s,
         "overhead_ratio": server_cpu_per_audio_s / raw,
         "overhead_ratio_vs_1thread": server_cpu_per_audio_s / raw_single.cpu_per_audio_s,
+        "server_cpu_ms_per_audio_s_by_role": by_role,
         "audio_s_per_utterance": audio_s / runs,
         "format_first_bytes": formats,
         "second_context_first_bytes": contexts,
@@ -355,6 +360,9 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['text_words']}-word paragraph ({r['audio_s_per_utterance']:.2f} s audio)"
     ]
     lines += [f"  {name:<{width}}  {a:<18} {b}" for name, a, b in rows]
+    if by_role := r.get("server_cpu_ms_per_audio_s_by_role"):
+        split = ", ".join(f"{role.replace('_', ' ')} {ms:.1f}" for role, ms in by_role.items())
+        lines.append(f"  server CPU ms per audio s by thread role: {split}")
     lines.append("  first bytes by format (text sent -> first binary frame, medians, interleaved with pcm_s16le):")
     for name, f in r["format_first_bytes"].items():
         lines.append(

@@ -198,6 +198,17 @@ def server_counters(ws_url: str) -> dict[str, float] | None:
     return values if all(name in values for name in LATENESS) else None
 
 
+def cpu_by_role(
+    before: dict[str, float] | None, after: dict[str, float] | None, audio_s: float
+) -> dict[str, float] | None:
+    """Server CPU milliseconds per audio second by thread role between two :func:`server_counters`
+    reads; ``None`` where either read lacks the roles or no audio was made."""
+    keys = [f"cpu:{role}" for role in CPU_ROLES]
+    if not before or not after or not audio_s or not all(k in before and k in after for k in keys):
+        return None
+    return {role: 1000 * (after[k] - before[k]) / audio_s for role, k in zip(CPU_ROLES, keys, strict=True)}
+
+
 def run_load(
     url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None, tree: bool = False
 ) -> dict[str, Any]:
@@ -246,10 +257,8 @@ def run_load(
         row["server_late_units"] = int(change["streamvox_engine_late_units"])
         row["server_late_s"] = change["streamvox_engine_late_seconds"]
         row["server_late_behind_lead_work"] = int(change["streamvox_engine_late_units_behind_lead_work"])
-        if row["audio_s"] and all(f"cpu:{role}" in change for role in CPU_ROLES):
-            row["server_cpu_ms_per_audio_s_by_role"] = {
-                role: 1000 * change[f"cpu:{role}"] / row["audio_s"] for role in CPU_ROLES
-            }
+        if by_role := cpu_by_role(counters_before, counters_after, row["audio_s"]):
+            row["server_cpu_ms_per_audio_s_by_role"] = by_role
     if proc:
         cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall

@@ -251,6 +251,10 @@ def test_bench_latency_smoke() -> None:
     assert result["runs"] == 2
     assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
     assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
+    by_role = result["server_cpu_ms_per_audio_s_by_role"]
+    assert set(by_role) == {"workers", "runtime_pools", "event_loop", "engine", "other"}
+    assert by_role["workers"] > 0 and by_role["event_loop"] > 0  # the model, and the Opus packets and sockets
+    assert sum(by_role.values()) <= 1000 * result["server_cpu_s_per_audio_s"] * 1.05
 
 
 @pytest.mark.slow
