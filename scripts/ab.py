@@ -10,9 +10,10 @@ same random-weight GPT-SoVITS voice.  Then:
 1. **Identical bytes.**  Seeded sessions (bundled voice in opus, pcm_s16le at
    16 kHz, wav and mulaw; the GPT-SoVITS voice in pcm) are spoken through both
    servers; every binary frame must be equal.  Exit status 1 if any differs.
-2. **Single-stream TTFA**: the latency benchmark's paragraph through each
-   server in alternating order (drift on a shared machine hits both alike);
-   p50 / p95 / mean of the server TTFA and the ratios now / before.
+2. **Single-stream TTFA and CPU**: the latency benchmark's paragraph through
+   each server in alternating order (drift on a shared machine hits both
+   alike); p50 / p95 / mean of the server TTFA, each server's CPU seconds per
+   audio second, and the ratios now / before.
 3. With ``--load``: ``bench load`` steps (``--load-steps``) run against both servers,
    interleaved run by run, ``--load-repeats`` times each; a side passes a step when
    every repeat passes and stops at the first it fails (``--load-keep-going``: runs
@@ -106,24 +107,37 @@ def _compare_bytes(servers: dict[str, tuple[Any, str, int]]) -> bool:
 
 
 def _compare_ttfa(servers: dict[str, tuple[Any, str, int]], runs: int, rev: str) -> None:
+    """Server TTFA and the server process's CPU seconds per audio second (issue 16's overhead
+    numerator) on the latency paragraph, the sides alternating."""
+    import psutil
+
     ttfa: dict[str, list[float]] = {"before": [], "now": []}
+    cpu_s = {"before": 0.0, "now": 0.0}
+    audio_s = {"before": 0.0, "now": 0.0}
     for i in range(runs + 2):  # the first two rounds warm both up
         order = ("before", "now") if i % 2 == 0 else ("now", "before")
         for side in order:
+            process = psutil.Process(servers[side][2])
+            started = process.cpu_times()
             run = asyncio.run(_server_utterance(servers[side][1], PARAGRAPH))
+            ended = process.cpu_times()
             if i >= 2:
                 ttfa[side].append(run.ttfa_server_ms)
+                cpu_s[side] += (ended.user + ended.system) - (started.user + started.system)
+                audio_s[side] += run.audio_s
     for side, values in ttfa.items():
         label = f"before ({rev})" if side == "before" else "now"
         print(
             f"{label}: server TTFA p50 {percentile(values, 50):.1f} ms, p95 {percentile(values, 95):.1f} ms, "
-            f"mean {statistics.mean(values):.1f} ms (n={len(values)})"
+            f"mean {statistics.mean(values):.1f} ms (n={len(values)}); "
+            f"server CPU {cpu_s[side] / audio_s[side]:.4f} s per audio s"
         )
     now, before = ttfa["now"], ttfa["before"]
     print(
         f"TTFA ratio now / before: p50 {percentile(now, 50) / percentile(before, 50):.3f}, "
         f"p95 {percentile(now, 95) / percentile(before, 95):.3f}, "
-        f"mean {statistics.mean(now) / statistics.mean(before):.3f}"
+        f"mean {statistics.mean(now) / statistics.mean(before):.3f}; server CPU per audio s now / before: "
+        f"{(cpu_s['now'] / audio_s['now']) / (cpu_s['before'] / audio_s['before']):.3f}"
     )
 
 
