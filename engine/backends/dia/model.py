@@ -22,6 +22,7 @@ time per model (the backend's lane), on a worker.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -271,23 +272,16 @@ class DiaNetwork(nn.Module):
         text_mask = cache.text_mask[index]
         text_width = _last_true(text_mask) + 1
         cross_allowed = text_mask[:, None, :text_width].expand(-1, steps, -1)
-        write_rows = index.repeat_interleave(steps)
-        write_pos = positions.reshape(-1)
-        for layer_index, layer in enumerate(self.decoder.layers):
-            attn = layer.self_attention
-            h = layer.pre_sa_norm(x)
-            k, v = attn.keys_values(h)
-            q, k = apply_rope(attn.queries(h), cos, sin), apply_rope(k, cos, sin)
-            keys, values = cache.self_k[layer_index], cache.self_v[layer_index]
-            keys[write_rows, :, write_pos] = k.transpose(1, 2).reshape(-1, attn.kv_heads, attn.head_dim)
-            values[write_rows, :, write_pos] = v.transpose(1, 2).reshape(-1, attn.kv_heads, attn.head_dim)
-            x = x + attn.attend(q, keys[index, :, :span], values[index, :, :span], causal)
-            cross = layer.cross_attention
-            q = cross.queries(layer.pre_ca_norm(x))
-            ck = cache.cross_k[layer_index][index, :, :text_width]
-            cv = cache.cross_v[layer_index][index, :, :text_width]
-            x = x + cross.attend(q, ck, cv, cross_allowed)
-            x = x + layer.mlp(layer.pre_mlp_norm(x))
+        x = self._layers(
+            cache,
+            x,
+            (cos, sin),
+            (index.repeat_interleave(steps), positions.reshape(-1)),
+            lambda t: t[index, :, :span],
+            causal,
+            lambda t: t[index, :, :text_width],
+            cross_allowed,
+        )
         cache.lengths[index] = start + steps
         logits = self.logits_dense(self.decoder.norm(x))
         return logits.view(len(rows), steps, d.channels, d.vocab)
@@ -312,24 +306,45 @@ class DiaNetwork(nn.Module):
         no_text = ~cache.text_mask.any(dim=1, keepdim=True)
         first = torch.arange(max_text, device=device)[None, :] == 0
         cross_allowed = (cache.text_mask | (no_text & first))[:, None, :]
-        every = torch.arange(rows, device=device)
-        write_pos = positions[:, 0]
+        every = (torch.arange(rows, device=device), positions[:, 0])
+        x = self._layers(cache, x, (cos, sin), every, _whole, causal, _whole, cross_allowed)
+        cache.lengths += active.long()
+        logits = self.logits_dense(self.decoder.norm(x))
+        return logits.view(rows, d.channels, d.vocab)
+
+    def _layers(
+        self,
+        cache: DecoderCache,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        write_at: tuple[torch.Tensor, torch.Tensor],
+        read: Callable[[torch.Tensor], torch.Tensor],
+        causal: torch.Tensor,
+        read_text: Callable[[torch.Tensor], torch.Tensor],
+        cross_allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """The decoder layers over new rows ``x`` ``(R, T, hidden)``: their keys and values are written
+        to the cache at ``write_at`` (cache rows and positions, one pair per new row), then they
+        attend over ``read`` of each layer's self-attention cache and ``read_text`` of its
+        cross-attention cache, under the ``causal`` and ``cross_allowed`` masks."""
+        cos, sin = rope
+        write_rows, write_pos = write_at
         for layer_index, layer in enumerate(self.decoder.layers):
             attn = layer.self_attention
             h = layer.pre_sa_norm(x)
             k, v = attn.keys_values(h)
             q, k = apply_rope(attn.queries(h), cos, sin), apply_rope(k, cos, sin)
             keys, values = cache.self_k[layer_index], cache.self_v[layer_index]
-            keys[every, :, write_pos] = k[:, :, 0]
-            values[every, :, write_pos] = v[:, :, 0]
-            x = x + attn.attend(q, keys, values, causal)
+            keys[write_rows, :, write_pos] = k.transpose(1, 2).reshape(-1, attn.kv_heads, attn.head_dim)
+            values[write_rows, :, write_pos] = v.transpose(1, 2).reshape(-1, attn.kv_heads, attn.head_dim)
+            x = x + attn.attend(q, read(keys), read(values), causal)
             cross = layer.cross_attention
             q = cross.queries(layer.pre_ca_norm(x))
-            x = x + cross.attend(q, cache.cross_k[layer_index], cache.cross_v[layer_index], cross_allowed)
+            x = x + cross.attend(
+                q, read_text(cache.cross_k[layer_index]), read_text(cache.cross_v[layer_index]), cross_allowed
+            )
             x = x + layer.mlp(layer.pre_mlp_norm(x))
-        cache.lengths += active.long()
-        logits = self.logits_dense(self.decoder.norm(x))
-        return logits.view(rows, d.channels, d.vocab)
+        return x
 
 
 class CachedDecoder:
@@ -347,6 +362,11 @@ class CachedDecoder:
 
     def step_all(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         return self.network.decode_all(self.cache, tokens, active)
+
+
+def _whole(cache: torch.Tensor) -> torch.Tensor:
+    """A cache read whole: every row, every position (the fixed-shape step)."""
+    return cache
 
 
 def _last_true(mask: torch.Tensor) -> int:
