@@ -40,14 +40,14 @@ import torch
 from streamvox.bench.ar import streaming_run
 from streamvox.bench.hardware import memory_bandwidth_gbs
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
-from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
+from streamvox.engine.ar.fixed_step import MODES, STEPS, FixedShapeStep
 from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose, generate
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
+from streamvox.engine.backends.gpt_sovits.voice import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 TOKENS_PER_AUDIO_S = 25
 
 
@@ -261,9 +261,9 @@ def run_ar_device_bench(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    unknown = sorted(set(args.modes or ()) - {"variable", *MODES})
+    unknown = sorted(set(args.modes or ()) - set(STEPS))
     if unknown:
-        raise SystemExit(f"bench ar-device: unknown modes {unknown}; choose from variable, {', '.join(MODES)}")
+        raise SystemExit(f"bench ar-device: unknown modes {unknown}; choose from {', '.join(STEPS)}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit(f"bench ar-device: {args.device} asked for, but CUDA is not available here")
     args.dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")

@@ -34,6 +34,19 @@ shapes, whole graph); ``cuda-graph``: eager kernels captured once and replayed;
 ``compile+cuda-graph``: the compiled kernels captured and replayed."""
 
 
+STEPS = ("variable", *MODES)
+"""What a voice's ``step`` setting takes: ``variable`` (the backend's own step, whose width follows
+the longest live slot) or one of :data:`MODES`."""
+
+
+def check_step(step: str, device: str) -> None:
+    """Raise ``ValueError`` unless ``step`` is one of :data:`STEPS` that ``device`` can run."""
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    if step.endswith("cuda-graph") and torch.device(device).type != "cuda":
+        raise ValueError(f"step {step!r} needs a cuda device")
+
+
 class FixedShapeModel(Protocol):
     """What :class:`FixedShapeStep` needs from a decoder.  A "slot" is one cache row: one stream
     of GPT-SoVITS, one of the two guidance rows of a Dia request."""

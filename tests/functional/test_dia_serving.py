@@ -256,7 +256,7 @@ def test_voice_json_settings_are_checked_at_load(tmp_path: Any) -> None:
         "dtype": ({"dtype": "float16"}, "dtype must be float32 or bfloat16"),
         "device": ({"device": "tpu"}, "not a torch device|only cpu and cuda"),
         "key": ({"devices": "cpu"}, "unknown voice.json keys: devices"),
-        "step": ({"step": "jit"}, "step must be variable or one of"),
+        "step": ({"step": "jit"}, "step must be one of"),
         "graph": ({"step": "cuda-graph"}, "needs a cuda device"),
     }
     if not torch.cuda.is_available():

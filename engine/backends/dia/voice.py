@@ -42,7 +42,7 @@ from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.blocked_linear import use_blocked_linears
 from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.device import check_device
-from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
+from streamvox.engine.ar.fixed_step import FixedShapeStep, check_step
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.dia.config import DiaConfig
@@ -86,7 +86,7 @@ class DiaVoiceConfig:
     device: str = "cpu"
     """The torch device the model, its caches and the DAC run on."""
     step: str = "variable"
-    """The decoder's step: ``variable``, or a fixed-shape mode of :data:`MODES`."""
+    """The decoder's step: one of :data:`~streamvox.engine.ar.fixed_step.STEPS`."""
     sampling: DiaSampling = field(default_factory=DiaSampling)
     chunks: ChunkSchedule = DAC_WINDOWS
 
@@ -96,10 +96,7 @@ class DiaVoiceConfig:
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be float32 or bfloat16, got {self.dtype!r}")
         check_device(self.device)
-        if self.step not in ("variable", *MODES):
-            raise ValueError(f"step must be variable or one of {MODES}, got {self.step!r}")
-        if self.step.endswith("cuda-graph") and torch.device(self.device).type != "cuda":
-            raise ValueError(f"step {self.step!r} needs a cuda device")
+        check_step(self.step, self.device)
 
     @classmethod
     def from_json(cls, spec: Mapping[str, Any]) -> DiaVoiceConfig:

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.device import check_device
-from streamvox.engine.ar.fixed_step import MODES, FixedShapeStep
+from streamvox.engine.ar.fixed_step import FixedShapeStep, check_step
 from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
@@ -66,7 +66,6 @@ _KEYS = {
     "language", "sampling", "noise_scale", "max_streams", "max_len", "int8", "bf16_vocoder", "chunks",
     "device", "dtype", "step",
 }  # fmt: skip
-STEPS = ("variable", *MODES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -94,16 +93,13 @@ class GptSovitsVoiceConfig:
     dtype: str = "float32"
     """T2S weights and cache: ``float32`` or ``bfloat16`` (tokens may then differ from float32)."""
     step: str = "variable"
-    """T2S's decode step: ``variable``, or a fixed-shape mode of :data:`MODES`."""
+    """T2S's decode step: one of :data:`~streamvox.engine.ar.fixed_step.STEPS`."""
 
     def __post_init__(self) -> None:
         check_device(self.device)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.step not in STEPS:
-            raise ValueError(f"step must be one of {STEPS}, got {self.step!r}")
-        if self.step.endswith("cuda-graph") and torch.device(self.device).type != "cuda":
-            raise ValueError(f"step {self.step!r} needs a cuda device")
+        check_step(self.step, self.device)
         if self.language != "en":
             raise ValueError(f"only English GPT-SoVITS voices are supported, not {self.language!r}")
         if self.max_streams < 1 or self.max_len < 64:
