@@ -70,6 +70,24 @@ def test_a_later_segment_windowed_equals_one_shot(voice: PiperVoice, plan: Windo
     assert snr_db(one_shot, streamed) >= 60
 
 
+def test_the_default_decoder_context_is_the_decoders_receptive_field(voice: PiperVoice) -> None:
+    """Windows decoded from the same latent frames with the default context match the one-shot
+    decode to float rounding; one frame less of context does not (so the default is no larger
+    than it must be, and no smaller)."""
+    front = voice.front(voice.text_to_ids(TEXT), None)
+    z = voice.flow(front.z_p)
+    one_shot = voice.decode(z, urgent=False)
+    context = WindowPlan().context_frames
+
+    def by_windows(context: int, size: int = 24) -> np.ndarray:
+        starts = range(0, front.frames, size)
+        pieces = [voice.decode_window(z, s, min(front.frames, s + size), context, urgent=False) for s in starts]
+        return np.concatenate(pieces)
+
+    assert snr_db(one_shot, by_windows(context)) > 100
+    assert snr_db(one_shot, by_windows(context - 1)) < 95
+
+
 def _flow_calls(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     calls: list[tuple[int, int]] = []
     flow_window = voice.flow_window
