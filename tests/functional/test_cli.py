@@ -196,6 +196,10 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     # The physical limit, measured in the same run: cores over the raw model's single-thread cost,
     # spread over the share of time a listener hears speech (a pause between replies lowers it).
     assert 0 < result["raw_cpu_s_per_audio_s"] < 2 and 0 < result["duty_cycle"] <= 1
+    # That share is taken over each listener's own time connected (its turns, playback and pauses).
+    assert row["present_s"] >= row["audio_s"]
+    if row["pass"]:
+        assert result["duty_cycle"] == pytest.approx(min(1.0, row["audio_s"] / row["present_s"]))
     cores = int(result["machine"].split(", ")[-1].split()[0])
     expected = cores / result["raw_cpu_s_per_audio_s"] / result["duty_cycle"]
     assert result["limit_streams"] == pytest.approx(expected)
