@@ -77,19 +77,18 @@ class ClientStats:
 
 async def client(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
     """One simulated listener: utterance after utterance until ``until``, counting into ``stats``."""
-    words_per_s = profile.words_per_s
     arrived = time.monotonic()
     try:
-        await _turns(url, until, profile, stats, index, words_per_s)
+        await _turns(url, index, until, profile, stats)
     finally:
         stats.present_s = time.monotonic() - arrived
 
 
-async def _turns(
-    url: str, until: float, profile: LoadProfile, stats: ClientStats, index: int, words_per_s: float
-) -> None:
+async def _turns(url: str, index: int, until: float, profile: LoadProfile, stats: ClientStats) -> None:
     """The listener's turns over one connection (see :func:`client`)."""
     import websockets
+
+    words_per_s = profile.words_per_s
 
     async with websockets.connect(url, max_size=None) as ws:
         ready = json.loads(await ws.recv())

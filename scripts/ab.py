@@ -114,13 +114,13 @@ def _compare_ttfa(servers: dict[str, tuple[Any, str, int]], runs: int, rev: str)
     ttfa: dict[str, list[float]] = {"before": [], "now": []}
     cpu_s = {"before": 0.0, "now": 0.0}
     audio_s = {"before": 0.0, "now": 0.0}
+    processes = {side: psutil.Process(pid) for side, (_, _, pid) in servers.items()}
     for i in range(runs + 2):  # the first two rounds warm both up
         order = ("before", "now") if i % 2 == 0 else ("now", "before")
         for side in order:
-            process = psutil.Process(servers[side][2])
-            started = process.cpu_times()
+            started = processes[side].cpu_times()
             run = asyncio.run(_server_utterance(servers[side][1], PARAGRAPH))
-            ended = process.cpu_times()
+            ended = processes[side].cpu_times()
             if i >= 2:
                 ttfa[side].append(run.ttfa_server_ms)
                 cpu_s[side] += (ended.user + ended.system) - (started.user + started.system)
