@@ -24,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -85,7 +86,7 @@ class AsgiWebSocket:
 
     Frames larger than ``max_bytes`` end the socket with 1009, as the aiohttp server's limit does.
     ASGI has no way to drop a connection without a close frame, so :meth:`abort` closes with
-    1008 without waiting for the peer."""
+    1008 without waiting for the peer, nor to reach its socket: :meth:`corked` does nothing."""
 
     def __init__(self, receive: Receive, send: Send, max_bytes: int) -> None:
         self._receive = receive
@@ -138,6 +139,9 @@ class AsgiWebSocket:
     def abort(self) -> None:
         if not self._closed:
             asyncio.get_running_loop().create_task(self.close(1008, b"dropped"))
+
+    def corked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 class StreamvoxAsgi:
@@ -264,7 +268,8 @@ class AsgiHttpResponse:
 
     Once the body is read, a task waits for the client's ``http.disconnect`` so that a write
     after it raises ``ConnectionError``, as an aiohttp write to a gone client does.  ASGI has
-    no way to cut a connection: :meth:`drop` makes every later write fail instead."""
+    no way to cut a connection: :meth:`drop` makes every later write fail instead; nor to reach
+    its socket: :meth:`corked` does nothing."""
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
@@ -319,6 +324,9 @@ class AsgiHttpResponse:
 
     def drop(self) -> None:
         self._gone = True
+
+    def corked(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
     def close(self) -> None:
         """The request is over: stop watching for a disconnect."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,6 +57,11 @@ class Presenter(Protocol):
 
     async def audio(self, ctx: Context, payload: bytes) -> None:
         """One encoded payload of the context's audio (the encoder's header first, if any)."""
+        ...
+
+    def corked(self) -> AbstractContextManager[None]:
+        """Payloads written while inside leave the socket together when it ends (a burst of
+        packets from one vocoder window: see :mod:`.corking`)."""
         ...
 
     async def segment_finished(self, ctx: Context, index: int) -> None:
@@ -301,8 +307,9 @@ class Conversation:
 
     async def _pump(self, ctx: Context) -> None:
         """Send every payload the encoder has, stopping at once if a cancel arrives."""
-        for payload in ctx.payloads():
-            await self.presenter.audio(ctx, payload)
+        with self.presenter.corked():
+            for payload in ctx.payloads():
+                await self.presenter.audio(ctx, payload)
 
     async def _finish_cancel(self, ctx: Context, reason: str, played_ms: float | None) -> None:
         if ctx.finished.is_set():

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 
 from streamvox.codecs.formats import OutputFormat
 from streamvox.engine.api import SynthesisParams, Voice
@@ -45,6 +46,9 @@ class ResponseWriter:
         except ConnectionError:
             self.gone = True
             self.on_gone()
+
+    def corked(self) -> AbstractContextManager[None]:
+        return self.response.corked()
 
     async def finish(self) -> None:
         """End the response (the client may have gone meanwhile: then nothing more happens)."""

@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from streamvox.stream_server.auth import AuthRefusal, CredentialSources, Grant, Handler, grant_of, protect
+from streamvox.stream_server.corking import corked
 from streamvox.stream_server.runtime import ServerRuntime
 from streamvox.stream_server.transport import AiohttpTransport, Transport, accept_websocket
 
@@ -102,6 +104,10 @@ class HttpResponse(Protocol):
 
     def drop(self) -> None:
         """Cut the connection (a client that stopped reading)."""
+        ...
+
+    def corked(self) -> AbstractContextManager[None]:
+        """Writes made while inside leave together when it ends (see :mod:`.corking`)."""
         ...
 
 
@@ -220,3 +226,6 @@ class AiohttpResponse:
     def drop(self) -> None:
         if self.request.transport is not None:
             self.request.transport.abort()
+
+    def corked(self) -> AbstractContextManager[None]:
+        return corked(self.request.transport)

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from aiohttp import WSMsgType, web
 from streamvox.stream_server.config import ServerConfig
+from streamvox.stream_server.corking import corked
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ class Transport(Protocol):
 
     def abort(self) -> None:
         """Drop the connection without a close frame (the peer sees 1006)."""
+        ...
+
+    def corked(self) -> AbstractContextManager[None]:
+        """Frames sent while inside leave together when it ends (see :mod:`.corking`)."""
         ...
 
 
@@ -87,6 +93,9 @@ class Prepended:
 
     def abort(self) -> None:
         self._transport.abort()
+
+    def corked(self) -> AbstractContextManager[None]:
+        return self._transport.corked()
 
 
 async def accept_websocket(request: web.Request, config: ServerConfig) -> web.WebSocketResponse:
@@ -139,3 +148,6 @@ class AiohttpTransport:
     def abort(self) -> None:
         if self._raw is not None:
             self._raw.abort()
+
+    def corked(self) -> AbstractContextManager[None]:
+        return corked(self._raw)

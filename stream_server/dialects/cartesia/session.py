@@ -17,6 +17,7 @@ import base64
 import itertools
 import json
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,6 +255,9 @@ class CartesiaSession:
                 "end": [round(w.end_s, 3) for w in words],
             },
         })  # fmt: skip
+
+    def corked(self) -> AbstractContextManager[None]:
+        return self.transport.corked()
 
     async def audio(self, ctx: Context, payload: bytes) -> None:
         if ctx.cancel_requested:

@@ -21,6 +21,7 @@ import base64
 import itertools
 import json
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -291,6 +292,9 @@ class ElevenLabsSession:
         queue = self._alignment.get(ctx.id)
         if queue is not None:
             queue.add(ctx.segmenter.text, char_alignment(span.text, span.start, words, start_s))
+
+    def corked(self) -> AbstractContextManager[None]:
+        return self.transport.corked()
 
     async def audio(self, ctx: Context, payload: bytes) -> None:
         queue = self._alignment.get(ctx.id)

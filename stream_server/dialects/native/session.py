@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +97,9 @@ class NativePresenter:
         """One binary frame of ``ctx``'s audio (protocol 2: after its channel byte)."""
         channel = self.session.channels.get(ctx.id)
         await self.session.transport.send_bytes(payload if channel is None else bytes((channel,)) + payload)
+
+    def corked(self) -> AbstractContextManager[None]:
+        return self.session.transport.corked()
 
     async def segment_finished(self, ctx: Context, index: int) -> None:
         """Nothing to say when a segment ends."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from contextlib import AbstractContextManager
 
 from streamvox.codecs.formats import resolve_format
 from streamvox.engine.api import SynthesisParams, UnknownVoiceError, Voice
@@ -26,6 +27,7 @@ from streamvox.engine.text.segmenter import Span
 from streamvox.stream_server.config import ServerConfig
 from streamvox.stream_server.contexts import Context
 from streamvox.stream_server.conversation import Conversation
+from streamvox.stream_server.corking import corked
 from streamvox.stream_server.engine_client import EngineClient
 from streamvox.stream_server.metrics import Metrics
 from streamvox.stream_server.text_checks import text_problem
@@ -188,6 +190,9 @@ class WyomingHandler(AsyncEventHandler):
             self._started.add(ctx.id)
             await self._write(AudioStart(rate=rate, width=width, channels=channels).event())
         await self._write(AudioChunk(rate=rate, width=width, channels=channels, audio=payload).event())
+
+    def corked(self) -> AbstractContextManager[None]:
+        return corked(self.writer.transport)
 
     async def segment_finished(self, ctx: Context, index: int) -> None:
         """Nothing to say when a segment ends."""
