@@ -144,9 +144,7 @@ class _WindowUnit:
         while True:
             if not reading.ids:
                 return None
-            front = state.voice.front(
-                reading.ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker, urgent=first
-            )
+            front = state.voice.front(reading.ids, state.rng, p.length_scale, p.noise_scale, p.noise_w, p.speaker)
             if not reading.in_context:
                 frames, tail, labels = None, 0, None
                 break

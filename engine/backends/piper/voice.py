@@ -5,7 +5,11 @@ The encoder runs once per text segment; the flow (prior ``z_p`` -> latent
 padded with context frames on both sides, keeping only the window's own
 output.  With 24 flow and 12 decoder context frames this reproduces the
 one-shot synthesis at > 100 dB SNR on the bundled voice, and the first audio
-needs only the encoder plus one small window.  ``onnxruntime`` sessions are
+needs only the encoder plus one small window.  The encoder always runs on one
+thread: its many small operators gain little from a second one (measured on
+the bundled voice: a four-word first span 6.4-6.6 ms on one thread, 6.7-7.3 on
+two, at 15-40 % more CPU; a whole sentence 20.7 against 17 ms, at 30 % more).
+``onnxruntime`` sessions are
 thread-safe and release the GIL: the engine's workers run windows of different
 streams on one voice at once.
 """
@@ -102,9 +106,10 @@ class PiperVoice:
     def __init__(
         self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0, stream_threads: int = 1
     ) -> None:
-        """``threads`` serve the latency-critical runs (each encoder, each stream's first window;
-        0 means one per core); ``stream_threads`` serve the steady windows after it, where a
-        single thread per run wastes nothing on synchronisation and leaves the other cores free."""
+        """``threads`` serve the latency-critical runs (a stream's first windows through the flow
+        and the decoder; 0 means one per core); ``stream_threads`` serve the encoder and the
+        steady windows after the first, where a single thread per run wastes nothing on
+        synchronisation and leaves the other cores free."""
         self.id = voice_id
         self.model_path = model_path
         self.config = config
@@ -119,10 +124,7 @@ class PiperVoice:
         # second window of a stream took 135 ms with spinning, 75 ms without).
         fast, lean = _session_options(threads), _session_options(stream_threads)
         providers = ["CPUExecutionProvider"]
-        self._encoder = {
-            True: ort.InferenceSession(split.encoder, fast, providers=providers),
-            False: ort.InferenceSession(split.encoder, lean, providers=providers),
-        }
+        self._encoder = ort.InferenceSession(split.encoder, lean, providers=providers)
         self._flow = {
             True: ort.InferenceSession(split.flow, fast, providers=providers),
             False: ort.InferenceSession(split.flow, lean, providers=providers),
@@ -135,9 +137,8 @@ class PiperVoice:
     def warm_up(self) -> None:
         """Run every session once on typical shapes, so the first client does not pay for
         onnxruntime's first-run allocations (measured: a cold first utterance underran)."""
-        ids = self.text_to_ids("Warming up the voice, one window at a time.")
+        front = self.front(self.text_to_ids("Warming up the voice, one window at a time."), None)
         for urgent in (True, False):
-            front = self.front(ids, None, urgent=urgent)
             z = self.flow_window(front.z_p, 0, min(front.frames, 64), 24, urgent=urgent)
             self.decode_window(z, 0, min(z.shape[1], 32), 12, urgent=urgent)
 
@@ -145,9 +146,8 @@ class PiperVoice:
         """Shrink every session's arena: one tiny run each with arena shrinkage on frees the
         regions onnxruntime kept for the largest shapes seen (measured: a server's RSS went
         from 340 MB to a plateau near 800 MB after a few long inputs; see ``bench soak``)."""
-        ids = self.text_to_ids("Hi.")
+        front = self.front(self.text_to_ids("Hi."), None, run_options=_SHRINK_ARENA)
         for urgent in (True, False):
-            front = self.front(ids, None, urgent=urgent, run_options=_SHRINK_ARENA)
             z = self.flow(front.z_p[:, :8], urgent=urgent, run_options=_SHRINK_ARENA)
             self.decode(z, urgent=urgent, run_options=_SHRINK_ARENA)
 
@@ -210,7 +210,6 @@ class PiperVoice:
         noise_scale: float | None = None,
         noise_w: float | None = None,
         speaker: int = 0,
-        urgent: bool = True,
         run_options: ort.RunOptions | None = None,
     ) -> FrontOutput:
         """Run the encoder on one segment's ids.
@@ -245,7 +244,7 @@ class PiperVoice:
             if self.has_speaker_input:
                 feeds["sid"] = np.array([speaker], dtype=np.int64)
             try:
-                z_p, durations = self._encoder[urgent].run([Z_PRIOR, DURATIONS_OUTPUT], feeds, run_options)
+                z_p, durations = self._encoder.run([Z_PRIOR, DURATIONS_OUTPUT], feeds, run_options)
                 break
             except (OrtFail, OrtRuntimeException):
                 # The noise buffer was shorter than the utterance (the slice no
