@@ -78,6 +78,10 @@ class EngineConfig:
     """A unit still running after this long fails its streams (``synthesis_failed``) and its
     worker is replaced by a spare; the server reports unhealthy while as many workers are stuck
     as it normally has (``None``: no deadline)."""
+    first_audio_s: float = 0.1
+    """A stream's first audio is scheduled as due this long after its first segment is queued:
+    before it, work for playing streams whose audio runs out sooner goes first (0: new streams
+    always first)."""
     lead_work_s: float = 1.0
     """A unit whose stream had at least this much audio still to play when it started is work
     done ahead; a late unit that started while one ran counts as late behind it (metrics)."""
@@ -95,6 +99,8 @@ class EngineConfig:
             raise ValueError("seam_ms and urgent_windows must be >= 0")
         if self.unit_deadline_s is not None and self.unit_deadline_s <= 0:
             raise ValueError(f"unit_deadline_s must be > 0 or None, got {self.unit_deadline_s}")
+        if self.first_audio_s < 0:
+            raise ValueError(f"first_audio_s must be >= 0, got {self.first_audio_s}")
         if self.lead_work_s <= 0:
             raise ValueError(f"lead_work_s must be > 0, got {self.lead_work_s}")
         if self.idle_trim_s is not None and self.idle_trim_s <= 0:
@@ -207,7 +213,7 @@ class EngineCore:
     def __init__(self, voices: VoiceSource, config: EngineConfig | None = None) -> None:
         self.voices = voices
         self.config = config or EngineConfig()
-        self.scheduler = DeadlineScheduler(self.config.max_lead_s)
+        self.scheduler = DeadlineScheduler(self.config.max_lead_s, self.config.first_audio_s)
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._streams: dict[str, EngineStream] = {}
         self._arrivals = itertools.count()
@@ -445,6 +451,8 @@ class EngineCore:
             return
         if isinstance(command, _Segment):
             stream.pending.append(command.segment)
+            if stream.ready_at is None:
+                stream.ready_at = time.monotonic()
         elif isinstance(command, _Finish):
             stream.input_finished = True
         elif isinstance(command, _Playback):

@@ -33,6 +33,8 @@ class EngineStream:
     pending: deque[Segment] = field(default_factory=deque)
     input_finished: bool = False
     first_audio_at: float | None = None
+    ready_at: float | None = None
+    """Monotonic time its first segment was queued: its first audio is due a budget after it."""
     playback_start: float | None = None
     """Monotonic time at which the listener's playback position was 0: our first audio, until
     the client reports its position."""
@@ -56,6 +58,13 @@ class EngineStream:
             return float("-inf")
         return self.playback_start + self.samples_out / self.voice.sample_rate
 
+    def due(self, first_audio_s: float) -> float:
+        """When its next audio is due: the deadline, or for a stream with no audio yet,
+        ``first_audio_s`` after its first segment was queued."""
+        if self.first_audio_at is None:
+            return float("-inf") if self.ready_at is None else self.ready_at + first_audio_s
+        return self.deadline()
+
     def eligible_at(self, max_lead_s: float | None) -> float:
         """Earliest time this stream may run again under the lead limit."""
         if max_lead_s is None or self.playback_start is None:
@@ -68,13 +77,15 @@ class DeadlineScheduler:
 
     Contract: called on the engine thread.  ``runnable`` filters by holds, busy
     lanes and the lead limit; ``pick`` returns up to ``count`` streams, most
-    urgent first (streams without audio yet in arrival order, then earliest
-    deadline, ties by arrival); ``group`` gathers the streams a batched unit
-    advances together.
+    urgent first (earliest due, ties by arrival: a stream's first audio is due
+    ``first_audio_s`` after its first segment, so a burst of new streams does
+    not starve a playing one whose audio runs out sooner); ``group`` gathers the
+    streams a batched unit advances together.
     """
 
-    def __init__(self, max_lead_s: float | None = None) -> None:
+    def __init__(self, max_lead_s: float | None = None, first_audio_s: float = 0.0) -> None:
         self.max_lead_s = max_lead_s
+        self.first_audio_s = first_audio_s
 
     @staticmethod
     def can_act(stream: EngineStream, busy_lanes: set[Hashable]) -> Plan | None:
@@ -105,7 +116,7 @@ class DeadlineScheduler:
     def pick(self, streams: list[EngineStream], count: int = 1) -> list[EngineStream]:
         if count <= 0:
             return []
-        ordered = sorted(streams, key=lambda s: (s.first_audio_at is not None, s.deadline(), s.arrival))
+        ordered = sorted(streams, key=lambda s: (s.due(self.first_audio_s), s.arrival))
         return ordered[:count]
 
     def group(

@@ -152,6 +152,46 @@ def test_scheduler_serves_first_audio_then_earliest_deadline() -> None:
     assert scheduler.pick(everyone, 0) == []
 
 
+def test_a_new_streams_first_audio_is_due_a_budget_after_its_first_segment() -> None:
+    scheduler = DeadlineScheduler(first_audio_s=0.1)
+    playing_short = _fake(0, first_audio_at=100.0, samples_out=1050)  # dry at 101.05
+    playing_long = _fake(1, first_audio_at=100.0, samples_out=1500)  # dry at 101.5
+    new = _fake(2, None, 0)
+    new.ready_at = 101.0  # first audio due at 101.1
+    waiting = _fake(3, None, 0)  # no segment queued yet: no time to go by, so first
+    assert scheduler.pick([playing_long, new, playing_short], 3) == [playing_short, new, playing_long]
+    assert scheduler.pick([playing_long, new, waiting], 3) == [waiting, new, playing_long]
+    assert DeadlineScheduler(first_audio_s=0.0).pick([playing_short, new]) == [new]
+    with pytest.raises(ValueError, match="first_audio_s"):
+        EngineConfig(first_audio_s=-1.0)
+
+
+def test_the_engine_marks_when_a_streams_first_segment_is_queued(registry: VoiceRegistry, voice: PiperVoice) -> None:
+    core = EngineCore(registry, EngineConfig(first_audio_s=5.0))
+    seen: list[float | None] = []
+
+    def record(streams: list[EngineStream], count: int = 1) -> list[EngineStream]:
+        seen.extend(s.ready_at for s in streams)
+        return []  # dispatch nothing: only the marks are looked at
+
+    core.scheduler.pick = record  # type: ignore[method-assign]
+    core.start()
+    try:
+        core.open("a", voice.id, NOISE_OFF, lambda event: None)
+        time.sleep(0.2)
+        before = time.monotonic()
+        core.add_segment("a", 0, "Hello there.")
+        core.add_segment("a", 1, "And again.")
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+    finally:
+        core.stop()
+    assert seen and all(mark is not None and before <= mark <= before + 5 for mark in seen)
+    assert len(set(seen)) == 1  # the first segment's time, not moved by the second
+
+
 def test_engine_config_and_stop_are_idempotent(registry: VoiceRegistry) -> None:
     core = EngineCore(registry, EngineConfig(seam_ms=5.0))
     core.start()
