@@ -3,7 +3,7 @@
 The encoder runs once per text segment; the flow (prior ``z_p`` -> latent
 ``z``) and the HiFi-GAN decoder (``z`` -> audio) then run on windows of frames
 padded with context frames on both sides, keeping only the window's own
-output.  With 24 flow and 12 decoder context frames this reproduces the
+output.  With 24 flow and 10 decoder context frames this reproduces the
 one-shot synthesis at > 100 dB SNR on the bundled voice, and the first audio
 needs only the encoder plus one small window.  The encoder always runs on one
 thread: its many small operators gain little from a second one (measured on
