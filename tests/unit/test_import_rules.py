@@ -121,6 +121,7 @@ def test_dialects_reach_the_engine_only_through_its_seam() -> None:
         "streamvox.stream_server.config",
         "streamvox.stream_server.contexts",
         "streamvox.stream_server.conversation",
+        "streamvox.stream_server.corking",
         "streamvox.stream_server.engine_client",
         "streamvox.stream_server.http_speech",
         "streamvox.stream_server.idle",
