@@ -279,17 +279,21 @@ def run_load(
     return row
 
 
-def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> float:
+def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> tuple[float, float]:
     """The physical limit's denominator: CPU seconds the unmodified Piper graph, one thread, spends
-    per second of audio on the load texts (one warm-up, then ``runs`` passes), measured now."""
+    per second of audio on the load texts (one warm-up, then ``runs`` passes), measured now; and
+    beside it, passes interleaved, the same graph with its decoder lifted to 2-D convolutions as
+    the server runs it (a stricter floor)."""
     from streamvox.bench.latency import RawOnnx
 
-    raw = RawOnnx(" ".join(UTTERANCES), threads=1)
-    raw.run()
-    raw.cpu_s = raw.audio_s = 0.0
-    for _ in range(runs):
+    floors = [RawOnnx(" ".join(UTTERANCES), threads=1, lifted=lifted) for lifted in (False, True)]
+    for raw in floors:
         raw.run()
-    return raw.cpu_per_audio_s
+        raw.cpu_s = raw.audio_s = 0.0
+    for _ in range(runs):
+        for raw in floors:
+            raw.run()
+    return floors[0].cpu_per_audio_s, floors[1].cpu_per_audio_s
 
 
 def physical_limit(cores: int, raw_cpu_per_audio_s: float, duty_cycle: float = 1.0) -> float:
@@ -403,6 +407,16 @@ def _table(result: dict[str, Any]) -> str:
         f"{result['raw_cpu_s_per_audio_s']:.3f} CPU s per audio s{duty} = {result['limit_streams']:.1f} streams"
         + (f"; N_max ÷ limit = {result['max_over_limit']:.2f}" if result.get("max_over_limit") is not None else "")
     )
+    if result.get("limit_streams_lifted") is not None:
+        lines.append(
+            f"  with the decoder lifted as served: raw {result['raw_lifted_cpu_s_per_audio_s']:.3f} CPU s per "
+            f"audio s, limit {result['limit_streams_lifted']:.1f} streams"
+            + (
+                f"; N_max ÷ limit = {result['max_over_limit_lifted']:.2f}"
+                if result.get("max_over_limit_lifted") is not None
+                else ""
+            )
+        )
     peer = result.get("peer")
     if peer:
         lines.append(
@@ -442,19 +456,23 @@ def run_load_bench(args: argparse.Namespace) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-    raw = raw_single_thread_cpu_per_audio_s()
+    raw, raw_lifted = raw_single_thread_cpu_per_audio_s()
     cores = os.cpu_count() or 1
     best = next((r for r in reversed(rows) if r["pass"]), None)
     # Speech share of a listener's time at the largest passing N (1.0 with no pause between replies),
     # over each listener's own time connected: with a long ramp the last arrivals are present for less.
     duty = min(1.0, best["audio_s"] / best["present_s"]) if best and args.pause > 0 else 1.0
     limit = physical_limit(cores, raw, duty)
+    limit_lifted = physical_limit(cores, raw_lifted, duty)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "raw_cpu_s_per_audio_s": raw,
         "duty_cycle": duty,
         "limit_streams": limit,
         "max_over_limit": (max_streams / limit) if args.find_max and max_streams else None,
+        "raw_lifted_cpu_s_per_audio_s": raw_lifted,
+        "limit_streams_lifted": limit_lifted,
+        "max_over_limit_lifted": (max_streams / limit_lifted) if args.find_max and max_streams else None,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "seconds": args.seconds,
         "words_per_s": args.words_per_s,

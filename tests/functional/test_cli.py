@@ -203,6 +203,10 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     cores = int(result["machine"].split(", ")[-1].split()[0])
     expected = cores / result["raw_cpu_s_per_audio_s"] / result["duty_cycle"]
     assert result["limit_streams"] == pytest.approx(expected)
+    # Beside it, the same graph with its decoder lifted as the server runs it.
+    assert 0 < result["raw_lifted_cpu_s_per_audio_s"] < 2
+    lifted = cores / result["raw_lifted_cpu_s_per_audio_s"] / result["duty_cycle"]
+    assert result["limit_streams_lifted"] == pytest.approx(lifted)
 
 
 @pytest.mark.slow
@@ -255,6 +259,8 @@ def test_bench_latency_smoke() -> None:
     assert result["runs"] == 2
     assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
     assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
+    floor = result["raw_onnx_1thread_lifted_cpu_s_per_audio_s"]
+    assert result["overhead_ratio_vs_1thread_lifted"] == pytest.approx(result["server_cpu_s_per_audio_s"] / floor)
     by_role = result["server_cpu_ms_per_audio_s_by_role"]
     assert set(by_role) == {"workers", "runtime_pools", "event_loop", "engine", "other"}
     assert by_role["workers"] > 0 and by_role["event_loop"] > 0  # the model, and the Opus packets and sockets

