@@ -12,8 +12,8 @@ same voice, runs interleaved so both see the same machine conditions.
   ONNX model's CPU seconds per audio second on the same text (one-shot,
   sentence by sentence as Piper runs it), with onnxruntime's default
   threading (what piper-tts does) and, beside it, single-threaded.  A third
-  floor runs the same graph single-threaded with its decoder lifted to 2-D
-  convolutions as the server runs it, so the ratio to it is the server's own
+  floor runs the same graph single-threaded with its flow and decoder lifted
+  to 2-D convolutions as the server runs them, so the ratio to it is the server's own
   overhead, not the kernels it chose.  The server's own split by thread role
   (``/metrics``) says where the rest goes.
 """
@@ -100,14 +100,14 @@ async def _llm_paced_ttfa(url: str, text: str) -> float:
 class RawOnnx:
     """The Piper ONNX graph run one-shot per sentence, as Piper runs it: the floor.
 
-    ``lifted`` runs the same graph with its decoder's convolutions lifted to 2-D, as the
-    server runs them (``graph.lift_piper_decoder``); unlifted it is the unmodified export.
+    ``lifted`` runs the same graph with its flow and decoder lifted to 2-D convolutions, as the
+    server runs them (``graph.lift_piper_graph``); unlifted it is the unmodified export.
     """
 
     def __init__(self, text: str, threads: int, lifted: bool = False) -> None:
         import onnxruntime as ort
         from streamvox.engine.backends.piper.backend import bundled_voice_path
-        from streamvox.engine.backends.piper.graph import lift_piper_decoder
+        from streamvox.engine.backends.piper.graph import lift_piper_graph
         from streamvox.engine.backends.piper.voice import PiperVoiceConfig
         from streamvox.engine.text.phonemes import phoneme_ids, phonemize
 
@@ -117,7 +117,7 @@ class RawOnnx:
         options.intra_op_num_threads = threads
         graph = model.read_bytes()
         if lifted:
-            graph = lift_piper_decoder(graph)
+            graph = lift_piper_graph(graph)
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.sample_rate = config.sample_rate
         self.scales = np.array([config.noise_scale, config.length_scale, config.noise_w], dtype=np.float32)
@@ -369,7 +369,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("overhead ratio (server / raw defaults)", f"{r['overhead_ratio']:.3f}", ""),
         ("overhead ratio (server / raw 1 thread)", f"{r['overhead_ratio_vs_1thread']:.3f}", ""),
         (
-            "raw ONNX, decoder lifted as served (1 thread)",
+            "raw ONNX, flow and decoder lifted as served (1 thread)",
             f"{r['raw_onnx_1thread_lifted_cpu_s_per_audio_s']:.4f}",
             "",
         ),

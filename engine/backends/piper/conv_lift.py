@@ -15,6 +15,9 @@ The rewrite starts at one input and follows its rank-3 tensors forward:
 * an elementwise node with a lifted input stays lifted; a rank-2 or rank-3
   operand beside it gets the height axis inserted (it broadcast over
   ``[N, C, T]`` and must broadcast over ``[N, C, 1, T]`` the same way);
+* ``Slice`` (with constant axes), ``Split`` and ``Concat`` stay lifted with
+  their axes renumbered (time moves from axis 2 to 3), and a ``Shape`` read
+  only by ``ConstantOfShape`` (``zeros_like``) makes lifted zeros;
 * anything else, and every graph output, reads the tensor squeezed back to
   its original rank and name, so the graph computes exactly what it did.
 """
@@ -45,6 +48,13 @@ class _Lifter:
         self.ranks: dict[str, int] = {}
         self.lifted: dict[str, str] = {}
         self.squeezed: set[str] = set()
+        self.heightened: dict[tuple[str, int], str] = {}
+        self.consumers: dict[str, list[str]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node.op_type)
+        for output in self.graph.output:
+            self.consumers.setdefault(output.name, []).append("<output>")
         self.nodes: list[onnx.NodeProto] = []
         self.serial = 0
 
@@ -59,19 +69,80 @@ class _Lifter:
                 self.nodes.append(node)
                 if source in node.output:
                     self.lifted[source] = self._unsqueeze(source, HEIGHT_AXIS)
-            elif node.op_type in _CONVOLUTIONS and self._can_lift_convolution(node):
-                self._lift_convolution(node)
-            elif node.op_type in _ELEMENTWISE and self._can_lift_elementwise(node):
-                self._lift_elementwise(node)
-            else:
+            elif not self._lift(node):
                 self._keep_rank(node)
         for output in self.graph.output:
             if output.name in self.lifted:
                 self._squeeze_back(output.name)
+        used_before = {name for node in self.graph.node for name in node.input}
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
+        used = {name for node in self.nodes for name in node.input} | {i.name for i in self.graph.input}
+        # Weights the rewrite replaced; onnxruntime would warn about each one left behind.
+        stale = [t for t in self.graph.initializer if t.name in used_before and t.name not in used]
+        for tensor in stale:
+            self.graph.initializer.remove(tensor)
         # Shapes recorded for the old ranks would contradict the rewritten nodes.
         del self.graph.value_info[:]
+
+    def _lift(self, node: onnx.NodeProto) -> bool:
+        """Append ``node`` rewritten for lifted inputs, if it has a height-one form."""
+        op = node.op_type
+        if op in _CONVOLUTIONS and self._can_lift_convolution(node):
+            self._lift_convolution(node)
+        elif op in _ELEMENTWISE and self._can_lift_elementwise(node):
+            self._lift_elementwise(node)
+        elif op == "Slice" and self._only_first_lifted(node) and self._constant(node, 3) is not None:
+            self._lift_slice(node)
+        elif op in ("Split", "Concat") and self._can_lift_along_axis(node):
+            self._lift_along_axis(node)
+        elif op == "Shape" and not node.attribute and self._only_shaping(node.output[0]):
+            # The rank-4 shape only ever feeds ConstantOfShape, whose output is then lifted too.
+            self._lift_outputs(_copy_with_inputs(node, [self.lifted[node.input[0]]]), node)
+        elif op == "ConstantOfShape":
+            self._lift_outputs(_copy_with_inputs(node, [self.lifted[node.input[0]]]), node)
+        else:
+            return False
+        return True
+
+    def _only_first_lifted(self, node: onnx.NodeProto) -> bool:
+        return node.input[0] in self.lifted and not any(name in self.lifted for name in node.input[1:])
+
+    def _constant(self, node: onnx.NodeProto, index: int) -> np.ndarray | None:
+        if len(node.input) <= index or node.input[index] not in self.initializers:
+            return None
+        return numpy_helper.to_array(self.initializers[node.input[index]])
+
+    def _only_shaping(self, tensor: str) -> bool:
+        return all(op == "ConstantOfShape" for op in self.consumers.get(tensor, ["<output>"]))
+
+    def _lift_slice(self, node: onnx.NodeProto) -> None:
+        axes = self._constant(node, 3)
+        assert axes is not None
+        lifted_axes = self._fresh(node.input[3])
+        mapped = np.array([_lifted_axis(int(a)) for a in axes], dtype=axes.dtype)
+        self.graph.initializer.append(numpy_helper.from_array(mapped, lifted_axes))
+        inputs = [self.lifted[node.input[0]], *node.input[1:]]
+        inputs[3] = lifted_axes
+        self._lift_outputs(_copy_with_inputs(node, inputs), node)
+
+    def _can_lift_along_axis(self, node: onnx.NodeProto) -> bool:
+        if node.op_type == "Split":
+            return self._only_first_lifted(node)
+        return all(name in self.lifted or self.ranks.get(name) == 3 for name in node.input)
+
+    def _lift_along_axis(self, node: onnx.NodeProto) -> None:
+        if node.op_type == "Split":
+            inputs = [self.lifted[node.input[0]], *node.input[1:]]
+        else:
+            inputs = [self.lifted.get(name) or self._with_height(name, HEIGHT_AXIS) for name in node.input]
+        lifted = _copy_with_inputs(node, inputs)
+        axis = next((a for a in lifted.attribute if a.name == "axis"), None)
+        if axis is None:
+            lifted.attribute.append(helper.make_attribute("axis", 0))
+        else:
+            axis.i = _lifted_axis(axis.i)
+        self._lift_outputs(lifted, node)
 
     def _can_lift_convolution(self, node: onnx.NodeProto) -> bool:
         weight = self.initializers.get(node.input[1]) if len(node.input) > 1 else None
@@ -130,12 +201,17 @@ class _Lifter:
         self.nodes.append(lifted)
 
     def _with_height(self, name: str, axis: int) -> str:
-        if name in self.initializers:
-            value = numpy_helper.to_array(self.initializers[name])
-            fresh = self._fresh(name)
-            self.graph.initializer.append(numpy_helper.from_array(np.expand_dims(value, axis), fresh))
-            return fresh
-        return self._unsqueeze(name, axis)
+        """``name`` with a unit axis inserted at ``axis``, made once per tensor and axis."""
+        key = (name, axis)
+        if key not in self.heightened:
+            if name in self.initializers:
+                value = numpy_helper.to_array(self.initializers[name])
+                fresh = self._fresh(name)
+                self.graph.initializer.append(numpy_helper.from_array(np.expand_dims(value, axis), fresh))
+                self.heightened[key] = fresh
+            else:
+                self.heightened[key] = self._unsqueeze(name, axis)
+        return self.heightened[key]
 
     def _unsqueeze(self, name: str, axis: int) -> str:
         out = self._fresh(name)
@@ -159,6 +235,19 @@ class _Lifter:
     def _fresh(self, stem: str) -> str:
         self.serial += 1
         return f"{stem}{_LIFTED_SUFFIX}{self.serial}"
+
+
+def _lifted_axis(axis: int) -> int:
+    """The rank-4 axis of a rank-3 axis (negative counts from the end): time moves from 2 to 3."""
+    axis %= 3
+    return 3 if axis == 2 else axis
+
+
+def _copy_with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.input[:] = inputs
+    return copy
 
 
 def _ranks(model: onnx.ModelProto, source: str) -> dict[str, int]:

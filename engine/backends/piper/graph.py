@@ -14,10 +14,12 @@ process runs.  This module rewrites the graph in memory, once per voice:
 * the encoder returns ``z_p`` (the prior sample that feeds the flow) and the
   ceiled per-phoneme durations;
 * the flow maps ``z_p`` to ``z`` (the tensor that feeds ``dec/conv_pre``);
-* the decoder maps ``z`` to audio, its 1-D convolutions rewritten as 2-D
-  convolutions of height one (``conv_lift``), which onnxruntime runs with
-  faster kernels for the same result.  Flow and decoder also take the speaker
-  id for multi-speaker voices.
+* the decoder maps ``z`` to audio.  Flow and decoder also take the speaker id
+  for multi-speaker voices.
+
+The flow's and the decoder's 1-D convolutions are rewritten as 2-D
+convolutions of height one (``conv_lift``), which onnxruntime runs with
+faster kernels for the same result.
 """
 
 from __future__ import annotations
@@ -183,6 +185,7 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     _rename_input(flow, prior, Z_PRIOR)
     _rename_input(flow, mask, Z_MASK)
     _rename_output(flow, z_tensor, Z_OUTPUT)
+    lift_convolutions(flow, Z_PRIOR)
     decoder = extractor.extract_model([z_tensor] + sid, [graph.output[0].name])
     _rename_input(decoder, z_tensor, Z_OUTPUT)
     lift_convolutions(decoder, Z_OUTPUT)
@@ -195,10 +198,15 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     )
 
 
-def lift_piper_decoder(model_bytes: bytes) -> bytes:
-    """The whole Piper graph, unsplit, with its decoder lifted as the split decoder is:
-    what the model alone costs when run the way the server runs its decoder (a floor
-    for benchmarks beside the unmodified graph)."""
+def lift_piper_graph(model_bytes: bytes) -> bytes:
+    """The whole Piper graph, unsplit, with its flow and decoder lifted as the split ones are:
+    what the model alone costs when run the way the server runs it (a floor for benchmarks,
+    beside the unmodified graph)."""
     model = onnx.load_from_string(model_bytes)
-    lift_convolutions(model, _find_z_tensor(model.graph))
+    graph = model.graph
+    prior_noise = [n for n in graph.node if n.op_type == "RandomNormalLike" and not n.name.startswith("/dp/")]
+    if len(prior_noise) != 1:
+        raise GraphSplitError("could not find the prior noise")
+    # The flow's output feeds the decoder, so lifting from the prior lifts both.
+    lift_convolutions(model, _find_prior(graph, prior_noise[0].output[0]))
     return model.SerializeToString()
