@@ -18,8 +18,9 @@ process runs.  This module rewrites the graph in memory, once per voice:
   for multi-speaker voices.
 
 The flow's and the decoder's 1-D convolutions are rewritten as 2-D
-convolutions of height one (``conv_lift``), which onnxruntime runs with
-faster kernels for the same result.
+convolutions of height one (``conv_lift``), and the decoder's upsampling
+transposed convolutions as convolutions with an interleave (``polyphase``),
+which onnxruntime runs with faster kernels for the same result.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 from streamvox.engine.backends.piper.conv_lift import lift_convolutions
+from streamvox.engine.backends.piper.polyphase import split_transposed_convolutions
 
 NOISE_DP = "noise_dp"
 NOISE_Z = "noise_z"
@@ -189,6 +191,7 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     decoder = extractor.extract_model([z_tensor] + sid, [graph.output[0].name])
     _rename_input(decoder, z_tensor, Z_OUTPUT)
     lift_convolutions(decoder, Z_OUTPUT)
+    split_transposed_convolutions(decoder)
     return SplitGraph(
         encoder=encoder.SerializeToString(),
         flow=flow.SerializeToString(),
@@ -209,4 +212,5 @@ def lift_piper_graph(model_bytes: bytes) -> bytes:
         raise GraphSplitError("could not find the prior noise")
     # The flow's output feeds the decoder, so lifting from the prior lifts both.
     lift_convolutions(model, _find_prior(graph, prior_noise[0].output[0]))
+    split_transposed_convolutions(model)
     return model.SerializeToString()
