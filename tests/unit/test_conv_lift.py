@@ -186,31 +186,6 @@ def test_channel_slices_splits_zeros_and_concat_stay_lifted() -> None:
     assert [n.op_type for n in lifted.graph.node].count("Squeeze") == 2
 
 
-def test_without_a_source_every_convolution_starts_a_lifted_stretch() -> None:
-    original = _coupling_like()
-    # Break the graph's lifted path with an operator the rewrite keeps 1-D (a transpose there and
-    # back) between the two convolutions: each then starts its own stretch.
-    nodes = list(original.graph.node)
-    at = next(i for i, n in enumerate(nodes) if n.op_type == "Mul" and n.input[0] == "t")
-    nodes[at].output[0] = "acts_raw"
-    nodes[at + 1 : at + 1] = [
-        helper.make_node("Transpose", ["acts_raw"], ["acts_t"], perm=[0, 2, 1]),
-        helper.make_node("Transpose", ["acts_t"], ["acts"], perm=[0, 2, 1]),
-    ]
-    del original.graph.node[:]
-    original.graph.node.extend(nodes)
-    lifted = onnx.ModelProto()
-    lifted.CopyFrom(original)
-    lift_convolutions(lifted)
-    onnx.checker.check_model(lifted)
-    rng = np.random.default_rng(8)
-    feeds = {"x": rng.standard_normal((1, CHANNELS, 10)).astype(np.float32), "mask": np.ones((1, 1, 10), np.float32)}
-    for want, have in zip(_run(original, feeds), _run(lifted, feeds), strict=True):
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
-    assert sorted(_conv_weight_ranks(lifted)) == [4, 4]
-    assert [n.op_type for n in lifted.graph.node].count("Unsqueeze") >= 2  # one per stretch at least
-
-
 def test_only_a_rank_three_tensor_can_be_lifted() -> None:
     with pytest.raises(ValueError, match="rank"):
         lift_convolutions(_hifigan_like(), "per_sample")
@@ -221,7 +196,7 @@ def test_the_bundled_flow_and_decoder_lifted_equal_them_unlifted(monkeypatch: py
 
     model = bundled_voice_path().read_bytes()
     lifted = split_piper_graph(model)
-    monkeypatch.setattr(graph, "lift_convolutions", lambda part, source=None: part)
+    monkeypatch.setattr(graph, "lift_convolutions", lambda part, source: part)
     plain = split_piper_graph(model)
     rng = np.random.default_rng(3)
     z_p = rng.standard_normal((1, lifted.z_channels, 60)).astype(np.float32)
@@ -234,36 +209,6 @@ def test_the_bundled_flow_and_decoder_lifted_equal_them_unlifted(monkeypatch: py
         assert have.shape == want.shape
         assert snr_db(want.reshape(-1), have.reshape(-1)) > 100, part
         assert all(rank == 4 for rank in _conv_weight_ranks(onnx.load_from_string(getattr(lifted, part)))), part
-
-
-def test_the_bundled_encoder_lifted_gives_the_same_prior_and_durations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The encoder is lifted stretch by stretch (attention and layer norms stay 1-D between)."""
-    import streamvox.engine.backends.piper.graph as graph
-    from streamvox.engine.backends.piper.voice import PiperVoice
-
-    voice = PiperVoice.load(bundled_voice_path())
-    model = bundled_voice_path().read_bytes()
-    lifted = split_piper_graph(model)
-    monkeypatch.setattr(graph, "lift_convolutions", lambda part, source=None: part)
-    plain = split_piper_graph(model)
-    rng = np.random.default_rng(6)
-    for text in ("Your order shipped.", "The storm rolled in just after midnight, rattling the windows."):
-        ids = voice.text_to_ids(text)
-        feeds = {
-            "input": np.array([ids], dtype=np.int64),
-            "input_lengths": np.array([len(ids)], dtype=np.int64),
-            "scales": np.array([0.667, 1.0, 0.8], dtype=np.float32),
-            "noise_dp": rng.standard_normal((1, 2, len(ids))).astype(np.float32),
-            "noise_z": rng.standard_normal((1, lifted.z_channels, 20 * len(ids) + 64)).astype(np.float32),
-        }
-        (want_z, want_durations), (have_z, have_durations) = (
-            ort.InferenceSession(split.encoder, providers=["CPUExecutionProvider"]).run(None, feeds)
-            for split in (plain, lifted)
-        )
-        np.testing.assert_array_equal(have_durations, want_durations)
-        assert snr_db(want_z.reshape(-1), have_z.reshape(-1)) > 100
-    ranks = _conv_weight_ranks(onnx.load_from_string(lifted.encoder))
-    assert ranks == [4] * 69
 
 
 def test_the_lifted_whole_graph_speaks_as_the_export_does() -> None:
@@ -288,6 +233,6 @@ def test_the_lifted_whole_graph_speaks_as_the_export_does() -> None:
     assert have.shape == want.shape
     assert snr_db(want.reshape(-1), have.reshape(-1)) > 90
     ranks = _conv_weight_ranks(onnx.load_from_string(lifted))
-    # Every convolution: the encoder's 69, the flow's 40 and the decoder's 20 (its 3 transposed
-    # ones are now convolutions over phases).
-    assert ranks == [4] * len(_conv_weight_ranks(onnx.load_from_string(export))) == [4] * 132
+    # The decoder's 20 convolutions and 3 transposed ones, and the flow's 40; the encoder's stay 1-D.
+    assert ranks.count(4) == 23 + 40
+    assert ranks.count(3) == len(_conv_weight_ranks(onnx.load_from_string(export))) - 63

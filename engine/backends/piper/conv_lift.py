@@ -20,11 +20,6 @@ The rewrite starts at one input and follows its rank-3 tensors forward:
   only by ``ConstantOfShape`` (``zeros_like``) makes lifted zeros;
 * anything else, and every graph output, reads the tensor squeezed back to
   its original rank and name, so the graph computes exactly what it did.
-
-Without a source, every 1-D convolution whose input is not lifted yet starts
-a lifted stretch of its own: a text encoder's convolutions sit between
-attention and layer norms that stay 1-D (the bundled voice's encoder, one
-thread: 0.91-0.94 of its CPU time, the same durations, prior at > 130 dB).
 """
 
 from __future__ import annotations
@@ -62,17 +57,14 @@ class _Lifter:
             self.consumers.setdefault(output.name, []).append("<output>")
         self.nodes: list[onnx.NodeProto] = []
         self.serial = 0
-        self.taken = {t.name for t in self.graph.initializer} | {i.name for i in self.graph.input}
-        for node in self.graph.node:
-            self.taken.update([node.name, *node.input, *node.output])
 
-    def run(self, source: str | None) -> None:
+    def run(self, source: str) -> None:
         self.ranks = _ranks(self.model, source)
-        if source is not None:
-            self._start_island(source)
+        # The original tensor stays in the graph under its name: nothing squeezes it back.
+        self.squeezed.add(source)
+        if any(i.name == source for i in self.graph.input):
+            self.lifted[source] = self._unsqueeze(source, HEIGHT_AXIS)
         for node in self.graph.node:
-            if source is None and self._starts_island(node):
-                self._start_island(node.input[0])
             if not any(name in self.lifted for name in node.input):
                 self.nodes.append(node)
                 if source in node.output:
@@ -92,20 +84,6 @@ class _Lifter:
             self.graph.initializer.remove(tensor)
         # Shapes recorded for the old ranks would contradict the rewritten nodes.
         del self.graph.value_info[:]
-
-    def _start_island(self, tensor: str) -> None:
-        """Lift ``tensor``: now if it is a graph input, else right after the node computing it."""
-        # The original tensor stays in the graph under its name: nothing squeezes it back.
-        self.squeezed.add(tensor)
-        if any(i.name == tensor for i in self.graph.input) or any(tensor in n.output for n in self.nodes):
-            self.lifted[tensor] = self._unsqueeze(tensor, HEIGHT_AXIS)
-
-    def _starts_island(self, node: onnx.NodeProto) -> bool:
-        """A 1-D convolution whose input is a rank-3 tensor not lifted yet."""
-        if node.op_type not in _CONVOLUTIONS or node.input[0] in self.lifted:
-            return False
-        weight = self.initializers.get(node.input[1])
-        return self.ranks.get(node.input[0]) == 3 and weight is not None and len(weight.dims) == 3
 
     def _lift(self, node: onnx.NodeProto) -> bool:
         """Append ``node`` rewritten for lifted inputs, if it has a height-one form."""
@@ -255,13 +233,8 @@ class _Lifter:
         return helper.make_node(op, [source], [out], name=node_name, axes=[axis])
 
     def _fresh(self, stem: str) -> str:
-        """A node or tensor name not used anywhere in the graph (a second pass may run)."""
-        while True:
-            self.serial += 1
-            name = f"{stem}{_LIFTED_SUFFIX}{self.serial}"
-            if name not in self.taken:
-                self.taken.add(name)
-                return name
+        self.serial += 1
+        return f"{stem}{_LIFTED_SUFFIX}{self.serial}"
 
 
 def _lifted_axis(axis: int) -> int:
@@ -277,12 +250,12 @@ def _copy_with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto
     return copy
 
 
-def _ranks(model: onnx.ModelProto, source: str | None) -> dict[str, int]:
+def _ranks(model: onnx.ModelProto, source: str) -> dict[str, int]:
     """Rank of every tensor shape inference can tell; an input ``source`` without a
     declared shape is taken as rank 3."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    declared = next((i for i in probe.graph.input if i.name == source), None) if source else None
+    declared = next((i for i in probe.graph.input if i.name == source), None)
     if declared is not None and not declared.type.tensor_type.HasField("shape"):
         shape = declared.type.tensor_type.shape
         for symbol in ("batch", "channels", "frames"):
@@ -299,16 +272,14 @@ def _ranks(model: onnx.ModelProto, source: str | None) -> dict[str, int]:
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             ranks[node.output[0]] = len(node.attribute[0].t.dims)
-    if source is not None and ranks.get(source) != 3:
+    if ranks.get(source) != 3:
         raise ValueError(f"{source!r} is not a rank-3 tensor of the graph (rank {ranks.get(source)})")
     return ranks
 
 
-def lift_convolutions(model: onnx.ModelProto, source: str | None = None) -> onnx.ModelProto:
+def lift_convolutions(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
     """Rewrite ``model`` in place so the convolutions fed from the rank-3 tensor ``source``
     (an input, or any tensor a node computes) run as height-one 2-D convolutions; inputs,
-    outputs and results stay as they were.  Without a source, every 1-D convolution whose
-    input has a known rank of 3 starts its own lifted stretch (for graphs such as a text
-    encoder, where attention and layer norms come between the convolutions)."""
+    outputs and results stay as they were."""
     _Lifter(model).run(source)
     return model

@@ -17,9 +17,8 @@ process runs.  This module rewrites the graph in memory, once per voice:
 * the decoder maps ``z`` to audio.  Flow and decoder also take the speaker id
   for multi-speaker voices.
 
-The 1-D convolutions are rewritten as 2-D convolutions of height one
-(``conv_lift``: the flow and the decoder whole, the encoder's between its
-attention and normalisation layers), and the decoder's upsampling
+The flow's and the decoder's 1-D convolutions are rewritten as 2-D
+convolutions of height one (``conv_lift``), and the decoder's upsampling
 transposed convolutions as convolutions with an interleave (``polyphase``),
 which onnxruntime runs with faster kernels for the same result.
 """
@@ -184,7 +183,6 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     encoder = extractor.extract_model(encoder_inputs + [NOISE_DP, NOISE_Z], [prior, durations])
     _rename_output(encoder, prior, Z_PRIOR)
     _rename_output(encoder, durations, DURATIONS_OUTPUT)
-    lift_convolutions(encoder)
     flow = extractor.extract_model([prior, mask] + sid, [z_tensor])
     _rename_input(flow, prior, Z_PRIOR)
     _rename_input(flow, mask, Z_MASK)
@@ -204,7 +202,7 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
 
 
 def lift_piper_graph(model_bytes: bytes) -> bytes:
-    """The whole Piper graph, unsplit, with its convolutions lifted as the split graphs' are:
+    """The whole Piper graph, unsplit, with its flow and decoder lifted as the split ones are:
     what the model alone costs when run the way the server runs it (a floor for benchmarks,
     beside the unmodified graph)."""
     model = onnx.load_from_string(model_bytes)
@@ -214,6 +212,5 @@ def lift_piper_graph(model_bytes: bytes) -> bytes:
         raise GraphSplitError("could not find the prior noise")
     # The flow's output feeds the decoder, so lifting from the prior lifts both.
     lift_convolutions(model, _find_prior(graph, prior_noise[0].output[0]))
-    lift_convolutions(model)  # the encoder's, as the split encoder's are
     split_transposed_convolutions(model)
     return model.SerializeToString()
