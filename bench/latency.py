@@ -12,10 +12,11 @@ same voice, runs interleaved so both see the same machine conditions.
   ONNX model's CPU seconds per audio second on the same text (one-shot,
   sentence by sentence as Piper runs it), with onnxruntime's default
   threading (what piper-tts does) and, beside it, single-threaded.  A third
-  floor runs the same graph single-threaded with its flow and decoder lifted
-  to 2-D convolutions as the server runs them, so the ratio to it is the server's own
-  overhead, not the kernels it chose.  The server's own split by thread role
-  (``/metrics``) says where the rest goes.
+  floor runs the same graph single-threaded with its flow and decoder rewritten
+  as the server runs them (height-one 2-D convolutions, upsampling in phases),
+  so the ratio to it is the server's own overhead, not the kernels it chose.
+  The server's own split by thread role (``/metrics``) says where the rest
+  goes.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ async def _llm_paced_ttfa(url: str, text: str) -> float:
 class RawOnnx:
     """The Piper ONNX graph run one-shot per sentence, as Piper runs it: the floor.
 
-    ``lifted`` runs the same graph with its flow and decoder lifted to 2-D convolutions, as the
-    server runs them (``graph.lift_piper_graph``); unlifted it is the unmodified export.
+    ``lifted`` runs the same graph with its flow and decoder rewritten as the server runs them
+    (``graph.lift_piper_graph``: height-one 2-D convolutions, the upsampling in phases);
+    unlifted it is the unmodified export.
     """
 
     def __init__(self, text: str, threads: int, lifted: bool = False) -> None:
@@ -369,7 +371,7 @@ def format_table(r: dict[str, Any]) -> str:
         ("overhead ratio (server / raw defaults)", f"{r['overhead_ratio']:.3f}", ""),
         ("overhead ratio (server / raw 1 thread)", f"{r['overhead_ratio_vs_1thread']:.3f}", ""),
         (
-            "raw ONNX, flow and decoder lifted as served (1 thread)",
+            "raw ONNX, graph rewritten as served (1 thread)",
             f"{r['raw_onnx_1thread_lifted_cpu_s_per_audio_s']:.4f}",
             "",
         ),

@@ -282,8 +282,8 @@ def run_load(
 def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> tuple[float, float]:
     """The physical limit's denominator: CPU seconds the unmodified Piper graph, one thread, spends
     per second of audio on the load texts (one warm-up, then ``runs`` passes), measured now; and
-    beside it, passes interleaved, the same graph with its flow and decoder lifted to 2-D
-    convolutions as the server runs them (a stricter floor)."""
+    beside it, passes interleaved, the same graph with its flow and decoder rewritten as the
+    server runs them (a stricter floor)."""
     from streamvox.bench.latency import RawOnnx
 
     floors = [RawOnnx(" ".join(UTTERANCES), threads=1, lifted=lifted) for lifted in (False, True)]
@@ -409,7 +409,7 @@ def _table(result: dict[str, Any]) -> str:
     )
     if result.get("limit_streams_lifted") is not None:
         lines.append(
-            f"  with flow and decoder lifted as served: raw {result['raw_lifted_cpu_s_per_audio_s']:.3f} CPU s per "
+            f"  with the graph rewritten as served: raw {result['raw_lifted_cpu_s_per_audio_s']:.3f} CPU s per "
             f"audio s, limit {result['limit_streams_lifted']:.1f} streams"
             + (
                 f"; N_max ÷ limit = {result['max_over_limit_lifted']:.2f}"
