@@ -132,21 +132,29 @@ def _conv_weight_ranks(model: onnx.ModelProto) -> list[int]:
     return [dims[n.input[1]] for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
 
 
-def test_the_lifted_graph_computes_what_the_original_did() -> None:
-    original = _hifigan_like()
+def _lifted(original: onnx.ModelProto, source: str | None) -> onnx.ModelProto:
     lifted = onnx.ModelProto()
     lifted.CopyFrom(original)
-    lift_convolutions(lifted, "x")
+    lift_convolutions(lifted, source)
     onnx.checker.check_model(lifted)
+    return lifted
+
+
+def _assert_same_results(original: onnx.ModelProto, lifted: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+    for want, have in zip(_run(original, feeds), _run(lifted, feeds), strict=True):
+        assert have.shape == want.shape
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_lifted_graph_computes_what_the_original_did() -> None:
+    original = _hifigan_like()
+    lifted = _lifted(original, "x")
     rng = np.random.default_rng(1)
     feeds = {
         "x": rng.standard_normal((1, CHANNELS, 12)).astype(np.float32),
         "g": rng.standard_normal((1, COND, 1)).astype(np.float32),
     }
-    expected, got = _run(original, feeds), _run(lifted, feeds)
-    for want, have in zip(expected, got, strict=True):
-        assert have.shape == want.shape
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+    _assert_same_results(original, lifted, feeds)
     # Every convolution on the path from x is 2-D; the speaker's stays 1-D.
     assert sorted(_conv_weight_ranks(lifted)) == [3, 4, 4, 4]
     assert [o.name for o in lifted.graph.output] == ["y", "level"]
@@ -154,32 +162,25 @@ def test_the_lifted_graph_computes_what_the_original_did() -> None:
 
 def test_a_tensor_inside_the_graph_can_be_the_source() -> None:
     original = _hifigan_like()
-    lifted = onnx.ModelProto()
-    lifted.CopyFrom(original)
-    lift_convolutions(lifted, "conditioned")
+    lifted = _lifted(original, "conditioned")
     rng = np.random.default_rng(2)
     feeds = {
         "x": rng.standard_normal((1, CHANNELS, 12)).astype(np.float32),
         "g": rng.standard_normal((1, COND, 1)).astype(np.float32),
     }
-    for want, have in zip(_run(original, feeds), _run(lifted, feeds), strict=True):
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+    _assert_same_results(original, lifted, feeds)
     assert sorted(_conv_weight_ranks(lifted)) == [3, 3, 4, 4]
 
 
 def test_channel_slices_splits_zeros_and_concat_stay_lifted() -> None:
     original = _coupling_like()
-    lifted = onnx.ModelProto()
-    lifted.CopyFrom(original)
-    lift_convolutions(lifted, "x")
-    onnx.checker.check_model(lifted)
+    lifted = _lifted(original, "x")
     rng = np.random.default_rng(4)
     mask = np.ones((1, 1, 10), dtype=np.float32)
     mask[..., 7:] = 0
-    feeds = {"x": rng.standard_normal((1, CHANNELS, 10)).astype(np.float32), "mask": mask}
-    for want, have in zip(_run(original, feeds), _run(lifted, feeds), strict=True):
-        assert have.shape == want.shape
-        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+    _assert_same_results(
+        original, lifted, {"x": rng.standard_normal((1, CHANNELS, 10)).astype(np.float32), "mask": mask}
+    )
     assert sorted(_conv_weight_ranks(lifted)) == [4, 4]
     # Squeezed back to rank 3 only for the graph's outputs (y, which the last Shape reads too,
     # and the time slice): nothing inside the coupling leaves the height-one form.
