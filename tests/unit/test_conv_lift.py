@@ -146,30 +146,21 @@ def _assert_same_results(original: onnx.ModelProto, lifted: onnx.ModelProto, fee
         np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
 
 
-def test_the_lifted_graph_computes_what_the_original_did() -> None:
+@pytest.mark.parametrize(("source", "ranks"), [("x", [3, 4, 4, 4]), ("conditioned", [3, 3, 4, 4])])
+def test_the_lifted_graph_computes_what_the_original_did(source: str, ranks: list[int]) -> None:
+    """From the input, or from a tensor inside the graph (the conditioned input convolution's
+    output: the convolutions before it stay 1-D)."""
     original = _hifigan_like()
-    lifted = _lifted(original, "x")
+    lifted = _lifted(original, source)
     rng = np.random.default_rng(1)
     feeds = {
         "x": rng.standard_normal((1, CHANNELS, 12)).astype(np.float32),
         "g": rng.standard_normal((1, COND, 1)).astype(np.float32),
     }
     _assert_same_results(original, lifted, feeds)
-    # Every convolution on the path from x is 2-D; the speaker's stays 1-D.
-    assert sorted(_conv_weight_ranks(lifted)) == [3, 4, 4, 4]
+    # Every convolution on the path from the source is 2-D; the speaker's stays 1-D.
+    assert sorted(_conv_weight_ranks(lifted)) == ranks
     assert [o.name for o in lifted.graph.output] == ["y", "level"]
-
-
-def test_a_tensor_inside_the_graph_can_be_the_source() -> None:
-    original = _hifigan_like()
-    lifted = _lifted(original, "conditioned")
-    rng = np.random.default_rng(2)
-    feeds = {
-        "x": rng.standard_normal((1, CHANNELS, 12)).astype(np.float32),
-        "g": rng.standard_normal((1, COND, 1)).astype(np.float32),
-    }
-    _assert_same_results(original, lifted, feeds)
-    assert sorted(_conv_weight_ranks(lifted)) == [3, 3, 4, 4]
 
 
 def test_channel_slices_splits_zeros_and_concat_stay_lifted() -> None:
