@@ -8,7 +8,8 @@ voice's decoder, one thread, AVX-512: 23.4 against 30.0 ms CPU per audio
 second, output equal to float rounding, about 115 dB SNR).  Elsewhere the
 lifted graph runs the same kernels as before.
 
-The rewrite starts at one input and follows its rank-3 tensors forward:
+The rewrite starts at one rank-3 tensor (an input, or one a node computes) and
+follows the tensors computed from it forward:
 
 * a ``Conv`` or ``ConvTranspose`` whose data input is lifted gets rank-4
   weights and attributes of height one;
