@@ -103,8 +103,8 @@ def _find_durations(graph: onnx.GraphProto) -> str:
     return ceils[0].output[0]
 
 
-def _replace_noise(graph: onnx.GraphProto) -> str:
-    """Turn both noise sources into inputs; return the tensor that now carries the prior noise."""
+def _noise_nodes(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto]:
+    """The two ``RandomNormalLike`` nodes: the duration predictor's noise and the prior's."""
     randoms = [n for n in graph.node if n.op_type == "RandomNormalLike"]
     if len(randoms) != 2:
         raise GraphSplitError(f"expected two RandomNormalLike nodes, found {len(randoms)}")
@@ -112,7 +112,12 @@ def _replace_noise(graph: onnx.GraphProto) -> str:
     z_nodes = [n for n in randoms if not n.name.startswith("/dp/")]
     if len(dp_nodes) != 1 or len(z_nodes) != 1:
         raise GraphSplitError("could not tell the duration-predictor noise from the prior noise")
-    dp_node, z_node = dp_nodes[0], z_nodes[0]
+    return dp_nodes[0], z_nodes[0]
+
+
+def _replace_noise(graph: onnx.GraphProto) -> str:
+    """Turn both noise sources into inputs; return the tensor that now carries the prior noise."""
+    dp_node, z_node = _noise_nodes(graph)
     replacement = {
         id(dp_node): [helper.make_node("Identity", [NOISE_DP], [dp_node.output[0]], name="/noise_dp_in")],
         id(z_node): [
@@ -206,11 +211,8 @@ def lift_piper_graph(model_bytes: bytes) -> bytes:
     what the model alone costs when run the way the server runs it (a floor for benchmarks,
     beside the unmodified graph)."""
     model = onnx.load_from_string(model_bytes)
-    graph = model.graph
-    prior_noise = [n for n in graph.node if n.op_type == "RandomNormalLike" and not n.name.startswith("/dp/")]
-    if len(prior_noise) != 1:
-        raise GraphSplitError("could not find the prior noise")
+    _, prior_noise = _noise_nodes(model.graph)
     # The flow's output feeds the decoder, so lifting from the prior lifts both.
-    lift_convolutions(model, _find_prior(graph, prior_noise[0].output[0]))
+    lift_convolutions(model, _find_prior(model.graph, prior_noise.output[0]))
     split_transposed_convolutions(model)
     return model.SerializeToString()
