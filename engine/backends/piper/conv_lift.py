@@ -75,14 +75,10 @@ class _Lifter:
         for output in self.graph.output:
             if output.name in self.lifted:
                 self._squeeze_back(output.name)
-        used_before = {name for node in self.graph.node for name in node.input}
+        read_before = {name for node in self.graph.node for name in node.input}
         del self.graph.node[:]
         self.graph.node.extend(self.nodes)
-        used = {name for node in self.nodes for name in node.input} | {i.name for i in self.graph.input}
-        # Weights the rewrite replaced; onnxruntime would warn about each one left behind.
-        stale = [t for t in self.graph.initializer if t.name in used_before and t.name not in used]
-        for tensor in stale:
-            self.graph.initializer.remove(tensor)
+        drop_unread_initializers(self.graph, read_before)
         # Shapes recorded for the old ranks would contradict the rewritten nodes.
         del self.graph.value_info[:]
 
@@ -154,10 +150,7 @@ class _Lifter:
         weight = numpy_helper.to_array(self.initializers[node.input[1]])
         name = self._fresh(node.input[1])
         self.graph.initializer.append(numpy_helper.from_array(weight[:, :, np.newaxis, :], name))
-        lifted = onnx.NodeProto()
-        lifted.CopyFrom(node)
-        lifted.input[0] = self.lifted[node.input[0]]
-        lifted.input[1] = name
+        lifted = _copy_with_inputs(node, [self.lifted[node.input[0]], name, *node.input[2:]])
         for attribute in lifted.attribute:
             if attribute.name in ("kernel_shape", "strides", "dilations"):
                 attribute.ints[:] = [1, *attribute.ints]
@@ -176,17 +169,16 @@ class _Lifter:
         return True
 
     def _lift_elementwise(self, node: onnx.NodeProto) -> None:
-        lifted = onnx.NodeProto()
-        lifted.CopyFrom(node)
+        inputs = list(node.input)
         for index, name in enumerate(node.input):
             if not name:
                 continue
             if name in self.lifted:
-                lifted.input[index] = self.lifted[name]
+                inputs[index] = self.lifted[name]
             elif self.ranks[name] in (2, 3):
                 # [.., C, T] broadcast over [N, C, T]; over [N, C, 1, T] it needs [.., C, 1, T].
-                lifted.input[index] = self._with_height(name, self.ranks[name] - 1)
-        self._lift_outputs(lifted, node)
+                inputs[index] = self._with_height(name, self.ranks[name] - 1)
+        self._lift_outputs(_copy_with_inputs(node, inputs), node)
 
     def _keep_rank(self, node: onnx.NodeProto) -> None:
         for name in node.input:
@@ -249,6 +241,14 @@ def _copy_with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto
     copy.CopyFrom(node)
     copy.input[:] = inputs
     return copy
+
+
+def drop_unread_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Remove the initializers named in ``candidates`` that no node reads any more (weights a
+    rewrite replaced): onnxruntime would warn about each one left behind."""
+    read = {name for node in graph.node for name in node.input} | {i.name for i in graph.input}
+    for tensor in [t for t in graph.initializer if t.name in candidates and t.name not in read]:
+        graph.initializer.remove(tensor)
 
 
 def _ranks(model: onnx.ModelProto, source: str) -> dict[str, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from streamvox.engine.backends.piper.conv_lift import drop_unread_initializers
 
 _NO_END = np.iinfo(np.int64).max
 
@@ -118,7 +119,5 @@ def split_transposed_convolutions(model: onnx.ModelProto) -> int:
             nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name in replaced and t.name not in used]:
-        graph.initializer.remove(tensor)
+    drop_unread_initializers(graph, replaced)
     return rewritten
