@@ -276,14 +276,15 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
     raw_default = RawOnnx(PARAGRAPH, threads=0)
     raw_single = RawOnnx(PARAGRAPH, threads=1)
     raw_lifted = RawOnnx(PARAGRAPH, threads=1, lifted=True)
+    floors = (raw_default, raw_single, raw_lifted)
     try:
         piper_voice = PiperTtsVoice.load(bundled_voice_path())
         server_proc = psutil.Process(proc.pid)
         asyncio.run(_server_utterance(url, PARAGRAPH))  # warm-up, every system
         _piper_first_chunk_ms(piper_voice, PARAGRAPH)
-        for raw_model in (raw_default, raw_single, raw_lifted):
-            raw_model.run()
-            raw_model.cpu_s = raw_model.audio_s = 0.0
+        for floor in floors:
+            floor.run()
+            floor.cpu_s = floor.audio_s = 0.0
         server_runs: list[ServerRun] = []
         piper_first: list[float] = []
         piper_total: list[float] = []
@@ -297,9 +298,8 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
             first, total = _piper_first_chunk_ms(piper_voice, PARAGRAPH)
             piper_first.append(first)
             piper_total.append(total)
-            raw_default.run()
-            raw_single.run()
-            raw_lifted.run()
+            for floor in floors:
+                floor.run()
         by_role = cpu_by_role(counters_before, server_counters(url), sum(r.audio_s for r in server_runs))
         e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
         formats = format_first_bytes(url, max(5, runs // 2))
