@@ -185,19 +185,22 @@ def _ours(
 
 
 class _CountingDecoder:
-    """A token decoder that counts the tokens it is asked to decode (context included)."""
+    """An utterance's SoVITS decoder that counts the tokens of its windows (context included:
+    the content encoder and the flow run over them) and those HiFi-GAN runs over."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.tokens_decoded = 0
+        self.tokens_vocoded = 0
 
     @property
     def samples_per_token(self) -> int:
         return int(self.inner.samples_per_token)
 
-    def decode(self, tokens: Any, first_token: int) -> Any:
+    def decode(self, tokens: Any, first_token: int, keep_from: int = 0) -> Any:
         self.tokens_decoded += len(tokens)
-        return self.inner.decode(tokens, first_token)
+        self.tokens_vocoded += len(tokens) - self.inner.sovits.config.vocoder_start(len(tokens), keep_from)
+        return self.inner.decode(tokens, first_token, keep_from)
 
 
 def streaming_run(
@@ -300,6 +303,7 @@ def streaming_run(
         "t2s_rtf": (prefill_s + t2s_s) / audio_s,
         "vocoder_rtf": vocoder_s / audio_s,
         "tokens_decoded_per_token": counting.tokens_decoded / len(stream.tokens),
+        "tokens_vocoded_per_token": counting.tokens_vocoded / len(stream.tokens),
         "stall_ms": playback_stall_ms(chunks, rate),
         "vocoder_one_shot_rtf": one_shot_s / audio_s,
         "streamed_vs_one_shot_snr_db": 10 * np.log10(float(np.sum(offline**2)) / error) if error > 0 else None,
@@ -416,7 +420,7 @@ def _table(result: dict[str, Any]) -> str:
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
     lines.append(
         "  streaming, batch 1 (T2S + SoVITS chunks)  first chunk = prefill + T2S + vocoder  its audio   RTF"
-        " = T2S + vocoder  decoded/token  stall  one-shot voc RTF  SNR vs one-shot"
+        " = T2S + vocoder  decoded/token (HiFi-GAN)  stall  one-shot voc RTF  SNR vs one-shot"
     )
     for r in result["streaming"]:
         snr = r["streamed_vs_one_shot_snr_db"]
@@ -424,7 +428,8 @@ def _table(result: dict[str, Any]) -> str:
             f"  streamvox {r['weights']:<20} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
             f" + {r['first_chunk_t2s_ms'] - r['first_chunk_prefill_ms']:>4.0f} + {r['first_chunk_vocoder_ms']:>4.0f}"
             f" {r['first_chunk_audio_ms']:>9.0f} ms {r['rtf']:>6.3f} = {r['t2s_rtf']:.3f} + {r['vocoder_rtf']:.3f}"
-            f" {r['tokens_decoded_per_token']:>11.2f} {r['stall_ms']:>5.0f} ms {r['vocoder_one_shot_rtf']:>12.3f}"
+            f" {r['tokens_decoded_per_token']:>11.2f} ({r['tokens_vocoded_per_token']:.2f})"
+            f" {r['stall_ms']:>5.0f} ms {r['vocoder_one_shot_rtf']:>12.3f}"
             f" {'' if snr is None else f'{snr:.1f} dB':>16}"
         )
     if ref:

@@ -16,46 +16,19 @@ logit differs by more than ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import torch
+from rev_module import module_at
 from streamvox.bench.random_voice import write_t2s_checkpoint
 from streamvox.engine.backends.gpt_sovits import t2s as current
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
 
-ROOT = Path(__file__).resolve().parents[1]
 MODULE = "engine/backends/gpt_sovits/t2s.py"
-
-
-def _module_at(rev: str, relpath: str, folder: Path) -> ModuleType:
-    """``REV``'s copy of the module at ``relpath``, loaded beside the installed package: each
-    ``from streamvox.… import`` in it is pointed at ``REV``'s copy of that module (loaded the
-    same way), so nothing of the working tree leaks into the "before" side."""
-    source = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=ROOT, check=True, capture_output=True, text=True)
-    text = source.stdout
-    for dotted in sorted(set(re.findall(r"^from streamvox\.([\w.]+) import", text, flags=re.M))):
-        dependency = _module_at(rev, dotted.replace(".", "/") + ".py", folder)
-        pattern = rf"^from streamvox\.{re.escape(dotted)} import"
-        text = re.sub(pattern, f"from {dependency.__name__} import", text, flags=re.M)
-    if re.search(r"^\s*(import|from) streamvox\b", text, flags=re.M):
-        raise SystemExit(f"{rev}:{relpath} imports streamvox in a way this script cannot redirect")
-    name = f"before_{rev}_" + relpath.removesuffix(".py").replace("/", "_")
-    path = folder / f"{name}.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> int:
@@ -72,7 +45,7 @@ def main() -> int:
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, tmp)
-        before = _module_at(args.rev, MODULE, Path(tmp))
+        before = module_at(args.rev, MODULE, Path(tmp))
         checkpoint = Path(tmp) / "t2s.ckpt"
         write_t2s_checkpoint(checkpoint, current.T2SConfig(), seed=0)
         loaded = load_s1(checkpoint)

@@ -5,7 +5,9 @@ decode re-runs the vocoder over a window that starts ``left_context`` tokens
 before the audio still owed, so the frames it keeps were computed with the
 context a one-shot decode would give them; the decoder is told where the
 window starts (``first_token``), so a model that draws noise by absolute frame
-gives a frame decoded twice the same noise.  The last ``overlap`` tokens of each
+gives a frame decoded twice the same noise, and where the audio it keeps starts
+(``keep_from``), so a model whose last stage is local (SoVITS's HiFi-GAN) runs
+that stage only over the kept audio and its receptive field.  The last ``overlap`` tokens of each
 decode are held back and crossfaded (halves summing to one) with the next
 decode's version of them.  Every token yields exactly ``samples_per_token``
 samples: the audio emitted for ``n`` tokens is ``n * samples_per_token`` long.
@@ -36,9 +38,11 @@ class TokenDecoder(Protocol):
     @property
     def samples_per_token(self) -> int: ...
 
-    def decode(self, tokens: Sequence[Any], first_token: int) -> np.ndarray:
-        """float32 audio of ``len(tokens) * samples_per_token`` samples; ``first_token`` is
-        where ``tokens`` start in the utterance."""
+    def decode(self, tokens: Sequence[Any], first_token: int, keep_from: int = 0) -> np.ndarray:
+        """float32 audio of ``tokens[keep_from:]``, ``(len(tokens) - keep_from) * samples_per_token``
+        samples, as the whole window gives it; ``first_token`` is where ``tokens`` start in the
+        utterance.  The tokens before ``keep_from`` are context, whose own audio is not wanted: a
+        decoder whose last stage is local may skip most of their work there."""
         ...
 
 
@@ -141,8 +145,8 @@ class StreamingVocoder:
         stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead)
         bucket = self.schedule.bucket
         start = max(0, stop - -(-(stop - start) // bucket) * bucket)
-        window = self.decoder.decode(self.tokens[start:stop], start)
-        piece = window[(owed_from - start) * spt : (end - start) * spt].astype(np.float32)
+        window = self.decoder.decode(self.tokens[start:stop], start, owed_from - start)
+        piece = window[: (end - owed_from) * spt].astype(np.float32)
         if overlap:
             piece[: overlap * spt] = crossfade(self._tail, piece[: overlap * spt])
         if final:

@@ -126,11 +126,15 @@ def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecod
     decoder, speaker = voice
     schedule = ChunkSchedule()
     seen: list[int] = []
+    vocoded: list[int] = []
     real = decoder.synthesize
+    fpt = decoder.config.frames_per_token
 
     def recording(mean: torch.Tensor, *args: object) -> torch.Tensor:
-        seen.append(mean.shape[2] // decoder.config.frames_per_token)
-        return real(mean, *args)  # type: ignore[arg-type]
+        seen.append(mean.shape[2] // fpt)
+        out = real(mean, *args)  # type: ignore[arg-type]
+        vocoded.append(out.shape[1] // decoder.config.samples_per_token)
+        return out
 
     decoder.synthesize = recording  # type: ignore[method-assign]
     try:
@@ -139,7 +143,39 @@ def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecod
     finally:
         del decoder.synthesize
     assert set(seen) <= set(schedule.window_sizes()), seen
+    assert set(vocoded) <= set(schedule.window_sizes()), vocoded
     assert len(set(seen)) < len(seen)
+    assert sum(vocoded) < sum(seen), "HiFi-GAN skips most of each window's left context"
+
+
+class _WholeWindows:
+    """An utterance decoder that ignores ``keep_from``: every window decoded whole, then cut."""
+
+    def __init__(self, inner: UtteranceDecoder) -> None:
+        self.inner = inner
+        self.samples_per_token = inner.samples_per_token
+
+    def decode(self, tokens: list[int], first_token: int, keep_from: int = 0) -> np.ndarray:
+        return self.inner.decode(tokens, first_token)[keep_from * self.samples_per_token :]
+
+
+def test_streaming_with_hifigan_over_the_kept_audio_only_gives_the_same_audio(
+    voice: tuple[SoVITSDecoder, torch.Tensor],
+) -> None:
+    decoder, speaker = voice
+    utterance = UtteranceDecoder(decoder, PHONEMES.reshape(1, -1), speaker, 0.5, 3)
+    streamed = {}
+    for name, token_decoder in (("kept", utterance), ("whole", _WholeWindows(utterance))):
+        vocoder = StreamingVocoder(token_decoder, ChunkSchedule())
+        pieces = []
+        for token in TOKENS:
+            vocoder.add([token])
+            while vocoder.pending():
+                pieces.append(vocoder.decode())
+        pieces.append(vocoder.finish())
+        streamed[name] = np.concatenate(pieces)
+    np.testing.assert_allclose(streamed["kept"], streamed["whole"], atol=1e-5)
+    assert snr_db(streamed["whole"], streamed["kept"]) > 100
 
 
 def test_an_utterance_encodes_its_text_once_and_decodes_as_sovits_does(

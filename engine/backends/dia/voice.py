@@ -140,9 +140,11 @@ class DacFrameDecoder:
     def samples_per_token(self) -> int:
         return self.codec.config.hop
 
-    def decode(self, tokens: Sequence[tuple[int, ...]], first_token: int) -> np.ndarray:
+    def decode(self, tokens: Sequence[tuple[int, ...]], first_token: int, keep_from: int = 0) -> np.ndarray:
+        """The whole window is run: the schedule's left context is the DAC's receptive field."""
         codes = torch.tensor(list(tokens), dtype=torch.long, device=self.codec.device).T[None]
-        return self.codec.decode(codes)[0].float().cpu().numpy()
+        audio = self.codec.decode(codes)[0].float().cpu().numpy()
+        return audio[keep_from * self.samples_per_token :]
 
 
 @dataclass(eq=False)

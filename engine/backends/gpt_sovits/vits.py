@@ -33,6 +33,10 @@ from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, loa
 
 NOISE_BLOCK = 64
 """Frames per block of :func:`frame_noise`; each block has its own generator."""
+VOCODER_BUCKET_TOKENS = 16
+"""HiFi-GAN's span in a window that keeps only its later audio is stretched left to a multiple
+of this many tokens (or to the whole window), so its lengths are among the window lengths a
+voice warms up (the streaming schedule's bucket)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,28 @@ class SoVITSConfig:
     def samples_per_token(self) -> int:
         """Audio samples per semantic token (1280 for v2)."""
         return self.samples_per_frame * self.frames_per_token
+
+    @property
+    def vocoder_reach_tokens(self) -> int:
+        """Tokens of HiFi-GAN's receptive field on either side (see :func:`~.vits_layers.hifigan_reach`)."""
+        reach = L.hifigan_reach(
+            self.upsample_rates,
+            self.upsample_kernel_sizes,
+            self.resblock,
+            self.resblock_kernel_sizes,
+            self.resblock_dilation_sizes,
+        )
+        return -(-reach // self.frames_per_token)
+
+    def vocoder_start(self, tokens: int, keep_from: int) -> int:
+        """Where HiFi-GAN starts in a window of ``tokens`` whose audio is wanted from token
+        ``keep_from`` on: its receptive field before that, stretched left to a multiple of
+        :data:`VOCODER_BUCKET_TOKENS` (0: the whole window)."""
+        if keep_from <= 0:
+            return 0
+        span = tokens - max(0, keep_from - self.vocoder_reach_tokens)
+        span = -(-span // VOCODER_BUCKET_TOKENS) * VOCODER_BUCKET_TOKENS
+        return max(0, tokens - span)
 
     @classmethod
     def tiny(cls) -> SoVITSConfig:
@@ -243,11 +269,15 @@ class SoVITSDecoder:
         noise: torch.Tensor,
         speaker: torch.Tensor,
         noise_scale: float,
+        vocode_from: int = 0,
     ) -> torch.Tensor:
-        """Audio ``(batch, frames * samples_per_frame)`` from prior statistics and noise of the same shape."""
+        """Audio ``(batch, (frames - vocode_from) * samples_per_frame)`` from prior statistics and
+        noise of the same shape: the flow runs over every frame, HiFi-GAN from frame ``vocode_from``
+        on (the frames before it are only context for the flow)."""
         c = self.config
         z = mean + noise * torch.exp(log_scale) * noise_scale
         z = L.flow_reverse(self.weights, "flow", z, speaker, c.flows, c.flow_layers, c.flow_kernel)
+        z = z[:, :, vocode_from:]
         dtype = torch.bfloat16 if self.bf16_vocoder else torch.float32
         audio = L.hifigan(
             self._vocoder_weights,
@@ -287,15 +317,19 @@ class SoVITSDecoder:
         noise_scale: float = 0.5,
         seed: int = 0,
         first_token: int = 0,
+        keep_from: int = 0,
     ) -> torch.Tensor:
-        """Decode ``codes`` for the target ``phonemes``: audio ``(len(codes) * samples_per_token,)``
-        on the CPU.
+        """Decode ``codes`` for the target ``phonemes``: the audio of ``codes[keep_from:]``,
+        ``(len(codes) - keep_from) * samples_per_token`` samples on the CPU.
 
         ``first_token`` is where ``codes`` start in their utterance (0 for a one-shot decode); it
         places the window's noise, so a streamed window gets the noise the one-shot decode gives
-        the same frames."""
+        the same frames.  The tokens before ``keep_from`` are context: they go through the
+        content encoder and the flow, and HiFi-GAN runs only from :meth:`SoVITSConfig.vocoder_start`
+        (about 90 % of a decode's time is HiFi-GAN's); the audio kept is what decoding all of
+        ``codes`` gives it, to float rounding."""
         text = self.encode_text(torch.as_tensor(phonemes, dtype=torch.long).reshape(1, -1))
-        return self.decode_encoded(codes, text, speaker, noise_scale, seed, first_token)
+        return self.decode_encoded(codes, text, speaker, noise_scale, seed, first_token, keep_from)
 
     def decode_encoded(
         self,
@@ -305,13 +339,20 @@ class SoVITSDecoder:
         noise_scale: float = 0.5,
         seed: int = 0,
         first_token: int = 0,
+        keep_from: int = 0,
     ) -> torch.Tensor:
         """:meth:`decode` with the target text already through :meth:`encode_text`."""
+        c = self.config
         codes_t = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1).to(self.device)
+        if not 0 <= keep_from <= codes_t.shape[1]:
+            raise ValueError(f"keep_from must be within the {codes_t.shape[1]} tokens, got {keep_from}")
         mean, log_scale = self.encode(codes_t, text, speaker)
-        first_frame = first_token * self.config.frames_per_token
-        noise = frame_noise(seed, first_frame, mean.shape[2], mean.shape[1]).unsqueeze(0).to(self.device)
-        return self.synthesize(mean, log_scale, noise, speaker, noise_scale)[0].cpu()
+        noise = frame_noise(seed, first_token * c.frames_per_token, mean.shape[2], mean.shape[1])
+        vocode_from = c.vocoder_start(codes_t.shape[1], keep_from)
+        audio = self.synthesize(
+            mean, log_scale, noise.unsqueeze(0).to(self.device), speaker, noise_scale, vocode_from * c.frames_per_token
+        )
+        return audio[0, (keep_from - vocode_from) * c.samples_per_token :].cpu()
 
 
 @dataclass(frozen=True)
@@ -335,6 +376,8 @@ class UtteranceDecoder:
     def samples_per_token(self) -> int:
         return self.sovits.config.samples_per_token
 
-    def decode(self, tokens: Sequence[int], first_token: int) -> np.ndarray:
-        audio = self.sovits.decode_encoded(tokens, self.text, self.speaker, self.noise_scale, self.seed, first_token)
+    def decode(self, tokens: Sequence[int], first_token: int, keep_from: int = 0) -> np.ndarray:
+        audio = self.sovits.decode_encoded(
+            tokens, self.text, self.speaker, self.noise_scale, self.seed, first_token, keep_from
+        )
         return audio.numpy()

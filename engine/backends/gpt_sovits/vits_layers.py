@@ -223,6 +223,36 @@ def _resblock(w: Weights, name: str, x: torch.Tensor, kind: str, kernel: int, di
     return x
 
 
+def hifigan_reach(
+    upsample_rates: Sequence[int],
+    upsample_kernels: Sequence[int],
+    resblock: str,
+    resblock_kernels: Sequence[int],
+    resblock_dilations: Sequence[Sequence[int]],
+) -> int:
+    """How many latent frames on either side of a frame :func:`hifigan` reads to make that frame's
+    samples: an upper bound on its receptive field (the convolutions' full span, not the part
+    that matters in practice).  An output sample is the same whatever lies further away, so a
+    window that starts this many frames before the audio it keeps gives that audio as a
+    decode of the whole utterance does.  ``conv_pre`` and ``conv_post`` have kernel 7."""
+    if resblock == "1":
+        per_resblock = [
+            sum((k - 1) // 2 * (d + 1) for d in ds) for k, ds in zip(resblock_kernels, resblock_dilations, strict=True)
+        ]
+    else:
+        per_resblock = [
+            sum((k - 1) // 2 * d for d in ds) for k, ds in zip(resblock_kernels, resblock_dilations, strict=True)
+        ]
+    reach = 3  # conv_post, in samples at the output rate
+    for rate, kernel in reversed(list(zip(upsample_rates, upsample_kernels, strict=True))):
+        reach += max(per_resblock)
+        padding = (kernel - rate) // 2
+        # An output n of the transposed convolution reads the inputs m with n = m * rate - padding + t,
+        # 0 <= t < kernel: at most ceil((reach + kernel - 1 - padding) / rate) inputs before n's own.
+        reach = -(-(reach + max(kernel - 1 - padding, padding)) // rate)
+    return reach + 3  # conv_pre
+
+
 def style_encoder(w: Weights, name: str, spec: torch.Tensor, heads: int = 2, kernel: int = 5) -> torch.Tensor:
     """The reference encoder (``MelStyleEncoder``): a spectrogram ``(batch, bins, frames)`` to a
     speaker/style vector ``(batch, dim, 1)``, averaged over time."""

@@ -1,0 +1,59 @@
+"""Load a module as it was at an earlier commit, beside the installed package (for the A/B scripts).
+
+Run from ``scripts/`` (a script there has this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_at(rev: str, relpath: str, folder: Path) -> ModuleType:
+    """``REV``'s copy of the module at ``relpath``, loaded beside the installed package: each
+    ``from streamvox.… import`` in it is pointed at ``REV``'s copy of that module (loaded the
+    same way), so nothing of the working tree leaks into the "before" side.  Loaded once per
+    ``rev`` and path."""
+    name = f"before_{rev}_" + relpath.removesuffix(".py").replace("/", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    text = _show(rev, relpath)
+    for package, member, alias in re.findall(
+        r"^from streamvox\.([\w.]+) import (\w+)(?: as (\w+))?$", text, flags=re.M
+    ):
+        submodule = package.replace(".", "/") + f"/{member}.py"
+        if _exists(rev, submodule):  # ``from streamvox.package import module [as alias]``
+            dependency = module_at(rev, submodule, folder)
+            line = rf"^from streamvox\.{re.escape(package)} import {member}(?: as {alias})?$"
+            text = re.sub(line, f"import {dependency.__name__} as {alias or member}", text, flags=re.M)
+    for dotted in sorted(set(re.findall(r"^from streamvox\.([\w.]+) import", text, flags=re.M))):
+        dependency = module_at(rev, dotted.replace(".", "/") + ".py", folder)
+        pattern = rf"^from streamvox\.{re.escape(dotted)} import"
+        text = re.sub(pattern, f"from {dependency.__name__} import", text, flags=re.M)
+    if re.search(r"^\s*(import|from) streamvox\b", text, flags=re.M):
+        raise SystemExit(f"{rev}:{relpath} imports streamvox in a way this script cannot redirect")
+    path = folder / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _show(rev: str, relpath: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{rev}:{relpath}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def _exists(rev: str, relpath: str) -> bool:
+    found = subprocess.run(["git", "cat-file", "-e", f"{rev}:{relpath}"], cwd=ROOT, capture_output=True)
+    return found.returncode == 0
