@@ -302,7 +302,7 @@ class T2SDecoder:
         norms, linears = self._norms[layer], self._linears[layer]
         attn = attn.transpose(1, 2).reshape(batch, length, hidden)
         x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
-        mlp = linears["fc2"](F.relu(linears["fc1"](x)))
+        mlp = linears["fc2"](linears["fc1"].relu(x))
         return F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
 
 
