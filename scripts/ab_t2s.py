@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from rev_module import module_at
+from rev_module import module_at, scratch_folder
 from streamvox.bench.random_voice import write_t2s_checkpoint
 from streamvox.engine.backends.gpt_sovits import t2s as current
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
@@ -43,10 +40,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     failed = False
-    with tempfile.TemporaryDirectory() as tmp:
-        sys.path.insert(0, tmp)
-        before = module_at(args.rev, MODULE, Path(tmp))
-        checkpoint = Path(tmp) / "t2s.ckpt"
+    with scratch_folder() as tmp:
+        before = module_at(args.rev, MODULE, tmp)
+        checkpoint = tmp / "t2s.ckpt"
         write_t2s_checkpoint(checkpoint, current.T2SConfig(), seed=0)
         loaded = load_s1(checkpoint)
         cfg = current.T2SConfig.from_checkpoint(loaded.config)

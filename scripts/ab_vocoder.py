@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
-from rev_module import module_at
+from rev_module import module_at, scratch_folder
 from streamvox.bench.random_voice import write_sovits_checkpoint
 from streamvox.engine.ar import token_vocoder as current_vocoder
 from streamvox.engine.backends.gpt_sovits import vits as current_vits
@@ -68,11 +65,10 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     failed = False
-    with tempfile.TemporaryDirectory() as tmp:
-        sys.path.insert(0, tmp)
-        before_vits = module_at(args.rev, "engine/backends/gpt_sovits/vits.py", Path(tmp))
-        before_vocoder = module_at(args.rev, "engine/ar/token_vocoder.py", Path(tmp))
-        checkpoint = Path(tmp) / "s2.pth"
+    with scratch_folder() as tmp:
+        before_vits = module_at(args.rev, "engine/backends/gpt_sovits/vits.py", tmp)
+        before_vocoder = module_at(args.rev, "engine/ar/token_vocoder.py", tmp)
+        checkpoint = tmp / "s2.pth"
         write_sovits_checkpoint(checkpoint, current_vits.SoVITSConfig(), seed=0)
         gen = np.random.default_rng(1)
         phonemes = torch.tensor(gen.integers(0, 700, 60))

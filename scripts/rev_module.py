@@ -9,10 +9,24 @@ import importlib.util
 import re
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """A temporary folder on ``sys.path`` for :func:`module_at`'s copies (and the A/B's files)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        sys.path.insert(0, tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            sys.path.remove(tmp)
 
 
 def module_at(rev: str, relpath: str, folder: Path) -> ModuleType:
