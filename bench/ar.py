@@ -226,7 +226,7 @@ def streaming_run(
     from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
     from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
-    from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder
+    from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder, warm_up_lengths
 
     loaded = load_s1(t2s_checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
@@ -247,7 +247,7 @@ def streaming_run(
     for _ in range(3):  # a compiled step compiles here
         advance(stepper, [warm], [choose(warm, policy)])
     t2s.release(0)
-    for window in schedule.window_sizes():  # what a loaded voice's warm_up does
+    for window in warm_up_lengths(schedule.window_sizes()):  # what a loaded voice's warm_up does
         sovits.decode([0] * window, target, speaker)
     chunks: list[tuple[float, int]] = []
     t2s_s = vocoder_s = 0.0

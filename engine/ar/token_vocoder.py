@@ -7,9 +7,9 @@ context a one-shot decode would give them; the decoder is told where the
 window starts (``first_token``), so a model that draws noise by absolute frame
 gives a frame decoded twice the same noise, and where the audio it keeps starts
 (``keep_from``), so a model whose last stage is local (SoVITS's HiFi-GAN) runs
-that stage only over the kept audio and its receptive field.  The last ``overlap`` tokens of each
-decode are held back and crossfaded (halves summing to one) with the next
-decode's version of them.  Every token yields exactly ``samples_per_token``
+that stage only over the kept audio and its receptive field.  The last
+``overlap`` tokens of each decode are held back and crossfaded (halves summing
+to one) with the next decode's version of them.  Every token yields exactly ``samples_per_token``
 samples: the audio emitted for ``n`` tokens is ``n * samples_per_token`` long.
 
 The model behind it is a :class:`TokenDecoder` (GPT-SoVITS's SoVITS today),
@@ -73,12 +73,20 @@ class ChunkSchedule:
             raise ValueError("bucket must be >= 1")
 
     def window_sizes(self) -> list[int]:
-        """The decode window lengths (tokens) that recur: the first two chunks' (fixed by the
-        schedule) and every bucket multiple up to the longest window.  A voice warms these up;
-        a short utterance's last window can still be any length below the second chunk's."""
+        """The decode window lengths (tokens) that recur: those of the first chunks whose window,
+        stretched to a bucket multiple, would reach before the utterance's start (so it is cut
+        there; fixed by the schedule), and every bucket multiple up to the longest window.  A
+        voice warms these up; a short utterance's last window can still be any length."""
+        early: set[int] = set()
+        owed, start = 0, 0
         ends = self.boundaries()
-        first, second = next(ends), next(ends)
-        early = {first + self.lookahead, second + self.lookahead}
+        while start < self.bucket:  # past that, a stretch to the bucket never reaches token 0
+            end = next(ends)
+            stop = end + self.lookahead
+            start = max(0, owed - self.left_context)
+            if stop < -(-(stop - start) // self.bucket) * self.bucket:
+                early.add(stop)
+            owed = end - self.overlap
         longest = self.left_context + self.overlap + self.cap + self.lookahead
         return sorted(early | set(range(self.bucket, longest + self.bucket, self.bucket)))
 

@@ -154,6 +154,16 @@ class SoVITSConfig:
             raise ValueError(f"not a GPT-SoVITS s2 config: {exc!r}") from None
 
 
+def warm_up_lengths(window_sizes: Sequence[int]) -> list[int]:
+    """The window lengths (tokens) to decode once so a stream meets no convolution shape for
+    the first time: its recurring window sizes, and every length HiFi-GAN's span can take in
+    them (multiples of :data:`VOCODER_BUCKET_TOKENS` up to the longest), whatever bucket the
+    voice's schedule uses."""
+    longest = max(window_sizes, default=0)
+    spans = range(VOCODER_BUCKET_TOKENS, longest + 1, VOCODER_BUCKET_TOKENS)
+    return sorted(set(window_sizes) | set(spans))
+
+
 def frame_noise(seed: int, start: int, frames: int, channels: int) -> torch.Tensor:
     """Standard normal noise ``(channels, frames)`` for latent frames ``start .. start + frames``.
 

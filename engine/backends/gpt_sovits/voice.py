@@ -57,7 +57,7 @@ from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, load_s1
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
 from streamvox.engine.backends.gpt_sovits.text import english_phoneme_ids
-from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder
+from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder, warm_up_lengths
 from streamvox.engine.backends.gpt_sovits.words import word_weights as phone_weights
 from streamvox.engine.text.words import SpokenWord, spoken_words
 
@@ -285,7 +285,7 @@ class GptSovitsVoice:
             segment.vocoder.finish()
         finally:
             self.t2s.release(slot)
-        for tokens in self.config.chunks.window_sizes():
+        for tokens in warm_up_lengths(self.config.chunks.window_sizes()):
             self.sovits.decode([0] * tokens, ids, self.speaker)
 
 
