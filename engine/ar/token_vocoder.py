@@ -9,8 +9,9 @@ gives a frame decoded twice the same noise, and where the audio it keeps starts
 (``keep_from``), so a model whose last stage is local (SoVITS's HiFi-GAN) runs
 that stage only over the kept audio and its receptive field.  The last
 ``overlap`` tokens of each decode are held back and crossfaded (halves summing
-to one) with the next decode's version of them.  Every token yields exactly ``samples_per_token``
-samples: the audio emitted for ``n`` tokens is ``n * samples_per_token`` long.
+to one) with the next decode's version of them.  Every token yields exactly
+``samples_per_token`` samples: the audio emitted for ``n`` tokens is
+``n * samples_per_token`` long.
 
 The model behind it is a :class:`TokenDecoder` (GPT-SoVITS's SoVITS today),
 so every AR family streams through this one piece.  Not thread-safe: one
@@ -78,17 +79,22 @@ class ChunkSchedule:
         there; fixed by the schedule), and every bucket multiple up to the longest window.  A
         voice warms these up; a short utterance's last window can still be any length."""
         early: set[int] = set()
-        owed, start = 0, 0
+        owed = 0
         ends = self.boundaries()
-        while start < self.bucket:  # past that, a stretch to the bucket never reaches token 0
+        while owed - self.left_context < self.bucket:  # past that, no stretch reaches token 0
             end = next(ends)
             stop = end + self.lookahead
-            start = max(0, owed - self.left_context)
-            if stop < -(-(stop - start) // self.bucket) * self.bucket:
-                early.add(stop)
+            early.add(stop - self.window_start(owed, stop))
             owed = end - self.overlap
         longest = self.left_context + self.overlap + self.cap + self.lookahead
         return sorted(early | set(range(self.bucket, longest + self.bucket, self.bucket)))
+
+    def window_start(self, owed_from: int, stop: int) -> int:
+        """Where the decode window ending at ``stop`` starts when the audio still owed starts at
+        ``owed_from``: ``left_context`` tokens before it, stretched left so the window is a
+        multiple of ``bucket`` tokens long, but never before the utterance's first token."""
+        start = max(0, owed_from - self.left_context)
+        return max(0, stop - -(-(stop - start) // self.bucket) * self.bucket)
 
     def boundaries(self) -> Iterator[int]:
         """Chunk ends: 12, 36, 84, 180, 276, ... for the defaults."""
@@ -149,10 +155,8 @@ class StreamingVocoder:
         owed_from = self._settled - overlap
         if end <= owed_from:
             return self._emit(np.zeros(0, dtype=np.float32), final)
-        start = max(0, owed_from - self.schedule.left_context)
         stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead)
-        bucket = self.schedule.bucket
-        start = max(0, stop - -(-(stop - start) // bucket) * bucket)
+        start = self.schedule.window_start(owed_from, stop)
         window = self.decoder.decode(self.tokens[start:stop], start, owed_from - start)
         piece = window[: (end - owed_from) * spt].astype(np.float32)
         if overlap:
