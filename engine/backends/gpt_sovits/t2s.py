@@ -171,9 +171,14 @@ class T2SDecoder:
             raise ValueError(f"output head is {tuple(self.head.shape)}, config says otherwise")
         self.positions = sine_positions(max_len, config.hidden).to(device=self.device, dtype=dtype)
         head_dim = config.hidden // config.heads
-        shape = (config.layers, slots, config.heads, max_len, head_dim)
-        self.k_cache = torch.zeros(shape, device=self.device, dtype=dtype)
-        self.v_cache = torch.zeros(shape, device=self.device, dtype=dtype)
+        shape = (config.layers, 2, slots, config.heads, max_len, head_dim)
+        self.kv_cache = torch.zeros(shape, device=self.device, dtype=dtype)
+        """Keys (index 0 of the second dimension) and values (1): one layer's new keys and values are
+        written by one call."""
+        self.k_cache = self.kv_cache[:, 0]
+        self.v_cache = self.kv_cache[:, 1]
+        self._kv_rows = [self.kv_cache[layer].view(-1, head_dim) for layer in range(config.layers)]
+        """Each layer's keys and values as rows of ``head_dim``: where a step writes its new ones."""
         self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
         """Cache positions filled per slot (text + prompt + tokens fed so far)."""
         self.audio_lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -183,6 +188,12 @@ class T2SDecoder:
         self._slot_ids = torch.arange(slots, device=self.device)
         self._widths = torch.arange(max_len, device=self.device)
         self._heads = torch.arange(config.heads, device=self.device)
+        self._kv = torch.arange(2, device=self.device).view(1, 2, 1)
+        self._step_layers = [
+            (n["ln1_w"], n["ln1_b"], n["ln2_w"], n["ln2_b"], ls["qkv"], ls["out"], ls["fc1"], ls["fc2"])
+            for n, ls in zip(self._norms, self._linears, strict=True)
+        ]
+        """Each layer's norms and linears, unpacked once: the step's loop runs 24 times a token."""
 
     @torch.inference_mode()
     def prefill(
@@ -262,26 +273,31 @@ class T2SDecoder:
         keep = self._widths[:width].unsqueeze(0) <= positions.unsqueeze(1)
         bias = torch.zeros(keep.shape, device=self.device, dtype=self.dtype).masked_fill(~keep, float("-inf"))
         flat_bias = bias.unsqueeze(1).expand(batch, heads, width).reshape(batch * heads, 1, width)
-        # Where each (row, head) writes its new key and value in a layer's cache seen as rows of D.
-        write_at = ((slots.unsqueeze(1) * heads + self._heads) * self.max_len + positions.unsqueeze(1)).flatten()
-        for layer in range(self.config.layers):
-            norms, linears = self._norms[layer], self._linears[layer]
-            qkv = linears["qkv"](x)
+        # Where each (row, key or value, head) writes in a layer's cache seen as rows of D: the
+        # order of ``qkv[:, hidden:]``'s rows of D.
+        kv_rows = (self._kv * self.slots + slots.view(-1, 1, 1)) * heads + self._heads
+        write_at = (kv_rows * self.max_len + positions.view(-1, 1, 1)).flatten()
+        if first is not None:
+            # Every layer's keys (transposed) and values for these rows, as views made once per
+            # step: they see each layer's new key and value once written.
+            keys_t = self.k_cache[:, first : first + batch, :, :width].flatten(1, 2).transpose(2, 3)
+            values = self.v_cache[:, first : first + batch, :, :width].flatten(1, 2)
+        scale = head_dim**-0.5
+        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
+            qkv = qkv_linear(x)
             q = qkv[:, :hidden].reshape(batch * heads, 1, head_dim)
-            self.k_cache[layer].view(-1, head_dim).index_copy_(
-                0, write_at, qkv[:, hidden : 2 * hidden].reshape(-1, head_dim)
-            )
-            self.v_cache[layer].view(-1, head_dim).index_copy_(0, write_at, qkv[:, 2 * hidden :].reshape(-1, head_dim))
+            self._kv_rows[layer].index_copy_(0, write_at, qkv[:, hidden:].reshape(-1, head_dim))
             if first is not None:
-                keys = self.k_cache[layer, first : first + batch, :, :width]
-                values = self.v_cache[layer, first : first + batch, :, :width]
-            else:
-                keys = self.k_cache[layer][slots, :, :width]
-                values = self.v_cache[layer][slots, :, :width]
-            attn = _attend_one(q, keys, values, flat_bias).view(batch, hidden)
-            x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
-            mlp = linears["fc2"](linears["fc1"].relu(x))
-            x = F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
+                layer_keys_t, layer_values = keys_t[layer], values[layer]
+            else:  # gathered after this layer's write, so the new position is in it
+                layer_keys_t = self.k_cache[layer][slots, :, :width].flatten(0, 1).transpose(1, 2)
+                layer_values = self.v_cache[layer][slots, :, :width].flatten(0, 1)
+            # Two batched products over the B * H heads beat the fused CPU kernel here (it is built
+            # for long queries); masked positions get -inf, so exactly zero weight.
+            scores = torch.baddbmm(flat_bias, q, layer_keys_t, alpha=scale)
+            attn = torch.bmm(torch.softmax(scores, dim=-1), layer_values).view(batch, hidden)
+            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
+            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
         return F.linear(x, self.head)
 
     def release(self, slot: int) -> None:
@@ -336,6 +352,8 @@ class _Linear:
         if self.packed is None:
             assert self.blocks is not None
             return blocked_product(x, self.blocks, self.bias)
+        if x.dim() == 2:  # a step's rows: no reshaping (each costs a call per layer)
+            return torch.ops.quantized.linear_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
 
@@ -343,19 +361,7 @@ class _Linear:
         """``relu(self(x))``, fused for int8."""
         if self.packed is None:
             return F.relu(self(x))
+        if x.dim() == 2:
+            return torch.ops.quantized.linear_relu_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_relu_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
-
-
-def _attend_one(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Attention for one query per (row, head): ``q`` ``(B * H, 1, D)`` against ``keys``/``values``
-    ``(B, H, W, D)``, with ``bias`` ``(B * H, 1, W)``; returns ``(B * H, 1, D)``.
-
-    Two batched matrix products over the ``B * H`` heads beat the fused CPU kernel here (it is
-    built for long queries).  For packed slots ``keys`` and ``values`` are views of the cache whose
-    first two dimensions merge without a copy.  Masked positions get ``-inf``, so exactly zero weight.
-    """
-    dim = q.shape[-1]
-    flat_keys, flat_values = keys.flatten(0, 1), values.flatten(0, 1)
-    scores = torch.baddbmm(bias, q, flat_keys.transpose(1, 2), alpha=dim**-0.5)
-    return torch.bmm(torch.softmax(scores, dim=-1), flat_values)
