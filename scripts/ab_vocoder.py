@@ -11,7 +11,11 @@ machine hits both alike.  The vocoder alone is timed (the tokens are given, as
 if T2S had made them).  It prints, per precision and utterance length, the
 median vocoder seconds per audio second (RTF) of each, the ratio before / now,
 the first chunk's decode ms of each, and the SNR of the new audio against the
-old.  Exit status 1 if that SNR is below ``--min-snr`` dB.
+old; for the bf16 HiFi-GAN also each side's SNR against its own fp32 audio (a
+change in how bf16 rounds moves the first SNR but must not lower the second).
+Exit status 1 if the fp32 SNR of new against old is below ``--min-snr`` dB, or
+if the new bf16 audio is more than ``--bf16-slack`` dB further from its fp32
+than the old.
 """
 
 from __future__ import annotations
@@ -54,13 +58,20 @@ def _stream(
     return np.concatenate(pieces), spent, spent if first is None else first
 
 
+def _snr(audio: np.ndarray, reference: np.ndarray) -> float:
+    """dB of ``reference``'s energy over that of the difference (infinite when equal)."""
+    error = float(np.sum((audio - reference) ** 2))
+    return 10 * float(np.log10(float(np.sum(reference**2)) / error)) if error > 0 else float("inf")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev")
     parser.add_argument("--tokens", type=int, nargs="+", default=[100, 300], help="utterance lengths (tokens)")
     parser.add_argument("--repeats", type=int, default=5, help="timed utterances per side, length and precision")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--min-snr", type=float, default=40.0, help="lowest allowed SNR of now against before (dB)")
+    parser.add_argument("--min-snr", type=float, default=40.0, help="lowest allowed fp32 SNR of now against before")
+    parser.add_argument("--bf16-slack", type=float, default=3.0, help="allowed loss of bf16's SNR against fp32 (dB)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,7 +88,12 @@ def main() -> int:
             f"streaming SoVITS vocoder, {args.rev} (before) against the working tree (now), "
             f"{torch.get_num_threads()} threads, v2-size random weights"
         )
-        print("  HiFi-GAN  tokens  before RTF  now RTF  before/now  first chunk before / now ms  SNR now vs before")
+        print(
+            "  HiFi-GAN  tokens  before RTF  now RTF  before/now  first chunk before / now ms  SNR now vs before"
+            "  SNR vs fp32 before / now"
+        )
+        utterances = {count: gen.integers(0, 1024, count).tolist() for count in args.tokens}
+        fp32_audio: dict[tuple[str, int], np.ndarray] = {}
         for bf16 in (False, True):
             sides = {
                 name: (vits, vocoder, vits.SoVITSDecoder.load(checkpoint, bf16_vocoder=bf16))
@@ -88,8 +104,7 @@ def main() -> int:
             }
             t = np.arange(3 * rate) / rate
             reference = (0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)
-            for count in args.tokens:
-                tokens = gen.integers(0, 1024, count).tolist()
+            for count, tokens in utterances.items():
                 rtf: dict[str, list[float]] = {"before": [], "now": []}
                 first: dict[str, list[float]] = {"before": [], "now": []}
                 audio: dict[str, np.ndarray] = {}
@@ -100,15 +115,21 @@ def main() -> int:
                         if repeat:
                             rtf[name].append(spent / (len(audio[name]) / rate))
                             first[name].append(1000 * first_s)
-                error = float(np.sum((audio["now"] - audio["before"]) ** 2))
-                snr = 10 * np.log10(float(np.sum(audio["before"] ** 2)) / error) if error > 0 else float("inf")
-                failed |= snr < args.min_snr
+                snr = _snr(audio["now"], audio["before"])
+                against_fp32 = ""
+                if bf16:
+                    before_fp32, now_fp32 = (_snr(audio[n], fp32_audio[(n, count)]) for n in ("before", "now"))
+                    failed |= now_fp32 < before_fp32 - args.bf16_slack
+                    against_fp32 = f" {before_fp32:>14.1f} / {now_fp32:.1f} dB"
+                else:
+                    failed |= snr < args.min_snr
+                    fp32_audio.update({(name, count): audio[name] for name in audio})
                 med = {name: statistics.median(values) for name, values in rtf.items()}
                 fmed = {name: statistics.median(values) for name, values in first.items()}
                 print(
                     f"  {'bf16' if bf16 else 'fp32':<8} {count:>7} {med['before']:>11.3f} {med['now']:>8.3f}"
                     f" {med['before'] / med['now']:>11.2f} {fmed['before']:>18.0f} / {fmed['now']:<8.0f}"
-                    f" {snr:>12.1f} dB"
+                    f" {snr:>12.1f} dB{against_fp32}"
                 )
     return 1 if failed else 0
 

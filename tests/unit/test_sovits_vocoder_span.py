@@ -42,7 +42,7 @@ def test_the_reach_bounds_the_frames_one_frame_changes_and_is_tight(decoder: SoV
 
     def vocode(latent: torch.Tensor) -> torch.Tensor:
         args = (c.upsample_rates, c.upsample_kernel_sizes, c.resblock, c.resblock_kernel_sizes)
-        return L.hifigan(decoder.weights, "dec", latent, g, *args, c.resblock_dilation_sizes)[0, 0]
+        return L.hifigan(decoder.vocoder_weights, "dec", latent, g, *args, c.resblock_dilation_sizes)[0, 0]
 
     moved = z.clone()
     moved[:, :, 40] += 1.0
@@ -107,7 +107,7 @@ def test_the_reach_of_type_two_resblocks_bounds_what_one_frame_changes(decoder: 
     """Type-2 resblocks have one convolution per dilation: a shorter reach than type 1's, still
     a bound (their weights here: the type-1 blocks' first convolutions)."""
     c = dataclasses.replace(decoder.config, resblock="2")
-    weights = dict(decoder.weights)
+    weights = dict(decoder.vocoder_weights)
     for name in [n for n in weights if ".convs1." in n]:
         weights[name.replace(".convs1.", ".convs.")] = weights[name]
     assert _reach(c) < _reach(decoder.config)

@@ -211,9 +211,11 @@ class SoVITSDecoder:
             raise ValueError(f"SoVITS weights lack {missing}")
         self.codebook = self.weights["quantizer.vq.layers.0._codebook.embed"]
         self.bf16_vocoder = bf16_vocoder
-        self._vocoder_weights: Mapping[str, torch.Tensor] = self.weights
-        if bf16_vocoder:
-            self._vocoder_weights = {k: v.to(torch.bfloat16) for k, v in self.weights.items() if k.startswith("dec.")}
+        self.vocoder_weights = L.lift_convolutions(
+            self.weights, "dec.", torch.bfloat16 if bf16_vocoder else torch.float32
+        )
+        """HiFi-GAN's weights as :func:`~.vits_layers.hifigan` reads them (its only copy)."""
+        self.weights = {k: v for k, v in self.weights.items() if not k.startswith("dec.")}
 
     @classmethod
     def load(cls, path: str | Path, bf16_vocoder: bool = False, device: str | torch.device = "cpu") -> SoVITSDecoder:
@@ -290,7 +292,7 @@ class SoVITSDecoder:
         z = z[:, :, vocode_from:]
         dtype = torch.bfloat16 if self.bf16_vocoder else torch.float32
         audio = L.hifigan(
-            self._vocoder_weights,
+            self.vocoder_weights,
             "dec",
             z.to(dtype),
             speaker.to(dtype),

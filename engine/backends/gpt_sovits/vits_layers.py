@@ -180,6 +180,24 @@ def flow_reverse(
     return z
 
 
+def lift_convolutions(weights: Weights, prefix: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix`` in ``dtype``, every convolution kernel ``(out, in, k)`` lifted to
+    ``(out, in, 1, k)`` in channels-last order: what :func:`hifigan` reads.
+
+    HiFi-GAN's 1-D convolutions run as 2-D ones of height one over channels-last tensors, which
+    oneDNN runs without reordering between layers: measured 1.46x faster in fp32 and in bf16 on
+    a v2-size generator (128 latent frames, 2 threads), the same samples to float rounding."""
+    lifted: dict[str, torch.Tensor] = {}
+    for name, tensor in weights.items():
+        if not name.startswith(prefix):
+            continue
+        tensor = tensor.to(dtype)
+        if tensor.dim() == 3:
+            tensor = tensor.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        lifted[name] = tensor
+    return lifted
+
+
 def hifigan(
     w: Weights,
     name: str,
@@ -191,15 +209,23 @@ def hifigan(
     resblock_kernels: Sequence[int],
     resblock_dilations: Sequence[Sequence[int]],
 ) -> torch.Tensor:
-    """HiFi-GAN generator: latent frames ``(batch, channels, frames)`` to audio ``(batch, 1, samples)``."""
-    x = conv1d(w, name + ".conv_pre", x, padding=3)
+    """HiFi-GAN generator: latent frames ``(batch, channels, frames)`` to audio ``(batch, 1, samples)``,
+    in the dtype of ``w``, which :func:`lift_convolutions` made."""
+    if w[name + ".conv_pre.weight"].dim() != 4:
+        raise ValueError("hifigan reads weights lifted by lift_convolutions")
+    x = _lift(x)
+    x = _conv(w, name + ".conv_pre", x, padding=3)
     if g is not None:
-        x = x + conv1d(w, name + ".cond", g)
+        x = x + _conv(w, name + ".cond", _lift(g))
     n_kernels = len(resblock_kernels)
     for i, (rate, kernel) in enumerate(zip(upsample_rates, upsample_kernels, strict=True)):
         x = F.leaky_relu(x, LRELU_SLOPE)
-        x = F.conv_transpose1d(
-            x, w[f"{name}.ups.{i}.weight"], w.get(f"{name}.ups.{i}.bias"), stride=rate, padding=(kernel - rate) // 2
+        x = F.conv_transpose2d(
+            x,
+            w[f"{name}.ups.{i}.weight"],
+            w.get(f"{name}.ups.{i}.bias"),
+            stride=(1, rate),
+            padding=(0, (kernel - rate) // 2),
         )
         total = None
         for j, (rk, dilations) in enumerate(zip(resblock_kernels, resblock_dilations, strict=True)):
@@ -207,19 +233,29 @@ def hifigan(
             total = y if total is None else total + y
         assert total is not None
         x = total / n_kernels
-    x = conv1d(w, name + ".conv_post", F.leaky_relu(x), padding=3)
-    return torch.tanh(x)
+    x = _conv(w, name + ".conv_post", F.leaky_relu(x), padding=3)
+    return torch.tanh(x)[:, :, 0]
+
+
+def _lift(x: torch.Tensor) -> torch.Tensor:
+    """``(batch, channels, length)`` as ``(batch, channels, 1, length)``, channels-last."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def _conv(w: Weights, name: str, x: torch.Tensor, padding: int = 0, dilation: int = 1) -> torch.Tensor:
+    """A lifted ``Conv1d`` named ``name`` over a lifted ``x``."""
+    return F.conv2d(x, w[name + ".weight"], w.get(name + ".bias"), padding=(0, padding), dilation=(1, dilation))
 
 
 def _resblock(w: Weights, name: str, x: torch.Tensor, kind: str, kernel: int, dilations: Sequence[int]) -> torch.Tensor:
     if kind == "1":
         for j, d in enumerate(dilations):
-            y = conv1d(w, f"{name}.convs1.{j}", F.leaky_relu(x, LRELU_SLOPE), padding=(kernel * d - d) // 2, dilation=d)
-            y = conv1d(w, f"{name}.convs2.{j}", F.leaky_relu(y, LRELU_SLOPE), padding=(kernel - 1) // 2)
+            y = _conv(w, f"{name}.convs1.{j}", F.leaky_relu(x, LRELU_SLOPE), padding=(kernel * d - d) // 2, dilation=d)
+            y = _conv(w, f"{name}.convs2.{j}", F.leaky_relu(y, LRELU_SLOPE), padding=(kernel - 1) // 2)
             x = x + y
         return x
     for j, d in enumerate(dilations):
-        x = x + conv1d(w, f"{name}.convs.{j}", F.leaky_relu(x, LRELU_SLOPE), padding=(kernel * d - d) // 2, dilation=d)
+        x = x + _conv(w, f"{name}.convs.{j}", F.leaky_relu(x, LRELU_SLOPE), padding=(kernel * d - d) // 2, dilation=d)
     return x
 
 
