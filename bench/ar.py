@@ -23,7 +23,9 @@ as measured.  Where that ceiling is below a target, no step code reaches it.
 Streaming (batch 1, fp32 and int8 T2S): random v2-size SoVITS weights are
 written as a real-format s2 file; one utterance of ``--tokens`` tokens is
 generated and vocoded chunk by chunk (:class:`ChunkSchedule` defaults) the way
-a session will be served, T2S and vocoder taking turns on one thread.  It
+a session will be served, T2S and vocoder taking turns on one thread; one more
+int8 + bf16 row starts fast (``--fast-start``: a first chunk of 8 tokens
+decoded once 2 more exist, instead of 12 after 4).  It
 reports the first-chunk latency (prefill start to the first audio chunk, the
 speaker vector precomputed and the window sizes warmed up as a loaded voice
 has them) split into prefill, T2S steps and the vocoder; the RTF (all compute /
@@ -31,8 +33,10 @@ audio length) split into T2S and vocoder; how many tokens the vocoder decoded
 per token of audio (the re-decoded left context and bucket stretching); the
 playback stall a listener starting at the first chunk hears; the vocoder's own
 one-shot RTF (warm); and the streamed audio's SNR against the one-shot decode
-of the same tokens (random weights attend more diffusely than trained ones,
-so this is a floor, not the figure a real voice gets).  With ``--reference``
+of the same tokens, over all of it and over its first 0.4 s, where a smaller
+first chunk decoded with less context shows (random weights attend more
+diffusely than trained ones, so this is a floor, not the figure a real voice
+gets).  With ``--reference``
 the reference pipeline runs beside it on the same weights: ``infer_panel``,
 then SoVITS's one-shot ``decode`` (its first audio is all of it).
 """
@@ -54,8 +58,13 @@ import torch
 from streamvox.bench.hardware import matmul_gmacs, memory_bandwidth_gbs
 from streamvox.bench.harness import playback_stall_ms
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
+from streamvox.engine.ar.token_vocoder import ChunkSchedule
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
+
+FIRST_SNR_S = 0.4
+"""The opening (seconds) whose streamed audio is also set against the one-shot decode on its own:
+what a smaller first chunk, decoded with less context, changes."""
 
 _REFERENCE_RUN = """
 import io, json, sys, time, torch
@@ -214,16 +223,18 @@ def streaming_run(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     step: str = "variable",
+    schedule: ChunkSchedule | None = None,
 ) -> dict[str, Any]:
     """One utterance generated and vocoded chunk by chunk at batch 1, on ``device`` with T2S in
     ``dtype`` and its ``step`` (``variable`` or a :data:`~streamvox.engine.ar.fixed_step.MODES`
-    mode).  Every step reads its logits back to the host and every chunk its audio, so the clock
-    sees the device's work without extra synchronisation."""
+    mode), with ``schedule`` (default: :class:`ChunkSchedule`'s).  Every step reads its logits
+    back to the host and every chunk its audio, so the clock sees the device's work without extra
+    synchronisation."""
     import numpy as np
     from streamvox.engine.ar.fixed_step import FixedShapeStep
     from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
-    from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
+    from streamvox.engine.ar.token_vocoder import StreamingVocoder
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
     from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
     from streamvox.engine.backends.gpt_sovits.vits import SoVITSDecoder, UtteranceDecoder, warm_up_lengths
@@ -237,7 +248,7 @@ def streaming_run(
     rate = sovits.config.sampling_rate
     t = np.arange(3 * rate) / rate
     speaker = sovits.speaker(sovits.reference_spectrogram((0.3 * np.sin(2 * np.pi * 150 * t)).astype(np.float32)))
-    schedule = ChunkSchedule()
+    schedule = schedule or ChunkSchedule()
     target = torch.tensor(phonemes)
     counting = _CountingDecoder(UtteranceDecoder(sovits, target.reshape(1, -1), speaker, 0.5, 0))
     vocoder = StreamingVocoder(counting, schedule)
@@ -286,6 +297,8 @@ def streaming_run(
     offline = sovits.decode(stream.tokens, target, speaker, seed=0).numpy()
     one_shot_s = time.perf_counter() - one_shot_started
     error = float(np.sum((streamed - offline) ** 2))
+    opening = int(FIRST_SNR_S * rate)
+    opening_error = float(np.sum((streamed[:opening] - offline[:opening]) ** 2))
     weights = "int8" if int8 else {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
     return {
         "weights": weights + (" + bf16 vocoder" if bf16_vocoder else ""),
@@ -307,10 +320,14 @@ def streaming_run(
         "stall_ms": playback_stall_ms(chunks, rate),
         "vocoder_one_shot_rtf": one_shot_s / audio_s,
         "streamed_vs_one_shot_snr_db": 10 * np.log10(float(np.sum(offline**2)) / error) if error > 0 else None,
+        "opening_vs_one_shot_snr_db": (
+            10 * np.log10(float(np.sum(offline[:opening] ** 2)) / opening_error) if opening_error > 0 else None
+        ),
         "schedule": {
             "first": schedule.first,
             "cap": schedule.cap,
             "lookahead": schedule.lookahead,
+            "first_lookahead": schedule.lookahead_after(schedule.first),
             "left_context": schedule.left_context,
             "overlap": schedule.overlap,
         },
@@ -365,6 +382,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             streaming_run(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
             for int8, bf16 in ((False, False), (True, False), (True, True))
         ]
+        first, first_lookahead = args.fast_start
+        fast = ChunkSchedule(first=first, first_lookahead=first_lookahead)
+        streaming.append(streaming_run(checkpoint, s2, phonemes, prompt, args.tokens, True, True, schedule=fast))
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
@@ -420,17 +440,23 @@ def _table(result: dict[str, Any]) -> str:
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
     lines.append(
         "  streaming, batch 1 (T2S + SoVITS chunks)  first chunk = prefill + T2S + vocoder  its audio   RTF"
-        " = T2S + vocoder  decoded/token (HiFi-GAN)  stall  one-shot voc RTF  SNR vs one-shot"
+        " = T2S + vocoder  decoded/token (HiFi-GAN)  stall  one-shot voc RTF  SNR vs one-shot (first 0.4 s)"
     )
     for r in result["streaming"]:
-        snr = r["streamed_vs_one_shot_snr_db"]
+        snr, opening = r["streamed_vs_one_shot_snr_db"], r["opening_vs_one_shot_snr_db"]
+        chunks = r["schedule"]
+        label = r["weights"] + (
+            f", first {chunks['first']} + {chunks['first_lookahead']}"
+            if (chunks["first"], chunks["first_lookahead"]) != (ChunkSchedule.first, ChunkSchedule.lookahead)
+            else ""
+        )
         lines.append(
-            f"  streamvox {r['weights']:<20} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
+            f"  streamvox {label:<20} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
             f" + {r['first_chunk_t2s_ms'] - r['first_chunk_prefill_ms']:>4.0f} + {r['first_chunk_vocoder_ms']:>4.0f}"
             f" {r['first_chunk_audio_ms']:>9.0f} ms {r['rtf']:>6.3f} = {r['t2s_rtf']:.3f} + {r['vocoder_rtf']:.3f}"
             f" {r['tokens_decoded_per_token']:>11.2f} ({r['tokens_vocoded_per_token']:.2f})"
             f" {r['stall_ms']:>5.0f} ms {r['vocoder_one_shot_rtf']:>12.3f}"
-            f" {'' if snr is None else f'{snr:.1f} dB':>16}"
+            f" {'' if snr is None else f'{snr:.1f} dB':>16} ({'' if opening is None else f'{opening:.1f} dB'})"
         )
     if ref:
         lines.append(

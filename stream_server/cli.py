@@ -381,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=".ref/gpt-sovits",
         help="gpt-sovits-cpufast installed with --target (what scripts/setup.sh test does); '' to skip",
     )
+    ar.add_argument(
+        "--fast-start",
+        type=int,
+        nargs=2,
+        default=[8, 2],
+        metavar=("FIRST", "LOOKAHEAD"),
+        help="the extra streaming row's first chunk and its lookahead (tokens)",
+    )
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)

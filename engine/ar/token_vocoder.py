@@ -56,6 +56,10 @@ class ChunkSchedule:
     cap: int = 96
     lookahead: int = 4
     """Tokens generated past a chunk's end before it is decoded (right context for its last frames)."""
+    first_lookahead: int | None = None
+    """The first chunk's own lookahead (``None``: ``lookahead``).  A shorter one brings the first
+    audio forward by that many decode steps and a smaller first window, at the cost of less right
+    context for that chunk's last frames only; later chunks keep ``lookahead``."""
     left_context: int = 24
     """Tokens re-decoded before the audio still owed (at least the flow + HiFi-GAN receptive field)."""
     overlap: int = 2
@@ -68,8 +72,11 @@ class ChunkSchedule:
     def __post_init__(self) -> None:
         if self.first <= self.overlap or self.cap < self.first:
             raise ValueError(f"need overlap ({self.overlap}) < first ({self.first}) <= cap ({self.cap})")
-        if self.growth < 1.0 or self.lookahead < 0 or self.left_context < 0 or self.overlap < 0:
-            raise ValueError("growth must be >= 1; lookahead, left_context and overlap >= 0")
+        if (
+            self.growth < 1.0
+            or min(self.lookahead, self.left_context, self.overlap, self.lookahead_after(self.first)) < 0
+        ):
+            raise ValueError("growth must be >= 1; lookahead, first_lookahead, left_context and overlap >= 0")
         if self.bucket < 1:
             raise ValueError("bucket must be >= 1")
 
@@ -83,11 +90,17 @@ class ChunkSchedule:
         ends = self.boundaries()
         while owed - self.left_context < self.bucket:  # past that, no stretch reaches token 0
             end = next(ends)
-            stop = end + self.lookahead
+            stop = end + self.lookahead_after(end)
             early.add(stop - self.window_start(owed, stop))
             owed = end - self.overlap
         longest = self.left_context + self.overlap + self.cap + self.lookahead
         return sorted(early | set(range(self.bucket, longest + self.bucket, self.bucket)))
+
+    def lookahead_after(self, end: int) -> int:
+        """Tokens to generate past the chunk ending at ``end`` before decoding it."""
+        if end == self.first and self.first_lookahead is not None:
+            return self.first_lookahead
+        return self.lookahead
 
     def window_start(self, owed_from: int, stop: int) -> int:
         """Where the decode window ending at ``stop`` starts when the audio still owed starts at
@@ -131,7 +144,7 @@ class StreamingVocoder:
 
     def pending(self) -> bool:
         """Whether enough tokens exist to decode the next chunk."""
-        return not self.finished and len(self.tokens) >= self._next_end + self.schedule.lookahead
+        return not self.finished and len(self.tokens) >= self._next_end + self.schedule.lookahead_after(self._next_end)
 
     def decode(self) -> np.ndarray:
         """Decode the next chunk; return the audio now final (float32 at the model's rate)."""
@@ -155,7 +168,7 @@ class StreamingVocoder:
         owed_from = self._settled - overlap
         if end <= owed_from:
             return self._emit(np.zeros(0, dtype=np.float32), final)
-        stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead)
+        stop = len(self.tokens) if final else min(len(self.tokens), end + self.schedule.lookahead_after(end))
         start = self.schedule.window_start(owed_from, stop)
         window = self.decoder.decode(self.tokens[start:stop], start, owed_from - start)
         piece = window[: (end - owed_from) * spt].astype(np.float32)

@@ -353,7 +353,8 @@ def test_bench_ar_smoke() -> None:
     assert reference["audio_seconds"] == 4 * 1280 / 32000 and reference["first_audio_ms"] > 0 and reference["rtf"] > 0
     assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0
     streaming = result["streaming"]
-    assert [r["weights"] for r in streaming] == ["fp32", "int8", "int8 + bf16 vocoder"]
+    assert [r["weights"] for r in streaming] == ["fp32", "int8", "int8 + bf16 vocoder", "int8 + bf16 vocoder"]
+    assert [(r["schedule"]["first"], r["schedule"]["first_lookahead"]) for r in streaming] == [(12, 4)] * 3 + [(8, 2)]
     for row in streaming:
         assert row["tokens"] == 4 and row["audio_s"] == 4 * 1280 / 32000
         assert row["first_chunk_ms"] > 0 and row["rtf"] > 0 and row["vocoder_one_shot_rtf"] > 0

@@ -71,6 +71,42 @@ def test_first_audio_comes_after_first_chunk_plus_lookahead(voice: tuple[SoVITSD
     assert len(vocoder.decode()) == (8 - 2) * SPT
 
 
+def test_a_first_lookahead_of_its_own_applies_to_the_first_chunk_only(
+    voice: tuple[SoVITSDecoder, torch.Tensor],
+) -> None:
+    """A fast start: the first chunk (8 tokens) is decoded once 2 more exist; the second (ending
+    at 24) waits for the usual 4."""
+    decoder, speaker = voice
+    schedule = ChunkSchedule(first=8, lookahead=4, first_lookahead=2)
+    vocoder = StreamingVocoder(UtteranceDecoder(decoder, PHONEMES.reshape(1, -1), speaker, 0.5, 3), schedule)
+    vocoder.add(TOKENS[:9])
+    assert not vocoder.pending()
+    vocoder.add(TOKENS[9:10])
+    assert vocoder.pending()
+    assert len(vocoder.decode()) == (8 - 2) * SPT
+    vocoder.add(TOKENS[10:27])
+    assert not vocoder.pending(), "the second chunk keeps the lookahead of 4"
+    vocoder.add(TOKENS[27:28])
+    assert vocoder.pending()
+    assert len(vocoder.decode()) == (24 - 8) * SPT
+    assert 10 in schedule.window_sizes(), "the first window (8 + 2) is warmed up"
+    assert 12 not in schedule.window_sizes()
+    assert ChunkSchedule(first=8).lookahead_after(8) == 4
+    with pytest.raises(ValueError):
+        ChunkSchedule(first_lookahead=-1)
+
+
+@pytest.mark.parametrize("count", [5, 9, 10, 11, 40, 150])
+def test_a_fast_start_still_yields_exactly_each_tokens_samples(
+    voice: tuple[SoVITSDecoder, torch.Tensor], count: int
+) -> None:
+    decoder, speaker = voice
+    pieces = stream(decoder, speaker, TOKENS[:count], ChunkSchedule(first=8, first_lookahead=2))
+    assert sum(len(p) for p in pieces) == count * SPT
+    if count >= 10:
+        assert len(pieces) > 1 and len(pieces[0]) == (8 - 2) * SPT
+
+
 def test_audio_does_not_depend_on_how_tokens_arrive(voice: tuple[SoVITSDecoder, torch.Tensor]) -> None:
     decoder, speaker = voice
     one = np.concatenate(stream(decoder, speaker, TOKENS, ChunkSchedule(), step=1))
@@ -120,13 +156,16 @@ def test_streamed_audio_approaches_the_one_shot_decode_with_more_context(
     )
 
 
-@pytest.mark.parametrize("bucket", [16, 32])
-def test_decode_windows_come_from_a_few_recurring_sizes(voice: tuple[SoVITSDecoder, torch.Tensor], bucket: int) -> None:
+@pytest.mark.parametrize(
+    "schedule", [ChunkSchedule(bucket=16), ChunkSchedule(bucket=32), ChunkSchedule(first=8, first_lookahead=2)]
+)
+def test_decode_windows_come_from_a_few_recurring_sizes(
+    voice: tuple[SoVITSDecoder, torch.Tensor], schedule: ChunkSchedule
+) -> None:
     """Windows are stretched left to a bucket multiple, so new shapes (each a one-off setup cost
     in the convolution library) stay few; all of them, and HiFi-GAN's spans in them, are among
     the lengths a voice warms up (with the default bucket, just the window sizes)."""
     decoder, speaker = voice
-    schedule = ChunkSchedule(bucket=bucket)
     seen: list[int] = []
     vocoded: list[int] = []
     real = decoder.synthesize
