@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from streamvox.engine.api import Plan, Segment, StreamInput, StreamSettings, SynthesisParams
 from streamvox.engine.ar.slots import SlotPool
+from streamvox.engine.ar.threads import use_unit_threads
 from streamvox.engine.ar.token_vocoder import StreamingVocoder
 from streamvox.engine.audio.stream_output import StreamOutput
 from streamvox.engine.events import EngineEvent, SegmentFinished, SegmentStarted, SegmentWords
@@ -133,10 +134,18 @@ def segment_seed(params: SynthesisParams, index: int) -> int:
 
 
 class _ARUnit:
-    """Base: after any AR unit, members that stopped generating, failed or left free their slots."""
+    """Base: a unit runs its work with torch on one thread (:mod:`~streamvox.engine.ar.threads`);
+    after it, members that stopped generating, failed or left free their slots."""
 
     def __init__(self, members: Sequence[ARStream]) -> None:
         self.members = members
+
+    def run(self) -> list[EngineEvent]:
+        use_unit_threads()
+        return self.work()
+
+    def work(self) -> list[EngineEvent]:
+        raise NotImplementedError
 
     def settle(self, gone: Sequence[bool], failed: bool) -> None:
         for member, member_gone in zip(self.members, gone, strict=True):
@@ -152,7 +161,7 @@ class _Prefill(_ARUnit):
         self.segment = segment
         self.slot = slot
 
-    def run(self) -> list[EngineEvent]:
+    def work(self) -> list[EngineEvent]:
         state = self.state
         index, raw = self.segment.index, self.segment.text
         text = state.voice.speakable(raw, state.notes)
@@ -171,20 +180,20 @@ class _Prefill(_ARUnit):
 
 
 class _Step(_ARUnit):
-    def run(self) -> list[EngineEvent]:
+    def work(self) -> list[EngineEvent]:
         self.members[0].voice.step([m.segment for m in self.members if m.segment is not None])
         return []
 
 
 class _Chunk(_ARUnit):
-    def run(self) -> list[EngineEvent]:
+    def work(self) -> list[EngineEvent]:
         state = self.members[0]
         assert state.segment is not None
         return state.output.chunk(state.output.smoother.add(state.segment.vocoder.decode()))
 
 
 class _Final(_ARUnit):
-    def run(self) -> list[EngineEvent]:
+    def work(self) -> list[EngineEvent]:
         state = self.members[0]
         segment = state.segment
         assert segment is not None
@@ -202,7 +211,7 @@ class _Final(_ARUnit):
 
 
 class _Finish(_ARUnit):
-    def run(self) -> list[EngineEvent]:
+    def work(self) -> list[EngineEvent]:
         return self.members[0].output.finish()
 
 

@@ -18,6 +18,7 @@ import torch
 import websockets
 from streamvox.bench.random_voice import write_voice
 from streamvox.engine.api import SynthesisParams, VoiceLoadError
+from streamvox.engine.ar.threads import UNIT_THREADS
 from streamvox.engine.backends.gpt_sovits.voice import GptSovitsVoice
 from streamvox.engine.core import EngineCore
 from streamvox.engine.events import AudioChunk, StreamAborted, StreamDone, StreamFailed
@@ -98,6 +99,25 @@ def test_concurrent_streams_share_batched_steps_and_keep_their_audio(
     assert not np.array_equal(other, alone)
 
 
+def test_units_run_torch_on_one_thread_and_leave_the_loading_threads_count(
+    engine: EngineCore, short_voice: GptSovitsVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers run side by side, one per core: a unit on torch's default (a thread per core)
+    would put more busy threads than cores on the machine (see ``engine/ar/threads.py``)."""
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    real_step = short_voice.step
+
+    def counting_step(segments: Any) -> None:
+        seen.append(torch.get_num_threads())
+        real_step(segments)
+
+    monkeypatch.setattr(short_voice, "step", counting_step)
+    assert len(synthesize(engine, short_voice.id, TEXT, SynthesisParams(seed=5)).audio) > 0
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
 def test_more_streams_than_slots_wait_for_one(
     engine: EngineCore, ar_voices: VoiceRegistry, short_voice: GptSovitsVoice
 ) -> None:
@@ -108,20 +128,24 @@ def test_more_streams_than_slots_wait_for_one(
 
 def test_streamed_audio_equals_the_offline_run(engine: EngineCore, short_voice: GptSovitsVoice) -> None:
     """One segment through the engine (steps interleaved with chunk decodes) against the same
-    segment generated to its end first and vocoded afterwards."""
+    segment generated to its end first and vocoded afterwards, on as many torch threads as a
+    unit runs on (another count rounds the floats differently: about 1e-6 apart here)."""
     text = "Just one sentence here."
     streamed = synthesize(engine, short_voice.id, text, SynthesisParams(seed=8)).audio
     slot = 0  # the engine is idle: no stream holds a slot
+    threads = torch.get_num_threads()
+    torch.set_num_threads(UNIT_THREADS)
     try:
         segment = short_voice.start_segment(0, slot, text, seed=8 * 1_000_003)
         while segment.generating:
             short_voice.step([segment])
+        pieces = []
+        while segment.vocoder.pending():
+            pieces.append(segment.vocoder.decode())
+        pieces.append(segment.vocoder.finish())
     finally:
         short_voice.t2s.release(slot)
-    pieces = []
-    while segment.vocoder.pending():
-        pieces.append(segment.vocoder.decode())
-    pieces.append(segment.vocoder.finish())
+        torch.set_num_threads(threads)
     offline = np.concatenate(pieces)
     assert len(offline) == len(segment.tokens.tokens) * 1280 > 0
     assert np.array_equal(streamed, offline)
