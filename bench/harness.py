@@ -18,12 +18,13 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-def playback_stall_ms(arrivals: Sequence[tuple[float, int]], sample_rate: int) -> float:
-    """Playback stall in ms for a listener that starts playing at the first packet: each packet
-    (arrival time in s, samples) that arrives after the audio before it has played out adds the wait."""
+def playback_stall_ms(arrivals: Sequence[tuple[float, int]], sample_rate: int, prebuffer_s: float = 0.0) -> float:
+    """Playback stall in ms for a listener that starts playing ``prebuffer_s`` after the first
+    packet: each packet (arrival time in s, samples) that arrives after the audio before it has
+    played out adds the wait."""
     if not arrivals:
         return 0.0
-    clock = arrivals[0][0]
+    clock = arrivals[0][0] + prebuffer_s
     stalled = 0.0
     for at, samples in arrivals:
         if at > clock:
@@ -31,6 +32,13 @@ def playback_stall_ms(arrivals: Sequence[tuple[float, int]], sample_rate: int) -
             clock = at
         clock += samples / sample_rate
     return stalled * 1000
+
+
+def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """dB of ``reference``'s energy over that of ``other - reference`` (infinite when equal)."""
+    reference = np.asarray(reference, np.float64)
+    error = float(np.sum((np.asarray(other, np.float64) - reference) ** 2))
+    return 10 * float(np.log10(float(np.sum(reference**2)) / error)) if error else float("inf")
 
 
 def free_port() -> int:

@@ -19,7 +19,12 @@ same random-weight GPT-SoVITS voice.  Then:
    every repeat passes and stops at the first it fails (``--load-keep-going``: runs
    them all).  Each line gives the server's CPU per audio second and its count of
    late units; ``--max-lead 3`` paces both servers as a deployed one is.
-4. With ``--llm-paced``: ``bench first-span``'s texts sent word by word at 20
+4. With ``--ar-load``: ``bench ar-serve``'s listeners of a v2-size random
+   GPT-SoVITS voice (int8 T2S, bf16 vocoder, the default chunk schedule), N of
+   them starting together (``--ar-streams``), ``--ar-repeats`` times per
+   server, the sides alternating: first audio of each and the stall summed
+   over them.
+5. With ``--llm-paced``: ``bench first-span``'s texts sent word by word at 20
    words/s to each server in turn (``--paced-repeats`` times, seeds 11, 12, ...):
    first audio p50 / p95, playback stalls and the streamed audio's WER
    (whisper-tiny; needs the test extra) for each.  ``--first-words N`` starts
@@ -39,7 +44,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from streamvox.bench.harness import percentile, playback_stall_ms, start_server
+from streamvox.bench.ar_serve import DEFAULT_VOICE, start_together, write_voices
+from streamvox.bench.harness import percentile, playback_stall_ms, snr_db, start_server
 from streamvox.bench.latency import PARAGRAPH, _server_utterance
 from streamvox.bench.load import LoadProfile, passes, run_load
 from streamvox.bench.random_voice import write_voice
@@ -84,10 +90,10 @@ async def _session_bytes(url: str, configure: dict[str, Any], text: str) -> tupl
 
 
 def _start(
-    pythonpath: str | None, voice_dir: Path, first_words: int | None, max_lead: float
+    pythonpath: str | None, voice_dirs: list[Path], first_words: int | None, max_lead: float
 ) -> tuple[subprocess.Popen[bytes], str, int]:
     env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
-    extra = ["--gpt-sovits-voice", str(voice_dir)]
+    extra = [arg for voice_dir in voice_dirs for arg in ("--gpt-sovits-voice", str(voice_dir))]
     if first_words is not None:
         extra += ["--first-words", str(first_words)]
     proc, port = start_server(threads=0, max_lead=max_lead, workers=None, env=env, max_sessions=128, extra=extra)
@@ -102,6 +108,11 @@ def _compare_bytes(servers: dict[str, tuple[Any, str, int]]) -> bool:
         equal = before == now and done_b["samples"] == done_n["samples"]
         same &= equal
         verdict = "identical" if equal else "DIFFERENT"
+        if not equal and "pcm" in name and len(before) == len(now):
+            import numpy as np
+
+            a, b = (np.frombuffer(x, dtype="<i2").astype(np.float64) for x in (before, now))
+            verdict += f" (largest sample change {np.abs(a - b).max():.0f} of 32767, SNR {snr_db(a, b):.1f} dB)"
         print(f"bytes {name}: {verdict} ({len(now)} bytes, {done_n['samples']} samples)")
     return same
 
@@ -186,6 +197,31 @@ def _compare_load(
     print(f"largest passing N: before {best['before']}, now {best['now']}")
 
 
+def _compare_ar_load(servers: dict[str, tuple[Any, str, int]], streams: list[int], repeats: int) -> None:
+    """GPT-SoVITS listeners starting together on each server, the sides alternating run by run."""
+    for n in streams:
+        first: dict[str, list[float]] = {"before": [], "now": []}
+        stall = {"before": 0.0, "now": 0.0}
+        for r in range(repeats):
+            for side in ("before", "now") if (n + r) % 2 else ("now", "before"):
+                heard = asyncio.run(start_together(servers[side][1], DEFAULT_VOICE, n))
+                first[side] += [h.first_audio_ms for h in heard]
+                stall[side] += sum(h.stall_ms for h in heard)
+                print(
+                    f"ar-load {side} N={n} run {r + 1}: first audio "
+                    f"{', '.join(f'{h.first_audio_ms:.0f}' for h in sorted(heard, key=lambda h: h.first_audio_ms))} ms,"
+                    f" stall {sum(h.stall_ms for h in heard):.0f} ms ({sum(h.stall_ms > 0 for h in heard)} of {n}"
+                    f" listeners), {heard[0].audio_s:.1f} s each",
+                    flush=True,
+                )
+        print(
+            f"ar-load N={n}: first audio p50 before {percentile(first['before'], 50):.0f} ms, now"
+            f" {percentile(first['now'], 50):.0f} ms; stall before {stall['before']:.0f} ms, now {stall['now']:.0f} ms"
+            f" ({repeats} runs a side)",
+            flush=True,
+        )
+
+
 def _compare_llm_paced(servers: dict[str, tuple[Any, str, int]], rev: str, repeats: int) -> None:
     from streamvox.bench.first_span import SAMPLE_RATE, SEED, TEXTS, corpus_wer, speak
 
@@ -228,13 +264,18 @@ def main() -> int:
         default=0.0,
         help="both servers' lead limit (0: none, how fast they can go; the server's default is 3)",
     )
+    parser.add_argument("--ar-load", action="store_true", help="also GPT-SoVITS listeners starting together")
+    parser.add_argument("--ar-streams", type=int, nargs="+", default=[1, 2, 4], help="their counts")
+    parser.add_argument("--ar-repeats", type=int, default=2, help="runs of each count per server")
     parser.add_argument("--llm-paced", action="store_true", help="also first audio and WER of LLM-paced text")
     parser.add_argument("--paced-repeats", type=int, default=1, help="LLM-paced runs per text (one seed each)")
     parser.add_argument("--first-words", type=int, help="both servers' first-span limit (default: their own)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tree, shim = Path(tmp) / "tree", Path(tmp) / "shim" / "streamvox"
-        voice_dir = write_voice(Path(tmp) / AR_VOICE, "tiny", seed=3, eos_scale=50.0)
+        voice_dirs = [write_voice(Path(tmp) / AR_VOICE, "tiny", seed=3, eos_scale=50.0)]
+        if args.ar_load:
+            voice_dirs += write_voices(Path(tmp), 320, max(args.ar_streams), (8, 2))[:1]  # default schedule only
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.rev], check=True)
         try:
             shim.mkdir(parents=True)
@@ -243,14 +284,16 @@ def main() -> int:
                 if (tree / name).is_dir():
                     (shim / name).symlink_to(tree / name)
             servers = {
-                "before": _start(str(shim.parent), voice_dir, args.first_words, args.max_lead),
-                "now": _start(None, voice_dir, args.first_words, args.max_lead),
+                "before": _start(str(shim.parent), voice_dirs, args.first_words, args.max_lead),
+                "now": _start(None, voice_dirs, args.first_words, args.max_lead),
             }
             try:
                 same = _compare_bytes(servers)
                 _compare_ttfa(servers, args.runs, args.rev)
                 if args.load:
                     _compare_load(servers, args.load_seconds, args.load_steps, args.load_repeats, args.load_keep_going)
+                if args.ar_load:
+                    _compare_ar_load(servers, args.ar_streams, args.ar_repeats)
                 if args.llm_paced:
                     _compare_llm_paced(servers, args.rev, args.paced_repeats)
             finally:

@@ -28,6 +28,7 @@ from types import ModuleType
 import numpy as np
 import torch
 from rev_module import module_at, scratch_folder
+from streamvox.bench.harness import snr_db
 from streamvox.bench.random_voice import write_sovits_checkpoint
 from streamvox.engine.ar import token_vocoder as current_vocoder
 from streamvox.engine.backends.gpt_sovits import vits as current_vits
@@ -56,12 +57,6 @@ def _stream(
     pieces.append(streaming.finish())
     spent += time.perf_counter() - started
     return np.concatenate(pieces), spent, spent if first is None else first
-
-
-def _snr(audio: np.ndarray, reference: np.ndarray) -> float:
-    """dB of ``reference``'s energy over that of the difference (infinite when equal)."""
-    error = float(np.sum((audio - reference) ** 2))
-    return 10 * float(np.log10(float(np.sum(reference**2)) / error)) if error > 0 else float("inf")
 
 
 def main() -> int:
@@ -115,10 +110,10 @@ def main() -> int:
                         if repeat:
                             rtf[name].append(spent / (len(audio[name]) / rate))
                             first[name].append(1000 * first_s)
-                snr = _snr(audio["now"], audio["before"])
+                snr = snr_db(audio["before"], audio["now"])
                 against_fp32 = ""
                 if bf16:
-                    before_fp32, now_fp32 = (_snr(audio[n], fp32_audio[(n, count)]) for n in ("before", "now"))
+                    before_fp32, now_fp32 = (snr_db(fp32_audio[(n, count)], audio[n]) for n in ("before", "now"))
                     failed |= now_fp32 < before_fp32 - args.bf16_slack
                     against_fp32 = f" {before_fp32:>14.1f} / {now_fp32:.1f} dB"
                 else:

@@ -227,6 +227,12 @@ def _bench_ar(args: argparse.Namespace) -> int:
     return run_ar_bench(args)
 
 
+def _bench_ar_serve(args: argparse.Namespace) -> int:
+    from streamvox.bench.ar_serve import run_ar_serve_bench
+
+    return run_ar_serve_bench(args)
+
+
 STANDALONE_BENCHES = {
     "ar-device": "GPT-SoVITS's fixed-shape T2S step on a device: eager, compiled, CUDA graph",
     "dia": "Dia decode ms/step vs the memory-bandwidth bound and transformers",
@@ -392,6 +398,21 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
+    ar_serve = bench_sub.add_parser("ar-serve", help="GPT-SoVITS streams starting together over a real server")
+    ar_serve.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4], help="stream counts")
+    ar_serve.add_argument("--repeats", type=int, default=2, help="runs of each count per schedule")
+    ar_serve.add_argument("--max-len", type=int, default=320, help="the voice's cache positions (sets reply length)")
+    ar_serve.add_argument(
+        "--fast-start",
+        type=int,
+        nargs=2,
+        default=[8, 2],
+        metavar=("FIRST", "LOOKAHEAD"),
+        help="the second voice's first chunk and its lookahead (tokens)",
+    )
+    ar_serve.add_argument("--size", choices=["v2", "tiny"], default="v2", help="the random voice's size")
+    ar_serve.add_argument("--json", action="store_true")
+    ar_serve.set_defaults(func=_bench_ar_serve)
     # The options of these benches live with them (streamvox.bench.standalone), which also runs them
     # without the server's dependencies on a bare GPU machine; "+" keeps argparse from reading them here.
     for name, summary in STANDALONE_BENCHES.items():

@@ -365,6 +365,48 @@ def test_bench_ar_smoke() -> None:
 
 
 @pytest.mark.slow
+def test_bench_ar_serve_smoke() -> None:
+    """Listeners of the two schedules start together over a real server; each hears the whole
+    reply (random weights never end a sentence early, so every run's reply is as long)."""
+    out = subprocess.run(
+        [
+            *STREAMVOX,
+            "bench",
+            "ar-serve",
+            "--size",
+            "tiny",
+            "--max-len",
+            "220",
+            "--streams",
+            "1",
+            "2",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    runs = result["runs"]
+    assert [(r["streams"], r["schedule"]) for r in runs] == [
+        (1, "default"),
+        (1, "fast start"),
+        (2, "default"),
+        (2, "fast start"),
+    ]
+    assert result["fast_start"] == {"first": 8, "first_lookahead": 2}
+    for run in runs:
+        assert len(run["first_audio_ms"]) == run["streams"] and min(run["first_audio_ms"]) > 0
+        assert run["first_audio_ms"] == sorted(run["first_audio_ms"])
+        assert run["stall_ms"] >= 0 and 0 <= run["stalled_listeners"] <= run["streams"]
+    assert len({r["audio_s"] for r in runs}) == 1 and runs[0]["audio_s"] > 1
+
+
+@pytest.mark.slow
 def test_bench_ar_device_smoke() -> None:
     """The device bench on the CPU: the token check, the speed rows against the floor, streaming and
     the real-time estimate, for the variable and the eager fixed-shape step."""
