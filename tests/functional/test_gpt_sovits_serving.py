@@ -118,6 +118,23 @@ def test_units_run_torch_on_one_thread_and_leave_the_loading_threads_count(
     assert torch.get_num_threads() == 2
 
 
+def test_a_voice_warms_up_on_the_units_thread_count_and_gives_the_callers_back(
+    short_voice: GptSovitsVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    real_decode = short_voice.sovits.decode
+
+    def counting_decode(*args: Any, **kwargs: Any) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(short_voice.sovits, "decode", counting_decode)
+    short_voice.warm_up()
+    assert seen and set(seen) == {UNIT_THREADS}
+    assert torch.get_num_threads() == 2
+
+
 def test_more_streams_than_slots_wait_for_one(
     engine: EngineCore, ar_voices: VoiceRegistry, short_voice: GptSovitsVoice
 ) -> None:

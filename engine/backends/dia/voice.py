@@ -43,6 +43,7 @@ from streamvox.engine.ar.blocked_linear import use_blocked_linears
 from streamvox.engine.ar.checkpoint import CheckpointError
 from streamvox.engine.ar.device import check_device
 from streamvox.engine.ar.fixed_step import FixedShapeStep, check_step
+from streamvox.engine.ar.threads import unit_threads
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.dia.config import DiaConfig
@@ -318,11 +319,13 @@ class DiaVoice:
         self.cache.clear(slot_rows(slot))
 
     def warm_up(self) -> None:
-        request = self.start_segment(0, 0, "[S1] Warm up.", seed=0)
-        for _ in range(3):
-            self.step([request])
-        self.release_slot(0)
-        self.frame_decoder.decode([(0,) * self.network.config.decoder.channels] * 8, 0)
+        """A short request and a DAC window, on the torch thread count the engine's units run at."""
+        with unit_threads():
+            request = self.start_segment(0, 0, "[S1] Warm up.", seed=0)
+            for _ in range(3):
+                self.step([request])
+            self.release_slot(0)
+            self.frame_decoder.decode([(0,) * self.network.config.decoder.channels] * 8, 0)
 
     def trim_memory(self) -> None:
         """Nothing to give back: the caches are allocated once, at load."""

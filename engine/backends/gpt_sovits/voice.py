@@ -52,6 +52,7 @@ from streamvox.engine.ar.device import check_device
 from streamvox.engine.ar.fixed_step import FixedShapeStep, check_step
 from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
+from streamvox.engine.ar.threads import unit_threads
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
 from streamvox.engine.audio.recording import read_mono, resample
 from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, load_s1
@@ -273,20 +274,21 @@ class GptSovitsVoice:
 
     def warm_up(self) -> None:
         """A short segment end to end, then a SoVITS decode of every recurring window length, so
-        no listener pays the convolution library's one-off setup for a shape (0.1-0.3 s each in
-        fp32, 2-3 s with ``bf16_vocoder``, at v2 size)."""
+        no listener pays the convolution library's one-off setup for a shape (66-132 ms each at
+        v2 size), on the torch thread count the engine's units run at (the setup is per count)."""
         slot = 0  # before serving: no stream holds a slot yet
         text = "Warming up."
         ids = self.text_ids(text)
-        try:
-            segment = self.start_segment(0, slot, text, seed=0)
-            for _ in range(4):
-                self.step([segment])
-            segment.vocoder.finish()
-        finally:
-            self.t2s.release(slot)
-        for tokens in warm_up_lengths(self.config.chunks.window_sizes()):
-            self.sovits.decode([0] * tokens, ids, self.speaker)
+        with unit_threads():
+            try:
+                segment = self.start_segment(0, slot, text, seed=0)
+                for _ in range(4):
+                    self.step([segment])
+                segment.vocoder.finish()
+            finally:
+                self.t2s.release(slot)
+            for tokens in warm_up_lengths(self.config.chunks.window_sizes()):
+                self.sovits.decode([0] * tokens, ids, self.speaker)
 
 
 def _section(spec: Mapping[str, Any], key: str, cls: type) -> dict[str, Any]:
