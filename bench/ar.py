@@ -439,7 +439,7 @@ def _table(result: dict[str, Any]) -> str:
             ratio = result[f"speedup_vs_reference_batch1_{kind}"]
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
     lines.append(
-        "  streaming, batch 1 (T2S + SoVITS chunks)  first chunk = prefill + T2S + vocoder  its audio   RTF"
+        "  streaming, batch 1 (T2S + SoVITS chunks)              first chunk = prefill + T2S + vocoder  its audio   RTF"
         " = T2S + vocoder  decoded/token (HiFi-GAN)  stall  one-shot voc RTF  SNR vs one-shot (first 0.4 s)"
     )
     for r in result["streaming"]:
@@ -451,7 +451,7 @@ def _table(result: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"  streamvox {label:<20} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
+            f"  streamvox {label:<32} {r['first_chunk_ms']:>8.0f} ms = {r['first_chunk_prefill_ms']:>4.0f}"
             f" + {r['first_chunk_t2s_ms'] - r['first_chunk_prefill_ms']:>4.0f} + {r['first_chunk_vocoder_ms']:>4.0f}"
             f" {r['first_chunk_audio_ms']:>9.0f} ms {r['rtf']:>6.3f} = {r['t2s_rtf']:.3f} + {r['vocoder_rtf']:.3f}"
             f" {r['tokens_decoded_per_token']:>11.2f} ({r['tokens_vocoded_per_token']:.2f})"
