@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import soundfile as sf
@@ -24,6 +25,20 @@ from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.stream_server.cli import build_parser
 
 STREAMVOX = [sys.executable, "-m", "streamvox.stream_server.cli"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench_json(*args: str, timeout: float = 300) -> dict[str, Any]:
+    """``streamvox bench ARGS --json`` from the repository root (where ``.ref/`` is); its JSON."""
+    out = subprocess.run(
+        [*STREAMVOX, "--log-level", "WARNING", "bench", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.asr
@@ -159,31 +174,9 @@ def test_sigterm_drains_contexts_and_closes_with_1001(drain_timeout: float, expe
 def test_bench_load_smoke(tmp_path: Path) -> None:
     """The load benchmark runs end to end and reports a sane row (figures themselves go in the README)."""
     plot = tmp_path / "load.png"
-    out = subprocess.run(
-        [
-            *STREAMVOX,
-            "--log-level",
-            "WARNING",
-            "bench",
-            "load",
-            "--streams",
-            "1",
-            "--seconds",
-            "3",
-            "--ramp",
-            "0.5",
-            "--pause",
-            "0.2",
-            "--json",
-            "--plot",
-            str(plot),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    result = bench_json(
+        "load", "--streams", "1", "--seconds", "3", "--ramp", "0.5", "--pause", "0.2", "--plot", str(plot), timeout=240
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     (row,) = result["rows"]
     assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
     assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
@@ -217,11 +210,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
 def test_bench_first_span_smoke() -> None:
     """The first-span benchmark serves two first-span sizes, sends texts at LLM pace, and reports
     first audio and the streamed WER beside the one-shot WER."""
-    command = [*STREAMVOX, "--log-level", "WARNING", "bench", "first-span", "--first-words", "6", "2",
-               "--texts", "2", "--repeats", "1", "--json"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("first-span", "--first-words", "6", "2", "--texts", "2", "--repeats", "1")
     assert result["texts"] == 2 and 0 <= result["one_shot_wer_pct"] < 50
     six, two = result["rows"]
     assert (six["first_words"], two["first_words"]) == (6, 2)
@@ -235,11 +224,7 @@ def test_bench_first_span_smoke() -> None:
 def test_bench_ray_smoke() -> None:
     """The Ray-vs-standalone benchmark starts both (same cores), runs a step against each and
     reports TTFA at both ends, inter-packet gaps and each process tree's CPU."""
-    command = [*STREAMVOX, "--log-level", "WARNING", "bench", "ray", "--streams", "1", "--seconds", "3",
-               "--ramp", "0.5", "--json"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("ray", "--streams", "1", "--seconds", "3", "--ramp", "0.5")
     assert result["standalone_workers"] == 2 and set(result["rows"]) == {"standalone", "ray"}
     for (row,) in result["rows"].values():
         assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
@@ -251,14 +236,7 @@ def test_bench_ray_smoke() -> None:
 
 @pytest.mark.slow
 def test_bench_latency_smoke() -> None:
-    out = subprocess.run(
-        [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--runs", "2", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("latency", "--runs", "2")
     assert result["runs"] == 2
     assert 0 < result["server_ttfa_ms"]["p50"] < result["piper_tts_first_chunk_ms"]["p50"] * 5
     assert 0.3 < result["overhead_ratio"] < 5 and 0 < result["rtf_server"] < 1
@@ -273,14 +251,7 @@ def test_bench_latency_smoke() -> None:
 @pytest.mark.slow
 def test_bench_latency_by_dialect_smoke() -> None:
     """Every dialect's first audio is timed beside the native protocol's (figures go in the README)."""
-    out = subprocess.run(
-        [*STREAMVOX, "--log-level", "WARNING", "bench", "latency", "--dialect", "all", "--runs", "2", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("latency", "--dialect", "all", "--runs", "2")
     assert set(result) == {"openai", "elevenlabs", "cartesia", "wyoming"}
     for row in result.values():
         assert 0 < row["dialect_ms"] < 2000 and 0 < row["native_ms"] < 2000
@@ -289,14 +260,7 @@ def test_bench_latency_by_dialect_smoke() -> None:
 @pytest.mark.slow
 def test_bench_batch_smoke() -> None:
     """The batching benchmark times all three ways for each cell and names a winner."""
-    out = subprocess.run(
-        [*STREAMVOX, "bench", "batch", "--windows", "16", "--batches", "1", "2", "--repeats", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("batch", "--windows", "16", "--batches", "1", "2", "--repeats", "1", timeout=240)
     assert [(r["window_frames"], r["batch"]) for r in result["rows"]] == [(16, 1), (16, 2)]
     for row in result["rows"]:
         speeds = [row[way] for way in ("batched_1_thread", "batched_all_cores", "parallel_1_thread_each")]
@@ -307,29 +271,7 @@ def test_bench_batch_smoke() -> None:
 @pytest.mark.slow
 def test_bench_ar_smoke() -> None:
     """The AR benchmark runs ours and the reference on the same v2-size checkpoint and reports both."""
-    out = subprocess.run(
-        [
-            *STREAMVOX,
-            "bench",
-            "ar",
-            "--tokens",
-            "4",
-            "--batches",
-            "1",
-            "2",
-            "--text-len",
-            "8",
-            "--prompt-len",
-            "8",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("ar", "--tokens", "4", "--batches", "1", "2", "--text-len", "8", "--prompt-len", "8")
     rows = [(r["weights"], r["batch"], r["tokens"]) for r in result["ours"]]
     assert rows == [("fp32", 1, 4), ("fp32", 2, 8), ("int8", 1, 4), ("int8", 2, 8)]
     assert result["bandwidth_gbs"] > 0 and result["matmul_gmacs_fp32"] > 0 and result["matmul_gmacs_int8"] > 0
@@ -368,29 +310,7 @@ def test_bench_ar_smoke() -> None:
 def test_bench_ar_serve_smoke() -> None:
     """Listeners of the two schedules start together over a real server; each hears the whole
     reply (random weights never end a sentence early, so every run's reply is as long)."""
-    out = subprocess.run(
-        [
-            *STREAMVOX,
-            "bench",
-            "ar-serve",
-            "--size",
-            "tiny",
-            "--max-len",
-            "220",
-            "--streams",
-            "1",
-            "2",
-            "--repeats",
-            "1",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("ar-serve", "--size", "tiny", "--max-len", "220", "--streams", "1", "2", "--repeats", "1")
     runs = result["runs"]
     assert [(r["streams"], r["schedule"]) for r in runs] == [
         (1, "default"),
@@ -410,38 +330,27 @@ def test_bench_ar_serve_smoke() -> None:
 def test_bench_ar_device_smoke() -> None:
     """The device bench on the CPU: the token check, the speed rows against the floor, streaming and
     the real-time estimate, for the variable and the eager fixed-shape step."""
-    out = subprocess.run(
-        [
-            *STREAMVOX,
-            "bench",
-            "ar-device",
-            "--device",
-            "cpu",
-            "--modes",
-            "variable",
-            "eager",
-            "--batches",
-            "1",
-            "2",
-            "--tokens",
-            "4",
-            "--check-batch",
-            "2",
-            "--check-tokens",
-            "5",
-            "--text-len",
-            "8",
-            "--prompt-len",
-            "8",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
+    result = bench_json(
+        "ar-device",
+        "--device",
+        "cpu",
+        "--modes",
+        "variable",
+        "eager",
+        "--batches",
+        "1",
+        "2",
+        "--tokens",
+        "4",
+        "--check-batch",
+        "2",
+        "--check-tokens",
+        "5",
+        "--text-len",
+        "8",
+        "--prompt-len",
+        "8",
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["device"] == "cpu" and result["dtype"] == "float32" and result["bandwidth_gbs"] > 0
     assert result["tokens"] == {
         mode: {"equal": True, "first_divergence_step": None, "tokens_per_stream": [5, 5]}
@@ -470,30 +379,7 @@ def test_bench_ar_device_smoke() -> None:
 def test_bench_dia_smoke() -> None:
     """The Dia benchmark times ours (fp32, bf16, the variable and the fixed-shape step, two batch
     sizes) and transformers on one directory, with the bandwidth bound beside each step."""
-    out = subprocess.run(
-        [
-            *STREAMVOX,
-            "bench",
-            "dia",
-            "--size",
-            "tiny",
-            "--steps",
-            "8",
-            "--batches",
-            "1",
-            "2",
-            "--modes",
-            "variable",
-            "eager",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = bench_json("dia", "--size", "tiny", "--steps", "8", "--batches", "1", "2", "--modes", "variable", "eager")
     rows = [(r["dtype"], r["mode"], r["batch"]) for r in result["ours"]]
     assert rows == [(d, m, b) for d in ("float32", "bfloat16") for m in ("variable", "eager") for b in (1, 2)]
     assert result["bandwidth_gbs"] > 0 and result["device"] == "cpu"
