@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -56,7 +57,7 @@ from typing import Any
 
 import torch
 from streamvox.bench.hardware import matmul_gmacs, memory_bandwidth_gbs
-from streamvox.bench.harness import playback_stall_ms
+from streamvox.bench.harness import playback_stall_ms, snr_db
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
 from streamvox.engine.ar.token_vocoder import ChunkSchedule
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
@@ -296,9 +297,7 @@ def streaming_run(
     one_shot_started = time.perf_counter()
     offline = sovits.decode(stream.tokens, target, speaker, seed=0).numpy()
     one_shot_s = time.perf_counter() - one_shot_started
-    error = float(np.sum((streamed - offline) ** 2))
     opening = int(FIRST_SNR_S * rate)
-    opening_error = float(np.sum((streamed[:opening] - offline[:opening]) ** 2))
     weights = "int8" if int8 else {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
     return {
         "weights": weights + (" + bf16 vocoder" if bf16_vocoder else ""),
@@ -319,10 +318,8 @@ def streaming_run(
         "tokens_vocoded_per_token": counting.tokens_vocoded / len(stream.tokens),
         "stall_ms": playback_stall_ms(chunks, rate),
         "vocoder_one_shot_rtf": one_shot_s / audio_s,
-        "streamed_vs_one_shot_snr_db": 10 * np.log10(float(np.sum(offline**2)) / error) if error > 0 else None,
-        "opening_vs_one_shot_snr_db": (
-            10 * np.log10(float(np.sum(offline[:opening] ** 2)) / opening_error) if opening_error > 0 else None
-        ),
+        "streamed_vs_one_shot_snr_db": _finite_snr_db(offline, streamed),
+        "opening_vs_one_shot_snr_db": _finite_snr_db(offline[:opening], streamed[:opening]),
         "schedule": {
             "first": schedule.first,
             "cap": schedule.cap,
@@ -332,6 +329,12 @@ def streaming_run(
             "overlap": schedule.overlap,
         },
     }
+
+
+def _finite_snr_db(reference: Any, audio: Any) -> float | None:
+    """:func:`~streamvox.bench.harness.snr_db`, ``None`` where the two are equal (JSON has no infinity)."""
+    snr = snr_db(reference, audio)
+    return None if math.isinf(snr) else snr
 
 
 def _reference(reference: Path, checkpoint: Path, s2: Path, phonemes: list[int], prompt: list[int], tokens: int) -> Any:

@@ -7,9 +7,9 @@ vocoder chunks on its workers, the protocol and the codec.  The voice is a
 v2-size random-weight one (``--size tiny`` for tests) in the real file
 formats (int8 T2S and the bf16 vocoder, the fastest CPU settings), written
 twice: with the default chunk schedule and with a fast start
-(``--fast-start``: the first chunk's size and its own lookahead).  Random weights never predict end of speech, so each
-sentence runs to the voice's cache (``--max-len``) and the reply's length is
-fixed by it.  For each stream count the streams start together
+(``--fast-start``: the first chunk's size and its own lookahead).  Random
+weights never predict end of speech, so each sentence runs to the voice's
+cache (``--max-len``) and the reply's length is fixed by it.  For each stream count the streams start together
 ``--repeats`` times per schedule, the schedules alternating; each listener
 plays from ``PREBUFFER_S`` after its first packet.  It prints each run's
 first-audio times (from the text sent, in the order they came), the playback

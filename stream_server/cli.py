@@ -227,6 +227,18 @@ def _bench_ar(args: argparse.Namespace) -> int:
     return run_ar_bench(args)
 
 
+def _add_fast_start(parser: argparse.ArgumentParser, whose: str) -> None:
+    """``--fast-start FIRST LOOKAHEAD``: the fast-start chunk schedule a GPT-SoVITS bench sets beside the default."""
+    parser.add_argument(
+        "--fast-start",
+        type=int,
+        nargs=2,
+        default=[8, 2],
+        metavar=("FIRST", "LOOKAHEAD"),
+        help=f"{whose}'s first chunk and its lookahead (tokens)",
+    )
+
+
 def _bench_ar_serve(args: argparse.Namespace) -> int:
     from streamvox.bench.ar_serve import run_ar_serve_bench
 
@@ -387,14 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=".ref/gpt-sovits",
         help="gpt-sovits-cpufast installed with --target (what scripts/setup.sh test does); '' to skip",
     )
-    ar.add_argument(
-        "--fast-start",
-        type=int,
-        nargs=2,
-        default=[8, 2],
-        metavar=("FIRST", "LOOKAHEAD"),
-        help="the extra streaming row's first chunk and its lookahead (tokens)",
-    )
+    _add_fast_start(ar, "the extra streaming row")
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)
@@ -402,14 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar_serve.add_argument("--streams", type=int, nargs="+", default=[1, 2, 4], help="stream counts")
     ar_serve.add_argument("--repeats", type=int, default=2, help="runs of each count per schedule")
     ar_serve.add_argument("--max-len", type=int, default=320, help="the voice's cache positions (sets reply length)")
-    ar_serve.add_argument(
-        "--fast-start",
-        type=int,
-        nargs=2,
-        default=[8, 2],
-        metavar=("FIRST", "LOOKAHEAD"),
-        help="the second voice's first chunk and its lookahead (tokens)",
-    )
+    _add_fast_start(ar_serve, "the second voice")
     ar_serve.add_argument("--size", choices=["v2", "tiny"], default="v2", help="the random voice's size")
     ar_serve.add_argument("--json", action="store_true")
     ar_serve.set_defaults(func=_bench_ar_serve)

@@ -18,6 +18,7 @@ Engine-thread methods and worker-side units follow ``engine/api.py``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +134,7 @@ def segment_seed(params: SynthesisParams, index: int) -> int:
     return (params.seed * 1_000_003 + index) % 2**63
 
 
-class _ARUnit:
+class _ARUnit(ABC):
     """Base: a unit runs its work with torch on one thread (:mod:`~streamvox.engine.ar.threads`);
     after it, members that stopped generating, failed or left free their slots."""
 
@@ -144,8 +145,9 @@ class _ARUnit:
         use_unit_threads()
         return self.work()
 
+    @abstractmethod
     def work(self) -> list[EngineEvent]:
-        raise NotImplementedError
+        """The unit's own work (worker thread)."""
 
     def settle(self, gone: Sequence[bool], failed: bool) -> None:
         for member, member_gone in zip(self.members, gone, strict=True):
