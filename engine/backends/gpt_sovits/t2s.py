@@ -36,6 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from streamvox.engine.ar.blocked_linear import block_count, blocked_product, column_blocks
+from streamvox.engine.ar.decode_attention import CacheAttention
+from streamvox.engine.ar.decode_attention import available as fused_attention_available
 
 BERT_DIM = 1024
 
@@ -107,12 +109,15 @@ class T2SDecoder:
         int8: bool = False,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        fused_attention: bool = True,
     ) -> None:
         """``int8`` stores the transformer's linear weights as int8 per output channel (fbgemm dynamic
         quantisation): a batch-1 step reads a quarter of the bytes, which is what bounds it on a CPU.
         Logits then differ from fp32 by about 1 % per layer, so tokens may differ too; the parity
         tests use fp32.  ``device`` and ``dtype`` place every weight and the cache (int8 is for
-        float32 on the CPU only)."""
+        float32 on the CPU only).  ``fused_attention`` runs :meth:`step`'s attention through the C
+        kernel (:mod:`streamvox.engine.ar.decode_attention`) where it applies: float32 on the CPU,
+        kernel built; ``False`` keeps torch's batched products (the A/B and the tests' control)."""
         self.device = torch.device(device)
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"a T2S decoder runs in float32, bfloat16 or float16, not {dtype}")
@@ -194,6 +199,10 @@ class T2SDecoder:
             for n, ls in zip(self._norms, self._linears, strict=True)
         ]
         """Each layer's norms and linears, unpacked once: the step's loop runs 24 times a token."""
+        self.attention: CacheAttention | None = None
+        """The fused attention kernel bound to the cache, when :meth:`step` uses it."""
+        if fused_attention and self.device.type == "cpu" and dtype == torch.float32 and fused_attention_available():
+            self.attention = CacheAttention(self.kv_cache)
 
     @torch.inference_mode()
     def prefill(
@@ -231,12 +240,18 @@ class T2SDecoder:
     @torch.inference_mode()
     def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Feed ``tokens[i]`` to ``slots[i]`` (each slot at most once); return logits ``(len(slots), vocab)``,
-        float32 on the CPU.  Attends up to the longest of these slots, so its shapes vary by step."""
+        float32 on the CPU.  Through the fused kernel (``self.attention``) each slot attends over its own
+        length; through torch's products up to the longest of these slots, so shapes vary by step."""
         slots, tokens = slots.long().to(self.device), tokens.long().to(self.device)
         positions = self.lengths[slots]
         longest = int(positions.max())
         if longest >= self.max_len:
             raise ValueError(f"a slot reached the cache length {self.max_len}")
+        if self.attention is not None:
+            logits = self._fused_step(slots.contiguous(), tokens, positions)
+            self.lengths[slots] += 1
+            self.audio_lengths[slots] += 1
+            return logits.float().cpu()
         first = int(slots[0])
         # Slots in one run (the usual case: the engine keeps live streams packed) are read as
         # views; any other set is gathered, which copies the caches it reads.
@@ -296,6 +311,21 @@ class T2SDecoder:
             # for long queries); masked positions get -inf, so exactly zero weight.
             scores = torch.baddbmm(flat_bias, q, layer_keys_t, alpha=scale)
             attn = torch.bmm(torch.softmax(scores, dim=-1), layer_values).view(batch, hidden)
+            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
+            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
+        return F.linear(x, self.head)
+
+    def _fused_step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`_step` with each layer's cache write and attention in one kernel call (CPU, float32):
+        every slot attends over its own live positions only, so no mask and no width."""
+        hidden, eps = self.config.hidden, self.config.norm_eps
+        attention = self.attention
+        assert attention is not None
+        attention.check(slots, positions)
+        x = F.embedding(tokens, self.audio_embedding) + self.audio_alpha * self.positions[self.audio_lengths[slots]]
+        attn = torch.empty(len(slots), hidden)
+        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
+            attention(layer, qkv_linear(x).contiguous(), slots, positions, attn)
             x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
             x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
         return F.linear(x, self.head)

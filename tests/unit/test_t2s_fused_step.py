@@ -1,0 +1,51 @@
+"""The T2S decoder's step through the fused attention kernel gives torch's step's logits and cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from streamvox.bench.random_voice import write_t2s_checkpoint
+from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
+from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
+
+
+@pytest.mark.parametrize("heads", [2, 4])  # head sizes 16 and 32 (v2's): both AVX-512 shapes
+def test_fused_steps_equal_torch_steps(tmp_path: Path, heads: int) -> None:
+    cfg = T2SConfig(hidden=64 * heads // 2, heads=heads, layers=3, ffn=256)
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=5)
+    weights = load_s1(tmp_path / "s1.ckpt").weights
+    fused = T2SDecoder(weights, cfg, slots=4, max_len=96, fused_attention=True)
+    plain = T2SDecoder(weights, cfg, slots=4, max_len=96, fused_attention=False)
+    assert fused.attention is not None and plain.attention is None
+    generator = torch.Generator().manual_seed(6)
+    for slot in range(4):  # different lengths per slot
+        phonemes = torch.randint(0, cfg.phoneme_vocab, (5 + 3 * slot,), generator=generator)
+        prompt = torch.randint(0, cfg.vocab - 1, (7 + 2 * slot,), generator=generator)
+        torch.testing.assert_close(fused.prefill(slot, phonemes, prompt), plain.prefill(slot, phonemes, prompt))
+    # packed rows (views on torch's side), a gathered set out of order, one slot alone
+    for slots in ([0, 1, 2, 3], [3, 1], [2], [0, 1, 2, 3], [1, 3, 0]):
+        ids = torch.tensor(slots)
+        tokens = torch.randint(0, cfg.vocab - 1, (len(slots),), generator=generator)
+        torch.testing.assert_close(fused.step(ids, tokens), plain.step(ids, tokens), rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused.lengths, plain.lengths) and torch.equal(fused.audio_lengths, plain.audio_lengths)
+    torch.testing.assert_close(fused.kv_cache, plain.kv_cache)
+
+
+def test_the_kernel_is_only_used_where_it_applies(tmp_path: Path) -> None:
+    cfg = T2SConfig.tiny()
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=7)
+    weights = load_s1(tmp_path / "s1.ckpt").weights
+    assert T2SDecoder(weights, cfg, int8=True).attention is not None
+    assert T2SDecoder(weights, cfg, dtype=torch.bfloat16).attention is None  # torch's products in bf16
+
+
+def test_a_fused_step_refuses_a_slot_twice(tmp_path: Path) -> None:
+    cfg = T2SConfig.tiny()
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=8)
+    decoder = T2SDecoder(load_s1(tmp_path / "s1.ckpt").weights, cfg, slots=2, max_len=32)
+    decoder.prefill(0, torch.arange(1, 4), torch.arange(2, 6))
+    with pytest.raises(ValueError, match="twice"):
+        decoder.step(torch.tensor([0, 0]), torch.tensor([1, 2]))
+    assert int(decoder.lengths[0]) == 7  # a refused step moves nothing
