@@ -4,11 +4,14 @@ Both run the v2 dimensions (24 layers, width 512, 16 heads) with the same
 random weights, written once as a real-format s1 checkpoint, on the same
 prompt (``--text-len`` phoneme ids, ``--prompt-len`` semantic tokens).  Ours
 decodes ``--tokens`` steps at batch 1, 4 and 16 (one slot per stream, all in
-one batched step), with fp32 weights and with int8 linear weights; the
+one batched step), with fp32 weights, with int8 linear weights and with int8
+weights over a bfloat16 key/value cache (``bf16_cache``); the
 reference (``gpt-sovits-cpufast``'s ``infer_panel``, in a child process with
 ``--reference`` on its path) decodes the same number of tokens at batch 1.
 The end-of-speech row of the output head is zero, far below the top 15
 logits, so every run decodes ``--tokens`` tokens.
+What the cheaper paths (int8, a bf16 cache, both) do to the logits is
+measured teacher-forced against fp32 weights and cache (:func:`cache_rounding`).
 
 Each batch row is also set against the hardware, measured in the same run:
 the memory read bandwidth and the linear layers' multiply-add rate (fp32, and
@@ -114,16 +117,17 @@ print(json.dumps(result))
 """
 
 
-def t2s_step_bytes(cfg: T2SConfig, int8: bool, batch: int, width: float) -> float:
+def t2s_step_bytes(cfg: T2SConfig, int8: bool, batch: int, width: float, cache_bytes: int = 4) -> float:
     """What one batched T2S step must read from memory: every transformer linear's weights
     (1 byte each in int8, 4 in fp32, plus fp32 biases), the fp32 output head, and each of the
-    ``batch`` slots' cached keys and values over ``width`` positions in every layer.  Norms and
-    the one embedding row per slot are left out (under 0.1 % of it)."""
+    ``batch`` slots' cached keys and values over ``width`` positions in every layer
+    (``cache_bytes`` each: 4 in fp32, 2 in bf16).  Norms and the one embedding row per slot are
+    left out (under 0.1 % of it)."""
     h, f = cfg.hidden, cfg.ffn
     linear_weights = cfg.layers * (3 * h * h + h * h + 2 * h * f)
     biases = cfg.layers * (3 * h + h + f + h)
     weights = linear_weights * (1 if int8 else 4) + 4 * biases + 4 * cfg.vocab * h
-    cache = 2 * cfg.layers * batch * width * h * 4
+    cache = 2 * cfg.layers * batch * width * h * cache_bytes
     return weights + cache
 
 
@@ -144,10 +148,12 @@ def _ours(
     int8: bool,
     bandwidth: float,
     macs_per_s: float,
+    bf16_cache: bool = False,
 ) -> dict[str, Any]:
     """``batch`` streams prefilled one by one, then decoded ``tokens`` steps together.  A step's
     floor is the larger of its bytes over ``bandwidth`` (bytes/s) and its multiply-adds over
-    ``macs_per_s`` (the linear layers' rate at these weights)."""
+    ``macs_per_s`` (the linear layers' rate at these weights).  ``bf16_cache``: keys and values
+    cached in bfloat16."""
     from streamvox.engine.ar.generate import TokenStream, advance, choose
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
@@ -156,7 +162,8 @@ def _ours(
     loaded = load_s1(checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
     max_len = len(phonemes) + len(prompt) + tokens + 8
-    decoder = T2SDecoder(loaded.weights, cfg, slots=batch, max_len=max_len, int8=int8)
+    cache_dtype = torch.bfloat16 if bf16_cache else None
+    decoder = T2SDecoder(loaded.weights, cfg, slots=batch, max_len=max_len, int8=int8, cache_dtype=cache_dtype)
     policy = EosPolicy(eos=cfg.eos, max_steps=tokens)
     started = time.perf_counter()
     streams = []
@@ -172,13 +179,13 @@ def _ours(
     produced = sum(len(s.tokens) for s in streams)
     # The step reads the cache up to its longest slot; on average that is half-way through.
     mean_width = len(phonemes) + len(prompt) + (steps + 1) / 2
-    memory_s = t2s_step_bytes(cfg, int8, batch, mean_width) / bandwidth
+    memory_s = t2s_step_bytes(cfg, int8, batch, mean_width, cache_bytes=2 if bf16_cache else 4) / bandwidth
     compute_s = t2s_step_macs(cfg, batch, mean_width) / macs_per_s
     bound_s = max(memory_s, compute_s)
     step_s = (finished - prefilled) / steps
     prefill_s = prefilled - started
     return {
-        "weights": "int8" if int8 else "fp32",
+        "weights": ("int8" if int8 else "fp32") + ("+bf16kv" if bf16_cache else ""),
         "batch": batch,
         "tokens": produced,
         "steps": steps,
@@ -192,6 +199,53 @@ def _ours(
         "ratio_to_bound": step_s / bound_s,
         "ceiling_tokens_per_s": produced / (prefill_s + steps * bound_s),
     }
+
+
+def cache_rounding(checkpoint: Path, phonemes: list[int], prompt: list[int], tokens: int) -> list[dict[str, Any]]:
+    """What a cheaper T2S path does to the logits, teacher-forced: fp32 weights and cache step the
+    greedy tokens of their own logits for ``tokens`` steps at batch 1, and every other path steps
+    the same tokens.  Per path: the largest logit difference, how often its top token is fp32's,
+    and the mean KL divergence of its next-token distribution from fp32's (temperature 1).  Random
+    weights give flat distributions, so this is what the rounding does to the arithmetic, not a
+    listening test."""
+    from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
+    from streamvox.engine.backends.gpt_sovits.t2s import T2SDecoder
+
+    loaded = load_s1(checkpoint)
+    cfg = T2SConfig.from_checkpoint(loaded.config)
+    max_len = len(phonemes) + len(prompt) + tokens + 8
+    paths = {
+        "fp32": (False, None),
+        "fp32+bf16kv": (False, torch.bfloat16),
+        "int8": (True, None),
+        "int8+bf16kv": (True, torch.bfloat16),
+    }
+    decoders = {
+        name: T2SDecoder(loaded.weights, cfg, slots=1, max_len=max_len, int8=int8, cache_dtype=cache)
+        for name, (int8, cache) in paths.items()
+    }
+    logits = {name: [d.prefill(0, torch.tensor(phonemes), torch.tensor(prompt))] for name, d in decoders.items()}
+    slot = torch.tensor([0])
+    for _ in range(tokens):
+        token = logits["fp32"][-1][: cfg.eos].argmax().view(1)
+        for name, decoder in decoders.items():
+            logits[name].append(decoder.step(slot, token)[0])
+    exact = torch.stack(logits["fp32"])
+    rows = []
+    for name in paths:
+        if name == "fp32":
+            continue
+        other = torch.stack(logits[name])
+        kl = torch.nn.functional.kl_div(other.log_softmax(-1), exact.log_softmax(-1), log_target=True, reduction="none")
+        rows.append(
+            {
+                "path": name,
+                "max_logit_diff": float((other - exact).abs().max()),
+                "top1_agreement": float((other.argmax(-1) == exact.argmax(-1)).float().mean()),
+                "mean_kl": float(kl.sum(-1).mean()),
+            }
+        )
+    return rows
 
 
 class _CountingDecoder:
@@ -377,10 +431,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bandwidth = memory_bandwidth_gbs()
         gmacs = {int8: matmul_gmacs(int8) for int8 in (False, True)}
         ours = [
-            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9)
-            for int8 in (False, True)
+            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9, bf16kv)
+            for int8, bf16kv in ((False, False), (True, False), (True, True))
             for b in args.batches
         ]
+        rounding = cache_rounding(checkpoint, phonemes, prompt, args.tokens)
         streaming = [
             streaming_run(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
             for int8, bf16 in ((False, False), (True, False), (True, True))
@@ -399,10 +454,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "matmul_gmacs_fp32": gmacs[False],
         "matmul_gmacs_int8": gmacs[True],
         "ours": ours,
+        "rounding_vs_fp32": rounding,
         "reference": reference,
         "streaming": streaming,
     }
-    for kind in ("fp32", "int8"):
+    for kind in ("fp32", "int8", "int8+bf16kv"):
         rows = [r for r in ours if r["weights"] == kind]
         one = next((r for r in rows if r["batch"] == 1), None)
         if one is None:
@@ -429,7 +485,7 @@ def _table(result: dict[str, Any]) -> str:
     ]
     for r in result["ours"]:
         lines.append(
-            f"  streamvox {r['weights']:<8} {r['batch']:>5} {r['tokens_per_s']:>25.1f}"
+            f"  streamvox {r['weights']:<11} {r['batch']:>2} {r['tokens_per_s']:>25.1f}"
             f" {r.get('throughput_vs_batch1', float('nan')):>10.2f} {r.get('decode_vs_batch1', float('nan')):>17.2f}"
             f" {r['step_ms']:>8.1f} {r['bound_ms']:>6.1f} {r['bound_by'][:3]} {r['ratio_to_bound']:>6.2f}"
             f" {r.get('ceiling_vs_batch1', float('nan')):>18.2f}"
@@ -437,10 +493,16 @@ def _table(result: dict[str, Any]) -> str:
     ref = result["reference"]
     if ref:
         lines.append(f"  gpt-sovits-cpufast     1 {ref['tokens_per_s']:>25.1f}")
-    for kind in ("fp32", "int8"):
+    for kind in ("fp32", "int8", "int8+bf16kv"):
         if f"speedup_vs_reference_batch1_{kind}" in result:
             ratio = result[f"speedup_vs_reference_batch1_{kind}"]
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")
+    lines.append("  teacher-forced against fp32 weights and cache:  largest logit diff  top-1 agreement  mean KL")
+    for r in result["rounding_vs_fp32"]:
+        lines.append(
+            f"  streamvox {r['path']:<12} {r['max_logit_diff']:>36.2e} {100 * r['top1_agreement']:>15.1f} %"
+            f" {r['mean_kl']:>9.2e}"
+        )
     lines.append(
         "  streaming, batch 1 (T2S + SoVITS chunks)              first chunk = prefill + T2S + vocoder  its audio   RTF"
         " = T2S + vocoder  decoded/token (HiFi-GAN)  stall  one-shot voc RTF  SNR vs one-shot (first 0.4 s)"

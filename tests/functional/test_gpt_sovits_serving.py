@@ -318,6 +318,24 @@ def test_a_voice_on_the_fixed_shape_compiled_step_speaks_as_on_the_variable_one(
         np.testing.assert_allclose(audio, expected, atol=1e-4)
 
 
+def test_a_voice_with_a_bf16_cache_speaks_and_batches_its_streams(
+    make_engine: Callable[..., EngineCore], tmp_path: Path
+) -> None:
+    """``"bf16_cache": true``: the T2S cache is bfloat16, and concurrent seeded streams (batched
+    steps through the fused kernel) each give the same audio as one stream alone."""
+    settings = {"max_streams": 3, "max_len": 256, "chunks": SMALL_CHUNKS, "bf16_cache": True}
+    voice = GptSovitsVoice.load(write_voice(tmp_path / "bf16kv", "tiny", seed=1, eos_scale=50.0, settings=settings))
+    assert voice.t2s.kv_cache.dtype == torch.bfloat16 and voice.config.bf16_cache
+    voice.warm_up()
+    voices = VoiceRegistry()
+    voices.add(voice)
+    engine = make_engine(voices=voices)
+    alone = synthesize(engine, voice.id, TEXT, SynthesisParams(seed=5)).audio
+    assert len(alone) > 0 and np.isfinite(alone).all()
+    for audio in run_streams(engine, voice, 3):
+        np.testing.assert_array_equal(audio, alone)
+
+
 def test_device_dtype_and_step_are_checked_at_load(tmp_path: Path) -> None:
     bad = {
         "dtype": ({"dtype": "float64"}, "dtype must be one of"),
@@ -325,6 +343,8 @@ def test_device_dtype_and_step_are_checked_at_load(tmp_path: Path) -> None:
         "graph": ({"step": "cuda-graph"}, "needs a cuda device"),
         "device": ({"device": "tpu:0"}, "not a torch device|only cpu and cuda"),
         "int8": ({"int8": True, "dtype": "bfloat16"}, "int8"),
+        "bf16_cache": ({"bf16_cache": True, "step": "eager"}, "bf16_cache is for"),
+        "bf16_cache_dtype": ({"bf16_cache": True, "dtype": "bfloat16"}, "bf16_cache is for"),
     }
     if not torch.cuda.is_available():
         bad["cuda"] = ({"device": "cuda"}, "CUDA is not available")

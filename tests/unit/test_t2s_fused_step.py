@@ -49,3 +49,36 @@ def test_a_fused_step_refuses_a_slot_twice(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="twice"):
         decoder.step(torch.tensor([0, 0]), torch.tensor([1, 2]))
     assert int(decoder.lengths[0]) == 7  # a refused step moves nothing
+
+
+def test_a_bf16_cache_holds_the_rounded_keys_and_steps_near_float32(tmp_path: Path) -> None:
+    cfg = T2SConfig(hidden=64, heads=2, layers=2, ffn=128)
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=9)
+    weights = load_s1(tmp_path / "s1.ckpt").weights
+    exact = T2SDecoder(weights, cfg, slots=2, max_len=64)
+    rounded = T2SDecoder(weights, cfg, slots=2, max_len=64, cache_dtype=torch.bfloat16)
+    assert rounded.kv_cache.dtype == torch.bfloat16
+    phonemes, prompt = torch.arange(1, 12), torch.arange(4, 20)
+    for slot in range(2):
+        torch.testing.assert_close(rounded.prefill(slot, phonemes, prompt), exact.prefill(slot, phonemes, prompt))
+    assert torch.equal(rounded.kv_cache, exact.kv_cache.to(torch.bfloat16))
+    worst = 0.0
+    for token in range(6):
+        tokens = torch.tensor([token, token + 7])
+        got, want = rounded.step(torch.arange(2), tokens), exact.step(torch.arange(2), tokens)
+        worst = max(worst, float((got - want).abs().max()))
+    assert 0 < worst < 0.05  # rounding moves the logits, a little
+    # the first layer's new keys and values come from the token embeddings alone (no cache in
+    # them), so the kernel's writes are fp32's, rounded to nearest even as torch rounds
+    assert torch.equal(rounded.kv_cache[0], exact.kv_cache[0].to(torch.bfloat16))
+
+
+def test_a_bf16_cache_needs_the_fused_step(tmp_path: Path) -> None:
+    cfg = T2SConfig.tiny()
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=10)
+    weights = load_s1(tmp_path / "s1.ckpt").weights
+    with pytest.raises(ValueError, match="fused attention kernel"):
+        T2SDecoder(weights, cfg, cache_dtype=torch.bfloat16, fused_attention=False)
+    decoder = T2SDecoder(weights, cfg, slots=1, max_len=32, cache_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="fixed-shape step"):
+        decoder.step_all(torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool))

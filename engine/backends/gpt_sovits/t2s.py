@@ -110,6 +110,7 @@ class T2SDecoder:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         fused_attention: bool = True,
+        cache_dtype: torch.dtype | None = None,
     ) -> None:
         """``int8`` stores the transformer's linear weights as int8 per output channel (fbgemm dynamic
         quantisation): a batch-1 step reads a quarter of the bytes, which is what bounds it on a CPU.
@@ -117,7 +118,10 @@ class T2SDecoder:
         tests use fp32.  ``device`` and ``dtype`` place every weight and the cache (int8 is for
         float32 on the CPU only).  ``fused_attention`` runs :meth:`step`'s attention through the C
         kernel (:mod:`streamvox.engine.ar.decode_attention`) where it applies: float32 on the CPU,
-        kernel built; ``False`` keeps torch's batched products (the A/B and the tests' control)."""
+        kernel built; ``False`` keeps torch's batched products (the A/B and the tests' control).
+        ``cache_dtype`` stores the keys and values in another type than ``dtype``: ``bfloat16`` on a
+        float32 CPU decoder halves the bytes a step reads (the fused kernel reads it; logits move
+        by the cache's rounding, so tokens may differ); ``None`` keeps ``dtype``."""
         self.device = torch.device(device)
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"a T2S decoder runs in float32, bfloat16 or float16, not {dtype}")
@@ -177,7 +181,7 @@ class T2SDecoder:
         self.positions = sine_positions(max_len, config.hidden).to(device=self.device, dtype=dtype)
         head_dim = config.hidden // config.heads
         shape = (config.layers, 2, slots, config.heads, max_len, head_dim)
-        self.kv_cache = torch.zeros(shape, device=self.device, dtype=dtype)
+        self.kv_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype or dtype)
         """Keys (index 0 of the second dimension) and values (1): one layer's new keys and values are
         written by one call."""
         self.k_cache = self.kv_cache[:, 0]
@@ -203,6 +207,11 @@ class T2SDecoder:
         """The fused attention kernel bound to the cache, when :meth:`step` uses it."""
         if fused_attention and self.device.type == "cpu" and dtype == torch.float32 and fused_attention_available():
             self.attention = CacheAttention(self.kv_cache)
+        if self.kv_cache.dtype != dtype and self.attention is None:
+            raise ValueError(
+                f"a {self.kv_cache.dtype} cache under {dtype} weights needs the fused attention kernel "
+                "(float32 on the CPU, built at install)"
+            )
 
     @torch.inference_mode()
     def prefill(
@@ -269,6 +278,8 @@ class T2SDecoder:
         ``torch.compile`` and CUDA graphs capture.  An inactive slot's row writes its key and value
         at its own length, where its next real token overwrites them before any step reads them,
         and its length does not move; the caller keeps every active slot below ``max_len``."""
+        if self.kv_cache.dtype != self.dtype:
+            raise ValueError("the fixed-shape step runs torch's attention, which needs the cache in the weights' dtype")
         positions = self.lengths.clamp(max=self.max_len - 1)
         logits = self._step(self._slot_ids, tokens.long(), positions, self.max_len, 0)
         grown = active.long()
