@@ -128,6 +128,23 @@ AVX512 static inline __m128 fold_to_4(__m512 t) {
     return _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
 }
 
+/* scores[0 .. width) becomes exp(score - max); returns their sum.  scores has room for width
+ * rounded up to 16 (the padding is written). */
+AVX512 static inline float softmax_in_place(float *scores, int64_t width) {
+    const int64_t padded = (width + 15) & ~(int64_t)15;
+    for (int64_t w = width; w < padded; w++) scores[w] = -INFINITY;
+    __m512 top16 = _mm512_set1_ps(-INFINITY);
+    for (int64_t w = 0; w < padded; w += 16) top16 = _mm512_max_ps(top16, _mm512_loadu_ps(scores + w));
+    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(top16));
+    __m512 total16 = _mm512_setzero_ps();
+    for (int64_t w = 0; w < padded; w += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + w), top));
+        _mm512_storeu_ps(scores + w, e);
+        total16 = _mm512_add_ps(total16, e);
+    }
+    return _mm512_reduce_add_ps(total16);
+}
+
 AVX512 static inline __m512 partial_dot(const __m512 *q, const void *row, int bf16, int vectors) {
     __m512 t = _mm512_mul_ps(q[0], load16(row, 0, bf16));
     for (int j = 1; j < vectors; j++) t = _mm512_fmadd_ps(q[j], load16(row, 16 * j, bf16), t);
@@ -152,18 +169,7 @@ AVX512 static inline void head_avx512(const float *q_in, const void *keys, const
         _mm_storeu_ps(scores + w, _mm_hadd_ps(_mm_hadd_ps(a, b), _mm_hadd_ps(c, d)));
     }
     for (; w < width; w++) scores[w] = _mm512_reduce_add_ps(partial_dot(q, k + w * row, bf16, vectors));
-
-    const int64_t padded = (width + 15) & ~(int64_t)15;
-    for (w = width; w < padded; w++) scores[w] = -INFINITY;
-    __m512 top16 = _mm512_set1_ps(-INFINITY);
-    for (w = 0; w < padded; w += 16) top16 = _mm512_max_ps(top16, _mm512_loadu_ps(scores + w));
-    const __m512 top = _mm512_set1_ps(_mm512_reduce_max_ps(top16));
-    __m512 total16 = _mm512_setzero_ps();
-    for (w = 0; w < padded; w += 16) {
-        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(scores + w), top));
-        _mm512_storeu_ps(scores + w, e);
-        total16 = _mm512_add_ps(total16, e);
-    }
+    const float total = softmax_in_place(scores, width);
 
     /* Two interleaved accumulator sets: one FMA chain per vector would wait on its own latency. */
     __m512 even[MAX_VECTORS], odd[MAX_VECTORS];
@@ -179,14 +185,103 @@ AVX512 static inline void head_avx512(const float *q_in, const void *keys, const
         __m512 p0 = _mm512_set1_ps(scores[w]);
         for (int j = 0; j < vectors; j++) even[j] = _mm512_fmadd_ps(p0, load16(v + w * row, 16 * j, bf16), even[j]);
     }
-    const __m512 inverse = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(total16));
+    const __m512 inverse = _mm512_set1_ps(1.0f / total);
     for (int j = 0; j < vectors; j++) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), inverse));
+}
+
+/* bfloat16 rows of a multiple of 32: a 64-byte load holds 32 values, element 2i in the low half of
+ * 32-bit lane i and 2i + 1 in its high half, so one shift and one mask give two float32 vectors
+ * (the even and the odd elements) without widening.  The query is split the same way once, the
+ * value sums are kept split and put back in order at the end. */
+AVX512 static inline void split_bf16(const uint16_t *row, __m512 *even, __m512 *odd) {
+    __m512i x = _mm512_loadu_si512((const void *)row);
+    *even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    *odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32((int)0xffff0000u)));
+}
+
+AVX512 static inline __m512 partial_dot_bf16(const __m512 *q_even, const __m512 *q_odd, const uint16_t *row,
+                                             int blocks) {
+    __m512 even, odd;
+    split_bf16(row, &even, &odd);
+    __m512 t = _mm512_fmadd_ps(q_odd[0], odd, _mm512_mul_ps(q_even[0], even));
+    for (int j = 1; j < blocks; j++) {
+        split_bf16(row + 32 * j, &even, &odd);
+        t = _mm512_fmadd_ps(q_even[j], even, t);
+        t = _mm512_fmadd_ps(q_odd[j], odd, t);
+    }
+    return t;
+}
+
+AVX512 static inline void head_avx512_bf16(const float *q_in, const uint16_t *keys, const uint16_t *values,
+                                           int64_t width, int blocks, float scale, float *scores, float *out) {
+    const int64_t head_dim = 32 * blocks;
+    const __m512i even_at = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd_at = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 q_even[MAX_VECTORS / 2], q_odd[MAX_VECTORS / 2];
+    for (int j = 0; j < blocks; j++) {
+        __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(q_in + 32 * j), _mm512_set1_ps(scale));
+        __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(q_in + 32 * j + 16), _mm512_set1_ps(scale));
+        q_even[j] = _mm512_permutex2var_ps(lo, even_at, hi);
+        q_odd[j] = _mm512_permutex2var_ps(lo, odd_at, hi);
+    }
+    int64_t w = 0;
+    for (; w + 4 <= width; w += 4) {
+        __m128 a = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 0) * head_dim, blocks));
+        __m128 b = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 1) * head_dim, blocks));
+        __m128 c = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 2) * head_dim, blocks));
+        __m128 d = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 3) * head_dim, blocks));
+        _mm_storeu_ps(scores + w, _mm_hadd_ps(_mm_hadd_ps(a, b), _mm_hadd_ps(c, d)));
+    }
+    for (; w < width; w++) scores[w] = _mm512_reduce_add_ps(partial_dot_bf16(q_even, q_odd, keys + w * head_dim, blocks));
+    const float total = softmax_in_place(scores, width);
+
+    /* Two positions at a time into two sets of sums, as in head_avx512: more FMA chains in flight. */
+    __m512 sum_even[MAX_VECTORS / 2], sum_odd[MAX_VECTORS / 2], next_even[MAX_VECTORS / 2], next_odd[MAX_VECTORS / 2];
+    for (int j = 0; j < blocks; j++) sum_even[j] = sum_odd[j] = next_even[j] = next_odd[j] = _mm512_setzero_ps();
+    for (w = 0; w + 2 <= width; w += 2) {
+        const __m512 p0 = _mm512_set1_ps(scores[w]), p1 = _mm512_set1_ps(scores[w + 1]);
+        for (int j = 0; j < blocks; j++) {
+            __m512 even, odd;
+            split_bf16(values + w * head_dim + 32 * j, &even, &odd);
+            sum_even[j] = _mm512_fmadd_ps(p0, even, sum_even[j]);
+            sum_odd[j] = _mm512_fmadd_ps(p0, odd, sum_odd[j]);
+            split_bf16(values + (w + 1) * head_dim + 32 * j, &even, &odd);
+            next_even[j] = _mm512_fmadd_ps(p1, even, next_even[j]);
+            next_odd[j] = _mm512_fmadd_ps(p1, odd, next_odd[j]);
+        }
+    }
+    if (w < width) {
+        const __m512 p0 = _mm512_set1_ps(scores[w]);
+        for (int j = 0; j < blocks; j++) {
+            __m512 even, odd;
+            split_bf16(values + w * head_dim + 32 * j, &even, &odd);
+            sum_even[j] = _mm512_fmadd_ps(p0, even, sum_even[j]);
+            sum_odd[j] = _mm512_fmadd_ps(p0, odd, sum_odd[j]);
+        }
+    }
+    for (int j = 0; j < blocks; j++) {
+        sum_even[j] = _mm512_add_ps(sum_even[j], next_even[j]);
+        sum_odd[j] = _mm512_add_ps(sum_odd[j], next_odd[j]);
+    }
+    const __m512i low_at = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high_at = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    const __m512 inverse = _mm512_set1_ps(1.0f / total);
+    for (int j = 0; j < blocks; j++) {
+        __m512 even = _mm512_mul_ps(sum_even[j], inverse), odd = _mm512_mul_ps(sum_odd[j], inverse);
+        _mm512_storeu_ps(out + 32 * j, _mm512_permutex2var_ps(even, low_at, odd));
+        _mm512_storeu_ps(out + 32 * j + 16, _mm512_permutex2var_ps(even, high_at, odd));
+    }
 }
 
 /* head_dim 32 (GPT-SoVITS v2) with the vector count known at compile time, so loops unroll. */
 AVX512 static void head_avx512_32(const float *q, const void *keys, const void *values, int bf16, int64_t width,
                                   float scale, float *scores, float *out) {
     head_avx512(q, keys, values, bf16, width, 2, scale, scores, out);
+}
+
+AVX512 static void head_avx512_bf16_32(const float *q, const void *keys, const void *values, int64_t width,
+                                       float scale, float *scores, float *out) {
+    head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, 1, scale, scores, out);
 }
 
 AVX512 static void head_avx512_any(const float *q, const void *keys, const void *values, int bf16, int64_t width,
@@ -242,6 +337,15 @@ static void run_step(const Step *s, int threads) {
         const float *q = row + h * s->head_dim;
         float *out = s->out + b * hidden + h * s->head_dim;
 #if HAVE_X86
+        if (s->fast && s->bf16 && s->head_dim == 32) {
+            head_avx512_bf16_32(q, keys, values, width, s->scale, scores, out);
+            continue;
+        }
+        if (s->fast && s->bf16 && s->head_dim % 32 == 0) {
+            head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, (int)(s->head_dim / 32),
+                             s->scale, scores, out);
+            continue;
+        }
         if (s->fast && s->head_dim == 32) {
             head_avx512_32(q, keys, values, s->bf16, width, s->scale, scores, out);
             continue;
