@@ -36,8 +36,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from streamvox.engine.ar.blocked_linear import block_count, blocked_product, column_blocks
-from streamvox.engine.ar.decode_attention import CacheAttention
-from streamvox.engine.ar.decode_attention import available as fused_attention_available
+from streamvox.engine.ar.cpu_attention import CacheAttention, prefix_attention
+from streamvox.engine.ar.cpu_attention import available as fused_attention_available
 
 BERT_DIM = 1024
 
@@ -117,7 +117,7 @@ class T2SDecoder:
         Logits then differ from fp32 by about 1 % per layer, so tokens may differ too; the parity
         tests use fp32.  ``device`` and ``dtype`` place every weight and the cache (int8 is for
         float32 on the CPU only).  ``fused_attention`` runs :meth:`step`'s attention through the C
-        kernel (:mod:`streamvox.engine.ar.decode_attention`) where it applies: float32 on the CPU,
+        kernel (:mod:`streamvox.engine.ar.cpu_attention`) where it applies: float32 on the CPU,
         kernel built; ``False`` keeps torch's batched products (the A/B and the tests' control).
         ``cache_dtype`` stores the keys and values in another type than ``dtype``: ``bfloat16`` on a
         float32 CPU decoder halves the bytes a step reads (the fused kernel reads it; logits move
@@ -233,6 +233,11 @@ class T2SDecoder:
         audio = F.embedding(prompt.long().to(device), self.audio_embedding)
         audio = audio + self.audio_alpha * self.positions[:n_audio]
         x = torch.cat([text, audio], dim=0).unsqueeze(0)
+        if self.attention is not None:
+            x = self._fused_prefill(slot, x[0], n_text)
+            self.lengths[slot] = total
+            self.audio_lengths[slot] = n_audio
+            return F.linear(x[-1], self.head).float().cpu()
         keep = torch.zeros(total, total, dtype=torch.bool, device=device)
         keep[:, :n_text] = True
         keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool, device=device))
@@ -325,6 +330,21 @@ class T2SDecoder:
             x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
             x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
         return F.linear(x, self.head)
+
+    def _fused_prefill(self, slot: int, x: torch.Tensor, n_text: int) -> torch.Tensor:
+        """:meth:`prefill`'s layers with the C prefix-attention kernel (CPU, float32): ``x`` is the
+        ``(positions, hidden)`` input; returns the last layer's output.  The prefix-LM mask is a
+        prefix per row: text rows see the text, audio rows the text and the audio up to themselves."""
+        total, (hidden, heads, eps) = x.shape[0], (self.config.hidden, self.config.heads, self.config.norm_eps)
+        widths = torch.cat([torch.full((n_text,), n_text), torch.arange(n_text + 1, total + 1)])
+        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
+            qkv = qkv_linear(x).contiguous()
+            self.k_cache[layer, slot, :, :total] = qkv[:, hidden : 2 * hidden].view(total, heads, -1).transpose(0, 1)
+            self.v_cache[layer, slot, :, :total] = qkv[:, 2 * hidden :].view(total, heads, -1).transpose(0, 1)
+            attn = prefix_attention(qkv, widths, heads)
+            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
+            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
+        return x
 
     def _fused_step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """:meth:`_step` with each layer's cache write and attention in one kernel call (CPU, float32):

@@ -1,12 +1,14 @@
-/* One-query attention over a static KV cache, fused, for autoregressive decode steps on a CPU.
+/* Fused attention for autoregressive decoders on a CPU: the decode step's and the prefill's.
  *
- * A decode step attends one new query per (stream, head) to that stream's cached keys and values.
- * Done with torch's batched products that is batch * heads tiny matrix products per layer, each a
+ * The step: one new query per (stream, head) against that stream's cached keys and values.  Done
+ * with torch's batched products that is batch * heads tiny matrix products per layer, each a
  * library call that costs more than the bytes it reads (a batch-16 GPT-SoVITS step spent 18 of its
- * 26 ms there, reading the cache at about 20 GB/s).  This kernel does one (stream, head) in one
- * pass: it writes the step's new key and value at the stream's position, takes the scores against
- * the stream's live positions only (no mask, no padding to the longest stream), a softmax, and the
- * weighted sum of the values, with the OpenMP team spread over (stream, head) pairs.
+ * 26 ms there, reading the cache at about 20 GB/s).  Here each (stream, head) is one pass: write
+ * the step's new key and value at the stream's position, score against the stream's live
+ * positions only (no mask, no padding to the longest stream), softmax, weighted sum of the values;
+ * the OpenMP team is spread over (stream, head) pairs.
+ *
+ * The prefill: every row of a sequence against a prefix of the same sequence (see run_prefill).
  *
  * Cache layout (one layer): [2][slots][heads][max_len][head_dim], keys then values, float32 or
  * bfloat16 (the upper half of a float32, rounded to nearest even when written).  qkv is the
@@ -24,6 +26,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -359,6 +362,141 @@ static void run_step(const Step *s, int threads) {
     }
 }
 
+/* ---- the prefill: every row of a sequence attends to a prefix of it ------------------------------ */
+
+/* A prefill attends T query rows to the same sequence's keys, row i to keys 0 .. widths[i] - 1
+ * (GPT-SoVITS's prefix-LM mask: text rows see the text, audio rows the text and the audio up to
+ * themselves).  Per head, the keys are transposed once into 16-key blocks (head_dim rows of 16),
+ * so a row's scores for 16 keys are head_dim broadcast FMAs with no horizontal sums; the values
+ * are summed as in the step.  Rows read keys and values straight from qkv ([T][3 * hidden]). */
+
+#if HAVE_X86
+AVX512 static void prefix_head_avx512(const float *qkv, int64_t length, int64_t hidden, int64_t h, int vectors,
+                                      const int64_t *widths, float scale, float *keys_t, float *values,
+                                      float *scores, float *out) {
+    const int64_t head_dim = 16 * vectors, stride = 3 * hidden;
+    const int64_t blocks = (length + 15) / 16;
+    /* The head's values, packed: in qkv its rows are 3 * hidden floats apart, a page or more, and
+     * every row of the prefill reads them all again. */
+    for (int64_t w = 0; w < length; w++)
+        memcpy(values + w * head_dim, qkv + w * stride + 2 * hidden + h * head_dim, (size_t)head_dim * sizeof(float));
+    for (int64_t block = 0; block < blocks; block++) {
+        float *dst = keys_t + block * head_dim * 16;
+        for (int64_t j = 0; j < 16; j++) {
+            const int64_t w = block * 16 + j;
+            const float *key = qkv + w * stride + hidden + h * head_dim;
+            for (int64_t d = 0; d < head_dim; d++) dst[d * 16 + j] = w < length ? key[d] : 0.0f;
+        }
+    }
+    for (int64_t i = 0; i < length; i++) {
+        const float *q = qkv + i * stride + h * head_dim;
+        const int64_t width = widths[i];
+        for (int64_t block = 0; block < (width + 15) / 16; block++) {
+            const float *src = keys_t + block * head_dim * 16;
+            /* four sums in flight: one chain would wait out each FMA's latency (head_dim is a multiple of 16) */
+            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), e = _mm512_setzero_ps();
+            for (int64_t d = 0; d < head_dim; d += 4) {
+                a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(src + d * 16), a);
+                b = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(src + (d + 1) * 16), b);
+                c = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 2]), _mm512_loadu_ps(src + (d + 2) * 16), c);
+                e = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 3]), _mm512_loadu_ps(src + (d + 3) * 16), e);
+            }
+            __m512 sum = _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, e));
+            _mm512_storeu_ps(scores + block * 16, _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
+        }
+        const float total = softmax_in_place(scores, width);
+        __m512 even[MAX_VECTORS], odd[MAX_VECTORS];
+        for (int j = 0; j < vectors; j++) even[j] = odd[j] = _mm512_setzero_ps();
+        int64_t w = 0;
+        for (; w + 2 <= width; w += 2) {
+            const float *v0 = values + w * head_dim, *v1 = v0 + head_dim;
+            const __m512 p0 = _mm512_set1_ps(scores[w]), p1 = _mm512_set1_ps(scores[w + 1]);
+            for (int j = 0; j < vectors; j++) {
+                even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
+                odd[j] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * j), odd[j]);
+            }
+        }
+        if (w < width) {
+            const float *v0 = values + w * head_dim;
+            const __m512 p0 = _mm512_set1_ps(scores[w]);
+            for (int j = 0; j < vectors; j++) even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
+        }
+        const __m512 inverse = _mm512_set1_ps(1.0f / total);
+        float *o = out + i * hidden + h * head_dim;
+        for (int j = 0; j < vectors; j++) _mm512_storeu_ps(o + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), inverse));
+    }
+}
+#endif
+
+static void prefix_head_portable(const float *qkv, int64_t length, int64_t hidden, int64_t h, int64_t head_dim,
+                                 const int64_t *widths, float scale, float *scores, float *out) {
+    const int64_t stride = 3 * hidden;
+    for (int64_t i = 0; i < length; i++) {
+        /* the keys and values of this head are rows of qkv, head_dim apart within a row */
+        const float *q = qkv + i * stride + h * head_dim;
+        const int64_t width = widths[i];
+        float top = -INFINITY;
+        for (int64_t w = 0; w < width; w++) {
+            const float *k = qkv + w * stride + hidden + h * head_dim;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < head_dim; d++) dot += q[d] * k[d];
+            scores[w] = dot * scale;
+            if (scores[w] > top) top = scores[w];
+        }
+        float total = 0.0f;
+        for (int64_t w = 0; w < width; w++) {
+            scores[w] = exp_nonpositive(scores[w] - top);
+            total += scores[w];
+        }
+        float *o = out + i * hidden + h * head_dim;
+        for (int64_t d = 0; d < head_dim; d++) o[d] = 0.0f;
+        for (int64_t w = 0; w < width; w++) {
+            const float *v = qkv + w * stride + 2 * hidden + h * head_dim;
+            for (int64_t d = 0; d < head_dim; d++) o[d] += scores[w] * v[d];
+        }
+        for (int64_t d = 0; d < head_dim; d++) o[d] /= total;
+    }
+}
+
+typedef struct {
+    const float *qkv;
+    const int64_t *widths;
+    float *out;
+    int64_t length, heads, head_dim;
+    float scale;
+    int fast;
+} Prefill;
+
+/* Returns 0, or -1 when a buffer could not be allocated. */
+static int run_prefill(const Prefill *p, int threads) {
+    const int64_t hidden = p->heads * p->head_dim, padded = (p->length + 15) & ~(int64_t)15;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *scores = malloc((size_t)padded * sizeof(float));
+        float *keys_t = p->fast ? malloc((size_t)(2 * padded * p->head_dim) * sizeof(float)) : NULL;
+        if (scores == NULL || (p->fast && keys_t == NULL)) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t h = 0; h < p->heads; h++) {
+            if (scores == NULL || (p->fast && keys_t == NULL)) continue;
+#if HAVE_X86
+            if (p->fast) {
+                prefix_head_avx512(p->qkv, p->length, hidden, h, (int)(p->head_dim / 16), p->widths, p->scale, keys_t,
+                                   keys_t + padded * p->head_dim, scores, p->out);
+                continue;
+            }
+#endif
+            prefix_head_portable(p->qkv, p->length, hidden, h, p->head_dim, p->widths, p->scale, scores, p->out);
+        }
+        free(scores);
+        free(keys_t);
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---- Python binding --------------------------------------------------------------------------- */
 
 static int fast_path_usable(int64_t head_dim) {
@@ -406,6 +544,42 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
+static PyObject *py_prefix_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "prefix_attention takes 9 arguments");
+        return NULL;
+    }
+    int64_t values[9];
+    for (Py_ssize_t i = 0; i < 9; i++) {
+        if (i == 6) continue;
+        values[i] = PyLong_AsLongLong(args[i]);
+        if (values[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    double scale = PyFloat_AsDouble(args[6]);
+    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+    Prefill p;
+    p.qkv = (const float *)(uintptr_t)values[0];
+    p.widths = (const int64_t *)(uintptr_t)values[1];
+    p.out = (float *)(uintptr_t)values[2];
+    p.length = values[3];
+    p.heads = values[4];
+    p.head_dim = values[5];
+    p.scale = (float)scale;
+    int portable = values[7] != 0, threads = (int)values[8];
+    if (p.length < 1 || p.heads < 1 || p.head_dim < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "prefix_attention: bad sizes or thread count");
+        return NULL;
+    }
+    p.fast = !portable && fast_path_usable(p.head_dim);
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = run_prefill(&p, threads);
+    Py_END_ALLOW_THREADS
+    if (status != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_fast_path(PyObject *self, PyObject *arg) {
     (void)self;
     int64_t head_dim = PyLong_AsLongLong(arg);
@@ -416,17 +590,20 @@ static PyObject *py_fast_path(PyObject *self, PyObject *arg) {
 static PyMethodDef methods[] = {
     {"decode_attention", (PyCFunction)(void (*)(void))py_decode_attention, METH_FASTCALL,
      "decode_attention(qkv, cache, slot_ids, positions, out, batch, heads, head_dim, slots, max_len, scale,"
-     " cache_type, portable, threads): raw addresses and sizes; see streamvox.engine.ar.decode_attention."},
+     " cache_type, portable, threads): raw addresses and sizes; see streamvox.engine.ar.cpu_attention."},
+    {"prefix_attention", (PyCFunction)(void (*)(void))py_prefix_attention, METH_FASTCALL,
+     "prefix_attention(qkv, widths, out, length, heads, head_dim, scale, portable, threads): raw addresses and"
+     " sizes; see streamvox.engine.ar.cpu_attention."},
     {"fast_path", py_fast_path, METH_O, "fast_path(head_dim): whether the AVX-512 path runs for this head size."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "_decode_attention",
-    .m_doc = "Fused one-query attention over a KV cache (C kernel).",
+    .m_name = "_cpu_attention",
+    .m_doc = "Fused attention kernels for AR decoders on a CPU: the decode step and the prefill.",
     .m_size = -1,
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__decode_attention(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu_attention(void) { return PyModule_Create(&module); }

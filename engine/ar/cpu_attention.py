@@ -1,20 +1,24 @@
-"""Fused one-query attention over a static KV cache for a CPU decode step (a C kernel).
+"""Fused attention kernels for AR decoders on a CPU (C): the decode step's and the prefill's.
 
-A decode step's attention is one query per (stream, head) against that stream's
-cached keys and values.  Torch runs it as batch x heads tiny matrix products a
-layer, each a library call costing more than the bytes it reads: a batch-16
-GPT-SoVITS int8 step spent 18 of its 26 ms there, reading the fp32 cache at
-about 20 GB/s.  The kernel (``decode_attention.c``, built at install as
-``_decode_attention``) does each (stream, head) in one pass: it writes the
-step's new key and value at the stream's position, then scores, softmax and the
-weighted values over that stream's live positions only.  It reads the cache at
-about the machine's read bandwidth (see README, "AR batching").
+A decode step's attention is one query per (stream, head) against that
+stream's cached keys and values.  Torch runs it as batch x heads tiny matrix
+products a layer, each a library call costing more than the bytes it reads: a
+batch-16 GPT-SoVITS int8 step spent 18 of its 26 ms there, reading the fp32
+cache at about 20 GB/s.  :class:`CacheAttention` (the kernel in
+``cpu_attention.c``, built at install as ``_cpu_attention``) does each (stream,
+head) in one pass: it writes the step's new key and value at the stream's
+position, then scores, softmax and the weighted values over that stream's live
+positions only, at about the machine's read bandwidth.
+
+A prefill attends every row of a sequence to a prefix of it (GPT-SoVITS's
+prefix-LM mask); torch's fused CPU kernel ran those 32-wide heads at about 35
+GMAC/s.  :func:`prefix_attention` transposes each head's keys once into 16-key
+blocks so a row's scores are broadcast multiply-adds with no horizontal sums.
 
 The extension is optional at install (no C compiler: the package still
 installs); :func:`available` says whether it was built, and a decoder falls back
-to torch's products without it.  The test suite requires it.
-
-Thread-safety: see :meth:`CacheAttention.__call__`.
+to torch's products without it.  The test suite requires it.  Both kernels run
+on the calling thread's torch thread count with the GIL released.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 """The cache element types the kernel reads, and their codes in the C call."""
 
 try:
-    _kernel = importlib.import_module("streamvox.engine.ar._decode_attention")
+    _kernel = importlib.import_module("streamvox.engine.ar._cpu_attention")
 except ImportError:  # built optionally: no compiler at install time
     _kernel = None
 
@@ -42,6 +46,40 @@ def fast_path(head_dim: int) -> bool:
     return _kernel is not None and bool(_kernel.fast_path(head_dim))
 
 
+def prefix_attention(qkv: torch.Tensor, widths: torch.Tensor, heads: int, portable: bool = False) -> torch.Tensor:
+    """Attention of every row of a sequence over a prefix of it: row ``i`` over rows ``0 ..
+    widths[i] - 1``.
+
+    ``qkv`` is ``(length, 3 * hidden)`` float32, contiguous (queries, keys, values; ``heads``
+    heads inside each); ``widths`` ``(length,)`` int64 with every width in ``1 .. length``.
+    Returns ``(length, hidden)`` float32, the softmax scaled by ``head_dim ** -0.5``.
+    ``portable`` forces the plain-C path (tests).  Reads only its arguments: thread-safe."""
+    if _kernel is None:
+        raise RuntimeError("the attention kernels were not built (no C compiler when streamvox was installed)")
+    length = qkv.shape[0] if qkv.dim() == 2 else 0
+    if qkv.dtype != torch.float32 or length < 1 or qkv.shape[1] % (3 * heads) or not qkv.is_contiguous():
+        raise ValueError(f"qkv must be contiguous float32 (length, 3 * hidden) for {heads} heads")
+    if widths.dtype != torch.int64 or widths.shape != (length,) or not widths.is_contiguous():
+        raise ValueError(f"widths must be one contiguous int64 per row ({length})")
+    if int(widths.min()) < 1 or int(widths.max()) > length:
+        raise ValueError(f"every width must be within 1..{length}")
+    hidden = qkv.shape[1] // 3
+    head_dim = hidden // heads
+    out = torch.empty(length, hidden)
+    _kernel.prefix_attention(
+        qkv.data_ptr(),
+        widths.data_ptr(),
+        out.data_ptr(),
+        length,
+        heads,
+        head_dim,
+        head_dim**-0.5,
+        int(portable),
+        torch.get_num_threads(),
+    )
+    return out
+
+
 class CacheAttention:
     """The kernel bound to a decoder's whole static cache, checked once: the step calls it once a layer.
 
@@ -51,7 +89,7 @@ class CacheAttention:
 
     def __init__(self, cache: torch.Tensor, portable: bool = False) -> None:
         if _kernel is None:
-            raise RuntimeError("the decode-attention kernel was not built (no C compiler when streamvox was installed)")
+            raise RuntimeError("the attention kernels were not built (no C compiler when streamvox was installed)")
         if cache.dim() != 6 or cache.shape[1] != 2 or cache.device.type != "cpu":
             raise ValueError("cache must be (layers, 2, slots, heads, max_len, head_dim) on the CPU")
         if cache.dtype not in CACHE_TYPES or not cache.is_contiguous():

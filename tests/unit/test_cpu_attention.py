@@ -1,4 +1,4 @@
-"""The fused decode-attention kernel (engine/ar/decode_attention.c) against torch's own attention."""
+"""The fused attention kernels (engine/ar/cpu_attention.c) against torch's own attention."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from streamvox.engine.ar import decode_attention
-from streamvox.engine.ar.decode_attention import CacheAttention
+from streamvox.engine.ar import cpu_attention
+from streamvox.engine.ar.cpu_attention import CacheAttention, prefix_attention
 
 
 def reference(
@@ -47,7 +47,7 @@ def run(
 
 def test_the_kernel_is_built() -> None:
     """The suite needs the compiled kernel: without it the decoders silently fall back to torch."""
-    assert decode_attention.available()
+    assert cpu_attention.available()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -78,8 +78,8 @@ def test_matches_torch_attention(dtype: torch.dtype, portable: bool, head_dim: i
 def test_fast_path_is_used_for_gpt_sovits_heads_on_an_avx512_cpu() -> None:
     cpuinfo = Path("/proc/cpuinfo")
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
-    assert decode_attention.fast_path(32) == bool(re.search(r"\bavx512f\b", flags))
-    assert not decode_attention.fast_path(24)
+    assert cpu_attention.fast_path(32) == bool(re.search(r"\bavx512f\b", flags))
+    assert not cpu_attention.fast_path(24)
 
 
 def test_positions_past_a_row_are_never_read() -> None:
@@ -154,3 +154,59 @@ def test_bad_steps_are_refused() -> None:
         CacheAttention(make_cache(2, 3, 2, 16, 32, torch.float32).transpose(4, 5))
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         CacheAttention(torch.zeros(1, 2, 1, 1, 4, 4, dtype=torch.float16))
+
+
+def prefix_lm_widths(text: int, audio: int) -> torch.Tensor:
+    """GPT-SoVITS's prefill mask as prefix widths: text rows see the text, audio rows the text and
+    the audio up to themselves."""
+    return torch.tensor([text] * text + [text + a + 1 for a in range(audio)])
+
+
+def prefix_reference(qkv: torch.Tensor, widths: torch.Tensor, heads: int) -> torch.Tensor:
+    length, hidden = qkv.shape[0], qkv.shape[1] // 3
+    q, k, v = (t.view(length, heads, -1).transpose(0, 1) for t in qkv.split(hidden, dim=1))
+    keep = torch.arange(length).unsqueeze(0) < widths.unsqueeze(1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(0, 1).reshape(length, hidden)
+
+
+@pytest.mark.parametrize("portable", [False, True])
+@pytest.mark.parametrize(("heads", "head_dim"), [(16, 32), (2, 64), (3, 24)])
+@pytest.mark.parametrize("shape", ["prefix-lm", "random"])
+def test_prefix_attention_matches_torch(portable: bool, heads: int, head_dim: int, shape: str) -> None:
+    generator = torch.Generator().manual_seed(heads * head_dim)
+    length = 37  # not a multiple of 16: the last key block is partial
+    if shape == "prefix-lm":
+        widths = prefix_lm_widths(9, length - 9)
+    else:
+        widths = torch.randint(1, length + 1, (length,), generator=generator)
+    qkv = 2 * torch.randn(length, 3 * heads * head_dim, generator=generator)
+    got = prefix_attention(qkv, widths, heads, portable=portable)
+    torch.testing.assert_close(got, prefix_reference(qkv, widths, heads), rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_attention_is_the_same_on_one_thread_or_two() -> None:
+    qkv = torch.randn(210, 3 * 512, generator=torch.Generator().manual_seed(11))
+    widths = prefix_lm_widths(60, 150)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            results.append(prefix_attention(qkv, widths, 16))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+
+
+def test_prefix_attention_refuses_bad_input() -> None:
+    qkv = torch.zeros(4, 3 * 64)
+    with pytest.raises(ValueError, match="width"):
+        prefix_attention(qkv, torch.tensor([1, 2, 3, 5]), 2)
+    with pytest.raises(ValueError, match="width"):
+        prefix_attention(qkv, torch.tensor([0, 2, 3, 4]), 2)
+    with pytest.raises(ValueError, match="widths"):
+        prefix_attention(qkv, torch.tensor([1, 2, 3]), 2)
+    with pytest.raises(ValueError, match="qkv"):
+        prefix_attention(torch.zeros(4, 3 * 64, dtype=torch.float64), torch.tensor([1, 2, 3, 4]), 2)
+    with pytest.raises(ValueError, match="qkv"):
+        prefix_attention(torch.zeros(4, 100), torch.tensor([1, 2, 3, 4]), 2)
