@@ -25,8 +25,9 @@ HuBERT model (``cnhubert``, a local Hugging Face directory; the reference must
 then last 3 to 10 s, as upstream requires); nothing is downloaded.
 
 ``device`` puts T2S and SoVITS on one torch device (HuBERT, used once at load,
-stays on the CPU).  ``step`` picks T2S's decode step: ``variable`` (attends up
-to the longest live slot; best on a CPU) or one of
+stays on the CPU).  ``step`` picks T2S's decode step: ``variable`` (any set of
+slots; on a CPU in float32 the fused C kernels attend each slot over its own
+length, :mod:`~streamvox.engine.ar.cpu_attention`; best on a CPU) or one of
 :data:`~streamvox.engine.ar.fixed_step.MODES`, which step every slot at fixed
 shapes, compiled or replayed as a CUDA graph (what a GPU wants).
 
