@@ -230,19 +230,19 @@ def cache_rounding(checkpoint: Path, phonemes: list[int], prompt: list[int], tok
         token = logits["fp32"][-1][: cfg.eos].argmax().view(1)
         for name, decoder in decoders.items():
             logits[name].append(decoder.step(slot, token)[0])
-    exact = torch.stack(logits["fp32"])
+    exact = torch.stack(logits["fp32"]).double()  # float64: a KL this small drowns in float32 rounding
     rows = []
     for name in paths:
         if name == "fp32":
             continue
-        other = torch.stack(logits[name])
+        other = torch.stack(logits[name]).double()
         kl = torch.nn.functional.kl_div(other.log_softmax(-1), exact.log_softmax(-1), log_target=True, reduction="none")
         rows.append(
             {
                 "path": name,
                 "max_logit_diff": float((other - exact).abs().max()),
                 "top1_agreement": float((other.argmax(-1) == exact.argmax(-1)).float().mean()),
-                "mean_kl": float(kl.sum(-1).mean()),
+                "mean_kl": max(0.0, float(kl.sum(-1).mean())),
             }
         )
     return rows
