@@ -73,12 +73,14 @@ static inline float load_one(const void *row, int64_t i, int bf16) {
     return bf16 ? from_bf16(((const uint16_t *)row)[i]) : ((const float *)row)[i];
 }
 
+/* One query over width key and value rows, row_stride elements apart (head_dim in a cache, a
+ * whole qkv row in a prefill). */
 static void head_portable(const float *q, const void *keys, const void *values, int bf16, int64_t width,
-                          int64_t head_dim, float scale, float *scores, float *out) {
+                          int64_t head_dim, int64_t row_stride, float scale, float *scores, float *out) {
     size_t item = bf16 ? 2 : 4;
     float top = -INFINITY;
     for (int64_t w = 0; w < width; w++) {
-        const char *k = (const char *)keys + (size_t)(w * head_dim) * item;
+        const char *k = (const char *)keys + (size_t)(w * row_stride) * item;
         float dot = 0.0f;
         for (int64_t d = 0; d < head_dim; d++) dot += q[d] * load_one(k, d, bf16);
         scores[w] = dot * scale;
@@ -91,7 +93,7 @@ static void head_portable(const float *q, const void *keys, const void *values, 
     }
     for (int64_t d = 0; d < head_dim; d++) out[d] = 0.0f;
     for (int64_t w = 0; w < width; w++) {
-        const char *v = (const char *)values + (size_t)(w * head_dim) * item;
+        const char *v = (const char *)values + (size_t)(w * row_stride) * item;
         for (int64_t d = 0; d < head_dim; d++) out[d] += scores[w] * load_one(v, d, bf16);
     }
     for (int64_t d = 0; d < head_dim; d++) out[d] /= total;
@@ -358,7 +360,7 @@ static void run_step(const Step *s, int threads) {
             continue;
         }
 #endif
-        head_portable(q, keys, values, s->bf16, width, s->head_dim, s->scale, scores, out);
+        head_portable(q, keys, values, s->bf16, width, s->head_dim, s->head_dim, s->scale, scores, out);
     }
 }
 
@@ -431,31 +433,10 @@ AVX512 static void prefix_head_avx512(const float *qkv, int64_t length, int64_t 
 static void prefix_head_portable(const float *qkv, int64_t length, int64_t hidden, int64_t h, int64_t head_dim,
                                  const int64_t *widths, float scale, float *scores, float *out) {
     const int64_t stride = 3 * hidden;
-    for (int64_t i = 0; i < length; i++) {
-        /* the keys and values of this head are rows of qkv, head_dim apart within a row */
-        const float *q = qkv + i * stride + h * head_dim;
-        const int64_t width = widths[i];
-        float top = -INFINITY;
-        for (int64_t w = 0; w < width; w++) {
-            const float *k = qkv + w * stride + hidden + h * head_dim;
-            float dot = 0.0f;
-            for (int64_t d = 0; d < head_dim; d++) dot += q[d] * k[d];
-            scores[w] = dot * scale;
-            if (scores[w] > top) top = scores[w];
-        }
-        float total = 0.0f;
-        for (int64_t w = 0; w < width; w++) {
-            scores[w] = exp_nonpositive(scores[w] - top);
-            total += scores[w];
-        }
-        float *o = out + i * hidden + h * head_dim;
-        for (int64_t d = 0; d < head_dim; d++) o[d] = 0.0f;
-        for (int64_t w = 0; w < width; w++) {
-            const float *v = qkv + w * stride + 2 * hidden + h * head_dim;
-            for (int64_t d = 0; d < head_dim; d++) o[d] += scores[w] * v[d];
-        }
-        for (int64_t d = 0; d < head_dim; d++) o[d] /= total;
-    }
+    const float *keys = qkv + hidden + h * head_dim, *values = qkv + 2 * hidden + h * head_dim;
+    for (int64_t i = 0; i < length; i++)
+        head_portable(qkv + i * stride + h * head_dim, keys, values, 0, widths[i], head_dim, stride, scale, scores,
+                      out + i * hidden + h * head_dim);
 }
 
 typedef struct {
@@ -503,21 +484,29 @@ static int fast_path_usable(int64_t head_dim) {
     return cpu_has_avx512() && head_dim % 16 == 0 && head_dim / 16 <= 16;
 }
 
+/* The entry points take addresses and sizes as ints and one float (the softmax scale, at
+ * scale_at): into values[] and *scale.  Returns 0, or -1 with a Python error set. */
+static int read_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected, Py_ssize_t scale_at,
+                     const char *name, int64_t *values, double *scale) {
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s takes %zd arguments", name, expected);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < expected; i++) {
+        if (i == scale_at) continue;
+        values[i] = PyLong_AsLongLong(args[i]);
+        if (values[i] == -1 && PyErr_Occurred()) return -1;
+    }
+    *scale = PyFloat_AsDouble(args[scale_at]);
+    return *scale == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
 static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "decode_attention takes 14 arguments");
-        return NULL;
-    }
     Step s;
     int64_t values[14];
-    for (Py_ssize_t i = 0; i < 14; i++) {
-        if (i == 10) continue;
-        values[i] = PyLong_AsLongLong(args[i]);
-        if (values[i] == -1 && PyErr_Occurred()) return NULL;
-    }
-    double scale = PyFloat_AsDouble(args[10]);
-    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+    double scale;
+    if (read_args(args, nargs, 14, 10, "decode_attention", values, &scale) != 0) return NULL;
     s.qkv = (const float *)(uintptr_t)values[0];
     s.cache = (void *)(uintptr_t)values[1];
     s.slot_ids = (const int64_t *)(uintptr_t)values[2];
@@ -546,18 +535,9 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_s
 
 static PyObject *py_prefix_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "prefix_attention takes 9 arguments");
-        return NULL;
-    }
     int64_t values[9];
-    for (Py_ssize_t i = 0; i < 9; i++) {
-        if (i == 6) continue;
-        values[i] = PyLong_AsLongLong(args[i]);
-        if (values[i] == -1 && PyErr_Occurred()) return NULL;
-    }
-    double scale = PyFloat_AsDouble(args[6]);
-    if (scale == -1.0 && PyErr_Occurred()) return NULL;
+    double scale;
+    if (read_args(args, nargs, 9, 6, "prefix_attention", values, &scale) != 0) return NULL;
     Prefill p;
     p.qkv = (const float *)(uintptr_t)values[0];
     p.widths = (const int64_t *)(uintptr_t)values[1];
