@@ -116,9 +116,10 @@ class T2SDecoder:
         quantisation): a batch-1 step reads a quarter of the bytes, which is what bounds it on a CPU.
         Logits then differ from fp32 by about 1 % per layer, so tokens may differ too; the parity
         tests use fp32.  ``device`` and ``dtype`` place every weight and the cache (int8 is for
-        float32 on the CPU only).  ``fused_attention`` runs :meth:`step`'s attention through the C
-        kernel (:mod:`streamvox.engine.ar.cpu_attention`) where it applies: float32 on the CPU,
-        kernel built; ``False`` keeps torch's batched products (the A/B and the tests' control).
+        float32 on the CPU only).  ``fused_attention`` runs the attention of :meth:`prefill` and
+        :meth:`step` through the C kernels (:mod:`streamvox.engine.ar.cpu_attention`) where they
+        apply: float32 on the CPU, kernels built; ``False`` keeps torch's own (the A/B and the
+        tests' control).
         ``cache_dtype`` stores the keys and values in another type than ``dtype``: ``bfloat16`` on a
         float32 CPU decoder halves the bytes a step reads (the fused kernel reads it; logits move
         by the cache's rounding, so tokens may differ); ``None`` keeps ``dtype``."""
@@ -204,7 +205,8 @@ class T2SDecoder:
         ]
         """Each layer's norms and linears, unpacked once: the step's loop runs 24 times a token."""
         self.attention: CacheAttention | None = None
-        """The fused attention kernel bound to the cache, when :meth:`step` uses it."""
+        """The step's attention kernel bound to the cache, when :meth:`step` and :meth:`prefill` use
+        the C kernels."""
         if fused_attention and self.device.type == "cpu" and dtype == torch.float32 and fused_attention_available():
             self.attention = CacheAttention(self.kv_cache)
         if self.kv_cache.dtype != dtype and self.attention is None:
