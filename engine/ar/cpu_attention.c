@@ -314,54 +314,71 @@ typedef struct {
     int bf16, fast;
 } Step;
 
-static void run_step(const Step *s, int threads) {
-    const int64_t hidden = s->heads * s->head_dim, pairs = s->batch * s->heads;
+/* One (stream, head) of a step; scores has room for max_len rounded up to 16. */
+static void step_pair(const Step *s, int64_t pair, float *scores) {
+    const int64_t hidden = s->heads * s->head_dim;
     const size_t item = s->bf16 ? 2 : 4;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t pair = 0; pair < pairs; pair++) {
-        const int64_t b = pair / s->heads, h = pair % s->heads;
-        const int64_t slot = s->slot_ids[b], position = s->positions[b];
-        const int64_t width = position + 1;
-        const size_t head_rows = (size_t)(s->max_len * s->head_dim);
-        char *keys = (char *)s->cache + ((size_t)(slot * s->heads + h) * head_rows) * item;
-        char *values = (char *)s->cache + ((size_t)((s->slots + slot) * s->heads + h) * head_rows) * item;
-        const float *row = s->qkv + b * 3 * hidden;
-        const float *new_key = row + hidden + h * s->head_dim, *new_value = row + 2 * hidden + h * s->head_dim;
-        char *key_at = keys + (size_t)(position * s->head_dim) * item;
-        char *value_at = values + (size_t)(position * s->head_dim) * item;
-        if (s->bf16) {
-            for (int64_t d = 0; d < s->head_dim; d++) {
-                ((uint16_t *)key_at)[d] = to_bf16(new_key[d]);
-                ((uint16_t *)value_at)[d] = to_bf16(new_value[d]);
-            }
-        } else {
-            memcpy(key_at, new_key, (size_t)s->head_dim * sizeof(float));
-            memcpy(value_at, new_value, (size_t)s->head_dim * sizeof(float));
+    const int64_t b = pair / s->heads, h = pair % s->heads;
+    const int64_t slot = s->slot_ids[b], position = s->positions[b];
+    const int64_t width = position + 1;
+    const size_t head_rows = (size_t)(s->max_len * s->head_dim);
+    char *keys = (char *)s->cache + ((size_t)(slot * s->heads + h) * head_rows) * item;
+    char *values = (char *)s->cache + ((size_t)((s->slots + slot) * s->heads + h) * head_rows) * item;
+    const float *row = s->qkv + b * 3 * hidden;
+    const float *new_key = row + hidden + h * s->head_dim, *new_value = row + 2 * hidden + h * s->head_dim;
+    char *key_at = keys + (size_t)(position * s->head_dim) * item;
+    char *value_at = values + (size_t)(position * s->head_dim) * item;
+    if (s->bf16) {
+        for (int64_t d = 0; d < s->head_dim; d++) {
+            ((uint16_t *)key_at)[d] = to_bf16(new_key[d]);
+            ((uint16_t *)value_at)[d] = to_bf16(new_value[d]);
         }
-        float scores[((width + 15) & ~(int64_t)15)];
-        const float *q = row + h * s->head_dim;
-        float *out = s->out + b * hidden + h * s->head_dim;
-#if HAVE_X86
-        if (s->fast && s->bf16 && s->head_dim == 32) {
-            head_avx512_bf16_32(q, keys, values, width, s->scale, scores, out);
-            continue;
-        }
-        if (s->fast && s->bf16 && s->head_dim % 32 == 0) {
-            head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, (int)(s->head_dim / 32),
-                             s->scale, scores, out);
-            continue;
-        }
-        if (s->fast && s->head_dim == 32) {
-            head_avx512_32(q, keys, values, s->bf16, width, s->scale, scores, out);
-            continue;
-        }
-        if (s->fast) {
-            head_avx512_any(q, keys, values, s->bf16, width, (int)(s->head_dim / 16), s->scale, scores, out);
-            continue;
-        }
-#endif
-        head_portable(q, keys, values, s->bf16, width, s->head_dim, s->head_dim, s->scale, scores, out);
+    } else {
+        memcpy(key_at, new_key, (size_t)s->head_dim * sizeof(float));
+        memcpy(value_at, new_value, (size_t)s->head_dim * sizeof(float));
     }
+    const float *q = row + h * s->head_dim;
+    float *out = s->out + b * hidden + h * s->head_dim;
+#if HAVE_X86
+    if (s->fast && s->bf16 && s->head_dim == 32) {
+        head_avx512_bf16_32(q, keys, values, width, s->scale, scores, out);
+        return;
+    }
+    if (s->fast && s->bf16 && s->head_dim % 32 == 0) {
+        head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, (int)(s->head_dim / 32),
+                         s->scale, scores, out);
+        return;
+    }
+    if (s->fast && s->head_dim == 32) {
+        head_avx512_32(q, keys, values, s->bf16, width, s->scale, scores, out);
+        return;
+    }
+    if (s->fast) {
+        head_avx512_any(q, keys, values, s->bf16, width, (int)(s->head_dim / 16), s->scale, scores, out);
+        return;
+    }
+#endif
+    head_portable(q, keys, values, s->bf16, width, s->head_dim, s->head_dim, s->scale, scores, out);
+}
+
+/* Returns 0, or -1 when a buffer could not be allocated (the scores live on the heap: a stack
+ * array as long as a long cache could overflow an OpenMP thread's stack). */
+static int run_step(const Step *s, int threads) {
+    const int64_t pairs = s->batch * s->heads, padded = (s->max_len + 15) & ~(int64_t)15;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
+        float *scores = malloc((size_t)padded * sizeof(float));
+        if (scores == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t pair = 0; pair < pairs; pair++)
+            if (scores != NULL) step_pair(s, pair, scores);
+        free(scores);
+    }
+    return failed ? -1 : 0;
 }
 
 /* ---- the prefill: every row of a sequence attends to a prefix of it ------------------------------ */
@@ -527,9 +544,11 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_s
         return NULL;
     }
     s.fast = !portable && fast_path_usable(s.head_dim);
+    int status;
     Py_BEGIN_ALLOW_THREADS
-    run_step(&s, threads);
+    status = run_step(&s, threads);
     Py_END_ALLOW_THREADS
+    if (status != 0) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 

@@ -210,3 +210,11 @@ def test_prefix_attention_refuses_bad_input() -> None:
         prefix_attention(torch.zeros(4, 3 * 64, dtype=torch.float64), torch.tensor([1, 2, 3, 4]), 2)
     with pytest.raises(ValueError, match="qkv"):
         prefix_attention(torch.zeros(4, 100), torch.tensor([1, 2, 3, 4]), 2)
+
+
+def test_a_long_cache_is_attended_in_full() -> None:
+    """40 000 positions (scores far past any stack buffer) give torch's attention."""
+    cache = make_cache(1, 1, 2, 40_000, 32, torch.float32)
+    qkv = torch.randn(1, 3 * 64, generator=torch.Generator().manual_seed(12))
+    want = reference(cache.clone(), 0, qkv, [0], [39_999])
+    torch.testing.assert_close(run(CacheAttention(cache), 0, qkv, [0], [39_999]), want, rtol=1e-5, atol=1e-5)
