@@ -57,7 +57,7 @@ def prefix_attention(qkv: torch.Tensor, widths: torch.Tensor, heads: int, portab
     if _kernel is None:
         raise RuntimeError("the attention kernels were not built (no C compiler when streamvox was installed)")
     length = qkv.shape[0] if qkv.dim() == 2 else 0
-    if qkv.dtype != torch.float32 or length < 1 or qkv.shape[1] % (3 * heads) or not qkv.is_contiguous():
+    if heads < 1 or qkv.dtype != torch.float32 or length < 1 or qkv.shape[1] % (3 * heads) or not qkv.is_contiguous():
         raise ValueError(f"qkv must be contiguous float32 (length, 3 * hidden) for {heads} heads")
     if widths.dtype != torch.int64 or widths.shape != (length,) or not widths.is_contiguous():
         raise ValueError(f"widths must be one contiguous int64 per row ({length})")

@@ -210,6 +210,8 @@ def test_prefix_attention_refuses_bad_input() -> None:
         prefix_attention(torch.zeros(4, 3 * 64, dtype=torch.float64), torch.tensor([1, 2, 3, 4]), 2)
     with pytest.raises(ValueError, match="qkv"):
         prefix_attention(torch.zeros(4, 100), torch.tensor([1, 2, 3, 4]), 2)
+    with pytest.raises(ValueError, match="qkv"):
+        prefix_attention(qkv, torch.tensor([1, 2, 3, 4]), 0)
 
 
 def test_a_long_cache_is_attended_in_full() -> None:
