@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 
-# gcc and the Python headers build the fused decode-attention kernel (optional at install, needed for its speed)
-system_packages=(libopus0 espeak-ng libsndfile1 python3-venv ca-certificates gcc python3-dev)
+# gcc, the C library headers and the Python headers build the CPU attention kernels (optional at
+# install, needed for their speed: engine/ar/cpu_attention.c)
+system_packages=(libopus0 espeak-ng libsndfile1 python3-venv ca-certificates gcc libc6-dev python3-dev)
 if [ "$extras" = "test" ]; then
   system_packages+=(chromium fonts-dejavu-core)
   command -v node >/dev/null 2>&1 || system_packages+=(nodejs npm)
