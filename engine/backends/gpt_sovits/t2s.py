@@ -31,7 +31,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -149,32 +149,27 @@ class T2SDecoder:
         self.head = w("ar_predict_layer.weight")
         # Column blocks pay on CPU threads in float32 (see _Linear); elsewhere the library's own product is best.
         self._blocked = self.device.type == "cpu" and dtype == torch.float32
-        self._norms = []
-        self._linears = []
-        for i in range(config.layers):
+
+        def layer(i: int) -> _Layer:
             p = f"h.layers.{i}."
-            self._norms.append(
-                {
-                    name: w(p + key)
-                    for name, key in (
-                        ("ln1_w", "norm1.weight"),
-                        ("ln1_b", "norm1.bias"),
-                        ("ln2_w", "norm2.weight"),
-                        ("ln2_b", "norm2.bias"),
-                    )
-                }
+
+            def linear(weight: str, bias: str) -> _Linear:
+                return _Linear(w(p + weight), w(p + bias), int8, blocked=self._blocked)
+
+            return _Layer(
+                w(p + "norm1.weight"),
+                w(p + "norm1.bias"),
+                w(p + "norm2.weight"),
+                w(p + "norm2.bias"),
+                linear("self_attn.in_proj_weight", "self_attn.in_proj_bias"),
+                linear("self_attn.out_proj.weight", "self_attn.out_proj.bias"),
+                linear("linear1.weight", "linear1.bias"),
+                linear("linear2.weight", "linear2.bias"),
+                config.norm_eps,
             )
-            self._linears.append(
-                {
-                    name: _Linear(w(p + weight), w(p + bias), int8, blocked=self._blocked)
-                    for name, weight, bias in (
-                        ("qkv", "self_attn.in_proj_weight", "self_attn.in_proj_bias"),
-                        ("out", "self_attn.out_proj.weight", "self_attn.out_proj.bias"),
-                        ("fc1", "linear1.weight", "linear1.bias"),
-                        ("fc2", "linear2.weight", "linear2.bias"),
-                    )
-                }
-            )
+
+        self._layers = [layer(i) for i in range(config.layers)]
+        """Each layer's norms and linears, unpacked once: a step's loop runs 24 times a token."""
         if self.text_embedding.shape != (config.phoneme_vocab, config.hidden):
             raise ValueError(f"text embedding is {tuple(self.text_embedding.shape)}, config says otherwise")
         if self.head.shape != (config.vocab, config.hidden):
@@ -199,11 +194,6 @@ class T2SDecoder:
         self._widths = torch.arange(max_len, device=self.device)
         self._heads = torch.arange(config.heads, device=self.device)
         self._kv = torch.arange(2, device=self.device).view(1, 2, 1)
-        self._step_layers = [
-            (n["ln1_w"], n["ln1_b"], n["ln2_w"], n["ln2_b"], ls["qkv"], ls["out"], ls["fc1"], ls["fc2"])
-            for n, ls in zip(self._norms, self._linears, strict=True)
-        ]
-        """Each layer's norms and linears, unpacked once: the step's loop runs 24 times a token."""
         self.attention: CacheAttention | None = None
         """The step's attention kernel bound to the cache, when :meth:`step` and :meth:`prefill` use
         the C kernels."""
@@ -234,24 +224,14 @@ class T2SDecoder:
         text = text + self.text_alpha * self.positions[:n_text]
         audio = F.embedding(prompt.long().to(device), self.audio_embedding)
         audio = audio + self.audio_alpha * self.positions[:n_audio]
-        x = torch.cat([text, audio], dim=0).unsqueeze(0)
+        x = torch.cat([text, audio], dim=0)
         if self.attention is not None:
-            x = self._fused_prefill(slot, x[0], n_text)
-            self.lengths[slot] = total
-            self.audio_lengths[slot] = n_audio
-            return F.linear(x[-1], self.head).float().cpu()
-        keep = torch.zeros(total, total, dtype=torch.bool, device=device)
-        keep[:, :n_text] = True
-        keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool, device=device))
-        for layer in range(self.config.layers):
-            q, k, v = self._qkv(x, layer)
-            self.k_cache[layer, slot, :, :total] = k[0]
-            self.v_cache[layer, slot, :, :total] = v[0]
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
-            x = self._finish_block(x, attn, layer)
+            x = self._fused_prefill(slot, x, n_text)
+        else:
+            x = self._torch_prefill(slot, x, n_text)
         self.lengths[slot] = total
         self.audio_lengths[slot] = n_audio
-        return F.linear(x[0, -1], self.head).float().cpu()
+        return F.linear(x[-1], self.head).float().cpu()
 
     @torch.inference_mode()
     def step(self, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -265,14 +245,12 @@ class T2SDecoder:
             raise ValueError(f"a slot reached the cache length {self.max_len}")
         if self.attention is not None:
             logits = self._fused_step(slots.contiguous(), tokens, positions)
-            self.lengths[slots] += 1
-            self.audio_lengths[slots] += 1
-            return logits.float().cpu()
-        first = int(slots[0])
-        # Slots in one run (the usual case: the engine keeps live streams packed) are read as
-        # views; any other set is gathered, which copies the caches it reads.
-        packed = bool(torch.equal(slots, self._slot_ids[first : first + len(slots)]))
-        logits = self._step(slots, tokens, positions, longest + 1, first if packed else None)
+        else:
+            first = int(slots[0])
+            # Slots in one run (the usual case: the engine keeps live streams packed) are read as
+            # views; any other set is gathered, which copies the caches it reads.
+            packed = bool(torch.equal(slots, self._slot_ids[first : first + len(slots)]))
+            logits = self._step(slots, tokens, positions, longest + 1, first if packed else None)
         self.lengths[slots] += 1
         self.audio_lengths[slots] += 1
         return logits.float().cpu()
@@ -300,7 +278,7 @@ class T2SDecoder:
         """The transformer over one new token per row; ``first`` is set when ``slots`` are
         ``first, first + 1, ...`` (their caches are read as views, not gathered)."""
         batch, hidden, heads = len(slots), self.config.hidden, self.config.heads
-        head_dim, eps = hidden // heads, self.config.norm_eps
+        head_dim = hidden // heads
         # One query per row, so rows stay 2-D ``(batch, hidden)`` and heads are views of them.
         x = F.embedding(tokens, self.audio_embedding) + self.audio_alpha * self.positions[self.audio_lengths[slots]]
         keep = self._widths[:width].unsqueeze(0) <= positions.unsqueeze(1)
@@ -316,8 +294,8 @@ class T2SDecoder:
             keys_t = self.k_cache[:, first : first + batch, :, :width].flatten(1, 2).transpose(2, 3)
             values = self.v_cache[:, first : first + batch, :, :width].flatten(1, 2)
         scale = head_dim**-0.5
-        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
-            qkv = qkv_linear(x)
+        for layer, block in enumerate(self._layers):
+            qkv = block.qkv(x)
             q = qkv[:, :hidden].reshape(batch * heads, 1, head_dim)
             self._kv_rows[layer].index_copy_(0, write_at, qkv[:, hidden:].reshape(-1, head_dim))
             if first is not None:
@@ -329,60 +307,55 @@ class T2SDecoder:
             # for long queries); masked positions get -inf, so exactly zero weight.
             scores = torch.baddbmm(flat_bias, q, layer_keys_t, alpha=scale)
             attn = torch.bmm(torch.softmax(scores, dim=-1), layer_values).view(batch, hidden)
-            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
-            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
+            x = block.finish(x, attn)
         return F.linear(x, self.head)
 
     def _fused_prefill(self, slot: int, x: torch.Tensor, n_text: int) -> torch.Tensor:
         """:meth:`prefill`'s layers with the C prefix-attention kernel (CPU, float32): ``x`` is the
         ``(positions, hidden)`` input; returns the last layer's output.  The prefix-LM mask is a
         prefix per row: text rows see the text, audio rows the text and the audio up to themselves."""
-        total, (hidden, heads, eps) = x.shape[0], (self.config.hidden, self.config.heads, self.config.norm_eps)
+        total, hidden, heads = x.shape[0], self.config.hidden, self.config.heads
         widths = torch.cat([torch.full((n_text,), n_text), torch.arange(n_text + 1, total + 1)])
-        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
-            qkv = qkv_linear(x).contiguous()
+        for layer, block in enumerate(self._layers):
+            qkv = block.qkv(x).contiguous()
             self.k_cache[layer, slot, :, :total] = qkv[:, hidden : 2 * hidden].view(total, heads, -1).transpose(0, 1)
             self.v_cache[layer, slot, :, :total] = qkv[:, 2 * hidden :].view(total, heads, -1).transpose(0, 1)
-            attn = prefix_attention(qkv, widths, heads)
-            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
-            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
+            x = block.finish(x, prefix_attention(qkv, widths, heads))
         return x
+
+    def _torch_prefill(self, slot: int, x: torch.Tensor, n_text: int) -> torch.Tensor:
+        """:meth:`prefill`'s layers with torch's attention under the prefix-LM mask (any device and
+        dtype): ``x`` is the ``(positions, hidden)`` input; returns the last layer's output."""
+        total, hidden, heads = x.shape[0], self.config.hidden, self.config.heads
+        keep = torch.zeros(total, total, dtype=torch.bool, device=self.device)
+        keep[:, :n_text] = True
+        n_audio = total - n_text
+        keep[n_text:, n_text:] = torch.tril(torch.ones(n_audio, n_audio, dtype=torch.bool, device=self.device))
+        x = x.unsqueeze(0)
+        for layer, block in enumerate(self._layers):
+            q, k, v = (t.view(1, total, heads, -1).transpose(1, 2) for t in block.qkv(x).chunk(3, dim=-1))
+            self.k_cache[layer, slot, :, :total] = k[0]
+            self.v_cache[layer, slot, :, :total] = v[0]
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            x = block.finish(x, attn.transpose(1, 2).reshape(1, total, hidden))
+        return x[0]
 
     def _fused_step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """:meth:`_step` with each layer's cache write and attention in one kernel call (CPU, float32):
         every slot attends over its own live positions only, so no mask and no width."""
-        hidden, eps = self.config.hidden, self.config.norm_eps
         attention = self.attention
         assert attention is not None
         attention.check(slots, positions)
         x = F.embedding(tokens, self.audio_embedding) + self.audio_alpha * self.positions[self.audio_lengths[slots]]
-        attn = torch.empty(len(slots), hidden)
-        for layer, (ln1_w, ln1_b, ln2_w, ln2_b, qkv_linear, out_linear, fc1, fc2) in enumerate(self._step_layers):
-            attention(layer, qkv_linear(x).contiguous(), slots, positions, attn)
-            x = F.layer_norm(x + out_linear(attn), [hidden], ln1_w, ln1_b, eps)
-            x = F.layer_norm(x + fc2(fc1.relu(x)), [hidden], ln2_w, ln2_b, eps)
+        attn = torch.empty(len(slots), self.config.hidden)
+        for layer, block in enumerate(self._layers):
+            x = block.finish(x, attention(layer, block.qkv(x).contiguous(), slots, positions, attn))
         return F.linear(x, self.head)
 
     def release(self, slot: int) -> None:
         """Free a slot for the next stream (its old positions are masked out by its length)."""
         self.lengths[slot] = 0
         self.audio_lengths[slot] = 0
-
-    def _qkv(self, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, ...]:
-        batch, length, _ = x.shape
-        heads = self.config.heads
-        qkv = self._linears[layer]["qkv"](x)
-        q, k, v = qkv.chunk(3, dim=-1)
-        return tuple(t.view(batch, length, heads, -1).transpose(1, 2) for t in (q, k, v))
-
-    def _finish_block(self, x: torch.Tensor, attn: torch.Tensor, layer: int) -> torch.Tensor:
-        batch, _, length, _ = attn.shape
-        hidden, eps = self.config.hidden, self.config.norm_eps
-        norms, linears = self._norms[layer], self._linears[layer]
-        attn = attn.transpose(1, 2).reshape(batch, length, hidden)
-        x = F.layer_norm(x + linears["out"](attn), [hidden], norms["ln1_w"], norms["ln1_b"], eps)
-        mlp = linears["fc2"](linears["fc1"].relu(x))
-        return F.layer_norm(x + mlp, [hidden], norms["ln2_w"], norms["ln2_b"], eps)
 
 
 class _Linear:
@@ -428,3 +401,23 @@ class _Linear:
             return torch.ops.quantized.linear_relu_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_relu_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
+
+
+class _Layer(NamedTuple):
+    """One post-LN transformer layer's weights; :meth:`finish` is everything after its attention."""
+
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    qkv: _Linear
+    out: _Linear
+    fc1: _Linear
+    fc2: _Linear
+    eps: float
+
+    def finish(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """``x`` after the layer, given its attention output ``attn`` (same shape as ``x``): the
+        output projection, residual and norm, then the ReLU MLP, residual and norm."""
+        x = F.layer_norm(x + self.out(attn), self.ln1_w.shape, self.ln1_w, self.ln1_b, self.eps)
+        return F.layer_norm(x + self.fc2(self.fc1.relu(x)), self.ln2_w.shape, self.ln2_w, self.ln2_b, self.eps)
