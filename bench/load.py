@@ -21,13 +21,16 @@ import asyncio
 import json
 import os
 import platform
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.load_phases import SETTLE_S, describe_phases, load_phases
 from streamvox.engine.core import EngineConfig
+from streamvox.engine.unit_trace import read_unit_trace
 from streamvox.stream_server.thread_cpu import ROLES as CPU_ROLES
 
 UTTERANCES = [
@@ -222,10 +225,20 @@ def cpu_by_role(
 
 
 def run_load(
-    url: str, streams: int, seconds: float, profile: LoadProfile, server_pid: int | None, tree: bool = False
+    url: str,
+    streams: int,
+    seconds: float,
+    profile: LoadProfile,
+    server_pid: int | None,
+    tree: bool = False,
+    split_at_s: float | None = None,
 ) -> dict[str, Any]:
     """One step of ``streams`` listeners for ``seconds``; with ``server_pid``, the server's CPU
-    (``tree``: the process and all its descendants, as for a local Ray instance's processes)."""
+    (``tree``: the process and all its descendants, as for a local Ray instance's processes), and
+    with ``split_at_s`` too, its CPU before and after that many seconds into the step
+    (``server_cpu_percent_split``)."""
+    import threading
+
     import psutil
 
     proc = psutil.Process(server_pid) if server_pid else None
@@ -234,9 +247,18 @@ def run_load(
     me = psutil.Process()
     own_before = me.cpu_times()
     counters_before = server_counters(url)
-    wall = time.monotonic()
+    started = time.monotonic()
+    split: list[tuple[float, float]] = []
+    timer = None
+    if processes and split_at_s is not None:
+        timer = threading.Timer(split_at_s, lambda: split.append((time.monotonic(), _cpu_s(processes))))
+        timer.start()
     stats = asyncio.run(_load(url, streams, seconds, profile))
-    wall = time.monotonic() - wall
+    ended = time.monotonic()
+    if timer is not None:
+        timer.cancel()
+        timer.join()
+    wall = ended - started
     counters_after = server_counters(url) if counters_before is not None else None
     own_after = me.cpu_times()
     own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
@@ -262,6 +284,8 @@ def run_load(
         "errors": sorted({e for s in stats for e in s.errors}),
         "per_stream": [s.timeline for s in stats],
         "wall_s": wall,
+        "started": started,
+        "ended": ended,
         # The simulated listeners share the machine with the server: what they cost is not the server's.
         "client_cpu_percent": 100 * own_cpu / wall,
     }
@@ -275,6 +299,12 @@ def run_load(
     if proc:
         cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall
+        if split:
+            (at, cpu_at), cpu_end = split[0], cpu_before + cpu
+            row["server_cpu_percent_split"] = [
+                100 * (cpu_at - cpu_before) / (at - started),
+                100 * (cpu_end - cpu_at) / max(ended - at, 1e-9),
+            ]
         row["server_cpu_s_per_audio_s"] = cpu / row["audio_s"] if row["audio_s"] else None
     return row
 
@@ -397,6 +427,14 @@ def _table(result: dict[str, Any]) -> str:
         if by_role := r.get("server_cpu_ms_per_audio_s_by_role"):
             split = ", ".join(f"{role.replace('_', ' ')} {ms:.1f}" for role, ms in by_role.items())
             lines.append(f"  N={r['streams']}: server CPU ms per audio s by thread role: {split}")
+    for r in result["rows"]:
+        if phases := r.get("phases"):
+            lines.append(describe_phases(r["streams"], phases, r.get("server_cpu_percent_split")))
+    if any("phases" in r for r in result["rows"]):
+        lines.append(
+            "  (from the server's unit trace: arrivals are the ramp and 1 s after it; worker CPU per audio s"
+            " counts the workers' own threads)"
+        )
     if result.get("max_streams") is not None:
         lines.append(
             f"  largest N with zero underruns and p95 TTFA <= {result['ttfa_bound_ms']:.0f} ms: {result['max_streams']}"
@@ -431,9 +469,20 @@ def run_load_bench(args: argparse.Namespace) -> int:
     proc = None
     url = args.url
     pid = None
+    trace_dir = None
+    if args.unit_trace and url is not None:
+        raise SystemExit("--unit-trace needs the server this benchmark starts (no --url)")
     if url is None:
+        extra: list[str] = []
+        if args.unit_trace:
+            trace_dir = tempfile.TemporaryDirectory(prefix="streamvox-trace-")
+            extra = ["--unit-trace", os.path.join(trace_dir.name, "units.jsonl")]
         proc, port = start_server(
-            args.threads, max_lead=args.max_lead, max_sessions=max(64, 2 * args.streams), workers=args.workers
+            args.threads,
+            max_lead=args.max_lead,
+            max_sessions=max(64, 2 * args.streams),
+            workers=args.workers,
+            extra=extra,
         )
         url = f"ws://127.0.0.1:{port}/v1/stream"
         pid = proc.pid
@@ -444,9 +493,14 @@ def run_load_bench(args: argparse.Namespace) -> int:
             steps = [n for n in FIND_MAX_STEPS if n <= args.streams] or [args.streams]
         rows = []
         max_streams = None
+        workers = args.workers or os.cpu_count() or 1
         for n in steps:
-            row = run_load(url, n, args.seconds, profile, pid)
+            split_at = args.ramp + SETTLE_S if trace_dir is not None else None
+            row = run_load(url, n, args.seconds, profile, pid, split_at_s=split_at)
             row["pass"] = passes(row, args.ttfa_bound)
+            if trace_dir is not None:
+                trace = read_unit_trace(os.path.join(trace_dir.name, "units.jsonl"), since=row["started"])
+                row["phases"] = load_phases(trace, row["started"], row["ended"], args.ramp, workers)
             rows.append(row)
             if row["pass"]:
                 max_streams = n
@@ -456,6 +510,8 @@ def run_load_bench(args: argparse.Namespace) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
+        if trace_dir is not None:
+            trace_dir.cleanup()
     raw, raw_lifted = raw_single_thread_cpu_per_audio_s()
     cores = os.cpu_count() or 1
     best = next((r for r in reversed(rows) if r["pass"]), None)
@@ -487,7 +543,8 @@ def run_load_bench(args: argparse.Namespace) -> int:
         _plot(rows, args.plot)
     if args.json:
         for r in result["rows"]:
-            r.pop("ttfa_ms_all", None)
+            for key in ("ttfa_ms_all", "started", "ended"):  # monotonic times mean nothing to a reader
+                r.pop(key, None)
         print(json.dumps(result))
     else:
         print(_table(result))

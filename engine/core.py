@@ -41,6 +41,7 @@ from streamvox.engine.api import Backend, Plan, Segment, StreamSettings, Synthes
 from streamvox.engine.events import AudioChunk, EngineEvent, StreamAborted, StreamDone, StreamFailed
 from streamvox.engine.memory import release_free_heap
 from streamvox.engine.scheduler import DeadlineScheduler, EngineStream
+from streamvox.engine.unit_trace import UnitRecord, UnitTraceWriter
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ class EngineConfig:
     """Once no stream has existed for this long after some work, every voice gives back the
     memory its runtime kept for the shapes it saw, and the C heap returns its free pages
     (``None``: never).  Costs nothing under load; bounds a quiet server's RSS."""
+    unit_trace: str | None = None
+    """A file to append a line to for every unit run (:mod:`streamvox.engine.unit_trace`), or
+    ``None``: no trace."""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -180,6 +184,8 @@ class _UnitDone:
     events: list[EngineEvent]
     error: BaseException | None
     seconds: float
+    cpu_seconds: float
+    """CPU time of the worker's thread while it ran the unit."""
 
 
 _STOP = object()
@@ -229,9 +235,12 @@ class EngineCore:
         self._stuck: set[_Dispatched] = set()
         """Units past their deadline: their streams have failed, spare workers stand in for them."""
         self._died: str | None = None
+        self._trace: UnitTraceWriter | None = None
 
     def start(self) -> None:
         if self._thread is None:
+            if self.config.unit_trace is not None:
+                self._trace = UnitTraceWriter(self.config.unit_trace)
             # Twice the workers: the spares stand in for workers stuck in a unit past its deadline.
             self._pool = ThreadPoolExecutor(2 * self.config.worker_count, thread_name_prefix=WORKER_THREAD_PREFIX)
             self._thread = threading.Thread(target=self._run, name=ENGINE_THREAD_NAME, daemon=True)
@@ -246,6 +255,9 @@ class EngineCore:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
 
     @property
     def running(self) -> bool:
@@ -503,13 +515,14 @@ class EngineCore:
 
     def _work(self, job: _Dispatched) -> None:
         """Runs on a worker: the members are ``busy``, so their synthesis state is ours alone."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             events = job.unit.run()
             error = None
         except BaseException as exc:  # one stream's failure must not stop the engine, nor lose the worker
             events, error = [], exc
-        self._inbox.put(_UnitDone(job, events, error, time.perf_counter() - started))
+        cpu = time.thread_time() - cpu_started
+        self._inbox.put(_UnitDone(job, events, error, time.perf_counter() - started, cpu))
 
     def _complete(self, done: _UnitDone) -> None:
         job = done.job
@@ -533,12 +546,16 @@ class EngineCore:
             self._fail(stream, done.error)
             return
         stream.compute_s += done.seconds
-        if job.deadline is not None and any(isinstance(event, AudioChunk) for event in done.events):
-            late_by = time.monotonic() - job.deadline
+        finished = time.monotonic()
+        audio = [event for event in done.events if isinstance(event, AudioChunk)]
+        if job.deadline is not None and audio:
+            late_by = finished - job.deadline
             if late_by > 0:
                 self._counters.late_units += 1
                 self._counters.late_s += late_by
                 self._counters.late_behind_lead_work += job.behind_lead_work
+        if self._trace is not None:
+            self._trace.write(self._record(done, stream, finished, audio))
         for event in done.events:
             if isinstance(event, AudioChunk):
                 stream.samples_out += len(event.pcm)
@@ -550,6 +567,24 @@ class EngineCore:
                 del self._streams[stream.id]
                 event = replace(event, compute_s=stream.compute_s)
             self._emit(stream, event)
+
+    @staticmethod
+    def _record(done: _UnitDone, stream: EngineStream, finished: float, audio: list[AudioChunk]) -> UnitRecord:
+        """The trace's line for a unit of ``stream`` that finished at ``finished`` with ``audio``
+        (before the stream's own counts take it in)."""
+        job = done.job
+        return UnitRecord(
+            stream=stream.id,
+            action=job.plan.action,
+            batch=len(job.members),
+            started=job.started,
+            finished=finished,
+            run_s=done.seconds,
+            cpu_s=done.cpu_seconds,
+            deadline=job.deadline,
+            audio_s=sum(len(chunk.pcm) for chunk in audio) / stream.voice.sample_rate,
+            first_audio=bool(audio) and stream.first_audio_at is None,
+        )
 
     def _fail(self, stream: EngineStream, error: BaseException) -> None:
         """The stream's unit raised: the details go to the log only (they may name files, models or

@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
             token_secret=os.environ.get("STREAMVOX_TOKEN_SECRET") or None,
             allow_origins=tuple(args.allow_origin),
             allow_anonymous=args.allow_anonymous,
-            engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers),
+            engine=EngineConfig(max_lead_s=args.max_lead or None, workers=args.workers, unit_trace=args.unit_trace),
             segmenter=SegmenterConfig(first_max_words=args.first_words),
         )
         if args.ray:
@@ -286,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=0, help="windows of different streams run at once (0: one per core)"
     )
     serve.add_argument(
+        "--unit-trace",
+        default=None,
+        metavar="FILE",
+        help="append a JSON line to FILE for every unit the engine runs (a scheduling diagnostic)",
+    )
+    serve.add_argument(
         "--tls-cert", default=None, metavar="CERT.pem", help="serve https:// and wss:// (needs --tls-key)"
     )
     serve.add_argument("--tls-key", default=None, metavar="KEY.pem", help="the certificate's private key")
@@ -434,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--threads", type=int, default=0)
     load.add_argument("--workers", type=int, default=0, help="engine workers of the started server (0: per core)")
     load.add_argument("--plot", default=None, metavar="FILE.png", help="draw TTFA and underruns against N")
+    load.add_argument(
+        "--unit-trace",
+        action="store_true",
+        help="trace the started server's units; split each step into its arrival burst and the rest",
+    )
     load.add_argument("--no-peer", action="store_true", help="skip the piper-tts baseline")
     load.add_argument("--json", action="store_true")
     load.set_defaults(func=_bench_load)

@@ -175,8 +175,9 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     """The load benchmark runs end to end and reports a sane row (figures themselves go in the README)."""
     plot = tmp_path / "load.png"
     result = bench_json(
-        "load", "--streams", "1", "--seconds", "3", "--ramp", "0.5", "--pause", "0.2", "--plot", str(plot), timeout=240
-    )
+        "load", "--streams", "1", "--seconds", "3", "--ramp", "0.5", "--pause", "0.2", "--plot", str(plot),
+        "--unit-trace", timeout=240,
+    )  # fmt: skip
     (row,) = result["rows"]
     assert row["streams"] == 1 and row["contexts"] >= 1 and row["errors"] == []
     assert 0 < row["ttfa_ms_p50"] < 5000 and row["audio_s"] > 1
@@ -203,6 +204,13 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert 0 < result["raw_lifted_cpu_s_per_audio_s"] < 2
     lifted = cores / result["raw_lifted_cpu_s_per_audio_s"] / result["duty_cycle"]
     assert result["limit_streams_lifted"] == pytest.approx(lifted)
+    # The server's unit trace splits the step at its arrivals (the ramp and 1 s after it).
+    phases = row["phases"]
+    assert set(phases) == {"arrivals", "after"} and phases["arrivals"]["seconds"] == pytest.approx(1.5)
+    assert phases["arrivals"]["first_audio_units"] == 1 and phases["arrivals"]["audio_s_per_s"] > 0
+    assert sum(p["units"] for p in phases.values()) >= 2 and 0 < phases["arrivals"]["workers_busy"] <= 1
+    assert all(0 <= cpu <= 100 * cores for cpu in row["server_cpu_percent_split"])
+    assert "started" not in row and "ended" not in row
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Pure helpers the benchmarks compute their figures with: playback stalls and a T2S step's floor."""
+"""Pure helpers the benchmarks compute their figures with: playback stalls, a T2S step's floor, a load
+step's phases."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from streamvox.bench.ar import t2s_step_bytes, t2s_step_macs
 from streamvox.bench.harness import playback_stall_ms, snr_db
+from streamvox.bench.load_phases import SETTLE_S, describe_phases, load_phases, phase_summary
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
+from streamvox.engine.unit_trace import UnitRecord
 
 
 def test_a_listener_stalls_only_when_a_packet_comes_after_the_audio_before_it_ran_out() -> None:
@@ -38,3 +41,38 @@ def test_snr_is_the_reference_energy_over_the_error_energy() -> None:
     reference = np.array([3.0, 4.0])  # energy 25
     assert snr_db(reference, reference + np.array([0.5, 0.0])) == pytest.approx(10 * np.log10(25 / 0.25))
     assert snr_db(reference, reference) == float("inf")
+
+
+def _unit(started: float, run_s: float, audio_s: float, deadline: float | None = None, **kw: object) -> UnitRecord:
+    fields = {"stream": "s", "action": "window", "batch": 1, "cpu_s": run_s / 2, "first_audio": False, **kw}
+    return UnitRecord(started=started, finished=started + run_s, run_s=run_s, deadline=deadline, audio_s=audio_s,
+                      **fields)  # type: ignore[arg-type]  # fmt: skip
+
+
+def test_a_phase_counts_the_units_dispatched_in_it_and_their_running_time_inside_it() -> None:
+    units = [
+        _unit(0.0, 0.5, 1.0, first_audio=True),
+        _unit(0.5, 0.5, 2.0, deadline=0.9),  # finished at 1.0, after its listener ran dry at 0.9
+        _unit(1.8, 0.4, 1.0, deadline=5.0),  # runs 0.2 s past the phase's end: only 0.2 counted busy
+        _unit(2.5, 0.1, 1.0),  # dispatched after the phase
+    ]
+    p = phase_summary(units, 0.0, 2.0, workers=2)
+    assert p["units"] == 3 and p["seconds"] == 2.0
+    assert p["workers_busy"] == pytest.approx((0.5 + 0.5 + 0.2) / (2 * 2.0))
+    assert p["audio_s_per_s"] == pytest.approx(4.0 / 2.0)
+    assert p["cpu_ms_per_audio_s"] == pytest.approx(1000 * (0.25 + 0.25 + 0.2) / 4.0)
+    assert p["run_ms_per_audio_s"] == pytest.approx(1000 * 1.4 / 4.0)
+    assert (p["late_units"], p["first_audio_units"]) == (1, 1)
+    empty = phase_summary(units, 3.0, 4.0, workers=2)
+    assert empty["units"] == 0 and empty["cpu_ms_per_audio_s"] is None and empty["workers_busy"] == 0
+
+
+def test_a_load_step_splits_at_the_ramp_plus_the_settling_time() -> None:
+    units = [_unit(t, 0.1, 0.5) for t in (0.0, 1.0, 2.9, 3.1, 9.0)]
+    phases = load_phases(units, 0.0, 10.0, ramp_s=2.0, workers=1)
+    assert SETTLE_S == 1.0 and phases["arrivals"]["seconds"] == 3.0 and phases["after"]["seconds"] == 7.0
+    assert (phases["arrivals"]["units"], phases["after"]["units"]) == (3, 2)
+    assert list(load_phases(units, 0.0, 2.5, ramp_s=2.0, workers=1)) == ["arrivals"]  # the step ended in the burst
+    line = describe_phases(36, phases, [190.0, 120.0])
+    assert line.startswith("  N=36: arrivals (3.0 s): workers busy 10 %, server CPU 190 %")
+    assert "after (7.0 s): workers busy 3 %, server CPU 120 %" in line

@@ -1,0 +1,66 @@
+"""A load step's arrival burst against the rest of it, from the server's unit trace.
+
+``bench load`` starts its listeners over ``--ramp`` seconds, and each one's first reply begins as
+it arrives, so the first seconds of a step hold every stream's most expensive units (its first
+window, the next span's encoder) at once.  Split there, the trace (:mod:`streamvox.engine.unit_trace`)
+says whether a step failed for lack of CPU in the burst or by the order of its work: how busy the
+workers were, how much audio they made per wall second and at what CPU cost, and when the late
+units came.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from streamvox.engine.unit_trace import UnitRecord
+
+SETTLE_S = 1.0
+"""The burst lasts this long past the last arrival: its streams' next spans start then."""
+
+
+def phase_summary(records: Sequence[UnitRecord], start: float, end: float, workers: int) -> dict[str, Any]:
+    """The units dispatched in ``[start, end)``: the share of ``workers``' time they ran, audio made
+    per wall second, worker-thread CPU and run time per audio second, late and first-audio units."""
+    chosen = [r for r in records if start <= r.started < end]
+    wall = max(end - start, 1e-9)
+    running = sum(max(0.0, min(r.started + r.run_s, end) - r.started) for r in chosen)
+    audio = sum(r.audio_s for r in chosen)
+    return {
+        "seconds": end - start,
+        "units": len(chosen),
+        "workers_busy": running / (workers * wall),
+        "audio_s_per_s": audio / wall,
+        "cpu_ms_per_audio_s": 1000 * sum(r.cpu_s for r in chosen) / audio if audio else None,
+        "run_ms_per_audio_s": 1000 * sum(r.run_s for r in chosen) / audio if audio else None,
+        "late_units": sum(1 for r in chosen if r.late_s > 0),
+        "first_audio_units": sum(1 for r in chosen if r.first_audio),
+    }
+
+
+def load_phases(
+    records: Sequence[UnitRecord], start: float, end: float, ramp_s: float, workers: int
+) -> dict[str, dict[str, Any]]:
+    """A step from ``start`` to ``end`` split into ``arrivals`` (the ramp and :data:`SETTLE_S`
+    after it) and ``after`` (the rest; absent when the step is no longer than the burst)."""
+    burst_end = min(end, start + ramp_s + SETTLE_S)
+    phases = {"arrivals": phase_summary(records, start, burst_end, workers)}
+    if end > burst_end:
+        phases["after"] = phase_summary(records, burst_end, end, workers)
+    return phases
+
+
+def describe_phases(
+    streams: int, phases: dict[str, dict[str, Any]], server_cpu_percent: Sequence[float] | None = None
+) -> str:
+    """One line for a step's table; ``server_cpu_percent``: the server process's CPU in each phase."""
+
+    def part(index: int, name: str, p: dict[str, Any]) -> str:
+        cpu = "" if p["cpu_ms_per_audio_s"] is None else f" at {p['cpu_ms_per_audio_s']:.1f} ms worker CPU each"
+        server = "" if server_cpu_percent is None else f", server CPU {server_cpu_percent[index]:.0f} %"
+        return (
+            f"{name} ({p['seconds']:.1f} s): workers busy {100 * p['workers_busy']:.0f} %{server}, "
+            f"{p['audio_s_per_s']:.1f} audio s per s{cpu}, {p['late_units']} late"
+        )
+
+    return f"  N={streams}: " + "; ".join(part(i, name, p) for i, (name, p) in enumerate(phases.items()))
