@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
-from streamvox.bench.load_phases import SETTLE_S, describe_phases, load_phases
+from streamvox.bench.load_phases import FULL_SHARE, SETTLE_S, describe_phases, load_phases
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.unit_trace import read_unit_trace
 from streamvox.stream_server.thread_cpu import ROLES as CPU_ROLES
@@ -44,6 +44,8 @@ FIND_MAX_STEPS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60
 PREBUFFER_S = 0.1
 LEAD_WORK_S = EngineConfig().lead_work_s
 REPORT_EVERY_S = 0.25
+CPU_SAMPLE_S = 0.25
+"""With ``--unit-trace``: how often the server's CPU is read during a step."""
 
 
 @dataclass(frozen=True)
@@ -231,14 +233,12 @@ def run_load(
     profile: LoadProfile,
     server_pid: int | None,
     tree: bool = False,
-    split_at_s: float | None = None,
+    cpu_every_s: float | None = None,
 ) -> dict[str, Any]:
     """One step of ``streams`` listeners for ``seconds``; with ``server_pid``, the server's CPU
     (``tree``: the process and all its descendants, as for a local Ray instance's processes), and
-    with ``split_at_s`` too, its CPU before and after that many seconds into the step
-    (``server_cpu_percent_split``)."""
-    import threading
-
+    with ``cpu_every_s`` too, its CPU over each such interval of the step
+    (``server_cpu_timeline``: ``[seconds into the step, percent]`` at each interval's end)."""
     import psutil
 
     proc = psutil.Process(server_pid) if server_pid else None
@@ -248,16 +248,10 @@ def run_load(
     own_before = me.cpu_times()
     counters_before = server_counters(url)
     started = time.monotonic()
-    split: list[tuple[float, float]] = []
-    timer = None
-    if processes and split_at_s is not None:
-        timer = threading.Timer(split_at_s, lambda: split.append((time.monotonic(), _cpu_s(processes))))
-        timer.start()
+    sampler = _CpuSampler(processes, cpu_every_s, started, cpu_before) if processes and cpu_every_s else None
     stats = asyncio.run(_load(url, streams, seconds, profile))
     ended = time.monotonic()
-    if timer is not None:
-        timer.cancel()
-        timer.join()
+    timeline = sampler.stop() if sampler is not None else None
     wall = ended - started
     counters_after = server_counters(url) if counters_before is not None else None
     own_after = me.cpu_times()
@@ -299,14 +293,36 @@ def run_load(
     if proc:
         cpu = _cpu_s(processes) - cpu_before
         row["server_cpu_percent"] = 100 * cpu / wall
-        if split:
-            (at, cpu_at), cpu_end = split[0], cpu_before + cpu
-            row["server_cpu_percent_split"] = [
-                100 * (cpu_at - cpu_before) / (at - started),
-                100 * (cpu_end - cpu_at) / max(ended - at, 1e-9),
-            ]
+        if timeline is not None:
+            row["server_cpu_timeline"] = timeline
         row["server_cpu_s_per_audio_s"] = cpu / row["audio_s"] if row["audio_s"] else None
     return row
+
+
+class _CpuSampler:
+    """Reads the server's CPU seconds every ``every_s`` on a thread of its own while a step runs."""
+
+    def __init__(self, processes: list[Any], every_s: float, started: float, cpu_at_start: float) -> None:
+        import threading
+
+        self._processes, self._every_s = processes, every_s
+        self._started, self._last = started, (started, cpu_at_start)
+        self._timeline: list[list[float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._every_s):
+            now, cpu = time.monotonic(), _cpu_s(self._processes)
+            then, cpu_then = self._last
+            self._timeline.append([now - self._started, 100 * (cpu - cpu_then) / (now - then)])
+            self._last = (now, cpu)
+
+    def stop(self) -> list[list[float]]:
+        self._done.set()
+        self._thread.join()
+        return self._timeline
 
 
 def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> tuple[float, float]:
@@ -429,11 +445,12 @@ def _table(result: dict[str, Any]) -> str:
             lines.append(f"  N={r['streams']}: server CPU ms per audio s by thread role: {split}")
     for r in result["rows"]:
         if phases := r.get("phases"):
-            lines.append(describe_phases(r["streams"], phases, r.get("server_cpu_percent_split")))
+            lines.append(describe_phases(r["streams"], phases))
     if any("phases" in r for r in result["rows"]):
         lines.append(
-            "  (from the server's unit trace: arrivals are the ramp and 1 s after it; worker CPU per audio s"
-            " counts the workers' own threads)"
+            f"  (from the server's unit trace and its CPU read every {CPU_SAMPLE_S:g} s: arrivals are the ramp and"
+            f" {SETTLE_S:g} s after it; full: the share of the phase with the server above {FULL_SHARE:.0%} of all"
+            " cores; worker CPU per audio s counts the workers' own threads)"
         )
     if result.get("max_streams") is not None:
         lines.append(
@@ -493,14 +510,17 @@ def run_load_bench(args: argparse.Namespace) -> int:
             steps = [n for n in FIND_MAX_STEPS if n <= args.streams] or [args.streams]
         rows = []
         max_streams = None
-        workers = args.workers or os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+        workers = args.workers or cores
         for n in steps:
-            split_at = args.ramp + SETTLE_S if trace_dir is not None else None
-            row = run_load(url, n, args.seconds, profile, pid, split_at_s=split_at)
+            every = CPU_SAMPLE_S if trace_dir is not None else None
+            row = run_load(url, n, args.seconds, profile, pid, cpu_every_s=every)
             row["pass"] = passes(row, args.ttfa_bound)
             if trace_dir is not None:
                 trace = read_unit_trace(os.path.join(trace_dir.name, "units.jsonl"), since=row["started"])
-                row["phases"] = load_phases(trace, row["started"], row["ended"], args.ramp, workers)
+                row["phases"] = load_phases(
+                    trace, row["started"], row["ended"], args.ramp, workers, row.get("server_cpu_timeline"), cores
+                )
             rows.append(row)
             if row["pass"]:
                 max_streams = n

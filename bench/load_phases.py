@@ -4,7 +4,8 @@
 it arrives, so the first seconds of a step hold every stream's most expensive units (its first
 window, the next span's encoder) at once.  Split there, the trace (:mod:`streamvox.engine.unit_trace`)
 says whether a step failed for lack of CPU in the burst or by the order of its work: how busy the
-workers were, how much audio they made per wall second and at what CPU cost, and when the late
+workers were, how busy the whole server was (its CPU read every fraction of a second beside the
+trace), how much audio the workers made per wall second and at what CPU cost, and when the late
 units came.
 """
 
@@ -17,15 +18,28 @@ from streamvox.engine.unit_trace import UnitRecord
 
 SETTLE_S = 1.0
 """The burst lasts this long past the last arrival: its streams' next spans start then."""
+FULL_SHARE = 0.9
+"""A server above this share of all the machine's cores is full: nothing more could run."""
 
 
-def phase_summary(records: Sequence[UnitRecord], start: float, end: float, workers: int) -> dict[str, Any]:
+def phase_summary(
+    records: Sequence[UnitRecord],
+    start: float,
+    end: float,
+    workers: int,
+    cpu_timeline: Sequence[Sequence[float]] | None = None,
+    cores: int = 1,
+) -> dict[str, Any]:
     """The units dispatched in ``[start, end)``: the share of ``workers``' time they ran, audio made
-    per wall second, worker-thread CPU and run time per audio second, late and first-audio units."""
+    per wall second, worker-thread CPU and run time per audio second, late and first-audio units.
+    With ``cpu_timeline``, the server's CPU samples that fall in the phase (``[time, percent over
+    the interval ending then]``), their mean and the share of them with the server full
+    (:data:`FULL_SHARE` of ``cores``)."""
     chosen = [r for r in records if start <= r.started < end]
     wall = max(end - start, 1e-9)
     running = sum(max(0.0, min(r.started + r.run_s, end) - r.started) for r in chosen)
     audio = sum(r.audio_s for r in chosen)
+    cpu = [percent for _, percent in cpu_timeline or ()]
     return {
         "seconds": end - start,
         "units": len(chosen),
@@ -35,32 +49,45 @@ def phase_summary(records: Sequence[UnitRecord], start: float, end: float, worke
         "run_ms_per_audio_s": 1000 * sum(r.run_s for r in chosen) / audio if audio else None,
         "late_units": sum(1 for r in chosen if r.late_s > 0),
         "first_audio_units": sum(1 for r in chosen if r.first_audio),
+        "server_cpu_percent": sum(cpu) / len(cpu) if cpu else None,
+        "server_full_share": sum(1 for p in cpu if p >= 100 * FULL_SHARE * cores) / len(cpu) if cpu else None,
     }
 
 
 def load_phases(
-    records: Sequence[UnitRecord], start: float, end: float, ramp_s: float, workers: int
+    records: Sequence[UnitRecord],
+    start: float,
+    end: float,
+    ramp_s: float,
+    workers: int,
+    cpu_timeline: Sequence[Sequence[float]] | None = None,
+    cores: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """A step from ``start`` to ``end`` split into ``arrivals`` (the ramp and :data:`SETTLE_S`
-    after it) and ``after`` (the rest; absent when the step is no longer than the burst)."""
+    after it) and ``after`` (the rest; absent when the step is no longer than the burst).
+    ``cpu_timeline``: the server's CPU over the step, ``[seconds since start, percent over the
+    interval ending then]``."""
     burst_end = min(end, start + ramp_s + SETTLE_S)
-    phases = {"arrivals": phase_summary(records, start, burst_end, workers)}
+    split = burst_end - start
+    early = None if cpu_timeline is None else [s for s in cpu_timeline if s[0] <= split]
+    late = None if cpu_timeline is None else [s for s in cpu_timeline if s[0] > split]
+    phases = {"arrivals": phase_summary(records, start, burst_end, workers, early, cores)}
     if end > burst_end:
-        phases["after"] = phase_summary(records, burst_end, end, workers)
+        phases["after"] = phase_summary(records, burst_end, end, workers, late, cores)
     return phases
 
 
-def describe_phases(
-    streams: int, phases: dict[str, dict[str, Any]], server_cpu_percent: Sequence[float] | None = None
-) -> str:
-    """One line for a step's table; ``server_cpu_percent``: the server process's CPU in each phase."""
+def describe_phases(streams: int, phases: dict[str, dict[str, Any]]) -> str:
+    """One line for a step's table."""
 
-    def part(index: int, name: str, p: dict[str, Any]) -> str:
+    def part(name: str, p: dict[str, Any]) -> str:
         cpu = "" if p["cpu_ms_per_audio_s"] is None else f" at {p['cpu_ms_per_audio_s']:.1f} ms worker CPU each"
-        server = "" if server_cpu_percent is None else f", server CPU {server_cpu_percent[index]:.0f} %"
+        server = ""
+        if p.get("server_cpu_percent") is not None:
+            server = f", server CPU {p['server_cpu_percent']:.0f} % (full {100 * p['server_full_share']:.0f} % of it)"
         return (
             f"{name} ({p['seconds']:.1f} s): workers busy {100 * p['workers_busy']:.0f} %{server}, "
             f"{p['audio_s_per_s']:.1f} audio s per s{cpu}, {p['late_units']} late"
         )
 
-    return f"  N={streams}: " + "; ".join(part(i, name, p) for i, (name, p) in enumerate(phases.items()))
+    return f"  N={streams}: " + "; ".join(part(name, p) for name, p in phases.items())

@@ -209,7 +209,9 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert set(phases) == {"arrivals", "after"} and phases["arrivals"]["seconds"] == pytest.approx(1.5)
     assert phases["arrivals"]["first_audio_units"] == 1 and phases["arrivals"]["audio_s_per_s"] > 0
     assert sum(p["units"] for p in phases.values()) >= 2 and 0 < phases["arrivals"]["workers_busy"] <= 1
-    assert all(0 <= cpu <= 100 * cores for cpu in row["server_cpu_percent_split"])
+    # Beside it, the server's CPU read every 0.25 s of the step.
+    assert len(row["server_cpu_timeline"]) >= 8 and all(0 <= c <= 110 * cores for _, c in row["server_cpu_timeline"])
+    assert 0 <= phases["arrivals"]["server_full_share"] <= 1 and phases["after"]["server_cpu_percent"] >= 0
     assert "started" not in row and "ended" not in row
 
 

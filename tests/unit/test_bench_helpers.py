@@ -63,16 +63,24 @@ def test_a_phase_counts_the_units_dispatched_in_it_and_their_running_time_inside
     assert p["cpu_ms_per_audio_s"] == pytest.approx(1000 * (0.25 + 0.25 + 0.2) / 4.0)
     assert p["run_ms_per_audio_s"] == pytest.approx(1000 * 1.4 / 4.0)
     assert (p["late_units"], p["first_audio_units"]) == (1, 1)
+    assert p["server_cpu_percent"] is None and p["server_full_share"] is None  # no CPU samples given
     empty = phase_summary(units, 3.0, 4.0, workers=2)
     assert empty["units"] == 0 and empty["cpu_ms_per_audio_s"] is None and empty["workers_busy"] == 0
 
 
 def test_a_load_step_splits_at_the_ramp_plus_the_settling_time() -> None:
-    units = [_unit(t, 0.1, 0.5) for t in (0.0, 1.0, 2.9, 3.1, 9.0)]
-    phases = load_phases(units, 0.0, 10.0, ramp_s=2.0, workers=1)
-    assert SETTLE_S == 1.0 and phases["arrivals"]["seconds"] == 3.0 and phases["after"]["seconds"] == 7.0
-    assert (phases["arrivals"]["units"], phases["after"]["units"]) == (3, 2)
-    assert list(load_phases(units, 0.0, 2.5, ramp_s=2.0, workers=1)) == ["arrivals"]  # the step ended in the burst
-    line = describe_phases(36, phases, [190.0, 120.0])
-    assert line.startswith("  N=36: arrivals (3.0 s): workers busy 10 %, server CPU 190 %")
-    assert "after (7.0 s): workers busy 3 %, server CPU 120 %" in line
+    start = 100.0  # unit times are the machine's monotonic clock, the CPU samples seconds into the step
+    units = [_unit(start + t, 0.1, 0.5) for t in (0.0, 1.0, 2.9, 3.1, 9.0)]
+    cpu = [[1.0, 120.0], [2.0, 190.0], [3.0, 195.0], [4.0, 100.0], [5.0, 50.0]]
+    phases = load_phases(units, start, start + 10.0, ramp_s=2.0, workers=1, cpu_timeline=cpu, cores=2)
+    arrivals, after = phases["arrivals"], phases["after"]
+    assert SETTLE_S == 1.0 and arrivals["seconds"] == 3.0 and after["seconds"] == 7.0
+    assert (arrivals["units"], after["units"]) == (3, 2)
+    assert arrivals["server_cpu_percent"] == pytest.approx((120 + 190 + 195) / 3)
+    assert arrivals["server_full_share"] == pytest.approx(2 / 3)  # at or above 90 % of two cores: 180 %
+    assert (after["server_cpu_percent"], after["server_full_share"]) == (75.0, 0.0)
+    short = load_phases(units, start, start + 2.5, ramp_s=2.0, workers=1)
+    assert list(short) == ["arrivals"]  # the step ended inside the burst
+    line = describe_phases(36, phases)
+    assert line.startswith("  N=36: arrivals (3.0 s): workers busy 10 %, server CPU 168 % (full 67 % of it)")
+    assert "after (7.0 s): workers busy 3 %, server CPU 75 % (full 0 % of it)" in line
