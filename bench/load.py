@@ -449,7 +449,7 @@ def _table(result: dict[str, Any]) -> str:
     if any("phases" in r for r in result["rows"]):
         lines.append(
             f"  (from the server's unit trace and its CPU read every {CPU_SAMPLE_S:g} s: arrivals are the ramp and"
-            f" {SETTLE_S:g} s after it; full: the share of the phase with the server above {FULL_SHARE:.0%} of all"
+            f" {SETTLE_S:g} s after it; full: the share of the phase with the server above {100 * FULL_SHARE:.0f} % of all"
             " cores; worker CPU per audio s counts the workers' own threads)"
         )
     if result.get("max_streams") is not None:
