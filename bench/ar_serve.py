@@ -13,7 +13,10 @@ cache (``--max-len``) and the reply's length is fixed by it.  For each stream co
 ``--repeats`` times per schedule, the schedules alternating; each listener
 plays from ``PREBUFFER_S`` after its first packet.  It prints each run's
 first-audio times (from the text sent, in the order they came), the playback
-stall summed over the listeners, and the audio each one heard.
+stall summed over the listeners, and the audio each one heard; with
+``--unit-trace``, also the server's units in the run by action (prefill
+``start``, batched ``step``, vocoder ``chunk``...): how many, their batch, their
+time on the workers, how many came late.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from typing import Any
 
 from streamvox.bench.harness import playback_stall_ms, start_server
 from streamvox.bench.random_voice import write_voice
+from streamvox.bench.trace_summary import action_summary, describe_actions
+from streamvox.engine.unit_trace import read_unit_trace
 
 PREBUFFER_S = 0.1
 """How long a listener buffers before it starts playing (as ``bench load``'s listeners do)."""
@@ -105,6 +110,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         voices = write_voices(Path(tmp), args.max_len, max(args.streams), tuple(args.fast_start), args.size)
         extra = ["--no-bundled-voice"] + [arg for v in voices for arg in ("--gpt-sovits-voice", str(v))]
+        trace = Path(tmp) / "units.jsonl"
+        if args.unit_trace:
+            extra += ["--unit-trace", str(trace)]
         proc, port = start_server(threads=0, max_lead=3.0, extra=extra)
         url = f"ws://127.0.0.1:{port}/v1/stream"
         runs: list[dict[str, Any]] = []
@@ -115,7 +123,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 for repeat in range(args.repeats):
                     order = (DEFAULT_VOICE, FAST_VOICE) if repeat % 2 == 0 else (FAST_VOICE, DEFAULT_VOICE)
                     for voice in order:
+                        started = time.monotonic()
                         heard = asyncio.run(start_together(url, voice, n))
+                        ended = time.monotonic()
                         runs.append(
                             {
                                 "schedule": "fast start" if voice == FAST_VOICE else "default",
@@ -127,6 +137,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                 "audio_s": statistics.mean(h.audio_s for h in heard),
                             }
                         )
+                        if args.unit_trace:
+                            runs[-1]["units"] = action_summary(read_unit_trace(trace, since=started, until=ended))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -154,6 +166,8 @@ def _table(result: dict[str, Any]) -> str:
             f"  {r['streams']:>7}  {r['schedule']:<11}  {firsts:<36} {r['stall_ms']:>8.0f} ({r['stalled_listeners']})"
             f" {r['audio_s']:>14.1f}"
         )
+        if "units" in r:
+            lines.append(f"           units: {describe_actions(r['units'])}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamvox.bench.harness import percentile, start_server
-from streamvox.bench.load_phases import FULL_SHARE, SETTLE_S, describe_phases, load_phases
+from streamvox.bench.trace_summary import FULL_SHARE, SETTLE_S, describe_phases, load_phases
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.unit_trace import read_unit_trace
 from streamvox.stream_server.thread_cpu import ROLES as CPU_ROLES
@@ -448,9 +448,9 @@ def _table(result: dict[str, Any]) -> str:
             lines.append(describe_phases(r["streams"], phases))
     if any("phases" in r for r in result["rows"]):
         lines.append(
-            f"  (from the server's unit trace and its CPU read every {CPU_SAMPLE_S:g} s: arrivals are the ramp and"
-            f" {SETTLE_S:g} s after it; full: the share of the phase with the server above {100 * FULL_SHARE:.0f} % of all"
-            " cores; worker CPU per audio s counts the workers' own threads)"
+            f"  (from the server's unit trace and its CPU read every {CPU_SAMPLE_S:g} s: arrivals are the ramp"
+            f" and {SETTLE_S:g} s after it; full: the share of the phase with the server above"
+            f" {100 * FULL_SHARE:.0f} % of all cores; worker CPU per audio s counts the workers' own threads)"
         )
     if result.get("max_streams") is not None:
         lines.append(

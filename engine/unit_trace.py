@@ -2,7 +2,7 @@
 
 ``/metrics`` says how many units came late over a run; the trace says when, for which stream,
 beside what, and what each unit cost.  ``streamvox bench load --unit-trace`` reads it to split a
-step into its arrival burst and the rest (``bench/load_phases.py``).  Off unless a path is given
+step into its arrival burst and the rest (``bench/trace_summary.py``).  Off unless a path is given
 (``streamvox serve --unit-trace FILE``): it costs a line written per unit.  A unit that failed,
 or whose stream was aborted while it ran, leaves no line.
 

@@ -415,6 +415,9 @@ def build_parser() -> argparse.ArgumentParser:
     ar_serve.add_argument("--max-len", type=int, default=320, help="the voice's cache positions (sets reply length)")
     _add_fast_start(ar_serve, "the second voice")
     ar_serve.add_argument("--size", choices=["v2", "tiny"], default="v2", help="the random voice's size")
+    ar_serve.add_argument(
+        "--unit-trace", action="store_true", help="trace the server's units; print each run's units by action"
+    )
     ar_serve.add_argument("--json", action="store_true")
     ar_serve.set_defaults(func=_bench_ar_serve)
     # The options of these benches live with them (streamvox.bench.standalone), which also runs them

@@ -328,7 +328,9 @@ def test_bench_ar_smoke() -> None:
 def test_bench_ar_serve_smoke() -> None:
     """Listeners of the two schedules start together over a real server; each hears the whole
     reply (random weights never end a sentence early, so every run's reply is as long)."""
-    result = bench_json("ar-serve", "--size", "tiny", "--max-len", "220", "--streams", "1", "2", "--repeats", "1")
+    result = bench_json(
+        "ar-serve", "--size", "tiny", "--max-len", "220", "--streams", "1", "2", "--repeats", "1", "--unit-trace"
+    )
     runs = result["runs"]
     assert [(r["streams"], r["schedule"]) for r in runs] == [
         (1, "default"),
@@ -342,6 +344,15 @@ def test_bench_ar_serve_smoke() -> None:
         assert run["first_audio_ms"] == sorted(run["first_audio_ms"])
         assert run["stall_ms"] >= 0 and 0 <= run["stalled_listeners"] <= run["streams"]
     assert len({r["audio_s"] for r in runs}) == 1 and runs[0]["audio_s"] > 1
+    # The server's units in each run, by action: a prefill per sentence of each listener's reply (two),
+    # batched steps, vocoder chunks; audio only from the vocoder's.
+    for run in runs:
+        units = run["units"]
+        assert units["start"]["units"] == 2 * run["streams"] and units["start"]["batch_mean"] == 1
+        assert units["step"]["units"] > 10 and 1 <= units["step"]["batch_mean"] <= run["streams"]
+        assert units["chunk"]["audio_s"] > 0 and units["start"]["audio_s"] == units["step"]["audio_s"] == 0
+        audio = sum(a["audio_s"] for a in units.values())
+        assert audio == pytest.approx(run["streams"] * run["audio_s"], rel=0.01)
 
 
 @pytest.mark.slow

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from streamvox.bench.ar import t2s_step_bytes, t2s_step_macs
 from streamvox.bench.harness import playback_stall_ms, snr_db
-from streamvox.bench.load_phases import SETTLE_S, describe_phases, load_phases, phase_summary
+from streamvox.bench.trace_summary import (
+    SETTLE_S,
+    action_summary,
+    describe_actions,
+    describe_phases,
+    load_phases,
+    phase_summary,
+)
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.engine.unit_trace import UnitRecord
 
@@ -84,3 +91,21 @@ def test_a_load_step_splits_at_the_ramp_plus_the_settling_time() -> None:
     line = describe_phases(36, phases)
     assert line.startswith("  N=36: arrivals (3.0 s): workers busy 10 %, server CPU 168 % (full 67 % of it)")
     assert "after (7.0 s): workers busy 3 %, server CPU 75 % (full 0 % of it)" in line
+
+
+def test_a_run_s_units_are_summed_by_action() -> None:
+    units = [
+        _unit(0.0, 0.04, 0.0, action="start"),
+        _unit(0.1, 0.01, 0.0, action="step", batch=4),
+        _unit(0.2, 0.01, 0.0, action="step", batch=2),
+        _unit(0.3, 0.05, 0.48, action="chunk", deadline=0.3),  # finished at 0.35, after the listener ran dry
+    ]
+    summary = action_summary(units)
+    assert list(summary) == ["start", "step", "chunk"]
+    assert summary["step"]["units"] == 2 and summary["step"]["batch_mean"] == 3.0
+    assert summary["step"]["run_ms"] == pytest.approx(20.0) and summary["step"]["cpu_ms"] == pytest.approx(10.0)
+    assert (summary["chunk"]["audio_s"], summary["chunk"]["late_units"], summary["start"]["late_units"]) == (0.48, 1, 0)
+    assert (
+        describe_actions(summary)
+        == "start 1x (batch 1.0) 40 ms; step 2x (batch 3.0) 20 ms; chunk 1x (batch 1.0) 50 ms, 1 late"
+    )

@@ -1,4 +1,5 @@
-"""A load step's arrival burst against the rest of it, from the server's unit trace.
+"""Summaries of the server's unit trace: a load step's arrival burst against the rest, and a run's
+units by action.
 
 ``bench load`` starts its listeners over ``--ramp`` seconds, and each one's first reply begins as
 it arrives, so the first seconds of a step hold every stream's most expensive units (its first
@@ -91,3 +92,32 @@ def describe_phases(streams: int, phases: dict[str, dict[str, Any]]) -> str:
         )
 
     return f"  N={streams}: " + "; ".join(part(name, p) for name, p in phases.items())
+
+
+def action_summary(records: Sequence[UnitRecord]) -> dict[str, dict[str, Any]]:
+    """Per action (``window``; ``start``, ``step``, ``chunk``, ...): how many units, the streams a
+    unit advanced on average, their run and worker-thread CPU time summed (ms), the audio they made
+    and how many came late."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        a = out.setdefault(r.action, {"units": 0, "batch_mean": 0.0, "run_ms": 0.0, "cpu_ms": 0.0, "audio_s": 0.0,
+                                      "late_units": 0})  # fmt: skip
+        a["units"] += 1
+        a["batch_mean"] += r.batch
+        a["run_ms"] += 1000 * r.run_s
+        a["cpu_ms"] += 1000 * r.cpu_s
+        a["audio_s"] += r.audio_s
+        a["late_units"] += r.late_s > 0
+    for a in out.values():
+        a["batch_mean"] /= a["units"]
+    return out
+
+
+def describe_actions(summary: dict[str, dict[str, Any]]) -> str:
+    """``action Nx (batch B) T ms[, L late]`` for each action, on one line."""
+
+    def part(name: str, a: dict[str, Any]) -> str:
+        late = f", {a['late_units']} late" if a["late_units"] else ""
+        return f"{name} {a['units']}x (batch {a['batch_mean']:.1f}) {a['run_ms']:.0f} ms{late}"
+
+    return "; ".join(part(name, a) for name, a in summary.items())
