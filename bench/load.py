@@ -504,13 +504,13 @@ def run_load_bench(args: argparse.Namespace) -> int:
         url = f"ws://127.0.0.1:{port}/v1/stream"
         pid = proc.pid
     profile = LoadProfile(words_per_s=args.words_per_s, ramp_s=args.ramp, pause_s=args.pause)
+    cores = os.cpu_count() or 1
     try:
         steps = [args.streams]
         if args.find_max:
             steps = [n for n in FIND_MAX_STEPS if n <= args.streams] or [args.streams]
         rows = []
         max_streams = None
-        cores = os.cpu_count() or 1
         workers = args.workers or cores
         for n in steps:
             every = CPU_SAMPLE_S if trace_dir is not None else None
@@ -533,7 +533,6 @@ def run_load_bench(args: argparse.Namespace) -> int:
         if trace_dir is not None:
             trace_dir.cleanup()
     raw, raw_lifted = raw_single_thread_cpu_per_audio_s()
-    cores = os.cpu_count() or 1
     best = next((r for r in reversed(rows) if r["pass"]), None)
     # Speech share of a listener's time at the largest passing N (1.0 with no pause between replies),
     # over each listener's own time connected: with a long ramp the last arrivals are present for less.

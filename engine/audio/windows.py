@@ -19,10 +19,13 @@ class WindowPlan:
     first_frames: int = 24
     """First window of a stream: ~279 ms of 22.05 kHz audio, so the client has played little
     of it when the second window arrives even on a loaded machine."""
-    later_first_frames: int = 128
-    """First window of a later segment (~1.5 s of audio): earlier audio is still playing, so it can
-    be larger; each window fewer saves decoding its context frames twice (measured on the latency
-    paragraph: 64 frames cost 1.126 CPU s per second of the raw model's, 128 frames 1.056)."""
+    later_first_frames: int = 64
+    """First window of a later segment (~0.74 s of audio).  Bigger windows decode fewer context
+    frames (measured on the latency paragraph: 64 frames cost 1.126 CPU s per second of the raw
+    model's, 128 frames 1.056), but a later segment starts when its sentence's text is complete,
+    often with little audio left to play, and a unit once started is not stopped: in a burst of
+    reply starts, 64 frames instead of 128 left 17 late units instead of 187 over 8 load runs of
+    36 listeners, for 2.5-3.5 % more CPU per audio second (``scripts/ab.py``, 2026-12-05)."""
     max_frames: int = 512
     """Largest window (~6 s of audio, ~0.5 s of one core): caps the work between two abort checks."""
     growth: float = 2.0
