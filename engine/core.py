@@ -554,8 +554,9 @@ class EngineCore:
                 self._counters.late_units += 1
                 self._counters.late_s += late_by
                 self._counters.late_behind_lead_work += job.behind_lead_work
-        if self._trace is not None:
-            self._trace.write(self._record(done, stream, finished, audio))
+        if self._trace is not None and not self._trace.write(self._record(done, stream, finished, audio)):
+            log.warning("the unit trace %s cannot be written to; tracing stops", self._trace.path)
+            self._trace = None
         for event in done.events:
             if isinstance(event, AudioChunk):
                 stream.samples_out += len(event.pcm)

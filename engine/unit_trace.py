@@ -58,14 +58,25 @@ class UnitTraceWriter:
     process sees every finished unit).  Engine thread only: not thread-safe."""
 
     def __init__(self, path: str | Path) -> None:
+        """Opens ``path`` for appending (``OSError`` if it cannot be)."""
         self.path = Path(path)
         self._file: TextIO = self.path.open("a", encoding="utf-8", buffering=1)
 
-    def write(self, record: UnitRecord) -> None:
-        self._file.write(json.dumps(asdict(record), separators=(",", ":")) + "\n")
+    def write(self, record: UnitRecord) -> bool:
+        """Append ``record``; ``False`` if the file cannot take it (a full disk): the writer is then
+        closed, and a diagnostic never stops the engine that writes it."""
+        try:
+            self._file.write(json.dumps(asdict(record), separators=(",", ":")) + "\n")
+        except OSError:
+            self.close()
+            return False
+        return True
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # its last line could not be flushed: nothing more to lose
 
 
 def read_unit_trace(path: str | Path, since: float | None = None, until: float | None = None) -> list[UnitRecord]:

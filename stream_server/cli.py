@@ -63,6 +63,15 @@ def _serve_on_ray(config: ServerConfig, replicas: int, max_replicas: int | None,
     return run_local(config, config.host, config.port, Placement(replicas, cpus, max_replicas=max_replicas))
 
 
+def _check_writable(path: str, flag: str) -> None:
+    """Raise ``ValueError`` naming ``flag`` unless ``path`` can be opened for appending."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{flag}: cannot write to {path} ({exc.strerror or exc})") from exc
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
@@ -71,6 +80,8 @@ def _serve(args: argparse.Namespace) -> int:
     from streamvox.stream_server.tls import TLSConfigError, server_ssl_context
 
     try:
+        if args.unit_trace:
+            _check_writable(args.unit_trace, "--unit-trace")
         config = ServerConfig(
             host=args.host,
             port=args.port,

@@ -68,6 +68,20 @@ def test_say_rejects_unknown_output_type_and_voice(tmp_path: Path) -> None:
 def test_parser_defaults() -> None:
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 8765)
+    assert args.unit_trace is None
+
+
+def test_serve_refuses_a_unit_trace_it_cannot_write(tmp_path: Path) -> None:
+    """Before loading any voice: a clear error and exit status 2, not a traceback at start-up."""
+    target = tmp_path / "no-such-folder" / "units.jsonl"
+    result = subprocess.run(
+        [*STREAMVOX, "serve", "--port", str(free_port()), "--unit-trace", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"--unit-trace: cannot write to {target}" in result.stderr and "Traceback" not in result.stderr
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:

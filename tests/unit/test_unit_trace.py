@@ -74,3 +74,16 @@ def test_the_trace_shows_the_late_units_the_engine_counts(
     late = [r for r in read_unit_trace(path) if r.late_s > 0]
     assert len(late) == core.late_units >= 3
     assert sum(r.late_s for r in late) == pytest.approx(core.late_seconds)
+
+
+def test_a_file_that_cannot_take_a_line_stops_the_trace_not_the_engine(
+    make_engine: Callable[..., EngineCore], voice: PiperVoice
+) -> None:
+    full = Path("/dev/full")  # every write fails with ENOSPC
+    writer = UnitTraceWriter(full)
+    assert writer.write(_record(1.0)) is False
+    core = make_engine(EngineConfig(workers=1, unit_trace=str(full)))
+    for _ in range(2):  # the stream after the failed write is served as well
+        events = run_stream(core, voice, SEGMENTS[:2], NOISE_OFF)
+        assert isinstance(events[-1], StreamDone)
+    assert core.running and core.problem is None
