@@ -4,8 +4,9 @@ Both run the v2 dimensions (24 layers, width 512, 16 heads) with the same
 random weights, written once as a real-format s1 checkpoint, on the same
 prompt (``--text-len`` phoneme ids, ``--prompt-len`` semantic tokens).  Ours
 decodes ``--tokens`` steps at batch 1, 4 and 16 (one slot per stream, all in
-one batched step), with fp32 weights, with int8 linear weights and with int8
-weights over a bfloat16 key/value cache (``bf16_cache``); the
+one batched step), with fp32 weights, with int8 linear weights, and with int8
+weights over a bfloat16 key/value cache (``bf16_cache``) and over an int8 one
+(``int8_cache``, a float32 scale per row); the
 reference (``gpt-sovits-cpufast``'s ``infer_panel``, in a child process with
 ``--reference`` on its path) decodes the same number of tokens at batch 1.
 The end-of-speech row of the output head is zero, far below the top 15
@@ -66,6 +67,9 @@ from streamvox.engine.ar.token_vocoder import ChunkSchedule
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig
 from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
 
+KV_CACHES: dict[str, torch.dtype | None] = {"": None, "+bf16kv": torch.bfloat16, "+int8kv": torch.int8}
+"""The T2S cache types the benchmark runs, by the suffix they add to a row's weights label."""
+
 FIRST_SNR_S = 0.4
 """The opening (seconds) whose streamed audio is also set against the one-shot decode on its own:
 what a smaller first chunk, decoded with less context, changes."""
@@ -117,12 +121,20 @@ print(json.dumps(result))
 """
 
 
-def t2s_step_bytes(cfg: T2SConfig, int8: bool, batch: int, width: float, cache_bytes: int = 4) -> float:
+def kv_bytes_per_value(cfg: T2SConfig, cache: torch.dtype | None) -> float:
+    """Bytes a T2S cache spends per cached key or value element: 4 in fp32 (``None``), 2 in bf16, 1
+    in int8 plus its row's float32 scale shared over the head's dimensions."""
+    if cache == torch.int8:
+        return 1 + 4 / (cfg.hidden // cfg.heads)
+    return 2 if cache == torch.bfloat16 else 4
+
+
+def t2s_step_bytes(cfg: T2SConfig, int8: bool, batch: int, width: float, cache_bytes: float = 4) -> float:
     """What one batched T2S step must read from memory: every transformer linear's weights
     (1 byte each in int8, 4 in fp32, plus fp32 biases), the fp32 output head, and each of the
     ``batch`` slots' cached keys and values over ``width`` positions in every layer
-    (``cache_bytes`` each: 4 in fp32, 2 in bf16).  Norms and the one embedding row per slot are
-    left out (under 0.1 % of it)."""
+    (``cache_bytes`` each: see :func:`kv_bytes_per_value`).  Norms and the one embedding row per slot
+    are left out (under 0.1 % of it)."""
     h, f = cfg.hidden, cfg.ffn
     linear_weights = cfg.layers * (3 * h * h + h * h + 2 * h * f)
     biases = cfg.layers * (3 * h + h + f + h)
@@ -148,12 +160,12 @@ def _ours(
     int8: bool,
     bandwidth: float,
     macs_per_s: float,
-    bf16_cache: bool = False,
+    cache: str = "",
 ) -> dict[str, Any]:
     """``batch`` streams prefilled one by one, then decoded ``tokens`` steps together.  A step's
     floor is the larger of its bytes over ``bandwidth`` (bytes/s) and its multiply-adds over
-    ``macs_per_s`` (the linear layers' rate at these weights).  ``bf16_cache``: keys and values
-    cached in bfloat16."""
+    ``macs_per_s`` (the linear layers' rate at these weights).  ``cache``: a :data:`KV_CACHES`
+    suffix, the type keys and values are cached in."""
     from streamvox.engine.ar.generate import TokenStream, advance, choose
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
@@ -162,7 +174,7 @@ def _ours(
     loaded = load_s1(checkpoint)
     cfg = T2SConfig.from_checkpoint(loaded.config)
     max_len = len(phonemes) + len(prompt) + tokens + 8
-    cache_dtype = torch.bfloat16 if bf16_cache else None
+    cache_dtype = KV_CACHES[cache]
     decoder = T2SDecoder(loaded.weights, cfg, slots=batch, max_len=max_len, int8=int8, cache_dtype=cache_dtype)
     policy = EosPolicy(eos=cfg.eos, max_steps=tokens)
     started = time.perf_counter()
@@ -179,13 +191,13 @@ def _ours(
     produced = sum(len(s.tokens) for s in streams)
     # The step reads the cache up to its longest slot; on average that is half-way through.
     mean_width = len(phonemes) + len(prompt) + (steps + 1) / 2
-    memory_s = t2s_step_bytes(cfg, int8, batch, mean_width, cache_bytes=2 if bf16_cache else 4) / bandwidth
+    memory_s = t2s_step_bytes(cfg, int8, batch, mean_width, kv_bytes_per_value(cfg, cache_dtype)) / bandwidth
     compute_s = t2s_step_macs(cfg, batch, mean_width) / macs_per_s
     bound_s = max(memory_s, compute_s)
     step_s = (finished - prefilled) / steps
     prefill_s = prefilled - started
     return {
-        "weights": ("int8" if int8 else "fp32") + ("+bf16kv" if bf16_cache else ""),
+        "weights": ("int8" if int8 else "fp32") + cache,
         "batch": batch,
         "tokens": produced,
         "steps": steps,
@@ -215,10 +227,9 @@ def cache_rounding(checkpoint: Path, phonemes: list[int], prompt: list[int], tok
     cfg = T2SConfig.from_checkpoint(loaded.config)
     max_len = len(phonemes) + len(prompt) + tokens + 8
     paths = {
-        "fp32": (False, None),
-        "fp32+bf16kv": (False, torch.bfloat16),
-        "int8": (True, None),
-        "int8+bf16kv": (True, torch.bfloat16),
+        weights + cache: (weights == "int8", dtype)
+        for weights in ("fp32", "int8")
+        for cache, dtype in KV_CACHES.items()
     }
     decoders = {
         name: T2SDecoder(loaded.weights, cfg, slots=1, max_len=max_len, int8=int8, cache_dtype=cache)
@@ -431,8 +442,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bandwidth = memory_bandwidth_gbs()
         gmacs = {int8: matmul_gmacs(int8) for int8 in (False, True)}
         ours = [
-            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9, bf16kv)
-            for int8, bf16kv in ((False, False), (True, False), (True, True))
+            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9, cache)
+            for int8, cache in ((False, ""), (True, ""), (True, "+bf16kv"), (True, "+int8kv"))
             for b in args.batches
         ]
         rounding = cache_rounding(checkpoint, phonemes, prompt, args.tokens)
@@ -458,7 +469,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "reference": reference,
         "streaming": streaming,
     }
-    for kind in ("fp32", "int8", "int8+bf16kv"):
+    for kind in ("fp32", "int8", "int8+bf16kv", "int8+int8kv"):
         rows = [r for r in ours if r["weights"] == kind]
         one = next((r for r in rows if r["batch"] == 1), None)
         if one is None:
@@ -493,7 +504,7 @@ def _table(result: dict[str, Any]) -> str:
     ref = result["reference"]
     if ref:
         lines.append(f"  gpt-sovits-cpufast     1 {ref['tokens_per_s']:>25.1f}")
-    for kind in ("fp32", "int8", "int8+bf16kv"):
+    for kind in ("fp32", "int8", "int8+bf16kv", "int8+int8kv"):
         if f"speedup_vs_reference_batch1_{kind}" in result:
             ratio = result[f"speedup_vs_reference_batch1_{kind}"]
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")

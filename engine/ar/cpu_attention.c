@@ -10,12 +10,21 @@
  *
  * The prefill: every row of a sequence against a prefix of the same sequence (see run_prefill).
  *
- * Cache layout (one layer): [2][slots][heads][max_len][head_dim], keys then values, float32 or
- * bfloat16 (the upper half of a float32, rounded to nearest even when written).  qkv is the
- * step's fused projection, [batch][3 * hidden] float32: queries, keys, values, each [heads][head_dim].
+ * Cache layout (one layer): [2][slots][heads][max_len][head_dim], keys then values, float32,
+ * bfloat16 (the upper half of a float32, rounded to nearest even when written) or int8.  An int8
+ * cache keeps one float32 scale per row (a row is its int8 values times its scale, the largest
+ * magnitude mapped to 127, rounded to nearest even), [2][slots][heads][max_len] beside the cache.
+ * Its values are plain rows; its keys are stored plus 128 (as uint8) in blocks of 16 positions,
+ * each block [head_dim / 4][16][4], so one 64-byte load holds 4 dimensions of 16 keys: the shape
+ * the VNNI instruction (u8 x s8, 4 products summed into each of 16 int32 lanes) wants, with no
+ * horizontal sums.  The query is split into two int8 parts (q = hi * s + lo * s / 254, 15 bits in
+ * all), so the scores are exact integer sums over the cache's int8 keys.  max_len is then a
+ * multiple of 16 and head_dim of 4.  qkv is the step's fused projection, [batch][3 * hidden]
+ * float32: queries, keys, values, each [heads][head_dim].
  *
- * Two code paths give the same result up to float rounding: AVX-512F intrinsics for head_dim a
- * multiple of 16 (chosen at run time when the CPU has them) and portable C for anything else.
+ * Two code paths give the same result up to float rounding: AVX-512F intrinsics (and VNNI for an
+ * int8 cache) for head_dim a multiple of 16, chosen at run time when the CPU has them, and portable
+ * C for anything else.
  * The exponential is a polynomial (relative error about 2e-7), the same on both paths.
  *
  * Thread-safety: a call writes only its streams' cache rows at their positions and its output
@@ -36,7 +45,7 @@
 #define HAVE_X86 0
 #endif
 
-enum { CACHE_F32 = 0, CACHE_BF16 = 1 };
+enum { CACHE_F32 = 0, CACHE_BF16 = 1, CACHE_I8 = 2 };
 
 static inline uint16_t to_bf16(float x) {
     uint32_t bits;
@@ -51,6 +60,99 @@ static inline float from_bf16(uint16_t x) {
     float out;
     memcpy(&out, &bits, sizeof out);
     return out;
+}
+
+enum { MAX_I8_HEAD_DIM = 256, PAIRS_PER_FLUSH = 128 };
+
+static inline int8_t clamp_i8(float q) { return (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q); }
+
+/* One row of n values as int8 and its scale (see the cache layout above); all zero for a zero row,
+ * or for one holding a NaN or an infinity (nothing finite stands for it). */
+static void quantize_row(const float *x, int64_t n, int8_t *out, float *scale) {
+    float top = 0.0f;
+    int finite = 1;
+    for (int64_t d = 0; d < n; d++) {
+        const float a = fabsf(x[d]);
+        finite &= a <= 3.40282347e38f;
+        top = a > top ? a : top;
+    }
+    if (!finite || top == 0.0f) {
+        memset(out, 0, (size_t)n);
+        *scale = 0.0f;
+        return;
+    }
+    const float inverse = 127.0f / top;
+    for (int64_t d = 0; d < n; d++) out[d] = clamp_i8(nearbyintf(x[d] * inverse));
+    *scale = top / 127.0f;
+}
+
+/* Where dimension d of position p lies in one (slot, head)'s int8 keys (16-position blocks of
+ * [head_dim / 4][16][4]) and values (position pairs, [head_dim][2]). */
+static inline size_t key_offset(int64_t p, int64_t d, int64_t head_dim) {
+    return (size_t)((p / 16) * head_dim * 16 + (d / 4) * 64 + (p % 16) * 4 + d % 4);
+}
+
+static inline size_t value_offset(int64_t p, int64_t d, int64_t head_dim) {
+    return (size_t)((p / 2) * 2 * head_dim + d * 2 + p % 2);
+}
+
+/* Place a quantised row q at position p: a key plus 128 into its block, a value into its pair. */
+static void place_key(const int8_t *q, int64_t head_dim, uint8_t *keys, int64_t p) {
+    for (int64_t d = 0; d < head_dim; d++) keys[key_offset(p, d, head_dim)] = (uint8_t)(q[d] + 128);
+}
+
+static void place_value(const int8_t *q, int64_t head_dim, int8_t *values, int64_t p) {
+    for (int64_t d = 0; d < head_dim; d++) values[value_offset(p, d, head_dim)] = q[d];
+}
+
+/* Quantise row x into position p of one (slot, head)'s int8 keys or values (scalar: store_rows and
+ * the portable path; the fast path's writes are the same bytes). */
+static void store_key_i8(const float *x, int64_t head_dim, uint8_t *keys, float *key_scales, int64_t p) {
+    int8_t q[MAX_I8_HEAD_DIM];
+    quantize_row(x, head_dim, q, key_scales + p);
+    place_key(q, head_dim, keys, p);
+}
+
+static void store_value_i8(const float *x, int64_t head_dim, int8_t *values, float *value_scales, int64_t p) {
+    int8_t q[MAX_I8_HEAD_DIM];
+    quantize_row(x, head_dim, q, value_scales + p);
+    place_value(q, head_dim, values, p);
+}
+
+/* A query as two int8 parts, q ~ hi * unit + lo * unit / 254 (lo is what hi leaves, about 15 bits
+ * in all), with each part's sum: the keys' +128 adds 128 * sum to a dot product, taken off again. */
+typedef struct {
+    int8_t hi[MAX_I8_HEAD_DIM], lo[MAX_I8_HEAD_DIM];
+    float unit_hi, unit_lo;
+    int32_t sum_hi, sum_lo;
+} SplitQuery;
+
+static void split_query(const float *q, int64_t head_dim, SplitQuery *out) {
+    quantize_row(q, head_dim, out->hi, &out->unit_hi);
+    out->unit_lo = out->unit_hi / 254.0f;
+    const float inverse = out->unit_lo > 0.0f ? 1.0f / out->unit_lo : 0.0f;
+    out->sum_hi = out->sum_lo = 0;
+    for (int64_t d = 0; d < head_dim; d++) {
+        out->lo[d] = clamp_i8(nearbyintf(fmaf(-(float)out->hi[d], out->unit_hi, q[d]) * inverse));
+        out->sum_hi += out->hi[d];
+        out->sum_lo += out->lo[d];
+    }
+}
+
+/* The softmax weights times the value scales as int16, the largest 32767, ready for the pair sums;
+ * returns the unit (a weight is its int16 times the unit).  weights has room for width rounded up
+ * to 16, and is zero past width. */
+static float value_weights(const float *scores, const float *value_scales, int64_t width, int16_t *weights) {
+    const int64_t padded = (width + 15) & ~(int64_t)15;
+    float top = 0.0f;
+    for (int64_t w = 0; w < width; w++) {
+        const float a = scores[w] * value_scales[w];
+        top = a > top ? a : top;
+    }
+    const float inverse = top > 0.0f ? 32767.0f / top : 0.0f;
+    for (int64_t w = 0; w < width; w++) weights[w] = (int16_t)nearbyintf(scores[w] * value_scales[w] * inverse);
+    for (int64_t w = width; w < padded; w++) weights[w] = 0;
+    return top / 32767.0f;
 }
 
 /* exp(x) for x <= 0 (a softmax's shifted scores): 2^n * p(r), r = x - n ln 2, |r| <= ln 2 / 2. */
@@ -97,6 +199,35 @@ static void head_portable(const float *q, const void *keys, const void *values, 
         for (int64_t d = 0; d < head_dim; d++) out[d] += scores[w] * load_one(v, d, bf16);
     }
     for (int64_t d = 0; d < head_dim; d++) out[d] /= total;
+}
+
+/* head_portable over an int8 cache (layout above): the same integer sums as the VNNI path. */
+static void head_portable_i8(const SplitQuery *q, const uint8_t *keys, const float *key_scales, const int8_t *values,
+                             const float *value_scales, int64_t width, int64_t head_dim, float scale, float *scores,
+                             int16_t *weights, float *out) {
+    const float hi_unit = q->unit_hi * scale, lo_unit = q->unit_lo * scale;
+    float top = -INFINITY;
+    for (int64_t w = 0; w < width; w++) {
+        int32_t hi = 0, lo = 0;
+        for (int64_t d = 0; d < head_dim; d++) {
+            const int32_t k = (int32_t)keys[key_offset(w, d, head_dim)] - 128;
+            hi += k * q->hi[d];
+            lo += k * q->lo[d];
+        }
+        scores[w] = fmaf(hi_unit, (float)hi, lo_unit * (float)lo) * key_scales[w];
+        if (scores[w] > top) top = scores[w];
+    }
+    float total = 0.0f;
+    for (int64_t w = 0; w < width; w++) {
+        scores[w] = exp_nonpositive(scores[w] - top);
+        total += scores[w];
+    }
+    const float unit = value_weights(scores, value_scales, width, weights) / total;
+    for (int64_t d = 0; d < head_dim; d++) {
+        int64_t sum = 0;
+        for (int64_t w = 0; w < width; w++) sum += (int64_t)weights[w] * values[value_offset(w, d, head_dim)];
+        out[d] = (float)sum * unit;
+    }
 }
 
 /* ---- AVX-512F path (head_dim a multiple of 16, at most 256) --------------------------------- */
@@ -278,6 +409,201 @@ AVX512 static inline void head_avx512_bf16(const float *q_in, const uint16_t *ke
     }
 }
 
+/* ---- int8 cache: VNNI integer sums over the key blocks and the value pairs ----------------------- */
+#define AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+/* quantize_row for n = 16 * vectors, with the same arithmetic (so the same bytes). */
+AVX512_VNNI static inline void quantize_row_avx512(const float *x, int vectors, int8_t *out, float *scale) {
+    const __m512 largest = _mm512_set1_ps(3.40282347e38f);
+    __m512 top = _mm512_setzero_ps();
+    __mmask16 finite = 0xffff;
+    for (int j = 0; j < vectors; j++) {
+        const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + 16 * j));
+        finite &= _mm512_cmp_ps_mask(a, largest, _CMP_LE_OQ);
+        top = _mm512_max_ps(top, a);
+    }
+    const float t = _mm512_reduce_max_ps(top);
+    if (finite != 0xffff || t == 0.0f) {
+        memset(out, 0, (size_t)(16 * vectors));
+        *scale = 0.0f;
+        return;
+    }
+    const __m512 inverse = _mm512_set1_ps(127.0f / t);
+    for (int j = 0; j < vectors; j++) {
+        __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * j), inverse),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+        _mm_storeu_si128((__m128i *)(out + 16 * j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q)));
+    }
+    *scale = t / 127.0f;
+}
+
+/* split_query for head_dim = 16 * vectors, with the same arithmetic. */
+AVX512_VNNI static inline void split_query_avx512(const float *q, int vectors, SplitQuery *out) {
+    quantize_row_avx512(q, vectors, out->hi, &out->unit_hi);
+    out->unit_lo = out->unit_hi / 254.0f;
+    const __m512 unit = _mm512_set1_ps(out->unit_hi);
+    const __m512 inverse = _mm512_set1_ps(out->unit_lo > 0.0f ? 1.0f / out->unit_lo : 0.0f);
+    __m512i sum_hi = _mm512_setzero_si512(), sum_lo = _mm512_setzero_si512();
+    for (int j = 0; j < vectors; j++) {
+        const __m512i hi = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(out->hi + 16 * j)));
+        const __m512 rest = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(hi), unit, _mm512_loadu_ps(q + 16 * j));
+        __m512 lo = _mm512_roundscale_ps(_mm512_mul_ps(rest, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        lo = _mm512_min_ps(_mm512_max_ps(lo, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+        const __m512i lo_i = _mm512_cvtps_epi32(lo);
+        _mm_storeu_si128((__m128i *)(out->lo + 16 * j), _mm512_cvtepi32_epi8(lo_i));
+        sum_hi = _mm512_add_epi32(sum_hi, hi);
+        sum_lo = _mm512_add_epi32(sum_lo, lo_i);
+    }
+    out->sum_hi = _mm512_reduce_add_epi32(sum_hi);
+    out->sum_lo = _mm512_reduce_add_epi32(sum_lo);
+}
+
+/* value_weights over scores padded to 16 (softmax_in_place leaves zeros past width), the same arithmetic. */
+AVX512_VNNI static inline float value_weights_avx512(const float *scores, const float *value_scales, int64_t width,
+                                                     int16_t *weights) {
+    const int64_t padded = (width + 15) & ~(int64_t)15;
+    __m512 top16 = _mm512_setzero_ps();
+    for (int64_t w = 0; w < padded; w += 16) {
+        const __mmask16 live = w + 16 <= width ? 0xffff : (__mmask16)((1u << (width - w)) - 1u);
+        const __m512 a = _mm512_maskz_mul_ps(live, _mm512_loadu_ps(scores + w), _mm512_loadu_ps(value_scales + w));
+        top16 = _mm512_max_ps(top16, a);
+    }
+    const float top = _mm512_reduce_max_ps(top16);
+    const __m512 inverse = _mm512_set1_ps(top > 0.0f ? 32767.0f / top : 0.0f);
+    for (int64_t w = 0; w < padded; w += 16) {
+        const __mmask16 live = w + 16 <= width ? 0xffff : (__mmask16)((1u << (width - w)) - 1u);
+        const __m512 a = _mm512_maskz_mul_ps(live, _mm512_loadu_ps(scores + w), _mm512_loadu_ps(value_scales + w));
+        const __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(a, inverse), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_storeu_si256((__m256i *)(weights + w), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(q)));
+    }
+    return top / 32767.0f;
+}
+
+/* The 16 scores of one key block, both query parts: each 64-byte load is 4 dimensions of 16 keys. */
+AVX512_VNNI static inline __m512 block_scores_i8(const uint8_t *block, const int32_t *hi_words, const int32_t *lo_words,
+                                                 int groups, __m512i hi_bias, __m512i lo_bias, __m512 hi_unit,
+                                                 __m512 lo_unit) {
+    __m512i hi = _mm512_setzero_si512(), lo = _mm512_setzero_si512();
+    __m512i hi2 = _mm512_setzero_si512(), lo2 = _mm512_setzero_si512();
+    int g = 0;
+    for (; g + 2 <= groups; g += 2) { /* two chains per part: each VNNI waits on its own sum */
+        const __m512i k0 = _mm512_loadu_si512((const void *)(block + 64 * g));
+        const __m512i k1 = _mm512_loadu_si512((const void *)(block + 64 * (g + 1)));
+        hi = _mm512_dpbusd_epi32(hi, k0, _mm512_set1_epi32(hi_words[g]));
+        lo = _mm512_dpbusd_epi32(lo, k0, _mm512_set1_epi32(lo_words[g]));
+        hi2 = _mm512_dpbusd_epi32(hi2, k1, _mm512_set1_epi32(hi_words[g + 1]));
+        lo2 = _mm512_dpbusd_epi32(lo2, k1, _mm512_set1_epi32(lo_words[g + 1]));
+    }
+    if (g < groups) {
+        const __m512i k0 = _mm512_loadu_si512((const void *)(block + 64 * g));
+        hi = _mm512_dpbusd_epi32(hi, k0, _mm512_set1_epi32(hi_words[g]));
+        lo = _mm512_dpbusd_epi32(lo, k0, _mm512_set1_epi32(lo_words[g]));
+    }
+    hi = _mm512_sub_epi32(_mm512_add_epi32(hi, hi2), hi_bias);
+    lo = _mm512_sub_epi32(_mm512_add_epi32(lo, lo2), lo_bias);
+    return _mm512_fmadd_ps(hi_unit, _mm512_cvtepi32_ps(hi), _mm512_mul_ps(lo_unit, _mm512_cvtepi32_ps(lo)));
+}
+
+/* Sums of weights[w] * values[w] over position pairs, 16 dimensions of both positions per 32-byte
+ * load (widened to int16 for VNNI's int16 pair products), flushed to float every PAIRS_PER_FLUSH
+ * pairs so the int32 sums cannot overflow (128 pairs of 2 * 32767 * 127 each). */
+AVX512_VNNI static inline void pair_sums_i8(const int8_t *values, const int16_t *weights, int64_t width, int vectors,
+                                            float unit, const char *ahead, float *out) {
+    const int64_t head_dim = 16 * vectors, pairs = (width + 1) / 2;
+    __m512 total[MAX_VECTORS];
+    for (int j = 0; j < vectors; j++) total[j] = _mm512_setzero_ps();
+    for (int64_t start = 0; start < pairs; start += PAIRS_PER_FLUSH) {
+        const int64_t end = start + PAIRS_PER_FLUSH < pairs ? start + PAIRS_PER_FLUSH : pairs;
+        __m512i a[MAX_VECTORS], b[MAX_VECTORS];
+        for (int j = 0; j < vectors; j++) a[j] = b[j] = _mm512_setzero_si512();
+        int64_t p = start;
+        for (; p + 2 <= end; p += 2) { /* two pairs into two sets of sums: more VNNI chains in flight */
+            int32_t word0, word1;
+            memcpy(&word0, weights + 2 * p, sizeof word0);
+            memcpy(&word1, weights + 2 * p + 2, sizeof word1);
+            const __m512i w0 = _mm512_set1_epi32(word0), w1 = _mm512_set1_epi32(word1);
+            const int8_t *v0 = values + p * 2 * head_dim, *v1 = v0 + 2 * head_dim;
+            if (ahead != NULL)
+                for (int64_t line = 0; line < 4 * head_dim; line += 64) _mm_prefetch(ahead + p * 2 * head_dim + line, _MM_HINT_T0);
+            for (int j = 0; j < vectors; j++) {
+                a[j] = _mm512_dpwssd_epi32(a[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(v0 + 32 * j))), w0);
+                b[j] = _mm512_dpwssd_epi32(b[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(v1 + 32 * j))), w1);
+            }
+        }
+        if (p < end) {
+            int32_t word0;
+            memcpy(&word0, weights + 2 * p, sizeof word0);
+            const __m512i w0 = _mm512_set1_epi32(word0);
+            const int8_t *v0 = values + p * 2 * head_dim;
+            for (int j = 0; j < vectors; j++)
+                a[j] = _mm512_dpwssd_epi32(a[j], _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(v0 + 32 * j))), w0);
+        }
+        for (int j = 0; j < vectors; j++)
+            total[j] = _mm512_add_ps(total[j], _mm512_add_ps(_mm512_cvtepi32_ps(a[j]), _mm512_cvtepi32_ps(b[j])));
+    }
+    const __m512 scale = _mm512_set1_ps(unit);
+    for (int j = 0; j < vectors; j++) _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(total[j], scale));
+}
+
+/* One (stream, head) over an int8 cache.  The hardware prefetcher barely starts on rows this short
+ * (a few KB a head), so while the keys are scored this asks for the values, and while the values
+ * are summed it asks for next_keys (the next head's, or NULL). */
+AVX512_VNNI static inline void head_avx512_i8(const SplitQuery *q, const uint8_t *keys, const float *key_scales,
+                                              const int8_t *values, const float *value_scales, int64_t width,
+                                              int vectors, float scale, float *scores, int16_t *weights,
+                                              const uint8_t *next_keys, float *out) {
+    const int64_t head_dim = 16 * vectors;
+    const int groups = (int)(head_dim / 4);
+    int32_t hi_words[MAX_I8_HEAD_DIM / 4], lo_words[MAX_I8_HEAD_DIM / 4];
+    memcpy(hi_words, q->hi, (size_t)head_dim);
+    memcpy(lo_words, q->lo, (size_t)head_dim);
+    const __m512i hi_bias = _mm512_set1_epi32(128 * q->sum_hi), lo_bias = _mm512_set1_epi32(128 * q->sum_lo);
+    const __m512 hi_unit = _mm512_set1_ps(q->unit_hi * scale), lo_unit = _mm512_set1_ps(q->unit_lo * scale);
+    /* Whole blocks, the last one partly past width: softmax_in_place sets those lanes to -inf. */
+    for (int64_t block = 0; block < (width + 15) / 16; block++) {
+        for (int64_t line = 0; line < 16 * head_dim; line += 64)
+            _mm_prefetch((const char *)values + block * 16 * head_dim + line, _MM_HINT_T0);
+        _mm_prefetch((const char *)(value_scales + 16 * block), _MM_HINT_T0);
+        __m512 dots = block_scores_i8(keys + block * 16 * head_dim, hi_words, lo_words, groups, hi_bias, lo_bias,
+                                      hi_unit, lo_unit);
+        _mm512_storeu_ps(scores + 16 * block, _mm512_mul_ps(dots, _mm512_loadu_ps(key_scales + 16 * block)));
+    }
+    const float total = softmax_in_place(scores, width);
+    const float unit = value_weights_avx512(scores, value_scales, width, weights) / total;
+    pair_sums_i8(values, weights, width, vectors, unit, (const char *)next_keys, out);
+}
+
+AVX512_VNNI static void head_avx512_i8_32(const SplitQuery *q, const uint8_t *keys, const float *key_scales,
+                                          const int8_t *values, const float *value_scales, int64_t width, float scale,
+                                          float *scores, int16_t *weights, const uint8_t *next_keys, float *out) {
+    head_avx512_i8(q, keys, key_scales, values, value_scales, width, 2, scale, scores, weights, next_keys, out);
+}
+
+AVX512_VNNI static void head_avx512_i8_any(const SplitQuery *q, const uint8_t *keys, const float *key_scales,
+                                           const int8_t *values, const float *value_scales, int64_t width, int vectors,
+                                           float scale, float *scores, int16_t *weights, const uint8_t *next_keys,
+                                           float *out) {
+    head_avx512_i8(q, keys, key_scales, values, value_scales, width, vectors, scale, scores, weights, next_keys, out);
+}
+
+/* The step's writes and query split, vectorised (head_dim = 16 * vectors). */
+AVX512_VNNI static void prepare_avx512_i8(const float *key, const float *value, const float *query, int vectors,
+                                          uint8_t *keys, float *key_scales, int8_t *values, float *value_scales,
+                                          int64_t p, SplitQuery *q) {
+    int8_t row[MAX_I8_HEAD_DIM];
+    quantize_row_avx512(key, vectors, row, key_scales + p);
+    place_key(row, 16 * vectors, keys, p);
+    quantize_row_avx512(value, vectors, row, value_scales + p);
+    place_value(row, 16 * vectors, values, p);
+    split_query_avx512(query, vectors, q);
+}
+
+static int cpu_has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+}
+
 /* head_dim 32 (GPT-SoVITS v2) with the vector count known at compile time, so loops unroll. */
 AVX512 static void head_avx512_32(const float *q, const void *keys, const void *values, int bf16, int64_t width,
                                   float scale, float *scores, float *out) {
@@ -300,6 +626,7 @@ static int cpu_has_avx512(void) {
 }
 #else
 static int cpu_has_avx512(void) { return 0; }
+static int cpu_has_vnni(void) { return 0; }
 #endif
 
 /* ---- the step --------------------------------------------------------------------------------- */
@@ -307,18 +634,59 @@ static int cpu_has_avx512(void) { return 0; }
 typedef struct {
     const float *qkv;
     void *cache;
+    float *scales; /* the layer's int8 row scales, [2][slots][heads][max_len]; NULL for other caches */
     const int64_t *slot_ids, *positions;
     float *out;
     int64_t batch, heads, head_dim, slots, max_len;
     float scale;
-    int bf16, fast;
+    int type, bf16, fast;
 } Step;
 
+/* step_pair for an int8 cache: quantise the new key and value into their places, then attend. */
+static void step_pair_i8(const Step *s, int64_t b, int64_t h, float *scores, int16_t *weights) {
+    const int64_t hidden = s->heads * s->head_dim;
+    const int64_t slot = s->slot_ids[b], position = s->positions[b];
+    const size_t key_row0 = (size_t)(slot * s->heads + h) * (size_t)s->max_len;
+    const size_t value_row0 = (size_t)((s->slots + slot) * s->heads + h) * (size_t)s->max_len;
+    uint8_t *keys = (uint8_t *)s->cache + key_row0 * (size_t)s->head_dim;
+    int8_t *values = (int8_t *)s->cache + value_row0 * (size_t)s->head_dim;
+    float *key_scales = s->scales + key_row0, *value_scales = s->scales + value_row0;
+    const float *row = s->qkv + b * 3 * hidden;
+    const float *key = row + hidden + h * s->head_dim, *value = row + 2 * hidden + h * s->head_dim;
+    const float *query = row + h * s->head_dim;
+    float *out = s->out + b * hidden + h * s->head_dim;
+    const int64_t width = position + 1;
+    SplitQuery q;
+#if HAVE_X86
+    if (s->fast) {
+        const int vectors = (int)(s->head_dim / 16);
+        prepare_avx512_i8(key, value, query, vectors, keys, key_scales, values, value_scales, position, &q);
+        /* the next head of the same stream (a thread's pairs run in order), for the prefetch */
+        const uint8_t *next_keys = h + 1 < s->heads ? keys + (size_t)s->max_len * (size_t)s->head_dim : NULL;
+        if (vectors == 2)
+            head_avx512_i8_32(&q, keys, key_scales, values, value_scales, width, s->scale, scores, weights, next_keys,
+                              out);
+        else
+            head_avx512_i8_any(&q, keys, key_scales, values, value_scales, width, vectors, s->scale, scores, weights,
+                               next_keys, out);
+        return;
+    }
+#endif
+    store_key_i8(key, s->head_dim, keys, key_scales, position);
+    store_value_i8(value, s->head_dim, values, value_scales, position);
+    split_query(query, s->head_dim, &q);
+    head_portable_i8(&q, keys, key_scales, values, value_scales, width, s->head_dim, s->scale, scores, weights, out);
+}
+
 /* One (stream, head) of a step; scores has room for max_len rounded up to 16. */
-static void step_pair(const Step *s, int64_t pair, float *scores) {
+static void step_pair(const Step *s, int64_t pair, float *scores, int16_t *weights) {
     const int64_t hidden = s->heads * s->head_dim;
     const size_t item = s->bf16 ? 2 : 4;
     const int64_t b = pair / s->heads, h = pair % s->heads;
+    if (s->type == CACHE_I8) {
+        step_pair_i8(s, b, h, scores, weights);
+        return;
+    }
     const int64_t slot = s->slot_ids[b], position = s->positions[b];
     const int64_t width = position + 1;
     const size_t head_rows = (size_t)(s->max_len * s->head_dim);
@@ -369,14 +737,17 @@ static int run_step(const Step *s, int threads) {
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
         float *scores = malloc((size_t)padded * sizeof(float));
-        if (scores == NULL) {
+        int16_t *weights = s->type == CACHE_I8 ? malloc((size_t)padded * sizeof(int16_t)) : NULL;
+        const int ready = scores != NULL && (s->type != CACHE_I8 || weights != NULL);
+        if (!ready) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t pair = 0; pair < pairs; pair++)
-            if (scores != NULL) step_pair(s, pair, scores);
+            if (ready) step_pair(s, pair, scores, weights);
         free(scores);
+        free(weights);
     }
     return failed ? -1 : 0;
 }
@@ -497,8 +868,8 @@ static int run_prefill(const Prefill *p, int threads) {
 
 /* ---- Python binding --------------------------------------------------------------------------- */
 
-static int fast_path_usable(int64_t head_dim) {
-    return cpu_has_avx512() && head_dim % 16 == 0 && head_dim / 16 <= 16;
+static int fast_path_usable(int64_t head_dim, int type) {
+    return cpu_has_avx512() && head_dim % 16 == 0 && head_dim / 16 <= 16 && (type != CACHE_I8 || cpu_has_vnni());
 }
 
 /* The entry points take addresses and sizes as ints and one float (the softmax scale, at
@@ -521,9 +892,9 @@ static int read_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expecte
 static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     Step s;
-    int64_t values[14];
+    int64_t values[15];
     double scale;
-    if (read_args(args, nargs, 14, 10, "decode_attention", values, &scale) != 0) return NULL;
+    if (read_args(args, nargs, 15, 10, "decode_attention", values, &scale) != 0) return NULL;
     s.qkv = (const float *)(uintptr_t)values[0];
     s.cache = (void *)(uintptr_t)values[1];
     s.slot_ids = (const int64_t *)(uintptr_t)values[2];
@@ -535,20 +906,63 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_s
     s.slots = values[8];
     s.max_len = values[9];
     s.scale = (float)scale;
-    s.bf16 = values[11] == CACHE_BF16;
+    s.type = (int)values[11];
+    s.bf16 = s.type == CACHE_BF16;
     int portable = values[12] != 0;
     int threads = (int)values[13];
+    s.scales = (float *)(uintptr_t)values[14];
     if (s.batch < 0 || s.heads < 1 || s.head_dim < 1 || s.slots < 1 || s.max_len < 1 || threads < 1 ||
-        (values[11] != CACHE_F32 && values[11] != CACHE_BF16)) {
-        PyErr_SetString(PyExc_ValueError, "decode_attention: bad sizes, cache type or thread count");
+        (s.type != CACHE_F32 && s.type != CACHE_BF16 && s.type != CACHE_I8) || ((s.type == CACHE_I8) != (s.scales != NULL)) ||
+        (s.type == CACHE_I8 && (s.head_dim % 4 || s.head_dim > MAX_I8_HEAD_DIM || s.max_len % 16))) {
+        PyErr_SetString(PyExc_ValueError, "decode_attention: bad sizes, cache type, scales or thread count");
         return NULL;
     }
-    s.fast = !portable && fast_path_usable(s.head_dim);
+    s.fast = !portable && fast_path_usable(s.head_dim, s.type);
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = run_step(&s, threads);
     Py_END_ALLOW_THREADS
     if (status != 0) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+/* store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len):
+ * quantise rows p = 0 .. count - 1 (each [heads][head_dim] float32, row_stride floats apart) into
+ * positions start + p of one layer's int8 keys (kind 0) or values (kind 1) of slot. */
+static PyObject *py_store_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 12) {
+        PyErr_SetString(PyExc_TypeError, "store_rows takes 12 arguments");
+        return NULL;
+    }
+    int64_t v[12];
+    for (Py_ssize_t i = 0; i < 12; i++) {
+        v[i] = PyLong_AsLongLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    const float *rows = (const float *)(uintptr_t)v[0];
+    const int64_t row_stride = v[1], count = v[2], kind = v[5], slot = v[6], start = v[7];
+    const int64_t heads = v[8], head_dim = v[9], slots = v[10], max_len = v[11];
+    if (count < 0 || heads < 1 || head_dim < 1 || head_dim % 4 || head_dim > MAX_I8_HEAD_DIM || max_len % 16 ||
+        (kind != 0 && kind != 1) || slot < 0 || slot >= slots || start < 0 || start + count > max_len ||
+        row_stride < heads * head_dim) {
+        PyErr_SetString(PyExc_ValueError, "store_rows: bad sizes, kind, slot or positions");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t h = 0; h < heads; h++) {
+        const size_t row0 = (size_t)((kind * slots + slot) * heads + h) * (size_t)max_len;
+        float *scales = (float *)(uintptr_t)v[4] + row0;
+        char *base = (char *)(uintptr_t)v[3] + row0 * (size_t)head_dim;
+        for (int64_t p = 0; p < count; p++) {
+            const float *x = rows + p * row_stride + h * head_dim;
+            if (kind == 0)
+                store_key_i8(x, head_dim, (uint8_t *)base, scales, start + p);
+            else
+                store_value_i8(x, head_dim, (int8_t *)base, scales, start + p);
+        }
+    }
+    Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
@@ -570,7 +984,7 @@ static PyObject *py_prefix_attention(PyObject *self, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_ValueError, "prefix_attention: bad sizes or thread count");
         return NULL;
     }
-    p.fast = !portable && fast_path_usable(p.head_dim);
+    p.fast = !portable && fast_path_usable(p.head_dim, CACHE_F32);
     int status;
     Py_BEGIN_ALLOW_THREADS
     status = run_prefill(&p, threads);
@@ -579,21 +993,30 @@ static PyObject *py_prefix_attention(PyObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
-static PyObject *py_fast_path(PyObject *self, PyObject *arg) {
+static PyObject *py_fast_path(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    int64_t head_dim = PyLong_AsLongLong(arg);
-    if (head_dim == -1 && PyErr_Occurred()) return NULL;
-    return PyBool_FromLong(fast_path_usable(head_dim));
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "fast_path takes 2 arguments");
+        return NULL;
+    }
+    int64_t head_dim = PyLong_AsLongLong(args[0]), type = PyLong_AsLongLong(args[1]);
+    if ((head_dim == -1 || type == -1) && PyErr_Occurred()) return NULL;
+    return PyBool_FromLong(fast_path_usable(head_dim, (int)type));
 }
 
 static PyMethodDef methods[] = {
     {"decode_attention", (PyCFunction)(void (*)(void))py_decode_attention, METH_FASTCALL,
      "decode_attention(qkv, cache, slot_ids, positions, out, batch, heads, head_dim, slots, max_len, scale,"
-     " cache_type, portable, threads): raw addresses and sizes; see streamvox.engine.ar.cpu_attention."},
+     " cache_type, portable, threads, scales): raw addresses and sizes (scales 0 unless the cache is int8);"
+     " see streamvox.engine.ar.cpu_attention."},
     {"prefix_attention", (PyCFunction)(void (*)(void))py_prefix_attention, METH_FASTCALL,
      "prefix_attention(qkv, widths, out, length, heads, head_dim, scale, portable, threads): raw addresses and"
      " sizes; see streamvox.engine.ar.cpu_attention."},
-    {"fast_path", py_fast_path, METH_O, "fast_path(head_dim): whether the AVX-512 path runs for this head size."},
+    {"store_rows", (PyCFunction)(void (*)(void))py_store_rows, METH_FASTCALL,
+     "store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len): raw"
+     " addresses and sizes; see streamvox.engine.ar.cpu_attention.CacheAttention.store."},
+    {"fast_path", (PyCFunction)(void (*)(void))py_fast_path, METH_FASTCALL,
+     "fast_path(head_dim, cache_type): whether the AVX-512 path runs for this head size and cache."},
     {NULL, NULL, 0, NULL},
 };
 

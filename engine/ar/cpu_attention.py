@@ -27,7 +27,7 @@ import importlib
 
 import torch
 
-CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1}
+CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 """The cache element types the kernel reads, and their codes in the C call."""
 
 try:
@@ -41,9 +41,10 @@ def available() -> bool:
     return _kernel is not None
 
 
-def fast_path(head_dim: int) -> bool:
-    """Whether the kernel runs its AVX-512 code for heads of ``head_dim`` on this CPU (else portable C)."""
-    return _kernel is not None and bool(_kernel.fast_path(head_dim))
+def fast_path(head_dim: int, cache_dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernel runs its AVX-512 code for heads of ``head_dim`` over a ``cache_dtype`` cache
+    on this CPU (else portable C); an int8 cache's also needs AVX-512 VNNI."""
+    return _kernel is not None and bool(_kernel.fast_path(head_dim, CACHE_TYPES[cache_dtype]))
 
 
 def prefix_attention(qkv: torch.Tensor, widths: torch.Tensor, heads: int, portable: bool = False) -> torch.Tensor:
@@ -83,26 +84,89 @@ def prefix_attention(qkv: torch.Tensor, widths: torch.Tensor, heads: int, portab
 class CacheAttention:
     """The kernel bound to a decoder's whole static cache, checked once: the step calls it once a layer.
 
-    ``cache`` is ``(layers, 2, slots, heads, max_len, head_dim)``, contiguous on the CPU, float32 or
-    bfloat16 (keys at index 0 of the second dimension, values at 1).  ``portable`` forces the
+    ``cache`` is ``(layers, 2, slots, heads, max_len, head_dim)``, contiguous on the CPU, float32,
+    bfloat16 or int8 (keys at index 0 of the second dimension, values at 1).  An int8 cache takes
+    ``scales``, ``(layers, 2, slots, heads, max_len)`` float32 contiguous, one per row of
+    ``head_dim``; its ``max_len`` must be a multiple of 16 and ``head_dim`` of 4 (at most 256).
+    Its rows are the kernel's own (``cpu_attention.c``: keys in 16-position blocks, plus 128,
+    values in position pairs):
+    write them with :meth:`store`, read them back with :meth:`stored`.  ``portable`` forces the
     plain-C path (tests).  Raises ``RuntimeError`` when the kernel was not built."""
 
-    def __init__(self, cache: torch.Tensor, portable: bool = False) -> None:
+    def __init__(self, cache: torch.Tensor, portable: bool = False, scales: torch.Tensor | None = None) -> None:
         if _kernel is None:
             raise RuntimeError("the attention kernels were not built (no C compiler when streamvox was installed)")
         if cache.dim() != 6 or cache.shape[1] != 2 or cache.device.type != "cpu":
             raise ValueError("cache must be (layers, 2, slots, heads, max_len, head_dim) on the CPU")
         if cache.dtype not in CACHE_TYPES or not cache.is_contiguous():
-            raise ValueError(f"cache must be contiguous float32 or bfloat16, got {cache.dtype}")
+            raise ValueError(f"cache must be contiguous float32, bfloat16 or int8, got {cache.dtype}")
+        if (cache.dtype == torch.int8) != (scales is not None):
+            raise ValueError("an int8 cache needs its row scales, and only an int8 cache takes them")
+        if scales is not None and (
+            scales.dtype != torch.float32
+            or scales.shape != cache.shape[:-1]
+            or not scales.is_contiguous()
+            or scales.device.type != "cpu"
+        ):
+            raise ValueError(f"scales must be contiguous float32 {tuple(cache.shape[:-1])} on the CPU")
         self.cache = cache
+        self.scales = scales
         layers, _, self.slots, self.heads, self.max_len, self.head_dim = cache.shape
+        if scales is not None and (self.max_len % 16 or self.head_dim % 4 or self.head_dim > 256):
+            raise ValueError("an int8 cache needs max_len a multiple of 16 and head_dim a multiple of 4, at most 256")
         self.hidden = self.heads * self.head_dim
         self._layer_bytes = cache[0].numel() * cache.element_size()
         self._base = cache.data_ptr()
+        self._scales_base = 0 if scales is None else scales.data_ptr()
+        self._scales_layer_bytes = 0 if scales is None else scales[0].numel() * scales.element_size()
         self._layers = layers
         self._type = CACHE_TYPES[cache.dtype]
         self._portable = int(portable)
         self._scale = self.head_dim**-0.5
+
+    def store(self, layer: int, kind: int, slot: int, rows: torch.Tensor) -> None:
+        """Write ``rows`` (``(count, hidden)`` float32, each row's elements contiguous, e.g. a slice of
+        a prefill's qkv) into positions ``0 .. count - 1`` of ``slot``'s keys (``kind`` 0) or
+        values (1) in ``layer``: as they are, rounded to bfloat16, or quantised as the step
+        quantises its own.  Writes only that slot's rows: callers on other slots may run at once."""
+        count = rows.shape[0] if rows.dim() == 2 else -1
+        if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
+            raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
+        if rows.dtype != torch.float32 or rows.shape[-1] != self.hidden or rows.stride(-1) != 1 or count > self.max_len:
+            raise ValueError(f"rows must be float32 (count <= {self.max_len}, {self.hidden}), each row contiguous")
+        if self.scales is None:
+            self.cache[layer, kind, slot, :, :count] = rows.view(count, self.heads, self.head_dim).transpose(0, 1)
+            return
+        _kernel.store_rows(
+            rows.data_ptr(),
+            rows.stride(0),
+            count,
+            self._base + layer * self._layer_bytes,
+            self._scales_base + layer * self._scales_layer_bytes,
+            kind,
+            slot,
+            0,
+            self.heads,
+            self.head_dim,
+            self.slots,
+            self.max_len,
+        )
+
+    def stored(self, layer: int, kind: int, slot: int, count: int) -> torch.Tensor:
+        """What the cache holds at positions ``0 .. count - 1`` of ``slot``'s keys (``kind`` 0) or
+        values (1) in ``layer``, as float32 ``(heads, count, head_dim)``; an int8 cache's rows
+        times their scales."""
+        if self.scales is None:
+            return self.cache[layer, kind, slot, :, :count].float()
+        raw = self.cache[layer, kind, slot]
+        scales = self.scales[layer, kind, slot, :, :count, None]
+        if kind == 1:  # position pairs, [head_dim][2] each
+            pairs = raw.reshape(self.heads, self.max_len // 2, self.head_dim, 2)
+            return pairs.transpose(2, 3).reshape(self.heads, self.max_len, self.head_dim)[:, :count].float() * scales
+        # 16-position blocks, [head_dim / 4][16][4] each, plus 128
+        blocks = raw.reshape(self.heads, self.max_len // 16, self.head_dim // 4, 16, 4).view(torch.uint8)
+        keys = blocks.permute(0, 1, 3, 2, 4).reshape(self.heads, self.max_len, self.head_dim)
+        return (keys[:, :count].float() - 128.0) * scales
 
     def check(self, slot_ids: torch.Tensor, positions: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``slot_ids`` and ``positions`` can drive a step: contiguous
@@ -152,5 +216,6 @@ class CacheAttention:
             self._type,
             self._portable,
             torch.get_num_threads(),
+            self._scales_base and self._scales_base + layer * self._scales_layer_bytes,
         )
         return out

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import soundfile as sf
 import websockets
-from streamvox.bench.ar import t2s_step_bytes, t2s_step_macs
+from streamvox.bench.ar import KV_CACHES, kv_bytes_per_value, t2s_step_bytes, t2s_step_macs
 from streamvox.bench.ar_device import step_bytes as device_step_bytes
 from streamvox.bench.asr import transcribe, wer
 from streamvox.bench.harness import free_port, wait_healthy
@@ -297,17 +297,16 @@ def test_bench_ar_smoke() -> None:
     """The AR benchmark runs ours and the reference on the same v2-size checkpoint and reports both."""
     result = bench_json("ar", "--tokens", "4", "--batches", "1", "2", "--text-len", "8", "--prompt-len", "8")
     rows = [(r["weights"], r["batch"], r["tokens"]) for r in result["ours"]]
-    assert rows == [("fp32", 1, 4), ("fp32", 2, 8), ("int8", 1, 4), ("int8", 2, 8), ("int8+bf16kv", 1, 4)] + [
-        ("int8+bf16kv", 2, 8)
-    ]
+    labels = ["fp32", "int8", "int8+bf16kv", "int8+int8kv"]
+    assert rows == [(label, batch, 4 * batch) for label in labels for batch in (1, 2)]
     assert result["bandwidth_gbs"] > 0 and result["matmul_gmacs_fp32"] > 0 and result["matmul_gmacs_int8"] > 0
     # The bound is arithmetic on what the run measured (a step may beat it on a machine whose
     # bandwidth probe reads slower than the step's weights stream, so no timing order is asserted).
     cfg = T2SConfig()
     for row in result["ours"]:
-        int8, cache_bytes = row["weights"].startswith("int8"), 2 if row["weights"].endswith("bf16kv") else 4
+        int8, cache = row["weights"].startswith("int8"), row["weights"].removeprefix("int8").removeprefix("fp32")
         width = 8 + 8 + (row["steps"] + 1) / 2
-        read = t2s_step_bytes(cfg, int8, row["batch"], width, cache_bytes)
+        read = t2s_step_bytes(cfg, int8, row["batch"], width, kv_bytes_per_value(cfg, KV_CACHES[cache]))
         memory_ms = 1000 * read / (result["bandwidth_gbs"] * 1e9)
         gmacs = result["matmul_gmacs_int8" if int8 else "matmul_gmacs_fp32"]
         compute_ms = 1000 * t2s_step_macs(cfg, row["batch"], width) / (gmacs * 1e9)
@@ -322,7 +321,7 @@ def test_bench_ar_smoke() -> None:
     assert reference["audio_seconds"] == 4 * 1280 / 32000 and reference["first_audio_ms"] > 0 and reference["rtf"] > 0
     assert result["speedup_vs_reference_batch1_fp32"] > 0 and result["speedup_vs_reference_batch1_int8"] > 0
     rounding = result["rounding_vs_fp32"]
-    assert [r["path"] for r in rounding] == ["fp32+bf16kv", "int8", "int8+bf16kv"]
+    assert [r["path"] for r in rounding] == ["fp32+bf16kv", "fp32+int8kv", "int8", "int8+bf16kv", "int8+int8kv"]
     for row in rounding:  # 5 logit rows each (prefill + 4 steps); a cheaper path moves them
         assert row["max_logit_diff"] > 0 and row["mean_kl"] >= 0 and 0 <= row["top1_agreement"] <= 1
         assert row["top1_agreement"] * 5 == pytest.approx(round(row["top1_agreement"] * 5))

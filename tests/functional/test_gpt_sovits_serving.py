@@ -318,14 +318,16 @@ def test_a_voice_on_the_fixed_shape_compiled_step_speaks_as_on_the_variable_one(
         np.testing.assert_allclose(audio, expected, atol=1e-4)
 
 
-def test_a_voice_with_a_bf16_cache_speaks_and_batches_its_streams(
-    make_engine: Callable[..., EngineCore], tmp_path: Path
+@pytest.mark.parametrize(("setting", "dtype"), [("bf16_cache", torch.bfloat16), ("int8_cache", torch.int8)])
+def test_a_voice_with_a_smaller_cache_speaks_and_batches_its_streams(
+    make_engine: Callable[..., EngineCore], tmp_path: Path, setting: str, dtype: torch.dtype
 ) -> None:
-    """``"bf16_cache": true``: the T2S cache is bfloat16, and concurrent seeded streams (batched
-    steps through the fused kernel) each give the same audio as one stream alone."""
-    settings = {"max_streams": 3, "max_len": 256, "chunks": SMALL_CHUNKS, "bf16_cache": True}
-    voice = GptSovitsVoice.load(write_voice(tmp_path / "bf16kv", "tiny", seed=1, eos_scale=50.0, settings=settings))
-    assert voice.t2s.kv_cache.dtype == torch.bfloat16 and voice.config.bf16_cache
+    """``"bf16_cache": true`` or ``"int8_cache": true``: the T2S cache holds that type, and concurrent
+    seeded streams (batched steps through the fused kernel) each give the same audio as one stream
+    alone."""
+    settings = {"max_streams": 3, "max_len": 256, "chunks": SMALL_CHUNKS, setting: True}
+    voice = GptSovitsVoice.load(write_voice(tmp_path / setting, "tiny", seed=1, eos_scale=50.0, settings=settings))
+    assert voice.t2s.kv_cache.dtype == dtype and getattr(voice.config, setting)
     voice.warm_up()
     voices = VoiceRegistry()
     voices.add(voice)
@@ -345,6 +347,8 @@ def test_device_dtype_and_step_are_checked_at_load(tmp_path: Path) -> None:
         "int8": ({"int8": True, "dtype": "bfloat16"}, "int8"),
         "bf16_cache": ({"bf16_cache": True, "step": "eager"}, "bf16_cache is for"),
         "bf16_cache_dtype": ({"bf16_cache": True, "dtype": "bfloat16"}, "bf16_cache is for"),
+        "int8_cache": ({"int8_cache": True, "step": "eager"}, "int8_cache is for"),
+        "both_caches": ({"int8_cache": True, "bf16_cache": True}, "one of bf16_cache and int8_cache"),
     }
     if not torch.cuda.is_available():
         bad["cuda"] = ({"device": "cuda"}, "CUDA is not available")

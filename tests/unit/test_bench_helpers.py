@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamvox.bench.ar import t2s_step_bytes, t2s_step_macs
+import torch
+from streamvox.bench.ar import kv_bytes_per_value, t2s_step_bytes, t2s_step_macs
 from streamvox.bench.harness import playback_stall_ms, snr_db
 from streamvox.bench.trace_summary import (
     SETTLE_S,
@@ -41,6 +42,9 @@ def test_a_t2s_step_reads_its_weights_once_and_every_slot_s_cache() -> None:
     cache_per_slot_position = 2 * 24 * 512 * 4  # keys and values, every layer, fp32
     assert t2s_step_bytes(cfg, True, 16, 200) - int8 == 16 * 200 * cache_per_slot_position
     assert t2s_step_macs(cfg, 16, 200) == 16 * t2s_step_macs(cfg, 1, 200)
+    # a bf16 cache reads half of fp32's; an int8 one a quarter, plus a float32 scale per 32-value row
+    assert kv_bytes_per_value(cfg, None) == 4 and kv_bytes_per_value(cfg, torch.bfloat16) == 2
+    assert kv_bytes_per_value(cfg, torch.int8) == 1 + 4 / 32
     assert t2s_step_macs(cfg, 1, 0) == linears + 1025 * 512
 
 

@@ -152,7 +152,7 @@ def test_bad_steps_are_refused() -> None:
         attention(2, torch.zeros(1, 3 * 64), slot_ids, positions, out)
     with pytest.raises(ValueError, match="contiguous"):
         CacheAttention(make_cache(2, 3, 2, 16, 32, torch.float32).transpose(4, 5))
-    with pytest.raises(ValueError, match="float32 or bfloat16"):
+    with pytest.raises(ValueError, match="float32, bfloat16 or int8"):
         CacheAttention(torch.zeros(1, 2, 1, 1, 4, 4, dtype=torch.float16))
 
 

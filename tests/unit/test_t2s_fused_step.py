@@ -82,3 +82,35 @@ def test_a_bf16_cache_needs_the_fused_step(tmp_path: Path) -> None:
     decoder = T2SDecoder(weights, cfg, slots=1, max_len=32, cache_dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="fixed-shape step"):
         decoder.step_all(torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.bool))
+
+
+def test_an_int8_cache_holds_the_quantised_keys_and_steps_near_float32(tmp_path: Path) -> None:
+    cfg = T2SConfig(hidden=64, heads=2, layers=2, ffn=128)
+    write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=11)
+    weights = load_s1(tmp_path / "s1.ckpt").weights
+    exact = T2SDecoder(weights, cfg, slots=2, max_len=60)
+    small = T2SDecoder(weights, cfg, slots=2, max_len=60, cache_dtype=torch.int8)
+    assert small.kv_cache.dtype == torch.int8 and small.kv_cache.shape[-2] == 64  # whole key blocks
+    assert small.max_len == 60 and small.attention is not None
+    phonemes, prompt = torch.arange(1, 12), torch.arange(4, 20)
+    for slot in range(2):  # the prefill's own attention runs in float32: its logits are fp32's
+        torch.testing.assert_close(small.prefill(slot, phonemes, prompt), exact.prefill(slot, phonemes, prompt))
+    worst = 0.0
+    for token in range(6):
+        tokens = torch.tensor([token, token + 7])
+        got, want = small.step(torch.arange(2), tokens), exact.step(torch.arange(2), tokens)
+        worst = max(worst, float((got - want).abs().max()))
+    assert 0 < worst < 0.2  # quantisation moves the logits, a little
+    # the stored rows are fp32's quantised (within half an int8 step of each row's largest): in
+    # every layer for the prefill's positions (its attention ran in float32), in the first layer
+    # for the steps' too (from the token embeddings alone, no cache in them)
+    prefilled, length = len(phonemes) + len(prompt), int(small.lengths[0])
+    for layer in range(cfg.layers):
+        for kind in range(2):
+            width = length if layer == 0 else prefilled
+            want_rows = exact.kv_cache[layer, kind, 0, :, :width]
+            got_rows = small.attention.stored(layer, kind, 0, width)
+            half_step = want_rows.abs().amax(dim=-1, keepdim=True) / 254
+            assert bool(((got_rows - want_rows).abs() <= half_step * (1 + 1e-5)).all())
+    with pytest.raises(ValueError, match="holds"):
+        T2SDecoder(weights, cfg, cache_dtype=torch.float16)

@@ -121,8 +121,11 @@ class T2SDecoder:
         apply: float32 on the CPU, kernels built; ``False`` keeps torch's own (the A/B and the
         tests' control).
         ``cache_dtype`` stores the keys and values in another type than ``dtype``: ``bfloat16`` on a
-        float32 CPU decoder halves the bytes a step reads (the fused kernel reads it; logits move
-        by the cache's rounding, so tokens may differ); ``None`` keeps ``dtype``."""
+        float32 CPU decoder halves the bytes a step reads, ``int8`` (one float32 scale per row of a
+        head, see :class:`~streamvox.engine.ar.cpu_attention.CacheAttention`) reads 36 bytes for a
+        row of 32 where bf16 reads 64, and its scores are integer products (VNNI); the fused kernel
+        reads either, logits move by the cache's rounding, so tokens may differ; ``None`` keeps
+        ``dtype``.  An int8 cache is allocated to a multiple of 16 positions (``max_len`` stays the limit)."""
         self.device = torch.device(device)
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"a T2S decoder runs in float32, bfloat16 or float16, not {dtype}")
@@ -174,12 +177,17 @@ class T2SDecoder:
             raise ValueError(f"text embedding is {tuple(self.text_embedding.shape)}, config says otherwise")
         if self.head.shape != (config.vocab, config.hidden):
             raise ValueError(f"output head is {tuple(self.head.shape)}, config says otherwise")
+        if cache_dtype not in (None, dtype, torch.bfloat16, torch.int8):
+            raise ValueError(f"a T2S cache holds {dtype}, bfloat16 or int8, not {cache_dtype}")
         self.positions = sine_positions(max_len, config.hidden).to(device=self.device, dtype=dtype)
         head_dim = config.hidden // config.heads
-        shape = (config.layers, 2, slots, config.heads, max_len, head_dim)
+        cache_len = -(-max_len // 16) * 16 if cache_dtype == torch.int8 else max_len  # whole key blocks
+        shape = (config.layers, 2, slots, config.heads, cache_len, head_dim)
         self.kv_cache = torch.zeros(shape, device=self.device, dtype=cache_dtype or dtype)
         """Keys (index 0 of the second dimension) and values (1): one layer's new keys and values are
         written by one call."""
+        self.kv_scales = torch.zeros(shape[:-1], device=self.device) if cache_dtype == torch.int8 else None
+        """An int8 cache's row scales (a row is its int8 values times its scale); ``None`` otherwise."""
         self.k_cache = self.kv_cache[:, 0]
         self.v_cache = self.kv_cache[:, 1]
         self._kv_rows = [self.kv_cache[layer].view(-1, head_dim) for layer in range(config.layers)]
@@ -198,7 +206,7 @@ class T2SDecoder:
         """The step's attention kernel bound to the cache, when :meth:`step` and :meth:`prefill` use
         the C kernels."""
         if fused_attention and self.device.type == "cpu" and dtype == torch.float32 and fused_attention_available():
-            self.attention = CacheAttention(self.kv_cache)
+            self.attention = CacheAttention(self.kv_cache, scales=self.kv_scales)
         if self.kv_cache.dtype != dtype and self.attention is None:
             raise ValueError(
                 f"a {self.kv_cache.dtype} cache under {dtype} weights needs the fused attention kernel "
@@ -316,10 +324,11 @@ class T2SDecoder:
         prefix per row: text rows see the text, audio rows the text and the audio up to themselves."""
         total, hidden, heads = x.shape[0], self.config.hidden, self.config.heads
         widths = torch.cat([torch.full((n_text,), n_text), torch.arange(n_text + 1, total + 1)])
+        assert self.attention is not None
         for layer, block in enumerate(self._layers):
             qkv = block.qkv(x).contiguous()
-            self.k_cache[layer, slot, :, :total] = qkv[:, hidden : 2 * hidden].view(total, heads, -1).transpose(0, 1)
-            self.v_cache[layer, slot, :, :total] = qkv[:, 2 * hidden :].view(total, heads, -1).transpose(0, 1)
+            self.attention.store(layer, 0, slot, qkv[:, hidden : 2 * hidden])
+            self.attention.store(layer, 1, slot, qkv[:, 2 * hidden :])
             x = block.finish(x, prefix_attention(qkv, widths, heads))
         return x
 
