@@ -96,13 +96,25 @@ static inline size_t value_offset(int64_t p, int64_t d, int64_t head_dim) {
     return (size_t)((p / 2) * 2 * head_dim + d * 2 + p % 2);
 }
 
-/* Place a quantised row q at position p: a key plus 128 into its block, a value into its pair. */
+/* Place a quantised row q at position p: a key plus 128 into its block (4 bytes per 64), a value
+ * into its pair (every other byte); place_value_pair writes both rows of an even position's pair. */
 static void place_key(const int8_t *q, int64_t head_dim, uint8_t *keys, int64_t p) {
-    for (int64_t d = 0; d < head_dim; d++) keys[key_offset(p, d, head_dim)] = (uint8_t)(q[d] + 128);
+    uint8_t biased[MAX_I8_HEAD_DIM];
+    for (int64_t d = 0; d < head_dim; d++) biased[d] = (uint8_t)(q[d] + 128);
+    uint8_t *at = keys + key_offset(p, 0, head_dim);
+    for (int64_t g = 0; g < head_dim / 4; g++) memcpy(at + 64 * g, biased + 4 * g, 4);
 }
 
 static void place_value(const int8_t *q, int64_t head_dim, int8_t *values, int64_t p) {
     for (int64_t d = 0; d < head_dim; d++) values[value_offset(p, d, head_dim)] = q[d];
+}
+
+static void place_value_pair(const int8_t *first, const int8_t *second, int64_t head_dim, int8_t *values, int64_t p) {
+    int8_t *at = values + value_offset(p, 0, head_dim);
+    for (int64_t d = 0; d < head_dim; d++) {
+        at[2 * d] = first[d];
+        at[2 * d + 1] = second[d];
+    }
 }
 
 /* Quantise row x into position p of one (slot, head)'s int8 keys or values (scalar: store_rows and
@@ -926,42 +938,77 @@ static PyObject *py_decode_attention(PyObject *self, PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
-/* store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len):
- * quantise rows p = 0 .. count - 1 (each [heads][head_dim] float32, row_stride floats apart) into
- * positions start + p of one layer's int8 keys (kind 0) or values (kind 1) of slot. */
+/* ---- writing rows into an int8 cache (a prefill's) ------------------------------------------------ */
+
+typedef struct {
+    const float *rows;
+    char *cache;
+    float *scales;
+    int64_t row_stride, count, kind, slot, start, heads, head_dim, slots, max_len;
+    int fast;
+} Store;
+
+static void quantize_any(const float *x, int64_t n, int fast, int8_t *out, float *scale) {
+#if HAVE_X86
+    if (fast) {
+        quantize_row_avx512(x, (int)(n / 16), out, scale);
+        return;
+    }
+#endif
+    (void)fast;
+    quantize_row(x, n, out, scale);
+}
+
+/* One head of a Store: keys one row at a time, values a pair of rows at a time where both are given. */
+static void store_head(const Store *st, int64_t h) {
+    const size_t row0 = (size_t)((st->kind * st->slots + st->slot) * st->heads + h) * (size_t)st->max_len;
+    float *scales = st->scales + row0;
+    char *base = st->cache + row0 * (size_t)st->head_dim;
+    const float *rows = st->rows + h * st->head_dim;
+    int8_t q[MAX_I8_HEAD_DIM], next[MAX_I8_HEAD_DIM];
+    for (int64_t p = 0; p < st->count; p++) {
+        const int64_t at = st->start + p;
+        quantize_any(rows + p * st->row_stride, st->head_dim, st->fast, q, scales + at);
+        if (st->kind == 0) {
+            place_key(q, st->head_dim, (uint8_t *)base, at);
+        } else if (at % 2 == 0 && p + 1 < st->count) {
+            quantize_any(rows + (p + 1) * st->row_stride, st->head_dim, st->fast, next, scales + at + 1);
+            place_value_pair(q, next, st->head_dim, (int8_t *)base, at);
+            p++;
+        } else {
+            place_value(q, st->head_dim, (int8_t *)base, at);
+        }
+    }
+}
+
+/* store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len,
+ * threads): quantise rows p = 0 .. count - 1 (each [heads][head_dim] float32, row_stride floats
+ * apart) into positions start + p of one layer's int8 keys (kind 0) or values (kind 1) of slot,
+ * the heads spread over threads. */
 static PyObject *py_store_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 12) {
-        PyErr_SetString(PyExc_TypeError, "store_rows takes 12 arguments");
+    if (nargs != 13) {
+        PyErr_SetString(PyExc_TypeError, "store_rows takes 13 arguments");
         return NULL;
     }
-    int64_t v[12];
-    for (Py_ssize_t i = 0; i < 12; i++) {
+    int64_t v[13];
+    for (Py_ssize_t i = 0; i < 13; i++) {
         v[i] = PyLong_AsLongLong(args[i]);
         if (v[i] == -1 && PyErr_Occurred()) return NULL;
     }
-    const float *rows = (const float *)(uintptr_t)v[0];
-    const int64_t row_stride = v[1], count = v[2], kind = v[5], slot = v[6], start = v[7];
-    const int64_t heads = v[8], head_dim = v[9], slots = v[10], max_len = v[11];
-    if (count < 0 || heads < 1 || head_dim < 1 || head_dim % 4 || head_dim > MAX_I8_HEAD_DIM || max_len % 16 ||
-        (kind != 0 && kind != 1) || slot < 0 || slot >= slots || start < 0 || start + count > max_len ||
-        row_stride < heads * head_dim) {
-        PyErr_SetString(PyExc_ValueError, "store_rows: bad sizes, kind, slot or positions");
+    Store st = {(const float *)(uintptr_t)v[0], (char *)(uintptr_t)v[3], (float *)(uintptr_t)v[4], v[1], v[2],
+                v[5], v[6], v[7], v[8], v[9], v[10], v[11], 0};
+    const int threads = (int)v[12];
+    if (st.count < 0 || st.heads < 1 || st.head_dim < 1 || st.head_dim % 4 || st.head_dim > MAX_I8_HEAD_DIM ||
+        st.max_len % 16 || (st.kind != 0 && st.kind != 1) || st.slot < 0 || st.slot >= st.slots || st.start < 0 ||
+        st.start + st.count > st.max_len || st.row_stride < st.heads * st.head_dim || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "store_rows: bad sizes, kind, slot, positions or thread count");
         return NULL;
     }
+    st.fast = fast_path_usable(st.head_dim, CACHE_I8);
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t h = 0; h < heads; h++) {
-        const size_t row0 = (size_t)((kind * slots + slot) * heads + h) * (size_t)max_len;
-        float *scales = (float *)(uintptr_t)v[4] + row0;
-        char *base = (char *)(uintptr_t)v[3] + row0 * (size_t)head_dim;
-        for (int64_t p = 0; p < count; p++) {
-            const float *x = rows + p * row_stride + h * head_dim;
-            if (kind == 0)
-                store_key_i8(x, head_dim, (uint8_t *)base, scales, start + p);
-            else
-                store_value_i8(x, head_dim, (int8_t *)base, scales, start + p);
-        }
-    }
+#pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
+    for (int64_t h = 0; h < st.heads; h++) store_head(&st, h);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
@@ -1013,8 +1060,8 @@ static PyMethodDef methods[] = {
      "prefix_attention(qkv, widths, out, length, heads, head_dim, scale, portable, threads): raw addresses and"
      " sizes; see streamvox.engine.ar.cpu_attention."},
     {"store_rows", (PyCFunction)(void (*)(void))py_store_rows, METH_FASTCALL,
-     "store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len): raw"
-     " addresses and sizes; see streamvox.engine.ar.cpu_attention.CacheAttention.store."},
+     "store_rows(rows, row_stride, count, cache, scales, kind, slot, start, heads, head_dim, slots, max_len,"
+     " threads): raw addresses and sizes; see streamvox.engine.ar.cpu_attention.CacheAttention.store."},
     {"fast_path", (PyCFunction)(void (*)(void))py_fast_path, METH_FASTCALL,
      "fast_path(head_dim, cache_type): whether the AVX-512 path runs for this head size and cache."},
     {NULL, NULL, 0, NULL},

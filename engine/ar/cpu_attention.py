@@ -150,6 +150,7 @@ class CacheAttention:
             self.head_dim,
             self.slots,
             self.max_len,
+            torch.get_num_threads(),
         )
 
     def stored(self, layer: int, kind: int, slot: int, count: int) -> torch.Tensor:
