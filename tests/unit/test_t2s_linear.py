@@ -1,4 +1,5 @@
-"""The T2S decoder's fp32 linear layer keeps one column block per thread, and the decoder's
+"""The T2S decoder's fp32 linear layer keeps one column block per thread, its int8 one runs a step's rows
+on the VNNI kernel, and the decoder's
 logits are the same however many threads there are."""
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from streamvox.bench.random_voice import write_t2s_checkpoint
+from streamvox.engine.ar import cpu_linear
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
-from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder, _Linear
+from streamvox.engine.backends.gpt_sovits.t2s import SMALL_ROWS, T2SConfig, T2SDecoder, _Linear
 
 
 @pytest.fixture
@@ -49,3 +51,21 @@ def test_the_decoder_s_logits_do_not_depend_on_its_thread_count(threads: None, t
         logits.append(torch.cat([torch.stack(first), step]))
     for other in logits[1:]:
         torch.testing.assert_close(other, logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_an_int8_layer_runs_a_step_s_rows_on_the_vnni_kernel_and_a_prefill_s_on_fbgemm() -> None:
+    gen = torch.Generator().manual_seed(9)
+    weight, bias = 0.05 * torch.randn(128, 64, generator=gen), 0.1 * torch.randn(128, generator=gen)
+    linear = _Linear(weight, bias, int8=True)
+    if not cpu_linear.fast_path():
+        assert linear.small is None  # fbgemm for every row count
+        return
+    assert linear.small is not None
+    for rows in (1, SMALL_ROWS, SMALL_ROWS + 1, 40):
+        x = torch.randn(rows, 64, generator=gen)
+        expected = linear.small(x) if rows <= SMALL_ROWS else torch.ops.quantized.linear_dynamic(x, linear.packed)
+        assert torch.equal(linear(x), expected)
+        relu = linear.small(x, relu=True) if rows <= SMALL_ROWS else F.relu(expected)
+        torch.testing.assert_close(linear.relu(x), relu)
+        torch.testing.assert_close(linear(x), F.linear(x, weight, bias), rtol=0.05, atol=0.05)
+    assert _Linear(torch.randn(100, 64), torch.randn(100), int8=True).small is None  # outputs not a multiple of 64

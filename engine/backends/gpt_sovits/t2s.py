@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from streamvox.engine.ar.blocked_linear import block_count, blocked_product, column_blocks
 from streamvox.engine.ar.cpu_attention import CacheAttention, prefix_attention
 from streamvox.engine.ar.cpu_attention import available as fused_attention_available
+from streamvox.engine.ar.cpu_linear import Int8Linear, fits
+from streamvox.engine.ar.cpu_linear import fast_path as small_int8_available
 
 BERT_DIM = 1024
 
@@ -367,6 +369,12 @@ class T2SDecoder:
         self.audio_lengths[slot] = 0
 
 
+SMALL_ROWS = 16
+"""Rows (a step's streams) up to which an int8 linear runs :class:`Int8Linear` instead of fbgemm:
+1.6x faster at one row, as fast at 16 (both bound by the VNNI instruction's rate there); fbgemm
+keeps the prefill's hundreds of rows, where its own kernel is faster."""
+
+
 class _Linear:
     """``x @ W.T + b``, in fp32 or with W as int8 per output channel (fbgemm's dynamic linear).
 
@@ -374,14 +382,20 @@ class _Linear:
     counted when the decoder is built, so it does not change with load; the logits do not
     depend on it (tested).  On 2 cores (``scripts/ab_t2s.py``, against a plain ``F.linear``
     over W) a step runs 1.7x faster at batch 1, 1.6x at 4, 1.2x at 16; the prefill is
-    unchanged.  int8 keeps only fbgemm's packed copy, which threads on its own.  Off the CPU or
-    outside float32 (``blocked=False``) it is a plain ``F.linear``."""
+    unchanged.  int8 keeps fbgemm's packed copy, which threads on its own, and, on a CPU with
+    AVX-512 VNNI, a second copy for steps of up to :data:`SMALL_ROWS` rows
+    (:class:`~streamvox.engine.ar.cpu_linear.Int8Linear`; the same int8 weights, each row's
+    input quantised over its own range).  Off the CPU or outside float32 (``blocked=False``) it
+    is a plain ``F.linear``."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool, blocked: bool = True) -> None:
         self.parts = block_count(weight.shape[0], torch.get_num_threads())
         self.blocks = column_blocks(weight, self.parts) if blocked and not int8 else None
         self.weight = None if blocked or int8 else weight
         self.bias = bias
+        self.small: Int8Linear | None = None
+        if int8 and small_int8_available() and fits(weight):
+            self.small = Int8Linear(weight, bias)
         self.packed = None
         if int8:
             scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
@@ -397,6 +411,8 @@ class _Linear:
         if self.packed is None:
             assert self.blocks is not None
             return blocked_product(x, self.blocks, self.bias)
+        if x.dim() == 2 and self.small is not None and x.shape[0] <= SMALL_ROWS:
+            return self.small(x)
         if x.dim() == 2:  # a step's rows: no reshaping (each costs a call per layer)
             return torch.ops.quantized.linear_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
@@ -406,6 +422,8 @@ class _Linear:
         """``relu(self(x))``, fused for int8."""
         if self.packed is None:
             return F.relu(self(x))
+        if x.dim() == 2 and self.small is not None and x.shape[0] <= SMALL_ROWS:
+            return self.small(x, relu=True)
         if x.dim() == 2:
             return torch.ops.quantized.linear_relu_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
