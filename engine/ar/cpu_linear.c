@@ -2,7 +2,7 @@
  *
  * A decode step multiplies one row per stream by every weight matrix, so at batch 1 it is bound by
  * reading the weights.  fbgemm's dynamic int8 product (what torch runs) read GPT-SoVITS's 96 step
- * linears (75 MB) in 2.4 ms on 2 cores, 31 GB/s; this kernel reads them in 1.5 ms, 51 GB/s.  The
+ * linears (75 MB) in 2.3 ms on 2 cores, 33 GB/s; this kernel reads them in 1.1 to 1.2 ms.  The
  * weights are packed as [out / 16][in / 4][16][4] int8, so one 64-byte load is 4 inputs of 16
  * outputs, and each row of the step adds its 4 inputs (u8, broadcast) into its own 16 sums with
  * one VNNI instruction (u8 x s8, 4 products summed into each int32 lane).  Tiles of 4 rows by 64
@@ -108,6 +108,7 @@ typedef struct {
     const int32_t *x_zero;   /* [rows] */
     float *out;              /* [rows][out] */
     int64_t rows, in, outs;
+    int64_t word_rows;       /* rows of the fast path's words: rows, or rounded up to 4 (zero rows) */
     int relu, fast;
 } Product;
 
@@ -131,6 +132,9 @@ static void block_portable(const Product *p, int64_t block) {
 }
 
 #if HAVE_X86
+VNNI static inline __attribute__((always_inline)) void finish_tile(const Product *p, const __m512i *sum, int64_t block,
+                                                                   int64_t first, const int R, const int B);
+
 /* rows first .. first + R - 1 against output blocks block .. block + B - 1: R * B sums in
  * registers, per 4 inputs B weight loads and R broadcasts for R * B VNNI instructions.  R and B
  * are constants in every caller, so the loops unroll and the sums stay in registers.  words is
@@ -146,10 +150,16 @@ VNNI static inline __attribute__((always_inline)) void tile(const Product *p, co
         __m512i weights[4];
         for (int b = 0; b < B; b++) weights[b] = _mm512_loadu_si512((const void *)(w + b * p->in * 16 + 64 * g));
         for (int r = 0; r < R; r++) {
-            const __m512i input = _mm512_set1_epi32(x[g * p->rows + r]);
+            const __m512i input = _mm512_set1_epi32(x[g * p->word_rows + r]);
             for (int b = 0; b < B; b++) sum[r * B + b] = _mm512_dpbusd_epi32(sum[r * B + b], input, weights[b]);
         }
     }
+    finish_tile(p, sum, block, first, R, B);
+}
+
+/* Sums of an R x B tile (row-major) to outputs: centred, scaled, bias, ReLU. */
+VNNI static inline __attribute__((always_inline)) void finish_tile(const Product *p, const __m512i *sum, int64_t block,
+                                                                   int64_t first, const int R, const int B) {
     for (int b = 0; b < B; b++) {
         const int64_t n = 16 * (block + b);
         const __m512 w_scale = _mm512_loadu_ps(p->w_scale + n);
@@ -157,6 +167,7 @@ VNNI static inline __attribute__((always_inline)) void tile(const Product *p, co
         const __m512 bias = p->bias != NULL ? _mm512_loadu_ps(p->bias + n) : _mm512_setzero_ps();
         for (int r = 0; r < R; r++) {
             const int64_t m = first + r;
+            if (m >= p->rows) break; /* a padding row */
             const __m512i centred =
                 _mm512_sub_epi32(sum[r * B + b], _mm512_mullo_epi32(_mm512_set1_epi32(p->x_zero[m]), colsum));
             __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(p->x_scale[m]), w_scale), _mm512_cvtepi32_ps(centred));
@@ -167,20 +178,50 @@ VNNI static inline __attribute__((always_inline)) void tile(const Product *p, co
     }
 }
 
-VNNI static void tile_4x4(const Product *p, const int32_t *words, int64_t block, int64_t first) { tile(p, words, block, first, 4, 4); }
-VNNI static void tile_2x4(const Product *p, const int32_t *words, int64_t block, int64_t first) { tile(p, words, block, first, 2, 4); }
+/* The 4 x 4 tile written out: GCC keeps an array of sums in registers only by copying each one
+ * every iteration (the 96 linears of a GPT-SoVITS step at 16 rows, 2 threads: 4.0 ms through
+ * tile(), 3.1 ms with named sums; 16 x 1 tiles, one weight load for 16 broadcasts, 3.9 ms). */
+#define DP(acc, x, w) acc = _mm512_dpbusd_epi32(acc, x, w)
+VNNI static void tile_4x4(const Product *p, const int32_t *words, int64_t block, int64_t first) {
+    __m512i s00 = _mm512_setzero_si512(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00,
+            s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00;
+    const int64_t groups = p->in / 4, stride = p->in * 16, rows = p->word_rows;
+    const int8_t *w = p->packed + block * stride;
+    const int32_t *x = words + first;
+    /* the first row tile asks for the next 4 blocks' weights as it reads these (measured at 16
+     * rows: 2.9 against 3.1 to 3.4 ms; at 4 rows 1.6 against 1.8) */
+    const int ahead = first == 0 && block + 4 < p->outs / 16;
+    for (int64_t g = 0; g < groups; g++, w += 64, x += rows) {
+        if (ahead) {
+            _mm_prefetch((const char *)(w + 4 * stride), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 5 * stride), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 6 * stride), _MM_HINT_T0);
+            _mm_prefetch((const char *)(w + 7 * stride), _MM_HINT_T0);
+        }
+        const __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + stride));
+        const __m512i w2 = _mm512_loadu_si512((const void *)(w + 2 * stride));
+        const __m512i w3 = _mm512_loadu_si512((const void *)(w + 3 * stride));
+        __m512i in = _mm512_set1_epi32(x[0]);
+        DP(s00, in, w0); DP(s01, in, w1); DP(s02, in, w2); DP(s03, in, w3);
+        in = _mm512_set1_epi32(x[1]);
+        DP(s10, in, w0); DP(s11, in, w1); DP(s12, in, w2); DP(s13, in, w3);
+        in = _mm512_set1_epi32(x[2]);
+        DP(s20, in, w0); DP(s21, in, w1); DP(s22, in, w2); DP(s23, in, w3);
+        in = _mm512_set1_epi32(x[3]);
+        DP(s30, in, w0); DP(s31, in, w1); DP(s32, in, w2); DP(s33, in, w3);
+    }
+    const __m512i sums[16] = {s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33};
+    finish_tile(p, sums, block, first, 4, 4);
+}
+
 VNNI static void tile_1x4(const Product *p, const int32_t *words, int64_t block, int64_t first) { tile(p, words, block, first, 1, 4); }
 
-/* Output blocks block .. block + 3 for every row: 4 rows at a time, then 2 and 1 (measured on 2
- * cores at 16 rows: 4 x 4 tiles 3.9 ms for the 96 linears, 8 x 2 4.2, 16 x 1 4.3). */
+/* Output blocks block .. block + 3 for every row: 4 rows at a time (2 or 3 rows left are padded
+ * to 4 with zero rows: 1.6 ms for 4 rows, 1.9 for 2 or 3 through smaller tiles), or a row alone. */
 VNNI static void block_quad_vnni(const Product *p, const int32_t *words, int64_t block) {
     int64_t first = 0;
-    for (; first + 4 <= p->rows; first += 4) tile_4x4(p, words, block, first);
-    if (first + 2 <= p->rows) {
-        tile_2x4(p, words, block, first);
-        first += 2;
-    }
-    if (first < p->rows) tile_1x4(p, words, block, first);
+    for (; first + 4 <= p->word_rows; first += 4) tile_4x4(p, words, block, first);
+    if (first < p->word_rows) tile_1x4(p, words, block, first); /* one row alone */
 }
 
 static int cpu_has_vnni(void) {
@@ -245,8 +286,9 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     p.fast = !portable && cpu_has_vnni();
+    p.word_rows = p.rows <= 1 ? p.rows : (p.rows + 3) & ~(int64_t)3;
     uint8_t *u = malloc((size_t)(p.rows * p.in) + 1);
-    int32_t *words = malloc((size_t)(p.rows * p.in) + 4);
+    int32_t *words = calloc((size_t)(p.word_rows * p.in) / 4 + 1, sizeof(int32_t));
     float *x_scale = malloc(sizeof(float) * (size_t)p.rows + 1);
     int32_t *x_zero = malloc(sizeof(int32_t) * (size_t)p.rows + 1);
     if (u == NULL || words == NULL || x_scale == NULL || x_zero == NULL) {
@@ -270,7 +312,7 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
         quantize_input(x + m * p.in, p.in, u + m * p.in, x_scale + m, x_zero + m);
     }
     for (int64_t g = 0; g < p.in / 4; g++)
-        for (int64_t m = 0; m < p.rows; m++) memcpy(words + g * p.rows + m, u + m * p.in + 4 * g, 4);
+        for (int64_t m = 0; m < p.rows; m++) memcpy(words + g * p.word_rows + m, u + m * p.in + 4 * g, 4);
     run_product(&p, words, threads);
     Py_END_ALLOW_THREADS
     free(u);
