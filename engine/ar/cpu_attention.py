@@ -8,7 +8,10 @@ cache at about 20 GB/s.  :class:`CacheAttention` (the kernel in
 ``cpu_attention.c``, built at install as ``_cpu_attention``) does each (stream,
 head) in one pass: it writes the step's new key and value at the stream's
 position, then scores, softmax and the weighted values over that stream's live
-positions only, at about the machine's read bandwidth.
+positions only, at about the machine's read bandwidth.  The cache may hold
+float32, bfloat16 or int8 (a scale per row; integer scores and value sums on
+AVX-512 VNNI, and the next rows prefetched: a batch-16 step's attention 2.3 ms
+against 4.6 in bf16 and 6.8 in fp32, measured alone on 2 cores).
 
 A prefill attends every row of a sequence to a prefix of it (GPT-SoVITS's
 prefix-LM mask); torch's fused CPU kernel ran those 32-wide heads at about 35
