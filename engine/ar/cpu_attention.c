@@ -613,7 +613,8 @@ AVX512_VNNI static void prepare_avx512_i8(const float *key, const float *value, 
 
 static int cpu_has_vnni(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vnni");
 }
 
 /* head_dim 32 (GPT-SoVITS v2) with the vector count known at compile time, so loops unroll. */

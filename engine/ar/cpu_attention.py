@@ -46,7 +46,7 @@ def available() -> bool:
 
 def fast_path(head_dim: int, cache_dtype: torch.dtype = torch.float32) -> bool:
     """Whether the kernel runs its AVX-512 code for heads of ``head_dim`` over a ``cache_dtype`` cache
-    on this CPU (else portable C); an int8 cache's also needs AVX-512 VNNI."""
+    on this CPU (else portable C); an int8 cache's also needs AVX-512 BW and VNNI."""
     return _kernel is not None and bool(_kernel.fast_path(head_dim, CACHE_TYPES[cache_dtype]))
 
 
