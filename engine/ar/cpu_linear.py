@@ -1,11 +1,10 @@
 """int8 linear layers for a decode step's few rows on a CPU with AVX-512 VNNI (C: ``cpu_linear.c``).
 
 A decode step multiplies one row per stream by every weight matrix.  fbgemm's
-dynamic int8 product, what torch runs, read GPT-SoVITS's 75 MB of step
-linears at 31 GB/s at batch 1 on 2 cores; :class:`Int8Linear` packs each
-weight so one 64-byte load feeds every row's VNNI sums and reads them at 51
-GB/s (1.5 against 2.4 ms a step).  At 16 rows both are bound by the VNNI
-instruction's rate and take about the same time.
+dynamic int8 product, what torch runs, took 2.4 ms for GPT-SoVITS's 96 step
+linears (75 MB) at one row on 2 cores and 4.9 ms at 16; :class:`Int8Linear`
+packs each weight so one 64-byte load feeds 4 rows' VNNI sums, and takes 1.2
+and 2.9 ms.
 
 Arithmetic: weights symmetric int8 per output, as torch's per-channel
 quantisation makes them; each input row asymmetric u8 over its own range
