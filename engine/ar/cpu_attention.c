@@ -360,8 +360,13 @@ AVX512 static inline __m512 partial_dot_bf16(const __m512 *q_even, const __m512 
     return t;
 }
 
+/* As head_avx512 over bfloat16 rows of a multiple of 32.  Each head's rows are a few KB, too short
+ * for the hardware prefetcher: the values are asked for while the keys are scored, and next_keys
+ * (the next head's, or NULL) while the values are summed (24 layers of a batch-16 step at width
+ * 250: 4.7 against 3.2 ms; the fp32 rows, twice as long, gained nothing from it). */
 AVX512 static inline void head_avx512_bf16(const float *q_in, const uint16_t *keys, const uint16_t *values,
-                                           int64_t width, int blocks, float scale, float *scores, float *out) {
+                                           int64_t width, int blocks, float scale, float *scores,
+                                           const uint16_t *next_keys, float *out) {
     const int64_t head_dim = 32 * blocks;
     const __m512i even_at = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd_at = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
@@ -374,6 +379,8 @@ AVX512 static inline void head_avx512_bf16(const float *q_in, const uint16_t *ke
     }
     int64_t w = 0;
     for (; w + 4 <= width; w += 4) {
+        for (int64_t line = 0; line < 4 * head_dim * 2; line += 64)
+            _mm_prefetch((const char *)(values + w * head_dim) + line, _MM_HINT_T0);
         __m128 a = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 0) * head_dim, blocks));
         __m128 b = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 1) * head_dim, blocks));
         __m128 c = fold_to_4(partial_dot_bf16(q_even, q_odd, keys + (w + 2) * head_dim, blocks));
@@ -387,6 +394,9 @@ AVX512 static inline void head_avx512_bf16(const float *q_in, const uint16_t *ke
     __m512 sum_even[MAX_VECTORS / 2], sum_odd[MAX_VECTORS / 2], next_even[MAX_VECTORS / 2], next_odd[MAX_VECTORS / 2];
     for (int j = 0; j < blocks; j++) sum_even[j] = sum_odd[j] = next_even[j] = next_odd[j] = _mm512_setzero_ps();
     for (w = 0; w + 2 <= width; w += 2) {
+        if (next_keys != NULL)
+            for (int64_t line = 0; line < 2 * head_dim * 2; line += 64)
+                _mm_prefetch((const char *)(next_keys + w * head_dim) + line, _MM_HINT_T0);
         const __m512 p0 = _mm512_set1_ps(scores[w]), p1 = _mm512_set1_ps(scores[w + 1]);
         for (int j = 0; j < blocks; j++) {
             __m512 even, odd;
@@ -624,8 +634,9 @@ AVX512 static void head_avx512_32(const float *q, const void *keys, const void *
 }
 
 AVX512 static void head_avx512_bf16_32(const float *q, const void *keys, const void *values, int64_t width,
-                                       float scale, float *scores, float *out) {
-    head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, 1, scale, scores, out);
+                                       float scale, float *scores, const void *next_keys, float *out) {
+    head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, 1, scale, scores,
+                     (const uint16_t *)next_keys, out);
 }
 
 AVX512 static void head_avx512_any(const float *q, const void *keys, const void *values, int bf16, int64_t width,
@@ -721,13 +732,15 @@ static void step_pair(const Step *s, int64_t pair, float *scores, int16_t *weigh
     const float *q = row + h * s->head_dim;
     float *out = s->out + b * hidden + h * s->head_dim;
 #if HAVE_X86
+    /* the next head of the same stream (a thread's pairs run in order), for the bf16 prefetch */
+    const void *next_keys = h + 1 < s->heads ? keys + head_rows * item : NULL;
     if (s->fast && s->bf16 && s->head_dim == 32) {
-        head_avx512_bf16_32(q, keys, values, width, s->scale, scores, out);
+        head_avx512_bf16_32(q, keys, values, width, s->scale, scores, next_keys, out);
         return;
     }
     if (s->fast && s->bf16 && s->head_dim % 32 == 0) {
         head_avx512_bf16(q, (const uint16_t *)keys, (const uint16_t *)values, width, (int)(s->head_dim / 32),
-                         s->scale, scores, out);
+                         s->scale, scores, (const uint16_t *)next_keys, out);
         return;
     }
     if (s->fast && s->head_dim == 32) {
