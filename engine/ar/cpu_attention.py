@@ -135,7 +135,8 @@ class CacheAttention:
         count = rows.shape[0] if rows.dim() == 2 else -1
         if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
             raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
-        if rows.dtype != torch.float32 or rows.shape[-1] != self.hidden or rows.stride(-1) != 1 or count > self.max_len:
+        shaped = 0 <= count <= self.max_len and rows.shape[-1] == self.hidden and rows.stride(-1) == 1
+        if rows.dtype != torch.float32 or not shaped:
             raise ValueError(f"rows must be float32 (count <= {self.max_len}, {self.hidden}), each row contiguous")
         if self.scales is None:
             self.cache[layer, kind, slot, :, :count] = rows.view(count, self.heads, self.head_dim).transpose(0, 1)
@@ -160,6 +161,10 @@ class CacheAttention:
         """What the cache holds at positions ``0 .. count - 1`` of ``slot``'s keys (``kind`` 0) or
         values (1) in ``layer``, as float32 ``(heads, count, head_dim)``; an int8 cache's rows
         times their scales."""
+        if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
+            raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
+        if not 0 <= count <= self.max_len:
+            raise ValueError(f"count must be within 0..{self.max_len}")
         if self.scales is None:
             return self.cache[layer, kind, slot, :, :count].float()
         raw = self.cache[layer, kind, slot]

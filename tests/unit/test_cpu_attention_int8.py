@@ -175,6 +175,10 @@ def test_bad_int8_caches_and_rows_are_refused() -> None:
         attention.store(0, 0, 0, torch.zeros(33, 64))  # past max_len
     with pytest.raises(ValueError, match="rows must be"):
         attention.store(0, 0, 0, torch.zeros(4, 128)[:, ::2])  # elements not contiguous
+    with pytest.raises(ValueError, match="rows must be"):
+        attention.store(0, 0, 0, torch.zeros(64))  # one row, not a (count, hidden) block
+    with pytest.raises(ValueError, match="count must be"):
+        attention.stored(0, 0, 0, 33)
     with pytest.raises(ValueError, match="no kind"):
         attention.store(0, 2, 0, torch.zeros(4, 64))
     with pytest.raises(ValueError, match="no kind"):
