@@ -117,20 +117,6 @@ static void place_value_pair(const int8_t *first, const int8_t *second, int64_t 
     }
 }
 
-/* Quantise row x into position p of one (slot, head)'s int8 keys or values (scalar: store_rows and
- * the portable path; the fast path's writes are the same bytes). */
-static void store_key_i8(const float *x, int64_t head_dim, uint8_t *keys, float *key_scales, int64_t p) {
-    int8_t q[MAX_I8_HEAD_DIM];
-    quantize_row(x, head_dim, q, key_scales + p);
-    place_key(q, head_dim, keys, p);
-}
-
-static void store_value_i8(const float *x, int64_t head_dim, int8_t *values, float *value_scales, int64_t p) {
-    int8_t q[MAX_I8_HEAD_DIM];
-    quantize_row(x, head_dim, q, value_scales + p);
-    place_value(q, head_dim, values, p);
-}
-
 /* A query as two int8 parts, q ~ hi * unit + lo * unit / 254 (lo is what hi leaves, about 15 bits
  * in all), with each part's sum: the keys' +128 adds 128 * sum to a dot product, taken off again. */
 typedef struct {
@@ -609,18 +595,6 @@ AVX512_VNNI static void head_avx512_i8_any(const SplitQuery *q, const uint8_t *k
     head_avx512_i8(q, keys, key_scales, values, value_scales, width, vectors, scale, scores, weights, next_keys, out);
 }
 
-/* The step's writes and query split, vectorised (head_dim = 16 * vectors). */
-AVX512_VNNI static void prepare_avx512_i8(const float *key, const float *value, const float *query, int vectors,
-                                          uint8_t *keys, float *key_scales, int8_t *values, float *value_scales,
-                                          int64_t p, SplitQuery *q) {
-    int8_t row[MAX_I8_HEAD_DIM];
-    quantize_row_avx512(key, vectors, row, key_scales + p);
-    place_key(row, 16 * vectors, keys, p);
-    quantize_row_avx512(value, vectors, row, value_scales + p);
-    place_value(row, 16 * vectors, values, p);
-    split_query_avx512(query, vectors, q);
-}
-
 static int cpu_has_vnni(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -655,6 +629,30 @@ static int cpu_has_vnni(void) { return 0; }
 
 /* ---- the step --------------------------------------------------------------------------------- */
 
+/* quantize_row and split_query, on the AVX-512 path when fast (n a multiple of 16): the same bytes
+ * either way, so a prefill's rows and a step's are written alike. */
+static void quantize_any(const float *x, int64_t n, int fast, int8_t *out, float *scale) {
+#if HAVE_X86
+    if (fast) {
+        quantize_row_avx512(x, (int)(n / 16), out, scale);
+        return;
+    }
+#endif
+    (void)fast;
+    quantize_row(x, n, out, scale);
+}
+
+static void split_any(const float *q, int64_t head_dim, int fast, SplitQuery *out) {
+#if HAVE_X86
+    if (fast) {
+        split_query_avx512(q, (int)(head_dim / 16), out);
+        return;
+    }
+#endif
+    (void)fast;
+    split_query(q, head_dim, out);
+}
+
 typedef struct {
     const float *qkv;
     void *cache;
@@ -680,11 +678,16 @@ static void step_pair_i8(const Step *s, int64_t b, int64_t h, float *scores, int
     const float *query = row + h * s->head_dim;
     float *out = s->out + b * hidden + h * s->head_dim;
     const int64_t width = position + 1;
+    int8_t row8[MAX_I8_HEAD_DIM];
+    quantize_any(key, s->head_dim, s->fast, row8, key_scales + position);
+    place_key(row8, s->head_dim, keys, position);
+    quantize_any(value, s->head_dim, s->fast, row8, value_scales + position);
+    place_value(row8, s->head_dim, values, position);
     SplitQuery q;
+    split_any(query, s->head_dim, s->fast, &q);
 #if HAVE_X86
     if (s->fast) {
         const int vectors = (int)(s->head_dim / 16);
-        prepare_avx512_i8(key, value, query, vectors, keys, key_scales, values, value_scales, position, &q);
         /* the next head of the same stream (a thread's pairs run in order), for the prefetch */
         const uint8_t *next_keys = h + 1 < s->heads ? keys + (size_t)s->max_len * (size_t)s->head_dim : NULL;
         if (vectors == 2)
@@ -696,9 +699,6 @@ static void step_pair_i8(const Step *s, int64_t b, int64_t h, float *scores, int
         return;
     }
 #endif
-    store_key_i8(key, s->head_dim, keys, key_scales, position);
-    store_value_i8(value, s->head_dim, values, value_scales, position);
-    split_query(query, s->head_dim, &q);
     head_portable_i8(&q, keys, key_scales, values, value_scales, width, s->head_dim, s->scale, scores, weights, out);
 }
 
@@ -961,17 +961,6 @@ typedef struct {
     int64_t row_stride, count, kind, slot, start, heads, head_dim, slots, max_len;
     int fast;
 } Store;
-
-static void quantize_any(const float *x, int64_t n, int fast, int8_t *out, float *scale) {
-#if HAVE_X86
-    if (fast) {
-        quantize_row_avx512(x, (int)(n / 16), out, scale);
-        return;
-    }
-#endif
-    (void)fast;
-    quantize_row(x, n, out, scale);
-}
 
 /* One head of a Store: keys one row at a time, values a pair of rows at a time where both are given. */
 static void store_head(const Store *st, int64_t h) {

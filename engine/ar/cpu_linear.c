@@ -132,8 +132,26 @@ static void block_portable(const Product *p, int64_t block) {
 }
 
 #if HAVE_X86
+/* Sums of an R x B tile (row-major) to outputs: centred, scaled, bias, ReLU. */
 VNNI static inline __attribute__((always_inline)) void finish_tile(const Product *p, const __m512i *sum, int64_t block,
-                                                                   int64_t first, const int R, const int B);
+                                                                   int64_t first, const int R, const int B) {
+    for (int b = 0; b < B; b++) {
+        const int64_t n = 16 * (block + b);
+        const __m512 w_scale = _mm512_loadu_ps(p->w_scale + n);
+        const __m512i colsum = _mm512_loadu_si512((const void *)(p->colsum + n));
+        const __m512 bias = p->bias != NULL ? _mm512_loadu_ps(p->bias + n) : _mm512_setzero_ps();
+        for (int r = 0; r < R; r++) {
+            const int64_t m = first + r;
+            if (m >= p->rows) break; /* a padding row */
+            const __m512i centred =
+                _mm512_sub_epi32(sum[r * B + b], _mm512_mullo_epi32(_mm512_set1_epi32(p->x_zero[m]), colsum));
+            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(p->x_scale[m]), w_scale), _mm512_cvtepi32_ps(centred));
+            v = _mm512_add_ps(v, bias);
+            if (p->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+            _mm512_storeu_ps(p->out + m * p->outs + n, v);
+        }
+    }
+}
 
 /* rows first .. first + R - 1 against output blocks block .. block + B - 1: R * B sums in
  * registers, per 4 inputs B weight loads and R broadcasts for R * B VNNI instructions.  R and B
@@ -155,27 +173,6 @@ VNNI static inline __attribute__((always_inline)) void tile(const Product *p, co
         }
     }
     finish_tile(p, sum, block, first, R, B);
-}
-
-/* Sums of an R x B tile (row-major) to outputs: centred, scaled, bias, ReLU. */
-VNNI static inline __attribute__((always_inline)) void finish_tile(const Product *p, const __m512i *sum, int64_t block,
-                                                                   int64_t first, const int R, const int B) {
-    for (int b = 0; b < B; b++) {
-        const int64_t n = 16 * (block + b);
-        const __m512 w_scale = _mm512_loadu_ps(p->w_scale + n);
-        const __m512i colsum = _mm512_loadu_si512((const void *)(p->colsum + n));
-        const __m512 bias = p->bias != NULL ? _mm512_loadu_ps(p->bias + n) : _mm512_setzero_ps();
-        for (int r = 0; r < R; r++) {
-            const int64_t m = first + r;
-            if (m >= p->rows) break; /* a padding row */
-            const __m512i centred =
-                _mm512_sub_epi32(sum[r * B + b], _mm512_mullo_epi32(_mm512_set1_epi32(p->x_zero[m]), colsum));
-            __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(p->x_scale[m]), w_scale), _mm512_cvtepi32_ps(centred));
-            v = _mm512_add_ps(v, bias);
-            if (p->relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-            _mm512_storeu_ps(p->out + m * p->outs + n, v);
-        }
-    }
 }
 
 /* The 4 x 4 tile written out: GCC keeps an array of sums in registers only by copying each one
@@ -311,8 +308,9 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
 #endif
         quantize_input(x + m * p.in, p.in, u + m * p.in, x_scale + m, x_zero + m);
     }
-    for (int64_t g = 0; g < p.in / 4; g++)
-        for (int64_t m = 0; m < p.rows; m++) memcpy(words + g * p.word_rows + m, u + m * p.in + 4 * g, 4);
+    if (p.fast)
+        for (int64_t g = 0; g < p.in / 4; g++)
+            for (int64_t m = 0; m < p.rows; m++) memcpy(words + g * p.word_rows + m, u + m * p.in + 4 * g, 4);
     run_product(&p, words, threads);
     Py_END_ALLOW_THREADS
     free(u);

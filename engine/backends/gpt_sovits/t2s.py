@@ -411,18 +411,24 @@ class _Linear:
         if self.packed is None:
             assert self.blocks is not None
             return blocked_product(x, self.blocks, self.bias)
-        if x.dim() == 2 and self.small is not None and x.shape[0] <= SMALL_ROWS:
+        if self._runs_small(x):
+            assert self.small is not None
             return self.small(x)
         if x.dim() == 2:  # a step's rows: no reshaping (each costs a call per layer)
             return torch.ops.quantized.linear_dynamic(x, self.packed)
         flat = x.reshape(-1, x.shape[-1])
         return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
 
+    def _runs_small(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is a step's few rows, for :attr:`small` (int8, VNNI, at most :data:`SMALL_ROWS`)."""
+        return self.small is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS
+
     def relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(self(x))``, fused for int8."""
         if self.packed is None:
             return F.relu(self(x))
-        if x.dim() == 2 and self.small is not None and x.shape[0] <= SMALL_ROWS:
+        if self._runs_small(x):
+            assert self.small is not None
             return self.small(x, relu=True)
         if x.dim() == 2:
             return torch.ops.quantized.linear_relu_dynamic(x, self.packed)
