@@ -166,7 +166,7 @@ def _ours(
     floor is the larger of its bytes over ``bandwidth`` (bytes/s) and its multiply-adds over
     ``macs_per_s`` (the linear layers' rate at these weights).  ``cache``: a :data:`KV_CACHES`
     suffix, the type keys and values are cached in."""
-    from streamvox.engine.ar.generate import TokenStream, advance, choose
+    from streamvox.engine.ar.generate import TokenStream, advance, choose_all
     from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
     from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
     from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
@@ -185,7 +185,7 @@ def _ours(
     prefilled = time.perf_counter()
     steps = 0
     while not all(s.done for s in streams):
-        advance(decoder, streams, [None if s.done else choose(s, policy) for s in streams])
+        advance(decoder, streams, choose_all(streams, [policy] * len(streams)))
         steps += 1
     finished = time.perf_counter()
     produced = sum(len(s.tokens) for s in streams)

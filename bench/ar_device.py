@@ -41,7 +41,7 @@ from streamvox.bench.ar import streaming_run
 from streamvox.bench.hardware import memory_bandwidth_gbs
 from streamvox.bench.random_voice import write_sovits_checkpoint, write_t2s_checkpoint
 from streamvox.engine.ar.fixed_step import MODES, STEPS, FixedShapeStep
-from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose, generate
+from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose_all, generate
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
 from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder
@@ -126,7 +126,7 @@ def decode_speed(
     streams = _streams(decoder, phonemes, prompt, SamplingParams())
     policy = EosPolicy(eos=cfg.eos, max_steps=args.tokens)
     for _ in range(3):  # warm-up: a compiled step compiles on its first call
-        advance(stepper, streams, [choose(s, policy) for s in streams])
+        advance(stepper, streams, choose_all(streams, [policy] * len(streams)))
     warm_s = time.perf_counter() - compile_started
     for slot in range(batch):
         decoder.release(slot)
@@ -135,7 +135,7 @@ def decode_speed(
     steps = 0
     while not all(s.done for s in streams):
         started = time.perf_counter()
-        chosen = [None if s.done else choose(s, policy) for s in streams]
+        chosen = choose_all(streams, [policy] * len(streams))
         sampled = time.perf_counter()
         advance(stepper, streams, chosen)
         step_s += time.perf_counter() - sampled

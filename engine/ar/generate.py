@@ -16,6 +16,7 @@ is end of speech or the step cap is reached.  The end token is never kept.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -67,24 +68,58 @@ def choose(stream: TokenStream, policy: EosPolicy, noise: torch.Tensor | None = 
 
     ``noise`` (``(vocab,)``, Exponential(1)) replaces the stream's own draw noise (tests).
     """
-    steps = torch.tensor([len(stream.tokens)])
-    logits = policy.mask_banned(stream.logits.unsqueeze(0), steps)
-    penalised = apply_repetition_penalty(logits, stream.seen.unsqueeze(0), stream.params.repetition_penalty)
-    most_likely = torch.argmax(penalised, dim=-1)
-    probs = logits_to_probs(penalised, None, stream.params)
-    if noise is None:
-        noise = exponential_noise(tuple(probs.shape[1:]), stream.generator)
-    token = draw(probs, noise.unsqueeze(0))
-    ended = policy.finished(most_likely, token, steps + 1)
-    if bool(most_likely[0] == policy.eos) or bool(token[0] == policy.eos):
+    return choose_all([stream], [policy], None if noise is None else noise.unsqueeze(0))[0]
+
+
+def choose_all(
+    streams: Sequence[TokenStream], policies: Sequence[EosPolicy], noise: torch.Tensor | None = None
+) -> list[int | None]:
+    """Pick the next token of every stream (``None`` for one that ended, or had already ended).
+
+    Streams that share sampling settings, end-of-speech token and minimum length are sampled
+    as one batch of rows: each row gets the arithmetic :func:`choose` would give it alone
+    (every operation is row-wise), so a stream's tokens do not depend on its neighbours, and a
+    batch of 16 costs about as much as 2 alone.  Each stream still draws its noise from its
+    own generator, in the order of ``streams``.  ``noise`` (``(len(streams), vocab)``)
+    replaces those draws (tests).
+    """
+    if len(policies) != len(streams):
+        raise ValueError(f"{len(streams)} streams but {len(policies)} policies")
+    chosen: list[int | None] = [None] * len(streams)
+    groups: dict[tuple[SamplingParams, int, int], list[int]] = {}
+    for index, (stream, policy) in enumerate(zip(streams, policies, strict=True)):
+        if not stream.done:
+            groups.setdefault((stream.params, policy.eos, policy.min_steps), []).append(index)
+    draws = {}
+    for index, stream in enumerate(streams):
+        if not stream.done:
+            own = noise is None
+            draws[index] = exponential_noise(tuple(stream.logits.shape), stream.generator) if own else noise[index]
+    for (params, eos, min_steps), rows in groups.items():
+        group = [streams[i] for i in rows]
+        steps = torch.tensor([len(s.tokens) for s in group])
+        logits = EosPolicy(eos=eos, min_steps=min_steps).mask_banned(torch.stack([s.logits for s in group]), steps)
+        seen = torch.stack([s.seen for s in group])
+        penalised = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+        most_likely = torch.argmax(penalised, dim=-1).tolist()
+        probs = logits_to_probs(penalised, None, params)
+        drawn = draw(probs, torch.stack([draws[i] for i in rows])).tolist()
+        for index, stream, best, token in zip(rows, group, most_likely, drawn, strict=True):
+            chosen[index] = _take(stream, policies[index], best, token)
+    return chosen
+
+
+def _take(stream: TokenStream, policy: EosPolicy, most_likely: int, token: int) -> int | None:
+    """Record ``token`` on ``stream``, or end it: end of speech most likely or drawn ends it
+    without a token; its ``max_steps``-th token ends it after that token."""
+    if most_likely == policy.eos or token == policy.eos:
         stream.done = True
         return None
-    value = int(token[0])
-    stream.tokens.append(value)
-    stream.seen[value] = True
-    if bool(ended[0]):
+    stream.tokens.append(token)
+    stream.seen[token] = True
+    if policy.finished(most_likely, token, len(stream.tokens)):
         stream.done = True
-    return value
+    return token
 
 
 def advance(model: TokenModel, streams: list[TokenStream], chosen: list[int | None]) -> None:
@@ -102,6 +137,6 @@ def advance(model: TokenModel, streams: list[TokenStream], chosen: list[int | No
 def generate(model: TokenModel, streams: list[TokenStream], policy: EosPolicy) -> list[list[int]]:
     """Run every stream to its end, all in one batch; return their tokens (offline use and tests)."""
     while not all(s.done for s in streams):
-        chosen = [None if s.done else choose(s, policy) for s in streams]
+        chosen = choose_all(streams, [policy] * len(streams))
         advance(model, streams, chosen)
     return [s.tokens for s in streams]

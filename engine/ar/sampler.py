@@ -76,8 +76,11 @@ class EosPolicy:
         out[:, self.eos] = eos_column
         return out
 
-    def finished(self, argmax: torch.Tensor, drawn: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """Rows that stop after this step; ``steps`` counts tokens generated including this one."""
+    def finished(
+        self, argmax: torch.Tensor | int, drawn: torch.Tensor | int, steps: torch.Tensor | int
+    ) -> torch.Tensor | bool:
+        """Rows (or one row, given ints) that stop after this step; ``steps`` counts tokens
+        generated including this one."""
         return (argmax == self.eos) | (drawn == self.eos) | (steps >= self.max_steps)
 
 

@@ -52,7 +52,7 @@ import torch
 from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.ar.device import check_device
 from streamvox.engine.ar.fixed_step import FixedShapeStep, check_step
-from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose
+from streamvox.engine.ar.generate import TokenModel, TokenStream, advance, choose_all
 from streamvox.engine.ar.sampler import EosPolicy, SamplingParams
 from streamvox.engine.ar.threads import unit_threads
 from streamvox.engine.ar.token_vocoder import ChunkSchedule, StreamingVocoder
@@ -280,10 +280,8 @@ class GptSovitsVoice:
     def step(self, segments: Sequence[ARSegment]) -> None:
         """One token for each segment, all in one batched T2S call (a T2S call)."""
         segments = sorted(segments, key=lambda s: s.slot)  # adjacent slots are read as one view
-        chosen = []
-        for segment in segments:
-            token = choose(segment.tokens, segment.policy)
-            chosen.append(token)
+        chosen = choose_all([s.tokens for s in segments], [s.policy for s in segments])
+        for segment, token in zip(segments, chosen, strict=True):
             if token is not None:
                 segment.vocoder.add([token])
         advance(self.stepper, [s.tokens for s in segments], chosen)
