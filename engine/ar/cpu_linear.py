@@ -3,8 +3,8 @@
 A decode step multiplies one row per stream by every weight matrix.  fbgemm's
 dynamic int8 product, what torch runs, took 2.4 ms for GPT-SoVITS's 96 step
 linears (75 MB) at one row on 2 cores and 4.9 ms at 16; :class:`Int8Linear`
-packs each weight so one 64-byte load feeds 4 rows' VNNI sums, and takes 1.2
-and 2.9 ms.
+packs each weight so one 64-byte load feeds 4 rows' VNNI sums, and takes 1.5
+and 2.4 ms (1.5 ms is 75 MB read at about the machine's memory bandwidth).
 
 Arithmetic: weights symmetric int8 per output, as torch's per-channel
 quantisation makes them; each input row asymmetric u8 over its own range

@@ -1,0 +1,129 @@
+"""An earlier commit's int8 linear kernel (``engine/ar/cpu_linear.c``) against the installed one.
+
+    python scripts/ab_cpu_linear.py 1e917f5 [--rows 1 4 16] [--repeats 3] [--threads 2]
+
+``REV``'s C file (``git show``) is compiled with the flags ``pyproject.toml`` gives
+the extension (``gcc -O3 -fopenmp``) and loaded beside the installed build.  Each side
+packs its own copy of the same random weights, GPT-SoVITS v2's 96 step linears (24
+layers of 512 -> 1536, 512 -> 512, 512 -> 2048 with ReLU, 2048 -> 512: 75 MB in
+int8, more than the last-level cache, as in a real step), and runs all of them at
+each row count; the sides alternate, ``--repeats`` times, 30 timed passes each.  It
+prints the median ms per pass of each side and the ratio, and the largest output
+difference between the sides (0 when the arithmetic is unchanged).  Exit status 1 if
+it exceeds ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from rev_module import ROOT, scratch_folder
+from streamvox.engine.ar import cpu_linear
+
+SHAPES = [(1536, 512, False), (512, 512, False), (2048, 512, True), (512, 2048, False)]
+LAYERS = 24
+
+
+def _build(rev: str, folder: Path) -> ModuleType:
+    source = folder / "cpu_linear_before.c"
+    source.write_text(
+        subprocess.run(
+            ["git", "show", f"{rev}:engine/ar/cpu_linear.c"], cwd=ROOT, check=True, capture_output=True, text=True
+        ).stdout
+    )
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    target = folder / f"_cpu_linear{suffix}"
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        ["gcc", "-O3", "-fopenmp", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)], check=True
+    )
+    loader = importlib.machinery.ExtensionFileLoader("_cpu_linear", str(target))
+    spec = importlib.util.spec_from_file_location("_cpu_linear", target, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def _using(kernel: ModuleType) -> Iterator[None]:
+    """``cpu_linear.Int8Linear`` packs and multiplies through ``kernel`` inside the block."""
+    saved = cpu_linear._kernel
+    cpu_linear._kernel = kernel
+    try:
+        yield
+    finally:
+        cpu_linear._kernel = saved
+
+
+class Side:
+    """One kernel build with its own packed copy of the weights."""
+
+    def __init__(self, kernel: ModuleType, weights: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
+        self.kernel = kernel
+        with _using(kernel):
+            self.layers = [(cpu_linear.Int8Linear(w, b), relu) for w, b, relu in weights]
+
+    def run(self, inputs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
+        with _using(self.kernel):
+            return [linear(inputs[linear.in_features], relu=relu) for linear, relu in self.layers]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("rev")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--tolerance", type=float, default=0.0, help="largest allowed output difference")
+    args = parser.parse_args()
+    if not cpu_linear.fast_path():
+        raise SystemExit("this CPU does not run the kernel's VNNI path (or it was not built)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    gen = torch.Generator().manual_seed(0)
+    weights = [
+        (torch.randn(out, inp, generator=gen) * 0.02, torch.randn(out, generator=gen) * 0.01, relu)
+        for _ in range(LAYERS)
+        for out, inp, relu in SHAPES
+    ]
+    with scratch_folder() as folder:
+        sides = {"before": Side(_build(args.rev, folder), weights), "now": Side(cpu_linear._kernel, weights)}
+        print(f"int8 step linears, {args.rev} against the installed build, {torch.get_num_threads()} threads")
+        worst = 0.0
+        for rows in args.rows:
+            inputs = {inp: torch.randn(rows, inp, generator=gen) for inp in {512, 2048}}
+            outputs = {name: side.run(inputs) for name, side in sides.items()}
+            worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(*outputs.values(), strict=True)))
+            seconds: dict[str, list[float]] = {name: [] for name in sides}
+            for _ in range(args.repeats):
+                for name, side in sides.items():
+                    for _ in range(3):
+                        side.run(inputs)
+                    for _ in range(30):
+                        started = time.perf_counter()
+                        side.run(inputs)
+                        seconds[name].append(time.perf_counter() - started)
+            ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+            print(
+                f"  {rows:3d} rows: before {ms['before']:.3f} ms, now {ms['now']:.3f}, "
+                f"before / now {ms['before'] / ms['now']:.2f}"
+            )
+        print(f"largest output difference: {worst:.3g}")
+    return 1 if worst > args.tolerance else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
