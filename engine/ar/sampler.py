@@ -133,8 +133,11 @@ def logits_to_probs(logits: torch.Tensor, seen: torch.Tensor | None, params: Sam
 
 
 def exponential_noise(shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-    """``q ~ Exponential(1)`` for the draw, from ``generator`` (seeded streams are reproducible)."""
-    return torch.empty(shape, dtype=torch.float32).exponential_(1.0, generator=generator)
+    """``q ~ Exponential(1)`` for the draw, from ``generator`` (seeded streams are reproducible):
+    ``-log(1 - u)`` for ``u`` uniform in [0, 1), so always finite.  torch's own ``exponential_``
+    draws the same distribution at 15 us for a GPT-SoVITS row against 5 here, a quarter of a
+    16-stream step's sampling."""
+    return torch.rand(shape, dtype=torch.float32, generator=generator).neg_().log1p_().neg_()
 
 
 def draw(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

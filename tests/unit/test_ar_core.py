@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -10,7 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from streamvox.engine.ar.sampler import EosPolicy, SamplingParams, apply_top_k, apply_top_p, draw, logits_to_probs
+from streamvox.engine.ar.sampler import (
+    EosPolicy,
+    SamplingParams,
+    apply_top_k,
+    apply_top_p,
+    draw,
+    exponential_noise,
+    logits_to_probs,
+)
 from streamvox.engine.backends.gpt_sovits.checkpoint import CheckpointError, load_s1, load_s2
 
 
@@ -46,9 +55,20 @@ def test_top_p_keeps_the_most_likely_token_and_top_k_keeps_ties() -> None:
 def test_draw_follows_the_probabilities() -> None:
     probs = logits_to_probs(torch.log(torch.tensor([[0.7, 0.2, 0.1]])), None, SamplingParams(top_k=None))
     gen = torch.Generator().manual_seed(0)
-    noise = torch.empty(20000, 3).exponential_(1.0, generator=gen)
+    noise = exponential_noise((20000, 3), gen)
     counts = torch.bincount(draw(probs.expand(20000, 3), noise), minlength=3) / 20000
     assert torch.allclose(counts, torch.tensor([0.7, 0.2, 0.1]), atol=0.02)
+
+
+def test_exponential_noise_is_exponential_finite_and_seeded() -> None:
+    noise = exponential_noise((200000,), torch.Generator().manual_seed(3))
+    assert bool(torch.isfinite(noise).all()) and float(noise.min()) >= 0.0
+    assert abs(float(noise.mean()) - 1.0) < 0.01 and abs(float(noise.var()) - 1.0) < 0.03
+    # P(q > t) = exp(-t): the tail at a few points
+    for t in (0.1, 1.0, 3.0):
+        assert abs(float((noise > t).double().mean()) - math.exp(-t)) < 0.005
+    again = exponential_noise((200000,), torch.Generator().manual_seed(3))
+    assert torch.equal(noise, again)
 
 
 def _s1_bytes(payload: object) -> bytes:
