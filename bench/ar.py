@@ -151,6 +151,15 @@ def t2s_step_macs(cfg: T2SConfig, batch: int, width: float) -> float:
     return batch * per_slot
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median throughput (the lower middle of an even count), with every run's
+    tokens/s beside it (``tokens_per_s_runs``), so a ratio is not one run's luck."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["tokens_per_s_runs"] = [r["tokens_per_s"] for r in runs]
+    return chosen
+
+
 def _ours(
     checkpoint: Path,
     batch: int,
@@ -441,11 +450,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             reference = _reference(Path(args.reference), checkpoint, s2, phonemes, prompt, args.tokens)
         bandwidth = memory_bandwidth_gbs()
         gmacs = {int8: matmul_gmacs(int8) for int8 in (False, True)}
-        ours = [
-            _ours(checkpoint, b, phonemes, prompt, args.tokens, int8, bandwidth * 1e9, gmacs[int8] * 1e9, cache)
-            for int8, cache in ((False, ""), (True, ""), (True, "+bf16kv"), (True, "+int8kv"))
-            for b in args.batches
-        ]
+        ours = []
+        for int8, cache in ((False, ""), (True, ""), (True, "+bf16kv"), (True, "+int8kv")):
+            runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batches}
+            rates = (bandwidth * 1e9, gmacs[int8] * 1e9)
+            for _ in range(args.repeats):  # the batch sizes alternate, so drift hits each alike
+                for b in args.batches:
+                    runs[b].append(_ours(checkpoint, b, phonemes, prompt, args.tokens, int8, *rates, cache))
+            ours.extend(median_run(runs[b]) for b in args.batches)
         rounding = cache_rounding(checkpoint, phonemes, prompt, args.tokens)
         streaming = [
             streaming_run(checkpoint, s2, phonemes, prompt, args.tokens, int8, bf16)
@@ -459,6 +471,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "tokens_per_stream": args.tokens,
+        "repeats": args.repeats,
         "text_len": args.text_len,
         "prompt_len": args.prompt_len,
         "bandwidth_gbs": bandwidth,
@@ -488,7 +501,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def _table(result: dict[str, Any]) -> str:
     lines = [
         f"streamvox bench ar — {result['date']}, {result['machine']}; GPT-SoVITS v2 T2S, random weights, "
-        f"{result['tokens_per_stream']} tokens per stream, text {result['text_len']} + prompt {result['prompt_len']}; "
+        f"{result['tokens_per_stream']} tokens per stream, text {result['text_len']} + prompt {result['prompt_len']}, "
+        f"each batch size's median of {result['repeats']} alternating runs; "
         f"memory bandwidth {result['bandwidth_gbs']:.1f} GB/s, linear layers {result['matmul_gmacs_fp32']:.0f} GMAC/s"
         f" fp32, {result['matmul_gmacs_int8']:.0f} int8",
         "  system             batch  tokens/s (incl. prefill)  x batch 1  decode x batch 1"

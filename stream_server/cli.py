@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="gpt-sovits-cpufast installed with --target (what scripts/setup.sh test does); '' to skip",
     )
     _add_fast_start(ar, "the extra streaming row")
+    ar.add_argument("--repeats", type=int, default=3, help="runs of each batch size, alternating; the median is kept")
     ar.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ar.add_argument("--json", action="store_true")
     ar.set_defaults(func=_bench_ar)

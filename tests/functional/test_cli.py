@@ -300,6 +300,9 @@ def test_bench_ar_smoke() -> None:
     labels = ["fp32", "int8", "int8+bf16kv", "int8+int8kv"]
     assert rows == [(label, batch, 4 * batch) for label in labels for batch in (1, 2)]
     assert result["bandwidth_gbs"] > 0 and result["matmul_gmacs_fp32"] > 0 and result["matmul_gmacs_int8"] > 0
+    for row in result["ours"]:  # the default: each batch size's median of 3 alternating runs
+        runs = row["tokens_per_s_runs"]
+        assert result["repeats"] == 3 and len(runs) == 3 and row["tokens_per_s"] == sorted(runs)[1]
     # The bound is arithmetic on what the run measured (a step may beat it on a machine whose
     # bandwidth probe reads slower than the step's weights stream, so no timing order is asserted).
     cfg = T2SConfig()

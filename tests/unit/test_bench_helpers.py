@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from streamvox.bench.ar import kv_bytes_per_value, t2s_step_bytes, t2s_step_macs
+from streamvox.bench.ar import kv_bytes_per_value, median_run, t2s_step_bytes, t2s_step_macs
 from streamvox.bench.harness import playback_stall_ms, snr_db
 from streamvox.bench.trace_summary import (
     SETTLE_S,
@@ -113,3 +113,12 @@ def test_a_run_s_units_are_summed_by_action() -> None:
         describe_actions(summary)
         == "start 1x (batch 1.0) 40 ms; step 2x (batch 3.0) 20 ms; chunk 1x (batch 1.0) 50 ms, 1 late"
     )
+
+
+def test_median_run_keeps_the_middle_run_whole_and_lists_every_run() -> None:
+    runs = [{"tokens_per_s": v, "step_ms": 1000 / v} for v in (300.0, 100.0, 200.0)]
+    chosen = median_run(runs)
+    assert chosen["tokens_per_s"] == 200.0 and chosen["step_ms"] == 5.0
+    assert chosen["tokens_per_s_runs"] == [300.0, 100.0, 200.0]
+    assert "tokens_per_s_runs" not in runs[2]  # the runs themselves are left as they were
+    assert median_run(runs[:2])["tokens_per_s"] == 100.0  # an even count: the lower middle
