@@ -1,14 +1,14 @@
-/* int8 linear layers for a decode step's few rows on a CPU with AVX-512 VNNI.
+/* int8 linear layers on a CPU with AVX-512 VNNI: a decode step's few rows and a prefill's hundreds.
  *
  * A decode step multiplies one row per stream by every weight matrix, so at batch 1 it is bound by
  * reading the weights.  fbgemm's dynamic int8 product (what torch runs) read GPT-SoVITS's 96 step
- * linears (75 MB) in 2.3 ms on 2 cores, 33 GB/s; this kernel reads them in 1.1 to 1.2 ms.  The
+ * linears (75 MB) in 2.3 ms on 2 cores, 33 GB/s; this kernel reads them in 1.3 to 1.5 ms.  The
  * weights are packed as [out / 16][in / 4][16][4] int8, so one 64-byte load is 4 inputs of 16
- * outputs, and each row of the step adds its 4 inputs (u8, broadcast) into its own 16 sums with
- * one VNNI instruction (u8 x s8, 4 products summed into each int32 lane).  Tiles of 4 rows by 64
- * outputs keep 16 sums in registers.  At 16 rows both are bound by the VNNI instruction's rate
- * (6.5 G/s on this VM's 2 cores, 413 GMAC/s: 2.9 ms for those linears; both take about 4 ms).
- * Inputs are a multiple of 16, outputs of 64.
+ * outputs, and each row adds its 4 inputs (u8, broadcast from its own row of the quantised input)
+ * into its own 16 sums with one VNNI instruction (u8 x s8, 4 products summed into each int32
+ * lane).  Tiles of 4 rows by 64 outputs keep 16 sums in registers.  At 16 rows the step's linears
+ * take 2.4 ms; a 210-row prefill's run at 700-930 GMAC/s by layer shape (fbgemm: 550-650), where
+ * the input rows are quantised on every thread.  Inputs are a multiple of 16, outputs of 64.
  *
  * Arithmetic: weights symmetric int8 per output (scale w_n, as torch's per-channel quantisation
  * makes them); each input row asymmetric u8 (scale x_m, zero point z_m over its own min and max,
@@ -103,12 +103,12 @@ typedef struct {
     const float *w_scale;    /* [out] */
     const int32_t *colsum;   /* [out]: sum over in of W[n][k] */
     const float *bias;       /* [out] or NULL */
-    const uint8_t *u;        /* [rows][in] quantised inputs */
+    const uint8_t *u;        /* [word_rows][in] quantised inputs (padding rows zero) */
     const float *x_scale;    /* [rows] */
     const int32_t *x_zero;   /* [rows] */
     float *out;              /* [rows][out] */
     int64_t rows, in, outs;
-    int64_t word_rows;       /* rows of the fast path's words: rows, or rounded up to 4 (zero rows) */
+    int64_t word_rows;       /* rows the fast path's tiles cover: rows, or rounded up to 4 (zero rows) */
     int relu, fast;
 } Product;
 
@@ -153,22 +153,28 @@ VNNI static inline __attribute__((always_inline)) void finish_tile(const Product
     }
 }
 
+/* 4 quantised inputs of a row as one 32-bit word, for a broadcast. */
+static inline int32_t word_at(const uint8_t *row, int64_t g) {
+    int32_t word;
+    memcpy(&word, row + 4 * g, sizeof word);
+    return word;
+}
+
 /* rows first .. first + R - 1 against output blocks block .. block + B - 1: R * B sums in
  * registers, per 4 inputs B weight loads and R broadcasts for R * B VNNI instructions.  R and B
- * are constants in every caller, so the loops unroll and the sums stay in registers.  words is
- * the quantised input as [in / 4][rows] 32-bit words, so a row's broadcast is at a fixed offset. */
-VNNI static inline __attribute__((always_inline)) void tile(const Product *p, const int32_t *words, int64_t block,
-                                                            int64_t first, const int R, const int B) {
+ * are constants in every caller, so the loops unroll and the sums stay in registers. */
+VNNI static inline __attribute__((always_inline)) void tile(const Product *p, int64_t block, int64_t first,
+                                                            const int R, const int B) {
     __m512i sum[32];
     for (int i = 0; i < R * B; i++) sum[i] = _mm512_setzero_si512();
     const int64_t groups = p->in / 4;
     const int8_t *w = p->packed + block * p->in * 16;
-    const int32_t *x = words + first;
+    const uint8_t *x = p->u + first * p->in;
     for (int64_t g = 0; g < groups; g++) {
         __m512i weights[4];
         for (int b = 0; b < B; b++) weights[b] = _mm512_loadu_si512((const void *)(w + b * p->in * 16 + 64 * g));
         for (int r = 0; r < R; r++) {
-            const __m512i input = _mm512_set1_epi32(x[g * p->word_rows + r]);
+            const __m512i input = _mm512_set1_epi32(word_at(x + r * p->in, g));
             for (int b = 0; b < B; b++) sum[r * B + b] = _mm512_dpbusd_epi32(sum[r * B + b], input, weights[b]);
         }
     }
@@ -179,47 +185,46 @@ VNNI static inline __attribute__((always_inline)) void tile(const Product *p, co
  * every iteration (the 96 linears of a GPT-SoVITS step at 16 rows, 2 threads: 4.0 ms through
  * tile(), 3.1 ms with named sums; 16 x 1 tiles, one weight load for 16 broadcasts, 3.9 ms). */
 #define DP(acc, x, w) acc = _mm512_dpbusd_epi32(acc, x, w)
-VNNI static inline __attribute__((always_inline)) void tile_4x4(const Product *p, const int32_t *words,
-                                                                int64_t block, int64_t first, int ahead_from,
-                                                                const int ahead) {
+VNNI static inline __attribute__((always_inline)) void tile_4x4(const Product *p, int64_t block, int64_t first,
+                                                                int ahead_from, const int ahead) {
     __m512i s00 = _mm512_setzero_si512(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00,
             s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00;
-    const int64_t groups = p->in / 4, stride = p->in * 16, rows = p->word_rows;
+    const int64_t groups = p->in / 4, stride = p->in * 16;
     const int8_t *w = p->packed + block * stride;
-    const int32_t *x = words + first;
-    for (int64_t g = 0; g < groups; g++, w += 64, x += rows) {
+    const uint8_t *x0 = p->u + first * p->in, *x1 = x0 + p->in, *x2 = x1 + p->in, *x3 = x2 + p->in;
+    for (int64_t g = 0; g < groups; g++, w += 64) {
         for (int b = 0; b < ahead; b++) _mm_prefetch((const char *)(w + (ahead_from + b) * stride), _MM_HINT_T0);
         const __m512i w0 = _mm512_loadu_si512((const void *)w), w1 = _mm512_loadu_si512((const void *)(w + stride));
         const __m512i w2 = _mm512_loadu_si512((const void *)(w + 2 * stride));
         const __m512i w3 = _mm512_loadu_si512((const void *)(w + 3 * stride));
-        __m512i in = _mm512_set1_epi32(x[0]);
+        __m512i in = _mm512_set1_epi32(word_at(x0, g));
         DP(s00, in, w0); DP(s01, in, w1); DP(s02, in, w2); DP(s03, in, w3);
-        in = _mm512_set1_epi32(x[1]);
+        in = _mm512_set1_epi32(word_at(x1, g));
         DP(s10, in, w0); DP(s11, in, w1); DP(s12, in, w2); DP(s13, in, w3);
-        in = _mm512_set1_epi32(x[2]);
+        in = _mm512_set1_epi32(word_at(x2, g));
         DP(s20, in, w0); DP(s21, in, w1); DP(s22, in, w2); DP(s23, in, w3);
-        in = _mm512_set1_epi32(x[3]);
+        in = _mm512_set1_epi32(word_at(x3, g));
         DP(s30, in, w0); DP(s31, in, w1); DP(s32, in, w2); DP(s33, in, w3);
     }
     const __m512i sums[16] = {s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23, s30, s31, s32, s33};
     finish_tile(p, sums, block, first, 4, 4);
 }
 
-VNNI static void tile_1x4(const Product *p, const int32_t *words, int64_t block, int64_t first) { tile(p, words, block, first, 1, 4); }
+VNNI static void tile_1x4(const Product *p, int64_t block, int64_t first) { tile(p, block, first, 1, 4); }
 
 /* tile_4x4 asking for 0, 1, 2 or 4 blocks ahead (a constant, so the prefetches unroll: a loop
  * over a variable count cost 4 rows 2.2 ms against 1.9) */
-VNNI static void tile_4x4_ahead0(const Product *p, const int32_t *words, int64_t block, int64_t first, int from) {
-    tile_4x4(p, words, block, first, from, 0);
+VNNI static void tile_4x4_ahead0(const Product *p, int64_t block, int64_t first, int from) {
+    tile_4x4(p, block, first, from, 0);
 }
-VNNI static void tile_4x4_ahead1(const Product *p, const int32_t *words, int64_t block, int64_t first, int from) {
-    tile_4x4(p, words, block, first, from, 1);
+VNNI static void tile_4x4_ahead1(const Product *p, int64_t block, int64_t first, int from) {
+    tile_4x4(p, block, first, from, 1);
 }
-VNNI static void tile_4x4_ahead2(const Product *p, const int32_t *words, int64_t block, int64_t first, int from) {
-    tile_4x4(p, words, block, first, from, 2);
+VNNI static void tile_4x4_ahead2(const Product *p, int64_t block, int64_t first, int from) {
+    tile_4x4(p, block, first, from, 2);
 }
-VNNI static void tile_4x4_ahead4(const Product *p, const int32_t *words, int64_t block, int64_t first, int from) {
-    tile_4x4(p, words, block, first, from, 4);
+VNNI static void tile_4x4_ahead4(const Product *p, int64_t block, int64_t first, int from) {
+    tile_4x4(p, block, first, from, 4);
 }
 
 /* Output blocks block .. block + 3 for every row: 4 rows at a time (2 or 3 rows left are padded
@@ -227,18 +232,18 @@ VNNI static void tile_4x4_ahead4(const Product *p, const int32_t *words, int64_t
  * The first (up to) 4 row tiles share out the next quad's 4 blocks to prefetch, so reading the
  * weights overlaps the arithmetic of every row tile, not only the first (the 96 linears of a
  * GPT-SoVITS step at 16 rows, 2 threads: 2.4 ms against 2.9 with the first tile asking for all 4). */
-VNNI static void block_quad_vnni(const Product *p, const int32_t *words, int64_t block) {
+VNNI static void block_quad_vnni(const Product *p, int64_t block) {
     const int64_t tiles = p->word_rows / 4, share = tiles < 4 ? tiles : 4;
     const int next = block + 8 <= p->outs / 16; /* a next quad exists */
     int64_t first = 0;
     for (int64_t t = 0; first + 4 <= p->word_rows; first += 4, t++) {
         const int from = (int)(4 + 4 * t / share), count = t < share && next ? (int)(4 + 4 * (t + 1) / share) - from : 0;
-        if (count == 4) tile_4x4_ahead4(p, words, block, first, from);
-        else if (count == 2) tile_4x4_ahead2(p, words, block, first, from);
-        else if (count == 1) tile_4x4_ahead1(p, words, block, first, from);
-        else tile_4x4_ahead0(p, words, block, first, from);
+        if (count == 4) tile_4x4_ahead4(p, block, first, from);
+        else if (count == 2) tile_4x4_ahead2(p, block, first, from);
+        else if (count == 1) tile_4x4_ahead1(p, block, first, from);
+        else tile_4x4_ahead0(p, block, first, from);
     }
-    if (first < p->word_rows) tile_1x4(p, words, block, first); /* one row alone */
+    if (first < p->word_rows) tile_1x4(p, block, first); /* one row alone */
 }
 
 static int cpu_has_vnni(void) {
@@ -250,14 +255,23 @@ static int cpu_has_vnni(void) {
 static int cpu_has_vnni(void) { return 0; }
 #endif
 
-/* words: the quantised input as [in / 4][rows] 32-bit words (the fast path's broadcasts). */
-static void run_product(const Product *p, const int32_t *words, int threads) {
-    (void)words;
+/* Input row m of x into u, x_scale and x_zero (the fast path's quantiser where the CPU runs it). */
+static void quantize_row(const Product *p, const float *x, uint8_t *u, float *x_scale, int32_t *x_zero, int64_t m) {
+#if HAVE_X86
+    if (p->fast) {
+        quantize_input_avx512(x + m * p->in, p->in, u + m * p->in, x_scale + m, x_zero + m);
+        return;
+    }
+#endif
+    quantize_input(x + m * p->in, p->in, u + m * p->in, x_scale + m, x_zero + m);
+}
+
+static void run_product(const Product *p, int threads) {
 #if HAVE_X86
     if (p->fast) {
         const int64_t quads = p->outs / 64;
 #pragma omp parallel for num_threads(threads) if (threads > 1) schedule(static)
-        for (int64_t quad = 0; quad < quads; quad++) block_quad_vnni(p, words, 4 * quad);
+        for (int64_t quad = 0; quad < quads; quad++) block_quad_vnni(p, 4 * quad);
         return;
     }
 #endif
@@ -304,13 +318,11 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     p.fast = !portable && cpu_has_vnni();
     p.word_rows = p.rows <= 1 ? p.rows : (p.rows + 3) & ~(int64_t)3;
-    uint8_t *u = malloc((size_t)(p.rows * p.in) + 1);
-    int32_t *words = calloc((size_t)(p.word_rows * p.in) / 4 + 1, sizeof(int32_t));
+    uint8_t *u = malloc((size_t)(p.word_rows * p.in) + 1);
     float *x_scale = malloc(sizeof(float) * (size_t)p.rows + 1);
     int32_t *x_zero = malloc(sizeof(int32_t) * (size_t)p.rows + 1);
-    if (u == NULL || words == NULL || x_scale == NULL || x_zero == NULL) {
+    if (u == NULL || x_scale == NULL || x_zero == NULL) {
         free(u);
-        free(words);
         free(x_scale);
         free(x_zero);
         return PyErr_NoMemory();
@@ -319,22 +331,18 @@ static PyObject *py_linear(PyObject *self, PyObject *const *args, Py_ssize_t nar
     p.x_scale = x_scale;
     p.x_zero = x_zero;
     Py_BEGIN_ALLOW_THREADS
-    for (int64_t m = 0; m < p.rows; m++) {
-#if HAVE_X86
-        if (p.fast) {
-            quantize_input_avx512(x + m * p.in, p.in, u + m * p.in, x_scale + m, x_zero + m);
-            continue;
-        }
-#endif
-        quantize_input(x + m * p.in, p.in, u + m * p.in, x_scale + m, x_zero + m);
+    memset(u + p.rows * p.in, 0, (size_t)((p.word_rows - p.rows) * p.in));
+    /* a prefill's hundreds of rows are quantised on every thread; a step's few on this one (an
+       OpenMP region, even one that runs alone, costs more than they take) */
+    if (threads > 1 && p.rows >= 32) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int64_t m = 0; m < p.rows; m++) quantize_row(&p, x, u, x_scale, x_zero, m);
+    } else {
+        for (int64_t m = 0; m < p.rows; m++) quantize_row(&p, x, u, x_scale, x_zero, m);
     }
-    if (p.fast)
-        for (int64_t g = 0; g < p.in / 4; g++)
-            for (int64_t m = 0; m < p.rows; m++) memcpy(words + g * p.word_rows + m, u + m * p.in + 4 * g, 4);
-    run_product(&p, words, threads);
+    run_product(&p, threads);
     Py_END_ALLOW_THREADS
     free(u);
-    free(words);
     free(x_scale);
     free(x_zero);
     Py_RETURN_NONE;

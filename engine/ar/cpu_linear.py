@@ -1,10 +1,12 @@
-"""int8 linear layers for a decode step's few rows on a CPU with AVX-512 VNNI (C: ``cpu_linear.c``).
+"""int8 linear layers on a CPU with AVX-512 VNNI (C: ``cpu_linear.c``), for a decode step's
+few rows and a prefill's hundreds.
 
 A decode step multiplies one row per stream by every weight matrix.  fbgemm's
 dynamic int8 product, what torch runs, took 2.4 ms for GPT-SoVITS's 96 step
 linears (75 MB) at one row on 2 cores and 4.9 ms at 16; :class:`Int8Linear`
 packs each weight so one 64-byte load feeds 4 rows' VNNI sums, and takes 1.5
-and 2.4 ms (1.5 ms is 75 MB read at about the machine's memory bandwidth).
+and 2.4 ms (1.5 ms is 75 MB read at about the machine's memory bandwidth).  A
+210-row prefill's linears take 20 ms against fbgemm's 25 (about 800 GMAC/s).
 
 Arithmetic: weights symmetric int8 per output, as torch's per-channel
 quantisation makes them; each input row asymmetric u8 over its own range

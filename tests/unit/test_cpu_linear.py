@@ -42,7 +42,8 @@ def test_the_kernel_is_built_and_runs_vnni_where_the_cpu_has_it() -> None:
 
 
 @pytest.mark.parametrize("portable", [False, True])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 16, 19])  # every tile size and its tails
+# every tile size and its tails, and a prefill's rows (quantised on every thread from 32 rows)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 16, 19, 33, 210])
 def test_matches_float_arithmetic_over_the_quantised_operands(portable: bool, rows: int) -> None:
     weight, bias, x = case(rows, seed=rows)
     got = Int8Linear(weight, bias, portable=portable)(x)
@@ -90,7 +91,7 @@ def test_constant_and_non_finite_rows() -> None:
 
 
 def test_thread_count_does_not_change_the_result_and_calls_may_overlap() -> None:
-    weight, bias, x = case(8, out=256, inputs=128, seed=5)
+    weight, bias, x = case(40, out=256, inputs=128, seed=5)  # 40 rows: quantised on every thread at 2
     linear = Int8Linear(weight, bias)
     before = torch.get_num_threads()
     try:

@@ -114,3 +114,19 @@ def test_an_int8_cache_holds_the_quantised_keys_and_steps_near_float32(tmp_path:
             assert bool(((got_rows - want_rows).abs() <= half_step * (1 + 1e-5)).all())
     with pytest.raises(ValueError, match="holds"):
         T2SDecoder(weights, cfg, cache_dtype=torch.float16)
+
+
+def test_no_bert_features_prefill_as_zero_features_do(tmp_path: Path) -> None:
+    """Without BERT features the projection's product is skipped (zeros through it are its bias):
+    the first logits and the cache are those zero features give, bit for bit."""
+    cfg = T2SConfig.tiny()
+    write_t2s_checkpoint(tmp_path / "t.ckpt", cfg, seed=4)
+    weights = load_s1(tmp_path / "t.ckpt").weights
+    phonemes, prompt = torch.arange(2, 12), torch.arange(5, 20)
+    decoder = T2SDecoder(weights, cfg, slots=2, max_len=64)
+    skipped = decoder.prefill(0, phonemes, prompt)
+    zeros = decoder.prefill(1, phonemes, prompt, torch.zeros(1024, len(phonemes)))
+    assert torch.equal(skipped, zeros)
+    assert torch.equal(decoder.kv_cache[:, :, 0], decoder.kv_cache[:, :, 1])
+    features = decoder.prefill(1, phonemes, prompt, torch.randn(1024, len(phonemes)))
+    assert not torch.equal(features, skipped)  # the features do reach the logits

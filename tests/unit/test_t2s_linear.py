@@ -1,6 +1,6 @@
-"""The T2S decoder's fp32 linear layer keeps one column block per thread, its int8 one runs a step's rows
-on the VNNI kernel, and the decoder's
-logits are the same however many threads there are."""
+"""The T2S decoder's fp32 linear layer keeps one column block per thread, its int8 one runs on the
+VNNI kernel where the CPU has it (fbgemm elsewhere), and the decoder's logits are the same however
+many threads there are."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from streamvox.bench.random_voice import write_t2s_checkpoint
 from streamvox.engine.ar import cpu_linear
 from streamvox.engine.backends.gpt_sovits.checkpoint import load_s1
-from streamvox.engine.backends.gpt_sovits.t2s import SMALL_ROWS, T2SConfig, T2SDecoder, _Linear
+from streamvox.engine.backends.gpt_sovits.t2s import T2SConfig, T2SDecoder, _Linear
 
 
 @pytest.fixture
@@ -53,19 +53,22 @@ def test_the_decoder_s_logits_do_not_depend_on_its_thread_count(threads: None, t
         torch.testing.assert_close(other, logits[0], rtol=1e-5, atol=1e-5)
 
 
-def test_an_int8_layer_runs_a_step_s_rows_on_the_vnni_kernel_and_a_prefill_s_on_fbgemm() -> None:
+def test_an_int8_layer_runs_every_row_count_on_the_vnni_kernel_and_keeps_no_fbgemm_copy() -> None:
     gen = torch.Generator().manual_seed(9)
     weight, bias = 0.05 * torch.randn(128, 64, generator=gen), 0.1 * torch.randn(128, generator=gen)
     linear = _Linear(weight, bias, int8=True)
     if not cpu_linear.fast_path():
-        assert linear.small is None  # fbgemm for every row count
+        assert linear.vnni is None and linear.packed is not None  # fbgemm for every row count
         return
-    assert linear.small is not None
-    for rows in (1, SMALL_ROWS, SMALL_ROWS + 1, 40):
+    assert linear.vnni is not None and linear.packed is None
+    for rows in (1, 16, 17, 40, 210):
         x = torch.randn(rows, 64, generator=gen)
-        expected = linear.small(x) if rows <= SMALL_ROWS else torch.ops.quantized.linear_dynamic(x, linear.packed)
-        assert torch.equal(linear(x), expected)
-        relu = linear.small(x, relu=True) if rows <= SMALL_ROWS else F.relu(expected)
-        torch.testing.assert_close(linear.relu(x), relu)
+        assert torch.equal(linear(x), linear.vnni(x))
+        assert torch.equal(linear.relu(x), linear.vnni(x, relu=True))
         torch.testing.assert_close(linear(x), F.linear(x, weight, bias), rtol=0.05, atol=0.05)
-    assert _Linear(torch.randn(100, 64), torch.randn(100), int8=True).small is None  # outputs not a multiple of 64
+    batched = torch.randn(2, 7, 64, generator=gen)  # a prefill's (1, positions, in) and the like
+    assert torch.equal(linear(batched), linear.vnni(batched.reshape(14, 64)).view(2, 7, 128))
+    odd = _Linear(torch.randn(100, 64), torch.randn(100), int8=True)  # outputs not a multiple of 64
+    assert odd.vnni is None and odd.packed is not None
+    x = torch.randn(3, 64, generator=gen)
+    assert torch.equal(odd.relu(x), torch.ops.quantized.linear_relu_dynamic(x, odd.packed))

@@ -39,7 +39,7 @@ from streamvox.engine.ar.blocked_linear import block_count, blocked_product, col
 from streamvox.engine.ar.cpu_attention import CacheAttention, prefix_attention
 from streamvox.engine.ar.cpu_attention import available as fused_attention_available
 from streamvox.engine.ar.cpu_linear import Int8Linear, fits
-from streamvox.engine.ar.cpu_linear import fast_path as small_int8_available
+from streamvox.engine.ar.cpu_linear import fast_path as vnni_int8_available
 
 BERT_DIM = 1024
 
@@ -227,10 +227,11 @@ class T2SDecoder:
         if total == 0 or total >= self.max_len:
             raise ValueError(f"prefill needs 1..{self.max_len - 1} positions, got {total}")
         device, dtype = self.device, self.dtype
-        if bert is None:
-            bert = torch.zeros(BERT_DIM, n_text)
         text = F.embedding(phonemes.long().to(device), self.text_embedding)
-        text = text + F.linear(bert.to(device=device, dtype=dtype).T, *self.bert_proj)
+        if bert is None:  # zeros through the projection give its bias exactly: no product needed
+            text = text + self.bert_proj[1]
+        else:
+            text = text + F.linear(bert.to(device=device, dtype=dtype).T, *self.bert_proj)
         text = text + self.text_alpha * self.positions[:n_text]
         audio = F.embedding(prompt.long().to(device), self.audio_embedding)
         audio = audio + self.audio_alpha * self.positions[:n_audio]
@@ -369,35 +370,29 @@ class T2SDecoder:
         self.audio_lengths[slot] = 0
 
 
-SMALL_ROWS = 16
-"""Rows (a step's streams) up to which an int8 linear runs :class:`Int8Linear` instead of fbgemm:
-measured alone on 2 cores, 2.0x as fast at one row and 1.7x at 16; fbgemm keeps the prefill's
-hundreds of rows, where its own kernel is faster."""
-
-
 class _Linear:
-    """``x @ W.T + b``, in fp32 or with W as int8 per output channel (fbgemm's dynamic linear).
+    """``x @ W.T + b``, in fp32 or with W as int8 per output channel.
 
     fp32 keeps W as one column block per torch thread (:mod:`streamvox.engine.ar.blocked_linear`),
     counted when the decoder is built, so it does not change with load; the logits do not
     depend on it (tested).  On 2 cores (``scripts/ab_t2s.py``, against a plain ``F.linear``
     over W) a step runs 1.7x faster at batch 1, 1.6x at 4, 1.2x at 16; the prefill is
-    unchanged.  int8 keeps fbgemm's packed copy, which threads on its own, and, on a CPU with
-    AVX-512 VNNI, a second copy for steps of up to :data:`SMALL_ROWS` rows
-    (:class:`~streamvox.engine.ar.cpu_linear.Int8Linear`; the same int8 weights, each row's
-    input quantised over its own range).  Off the CPU or outside float32 (``blocked=False``) it
-    is a plain ``F.linear``."""
+    unchanged.  int8 runs :class:`~streamvox.engine.ar.cpu_linear.Int8Linear` on a CPU with
+    AVX-512 VNNI (each row's input quantised over its own range) for a step's rows and a
+    prefill's alike, and keeps no other copy of W; elsewhere, or for a weight the kernel does
+    not fit, fbgemm's dynamic int8 product (one input range per call).  Off the CPU or outside
+    float32 (``blocked=False``) it is a plain ``F.linear``."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, int8: bool, blocked: bool = True) -> None:
         self.parts = block_count(weight.shape[0], torch.get_num_threads())
         self.blocks = column_blocks(weight, self.parts) if blocked and not int8 else None
         self.weight = None if blocked or int8 else weight
         self.bias = bias
-        self.small: Int8Linear | None = None
-        if int8 and small_int8_available() and fits(weight):
-            self.small = Int8Linear(weight, bias)
+        self.vnni: Int8Linear | None = None
         self.packed = None
-        if int8:
+        if int8 and vnni_int8_available() and fits(weight):
+            self.vnni = Int8Linear(weight, bias)
+        elif int8:
             scale = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
             zero = torch.zeros(weight.shape[0], dtype=torch.long)
             with warnings.catch_warnings():  # torch 2.13 marks quantised tensors deprecated; still supported
@@ -406,34 +401,28 @@ class _Linear:
                 self.packed = torch.ops.quantized.linear_prepack(quantized, bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight is not None:
-            return F.linear(x, self.weight, self.bias)
-        if self.packed is None:
-            assert self.blocks is not None
-            return blocked_product(x, self.blocks, self.bias)
-        if self._runs_small(x):
-            assert self.small is not None
-            return self.small(x)
-        if x.dim() == 2:  # a step's rows: no reshaping (each costs a call per layer)
-            return torch.ops.quantized.linear_dynamic(x, self.packed)
-        flat = x.reshape(-1, x.shape[-1])
-        return torch.ops.quantized.linear_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
-
-    def _runs_small(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` is a step's few rows, for :attr:`small` (int8, VNNI, at most :data:`SMALL_ROWS`)."""
-        return self.small is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS
+        return self._apply(x, relu=False)
 
     def relu(self, x: torch.Tensor) -> torch.Tensor:
         """``relu(self(x))``, fused for int8."""
-        if self.packed is None:
-            return F.relu(self(x))
-        if self._runs_small(x):
-            assert self.small is not None
-            return self.small(x, relu=True)
-        if x.dim() == 2:
-            return torch.ops.quantized.linear_relu_dynamic(x, self.packed)
-        flat = x.reshape(-1, x.shape[-1])
-        return torch.ops.quantized.linear_relu_dynamic(flat, self.packed).view(*x.shape[:-1], -1)
+        return self._apply(x, relu=True)
+
+    def _apply(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
+        if self.weight is not None or (self.vnni is None and self.packed is None):
+            if self.weight is not None:
+                y = F.linear(x, self.weight, self.bias)
+            else:
+                assert self.blocks is not None
+                y = blocked_product(x, self.blocks, self.bias)
+            return F.relu(y) if relu else y
+        flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a step's rows: no reshaping
+        if self.vnni is not None:
+            y = self.vnni(flat, relu=relu)
+        elif relu:
+            y = torch.ops.quantized.linear_relu_dynamic(flat, self.packed)
+        else:
+            y = torch.ops.quantized.linear_dynamic(flat, self.packed)
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], -1)
 
 
 class _Layer(NamedTuple):
