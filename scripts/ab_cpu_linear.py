@@ -16,56 +16,17 @@ it exceeds ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import statistics
-import subprocess
 import sys
-import sysconfig
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from types import ModuleType
 
 import torch
-from rev_module import ROOT, scratch_folder
+from rev_module import extension_at, kernel_swapped, scratch_folder
 from streamvox.engine.ar import cpu_linear
 
 SHAPES = [(1536, 512, False), (512, 512, False), (2048, 512, True), (512, 2048, False)]
 LAYERS = 24
-
-
-def _build(rev: str, folder: Path) -> ModuleType:
-    source = folder / "cpu_linear_before.c"
-    source.write_text(
-        subprocess.run(
-            ["git", "show", f"{rev}:engine/ar/cpu_linear.c"], cwd=ROOT, check=True, capture_output=True, text=True
-        ).stdout
-    )
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    target = folder / f"_cpu_linear{suffix}"
-    include = sysconfig.get_paths()["include"]
-    subprocess.run(
-        ["gcc", "-O3", "-fopenmp", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)], check=True
-    )
-    loader = importlib.machinery.ExtensionFileLoader("_cpu_linear", str(target))
-    spec = importlib.util.spec_from_file_location("_cpu_linear", target, loader=loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-@contextmanager
-def _using(kernel: ModuleType) -> Iterator[None]:
-    """``cpu_linear.Int8Linear`` packs and multiplies through ``kernel`` inside the block."""
-    saved = cpu_linear._kernel
-    cpu_linear._kernel = kernel
-    try:
-        yield
-    finally:
-        cpu_linear._kernel = saved
 
 
 class Side:
@@ -73,11 +34,11 @@ class Side:
 
     def __init__(self, kernel: ModuleType, weights: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
         self.kernel = kernel
-        with _using(kernel):
+        with kernel_swapped(cpu_linear, kernel):
             self.layers = [(cpu_linear.Int8Linear(w, b), relu) for w, b, relu in weights]
 
     def run(self, inputs: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        with _using(self.kernel):
+        with kernel_swapped(cpu_linear, self.kernel):
             return [linear(inputs[linear.in_features], relu=relu) for linear, relu in self.layers]
 
 
@@ -100,7 +61,8 @@ def main() -> int:
         for out, inp, relu in SHAPES
     ]
     with scratch_folder() as folder:
-        sides = {"before": Side(_build(args.rev, folder), weights), "now": Side(cpu_linear._kernel, weights)}
+        before = extension_at(args.rev, "engine/ar/cpu_linear.c", "_cpu_linear", folder)
+        sides = {"before": Side(before, weights), "now": Side(cpu_linear._kernel, weights)}
         print(f"int8 step linears, {args.rev} against the installed build, {torch.get_num_threads()} threads")
         worst = 0.0
         for rows in args.rows:

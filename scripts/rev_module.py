@@ -5,10 +5,12 @@ Run from ``scripts/`` (a script there has this folder on ``sys.path``).
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import re
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +62,35 @@ def module_at(rev: str, relpath: str, folder: Path) -> ModuleType:
     sys.modules[name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def extension_at(rev: str, relpath: str, name: str, folder: Path) -> ModuleType:
+    """``REV``'s copy of the C extension source at ``relpath``, compiled into ``folder`` with the
+    flags ``pyproject.toml`` gives the kernels (``gcc -O3 -fopenmp``) and loaded as a module whose
+    init function is ``PyInit_<name>`` (the installed build's name, e.g. ``_cpu_linear``)."""
+    source = folder / f"{name}_{rev}.c"
+    source.write_text(_show(rev, relpath))
+    target = folder / f"{name}_{rev}{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    include = sysconfig.get_paths()["include"]
+    command = ["gcc", "-O3", "-fopenmp", "-shared", "-fPIC", f"-I{include}", str(source), "-o", str(target)]
+    subprocess.run(command, check=True)
+    loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+    spec = importlib.util.spec_from_file_location(name, target, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def kernel_swapped(owner: ModuleType, kernel: ModuleType) -> Iterator[None]:
+    """``owner._kernel`` (a wrapper module's extension) is ``kernel`` inside the block."""
+    saved = owner._kernel
+    owner._kernel = kernel
+    try:
+        yield
+    finally:
+        owner._kernel = saved
 
 
 def _show(rev: str, relpath: str) -> str:

@@ -787,15 +787,121 @@ static int run_step(const Step *s, int threads) {
  * are summed as in the step.  Rows read keys and values straight from qkv ([T][3 * hidden]). */
 
 #if HAVE_X86
+/* One row i of a prefill head: its scores over the transposed keys, softmax, the weighted values. */
+AVX512 static inline __attribute__((always_inline)) void prefix_row(const float *qkv, int64_t i, int64_t hidden,
+                                                                    int64_t h, const int vectors, int64_t width,
+                                                                    float scale, const float *keys_t,
+                                                                    const float *values, float *scores, float *out) {
+    const int64_t head_dim = 16 * vectors;
+    const float *q = qkv + i * 3 * hidden + h * head_dim;
+    for (int64_t block = 0; block < (width + 15) / 16; block++) {
+        const float *src = keys_t + block * head_dim * 16;
+        /* four sums in flight: one chain would wait out each FMA's latency (head_dim is a multiple of 16) */
+        __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), e = _mm512_setzero_ps();
+        for (int64_t d = 0; d < head_dim; d += 4) {
+            a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(src + d * 16), a);
+            b = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(src + (d + 1) * 16), b);
+            c = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 2]), _mm512_loadu_ps(src + (d + 2) * 16), c);
+            e = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 3]), _mm512_loadu_ps(src + (d + 3) * 16), e);
+        }
+        __m512 sum = _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, e));
+        _mm512_storeu_ps(scores + block * 16, _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
+    }
+    const float total = softmax_in_place(scores, width);
+    __m512 even[MAX_VECTORS], odd[MAX_VECTORS];
+    for (int j = 0; j < vectors; j++) even[j] = odd[j] = _mm512_setzero_ps();
+    int64_t w = 0;
+    for (; w + 2 <= width; w += 2) {
+        const float *v0 = values + w * head_dim, *v1 = v0 + head_dim;
+        const __m512 p0 = _mm512_set1_ps(scores[w]), p1 = _mm512_set1_ps(scores[w + 1]);
+        for (int j = 0; j < vectors; j++) {
+            even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
+            odd[j] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * j), odd[j]);
+        }
+    }
+    if (w < width) {
+        const float *v0 = values + w * head_dim;
+        const __m512 p0 = _mm512_set1_ps(scores[w]);
+        for (int j = 0; j < vectors; j++) even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
+    }
+    const __m512 inverse = _mm512_set1_ps(1.0f / total);
+    float *o = out + i * hidden + h * head_dim;
+    for (int j = 0; j < vectors; j++) _mm512_storeu_ps(o + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), inverse));
+}
+
+/* Rows i .. i + 3 of a prefill head, for head_dim 32: each key and value vector is loaded once for
+ * the four rows (one row at a time loads one for each FMA).  Every row's sums are taken in
+ * prefix_row's order, so the bits are its bits: a row narrower than the widest of the four gets
+ * zero weights past its width, and the values' rows past the sequence are zeros, so the extra
+ * products add nothing. */
+AVX512 static void prefix_rows4_32(const float *qkv, int64_t i, int64_t hidden, int64_t h, const int64_t *widths,
+                                   float scale, const float *keys_t, const float *values, float *scores,
+                                   int64_t padded, float *out) {
+    enum { HEAD_DIM = 32 };
+    const float *q0 = qkv + i * 3 * hidden + h * HEAD_DIM, *q1 = q0 + 3 * hidden, *q2 = q1 + 3 * hidden,
+                *q3 = q2 + 3 * hidden;
+    int64_t most = 0;
+    for (int r = 0; r < 4; r++) most = widths[i + r] > most ? widths[i + r] : most;
+    const __m512 scaled = _mm512_set1_ps(scale);
+    for (int64_t block = 0; block < (most + 15) / 16; block++) {
+        const float *src = keys_t + block * HEAD_DIM * 16;
+        __m512 sums[4][4];
+        for (int r = 0; r < 4; r++)
+            for (int k = 0; k < 4; k++) sums[r][k] = _mm512_setzero_ps();
+        for (int d = 0; d < HEAD_DIM; d += 4)
+            for (int k = 0; k < 4; k++) {
+                const __m512 key = _mm512_loadu_ps(src + (d + k) * 16);
+                sums[0][k] = _mm512_fmadd_ps(_mm512_set1_ps(q0[d + k]), key, sums[0][k]);
+                sums[1][k] = _mm512_fmadd_ps(_mm512_set1_ps(q1[d + k]), key, sums[1][k]);
+                sums[2][k] = _mm512_fmadd_ps(_mm512_set1_ps(q2[d + k]), key, sums[2][k]);
+                sums[3][k] = _mm512_fmadd_ps(_mm512_set1_ps(q3[d + k]), key, sums[3][k]);
+            }
+        for (int r = 0; r < 4; r++) {
+            const __m512 sum = _mm512_add_ps(_mm512_add_ps(sums[r][0], sums[r][1]), _mm512_add_ps(sums[r][2], sums[r][3]));
+            _mm512_storeu_ps(scores + r * padded + block * 16, _mm512_mul_ps(sum, scaled));
+        }
+    }
+    const int64_t pairs_end = (most + 1) & ~(int64_t)1;
+    float total[4];
+    for (int r = 0; r < 4; r++) {
+        float *row = scores + r * padded;
+        total[r] = softmax_in_place(row, widths[i + r]);
+        for (int64_t w = widths[i + r]; w < pairs_end; w++) row[w] = 0.0f;
+    }
+    __m512 even[4][2], odd[4][2];
+    for (int r = 0; r < 4; r++) even[r][0] = even[r][1] = odd[r][0] = odd[r][1] = _mm512_setzero_ps();
+    for (int64_t w = 0; w < pairs_end; w += 2) {
+        const float *v0 = values + w * HEAD_DIM, *v1 = v0 + HEAD_DIM;
+        const __m512 a0 = _mm512_loadu_ps(v0), a1 = _mm512_loadu_ps(v0 + 16);
+        const __m512 b0 = _mm512_loadu_ps(v1), b1 = _mm512_loadu_ps(v1 + 16);
+        for (int r = 0; r < 4; r++) {
+            const __m512 p0 = _mm512_set1_ps(scores[r * padded + w]), p1 = _mm512_set1_ps(scores[r * padded + w + 1]);
+            even[r][0] = _mm512_fmadd_ps(p0, a0, even[r][0]);
+            odd[r][0] = _mm512_fmadd_ps(p1, b0, odd[r][0]);
+            even[r][1] = _mm512_fmadd_ps(p0, a1, even[r][1]);
+            odd[r][1] = _mm512_fmadd_ps(p1, b1, odd[r][1]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        const __m512 inverse = _mm512_set1_ps(1.0f / total[r]);
+        float *o = out + (i + r) * hidden + h * HEAD_DIM;
+        _mm512_storeu_ps(o, _mm512_mul_ps(_mm512_add_ps(even[r][0], odd[r][0]), inverse));
+        _mm512_storeu_ps(o + 16, _mm512_mul_ps(_mm512_add_ps(even[r][1], odd[r][1]), inverse));
+    }
+}
+
+/* scores has room for 4 rows of padded (the sequence rounded up to 16) floats; values for padded
+ * rows of head_dim. */
 AVX512 static void prefix_head_avx512(const float *qkv, int64_t length, int64_t hidden, int64_t h, int vectors,
                                       const int64_t *widths, float scale, float *keys_t, float *values,
                                       float *scores, float *out) {
     const int64_t head_dim = 16 * vectors, stride = 3 * hidden;
-    const int64_t blocks = (length + 15) / 16;
+    const int64_t blocks = (length + 15) / 16, padded = 16 * blocks;
     /* The head's values, packed: in qkv its rows are 3 * hidden floats apart, a page or more, and
-     * every row of the prefill reads them all again. */
+     * every row of the prefill reads them all again.  Rows past the sequence are zeros. */
     for (int64_t w = 0; w < length; w++)
         memcpy(values + w * head_dim, qkv + w * stride + 2 * hidden + h * head_dim, (size_t)head_dim * sizeof(float));
+    memset(values + length * head_dim, 0, (size_t)((padded - length) * head_dim) * sizeof(float));
     for (int64_t block = 0; block < blocks; block++) {
         float *dst = keys_t + block * head_dim * 16;
         for (int64_t j = 0; j < 16; j++) {
@@ -804,43 +910,11 @@ AVX512 static void prefix_head_avx512(const float *qkv, int64_t length, int64_t 
             for (int64_t d = 0; d < head_dim; d++) dst[d * 16 + j] = w < length ? key[d] : 0.0f;
         }
     }
-    for (int64_t i = 0; i < length; i++) {
-        const float *q = qkv + i * stride + h * head_dim;
-        const int64_t width = widths[i];
-        for (int64_t block = 0; block < (width + 15) / 16; block++) {
-            const float *src = keys_t + block * head_dim * 16;
-            /* four sums in flight: one chain would wait out each FMA's latency (head_dim is a multiple of 16) */
-            __m512 a = _mm512_setzero_ps(), b = _mm512_setzero_ps(), c = _mm512_setzero_ps(), e = _mm512_setzero_ps();
-            for (int64_t d = 0; d < head_dim; d += 4) {
-                a = _mm512_fmadd_ps(_mm512_set1_ps(q[d]), _mm512_loadu_ps(src + d * 16), a);
-                b = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 1]), _mm512_loadu_ps(src + (d + 1) * 16), b);
-                c = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 2]), _mm512_loadu_ps(src + (d + 2) * 16), c);
-                e = _mm512_fmadd_ps(_mm512_set1_ps(q[d + 3]), _mm512_loadu_ps(src + (d + 3) * 16), e);
-            }
-            __m512 sum = _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, e));
-            _mm512_storeu_ps(scores + block * 16, _mm512_mul_ps(sum, _mm512_set1_ps(scale)));
-        }
-        const float total = softmax_in_place(scores, width);
-        __m512 even[MAX_VECTORS], odd[MAX_VECTORS];
-        for (int j = 0; j < vectors; j++) even[j] = odd[j] = _mm512_setzero_ps();
-        int64_t w = 0;
-        for (; w + 2 <= width; w += 2) {
-            const float *v0 = values + w * head_dim, *v1 = v0 + head_dim;
-            const __m512 p0 = _mm512_set1_ps(scores[w]), p1 = _mm512_set1_ps(scores[w + 1]);
-            for (int j = 0; j < vectors; j++) {
-                even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
-                odd[j] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * j), odd[j]);
-            }
-        }
-        if (w < width) {
-            const float *v0 = values + w * head_dim;
-            const __m512 p0 = _mm512_set1_ps(scores[w]);
-            for (int j = 0; j < vectors; j++) even[j] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * j), even[j]);
-        }
-        const __m512 inverse = _mm512_set1_ps(1.0f / total);
-        float *o = out + i * hidden + h * head_dim;
-        for (int j = 0; j < vectors; j++) _mm512_storeu_ps(o + 16 * j, _mm512_mul_ps(_mm512_add_ps(even[j], odd[j]), inverse));
-    }
+    int64_t i = 0;
+    if (vectors == 2)
+        for (; i + 4 <= length; i += 4)
+            prefix_rows4_32(qkv, i, hidden, h, widths, scale, keys_t, values, scores, padded, out);
+    for (; i < length; i++) prefix_row(qkv, i, hidden, h, vectors, widths[i], scale, keys_t, values, scores, out);
 }
 #endif
 
@@ -868,7 +942,7 @@ static int run_prefill(const Prefill *p, int threads) {
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
-        float *scores = malloc((size_t)padded * sizeof(float));
+        float *scores = malloc((size_t)(4 * padded) * sizeof(float)); /* 4 rows at a time on the fast path */
         float *keys_t = p->fast ? malloc((size_t)(2 * padded * p->head_dim) * sizeof(float)) : NULL;
         if (scores == NULL || (p->fast && keys_t == NULL)) {
 #pragma omp atomic write

@@ -16,7 +16,10 @@ against 4.6 in bf16 and 6.8 in fp32, measured alone on 2 cores).
 A prefill attends every row of a sequence to a prefix of it (GPT-SoVITS's
 prefix-LM mask); torch's fused CPU kernel ran those 32-wide heads at about 35
 GMAC/s.  :func:`prefix_attention` transposes each head's keys once into 16-key
-blocks so a row's scores are broadcast multiply-adds with no horizontal sums.
+blocks so a row's scores are broadcast multiply-adds with no horizontal sums, and
+for 32-wide heads takes four rows at a time, each key and value loaded once for
+the four (a v2 prefill of 210 rows: 5.1 ms over its 24 layers on 2 cores
+against 9.2 one row at a time, the same bits).
 
 The extension is optional at install (no C compiler: the package still
 installs); :func:`available` says whether it was built, and a decoder falls back

@@ -198,6 +198,20 @@ def test_prefix_attention_is_the_same_on_one_thread_or_two() -> None:
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("widths", [[3, 1, 4, 2], [4, 4, 4, 4], [1, 2, 3, 4]])
+def test_a_prefill_row_gets_the_same_bits_in_a_group_of_four_as_alone(widths: list[int]) -> None:
+    """The fast path takes head_dim-32 rows four at a time and a tail alone: a row's result is the
+    same bits either way (so a row does not depend on where it falls in the sequence)."""
+    heads, hidden = 4, 128
+    qkv = torch.randn(5, 3 * hidden, generator=torch.Generator().manual_seed(sum(widths)))
+    grouped = prefix_attention(qkv, torch.tensor([*widths, 5]), heads)  # rows 0-3 as a group, 4 alone
+    for row in range(4):
+        moved = qkv.clone()
+        moved[4, :hidden] = qkv[row, :hidden]  # row 4 asks row `row`'s question over the same prefix
+        alone = prefix_attention(moved, torch.tensor([*widths, widths[row]]), heads)
+        assert torch.equal(alone[4], grouped[row])
+
+
 def test_prefix_attention_refuses_bad_input() -> None:
     qkv = torch.zeros(4, 3 * 64)
     with pytest.raises(ValueError, match="width"):
