@@ -218,6 +218,10 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert 0 < result["raw_lifted_cpu_s_per_audio_s"] < 2
     lifted = cores / result["raw_lifted_cpu_s_per_audio_s"] / result["duty_cycle"]
     assert result["limit_streams_lifted"] == pytest.approx(lifted)
+    # And the raw graph's cost with every core running it at once (what the cores give when all are busy).
+    assert 0 < result["raw_all_cores_cpu_s_per_audio_s"] < 2
+    all_cores = cores / result["raw_all_cores_cpu_s_per_audio_s"] / result["duty_cycle"]
+    assert result["limit_streams_all_cores"] == pytest.approx(all_cores)
     # The server's unit trace splits the step at its arrivals (the ramp and 1 s after it).
     phases = row["phases"]
     assert set(phases) == {"arrivals", "after"} and phases["arrivals"]["seconds"] == pytest.approx(1.5)
