@@ -16,13 +16,12 @@ it exceeds ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
-import time
 from types import ModuleType
 
 import torch
-from rev_module import extension_at, kernel_swapped, scratch_folder
+from rev_module import extension_at, interleaved_ms, kernel_swapped, scratch_folder
 from streamvox.engine.ar import cpu_linear
 
 SHAPES = [(1536, 512, False), (512, 512, False), (2048, 512, True), (512, 2048, False)]
@@ -69,16 +68,8 @@ def main() -> int:
             inputs = {inp: torch.randn(rows, inp, generator=gen) for inp in {512, 2048}}
             outputs = {name: side.run(inputs) for name, side in sides.items()}
             worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(*outputs.values(), strict=True)))
-            seconds: dict[str, list[float]] = {name: [] for name in sides}
-            for _ in range(args.repeats):
-                for name, side in sides.items():
-                    for _ in range(3):
-                        side.run(inputs)
-                    for _ in range(30):
-                        started = time.perf_counter()
-                        side.run(inputs)
-                        seconds[name].append(time.perf_counter() - started)
-            ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+            runs = {name: functools.partial(side.run, inputs) for name, side in sides.items()}
+            ms = interleaved_ms(runs, args.repeats, passes=30, warm=3)
             print(
                 f"  {rows:3d} rows: before {ms['before']:.3f} ms, now {ms['now']:.3f}, "
                 f"before / now {ms['before'] / ms['now']:.2f}"

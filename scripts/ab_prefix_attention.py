@@ -14,13 +14,12 @@ arithmetic is unchanged); exit status 1 if it exceeds ``--tolerance``.
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import sys
-import time
 from types import ModuleType
 
 import torch
-from rev_module import extension_at, kernel_swapped, scratch_folder
+from rev_module import extension_at, interleaved_ms, kernel_swapped, scratch_folder
 from streamvox.engine.ar import cpu_attention
 
 LAYERS, HEADS, HIDDEN, TEXT, PROMPT = 24, 16, 512, 60, 150
@@ -50,15 +49,8 @@ def main() -> int:
         }
         outputs = {name: _prefill(kernel, layers, widths) for name, kernel in kernels.items()}
         worst = max(float((a - b).abs().max()) for a, b in zip(*outputs.values(), strict=True))
-        seconds: dict[str, list[float]] = {name: [] for name in kernels}
-        for _ in range(args.repeats):
-            for name, kernel in kernels.items():
-                _prefill(kernel, layers, widths)
-                for _ in range(10):
-                    started = time.perf_counter()
-                    _prefill(kernel, layers, widths)
-                    seconds[name].append(time.perf_counter() - started)
-    ms = {name: 1000 * statistics.median(values) for name, values in seconds.items()}
+        runs = {name: functools.partial(_prefill, kernel, layers, widths) for name, kernel in kernels.items()}
+        ms = interleaved_ms(runs, args.repeats, passes=10)
     print(
         f"prefill attention (v2: {TEXT} + {PROMPT} rows, {HEADS} heads, {LAYERS} layers), {args.rev} against the "
         f"installed build, {torch.get_num_threads()} threads"

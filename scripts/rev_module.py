@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import re
+import statistics
 import subprocess
 import sys
 import sysconfig
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -91,6 +93,23 @@ def kernel_swapped(owner: ModuleType, kernel: ModuleType) -> Iterator[None]:
         yield
     finally:
         owner._kernel = saved
+
+
+def interleaved_ms(
+    sides: dict[str, Callable[[], object]], repeats: int, passes: int, warm: int = 1
+) -> dict[str, float]:
+    """Median ms per call of each side's ``run``: the sides take turns ``repeats`` times, each turn
+    ``warm`` untimed calls and ``passes`` timed ones, so drift on a shared machine hits all alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, run in sides.items():
+            for _ in range(warm):
+                run()
+            for _ in range(passes):
+                started = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(values) for name, values in seconds.items()}
 
 
 def _show(rev: str, relpath: str) -> str:
