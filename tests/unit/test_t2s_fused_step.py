@@ -130,3 +130,5 @@ def test_no_bert_features_prefill_as_zero_features_do(tmp_path: Path) -> None:
     assert torch.equal(decoder.kv_cache[:, :, 0], decoder.kv_cache[:, :, 1])
     features = decoder.prefill(1, phonemes, prompt, torch.randn(1024, len(phonemes)))
     assert not torch.equal(features, skipped)  # the features do reach the logits
+    with pytest.raises(ValueError, match="bert features"):
+        decoder.prefill(1, phonemes, prompt, torch.zeros(1024, len(phonemes) + 1))

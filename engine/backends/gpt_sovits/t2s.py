@@ -228,6 +228,8 @@ class T2SDecoder:
             raise ValueError(f"prefill needs 1..{self.max_len - 1} positions, got {total}")
         device, dtype = self.device, self.dtype
         text = F.embedding(phonemes.long().to(device), self.text_embedding)
+        if bert is not None and tuple(bert.shape) != (BERT_DIM, n_text):
+            raise ValueError(f"bert features must be ({BERT_DIM}, {n_text}), got {tuple(bert.shape)}")
         if bert is None:  # zeros through the projection give its bias exactly: no product needed
             text = text + self.bert_proj[1]
         else:
@@ -408,21 +410,21 @@ class _Linear:
         return self._apply(x, relu=True)
 
     def _apply(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
-        if self.weight is not None or (self.vnni is None and self.packed is None):
-            if self.weight is not None:
-                y = F.linear(x, self.weight, self.bias)
+        if self.vnni is not None or self.packed is not None:  # int8
+            flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a step's rows: no reshaping
+            if self.vnni is not None:
+                y = self.vnni(flat, relu=relu)
+            elif relu:
+                y = torch.ops.quantized.linear_relu_dynamic(flat, self.packed)
             else:
-                assert self.blocks is not None
-                y = blocked_product(x, self.blocks, self.bias)
-            return F.relu(y) if relu else y
-        flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # a step's rows: no reshaping
-        if self.vnni is not None:
-            y = self.vnni(flat, relu=relu)
-        elif relu:
-            y = torch.ops.quantized.linear_relu_dynamic(flat, self.packed)
+                y = torch.ops.quantized.linear_dynamic(flat, self.packed)
+            return y if x.dim() == 2 else y.view(*x.shape[:-1], -1)
+        if self.weight is not None:
+            y = F.linear(x, self.weight, self.bias)
         else:
-            y = torch.ops.quantized.linear_dynamic(flat, self.packed)
-        return y if x.dim() == 2 else y.view(*x.shape[:-1], -1)
+            assert self.blocks is not None
+            y = blocked_product(x, self.blocks, self.bias)
+        return F.relu(y) if relu else y
 
 
 class _Layer(NamedTuple):
