@@ -70,6 +70,15 @@ from streamvox.engine.backends.gpt_sovits.vits import SoVITSConfig
 KV_CACHES: dict[str, torch.dtype | None] = {"": None, "+bf16kv": torch.bfloat16, "+int8kv": torch.int8}
 """The T2S cache types the benchmark runs, by the suffix they add to a row's weights label."""
 
+BATCHED_PATHS: tuple[tuple[bool, str], ...] = ((False, ""), (True, ""), (True, "+bf16kv"), (True, "+int8kv"))
+"""The batched rows' paths: int8 weights or not, and a :data:`KV_CACHES` suffix."""
+
+
+def path_label(int8: bool, cache: str) -> str:
+    """A batched row's ``weights`` label: ``fp32`` or ``int8``, then its cache's suffix."""
+    return ("int8" if int8 else "fp32") + cache
+
+
 FIRST_SNR_S = 0.4
 """The opening (seconds) whose streamed audio is also set against the one-shot decode on its own:
 what a smaller first chunk, decoded with less context, changes."""
@@ -206,7 +215,7 @@ def _ours(
     step_s = (finished - prefilled) / steps
     prefill_s = prefilled - started
     return {
-        "weights": ("int8" if int8 else "fp32") + cache,
+        "weights": path_label(int8, cache),
         "batch": batch,
         "tokens": produced,
         "steps": steps,
@@ -451,7 +460,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         bandwidth = memory_bandwidth_gbs()
         gmacs = {int8: matmul_gmacs(int8) for int8 in (False, True)}
         ours = []
-        for int8, cache in ((False, ""), (True, ""), (True, "+bf16kv"), (True, "+int8kv")):
+        for int8, cache in BATCHED_PATHS:
             runs: dict[int, list[dict[str, Any]]] = {b: [] for b in args.batches}
             rates = (bandwidth * 1e9, gmacs[int8] * 1e9)
             for _ in range(args.repeats):  # the batch sizes alternate, so drift hits each alike
@@ -482,7 +491,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "reference": reference,
         "streaming": streaming,
     }
-    for kind in ("fp32", "int8", "int8+bf16kv", "int8+int8kv"):
+    for kind in (path_label(*path) for path in BATCHED_PATHS):
         rows = [r for r in ours if r["weights"] == kind]
         one = next((r for r in rows if r["batch"] == 1), None)
         if one is None:
@@ -518,7 +527,7 @@ def _table(result: dict[str, Any]) -> str:
     ref = result["reference"]
     if ref:
         lines.append(f"  gpt-sovits-cpufast     1 {ref['tokens_per_s']:>25.1f}")
-    for kind in ("fp32", "int8", "int8+bf16kv", "int8+int8kv"):
+    for kind in (path_label(*path) for path in BATCHED_PATHS):
         if f"speedup_vs_reference_batch1_{kind}" in result:
             ratio = result[f"speedup_vs_reference_batch1_{kind}"]
             lines.append(f"  batch 1, streamvox {kind} / reference (fp32): {ratio:.2f}x")

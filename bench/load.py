@@ -582,6 +582,7 @@ def run_load_bench(args: argparse.Namespace) -> int:
     duty = min(1.0, best["audio_s"] / best["present_s"]) if best and args.pause > 0 else 1.0
     limit = physical_limit(cores, raw, duty)
     limit_lifted = physical_limit(cores, raw_lifted, duty)
+    limit_all_cores = physical_limit(cores, raw_all_cores, duty)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "raw_cpu_s_per_audio_s": raw,
@@ -589,10 +590,8 @@ def run_load_bench(args: argparse.Namespace) -> int:
         "limit_streams": limit,
         "max_over_limit": (max_streams / limit) if args.find_max and max_streams else None,
         "raw_all_cores_cpu_s_per_audio_s": raw_all_cores,
-        "limit_streams_all_cores": physical_limit(cores, raw_all_cores, duty),
-        "max_over_limit_all_cores": (
-            max_streams / physical_limit(cores, raw_all_cores, duty) if args.find_max and max_streams else None
-        ),
+        "limit_streams_all_cores": limit_all_cores,
+        "max_over_limit_all_cores": (max_streams / limit_all_cores) if args.find_max and max_streams else None,
         "raw_lifted_cpu_s_per_audio_s": raw_lifted,
         "limit_streams_lifted": limit_lifted,
         "max_over_limit_lifted": (max_streams / limit_lifted) if args.find_max and max_streams else None,

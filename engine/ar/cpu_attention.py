@@ -136,8 +136,7 @@ class CacheAttention:
         values (1) in ``layer``: as they are, rounded to bfloat16, or quantised as the step
         quantises its own.  Writes only that slot's rows: callers on other slots may run at once."""
         count = rows.shape[0] if rows.dim() == 2 else -1
-        if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
-            raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
+        self._check_place(layer, kind, slot)
         shaped = 0 <= count <= self.max_len and rows.shape[-1] == self.hidden and rows.stride(-1) == 1
         if rows.dtype != torch.float32 or not shaped:
             raise ValueError(f"rows must be float32 (count <= {self.max_len}, {self.hidden}), each row contiguous")
@@ -164,8 +163,7 @@ class CacheAttention:
         """What the cache holds at positions ``0 .. count - 1`` of ``slot``'s keys (``kind`` 0) or
         values (1) in ``layer``, as float32 ``(heads, count, head_dim)``; an int8 cache's rows
         times their scales."""
-        if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
-            raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
+        self._check_place(layer, kind, slot)
         if not 0 <= count <= self.max_len:
             raise ValueError(f"count must be within 0..{self.max_len}")
         if self.scales is None:
@@ -179,6 +177,11 @@ class CacheAttention:
         blocks = raw.reshape(self.heads, self.max_len // 16, self.head_dim // 4, 16, 4).view(torch.uint8)
         keys = blocks.permute(0, 1, 3, 2, 4).reshape(self.heads, self.max_len, self.head_dim)
         return (keys[:, :count].float() - 128.0) * scales
+
+    def _check_place(self, layer: int, kind: int, slot: int) -> None:
+        """Raise ``ValueError`` unless ``layer``, ``kind`` (0 keys, 1 values) and ``slot`` name rows of this cache."""
+        if kind not in (0, 1) or not 0 <= slot < self.slots or not 0 <= layer < self._layers:
+            raise ValueError(f"no kind {kind}, slot {slot} or layer {layer} in this cache")
 
     def check(self, slot_ids: torch.Tensor, positions: torch.Tensor) -> None:
         """Raise ``ValueError`` unless ``slot_ids`` and ``positions`` can drive a step: contiguous

@@ -51,6 +51,16 @@ def test_a_fused_step_refuses_a_slot_twice(tmp_path: Path) -> None:
     assert int(decoder.lengths[0]) == 7  # a refused step moves nothing
 
 
+def worst_step_difference(decoder: T2SDecoder, exact: T2SDecoder) -> float:
+    """The largest logit difference over six steps of slots 0 and 1, the same tokens fed to both."""
+    worst = 0.0
+    for token in range(6):
+        tokens = torch.tensor([token, token + 7])
+        got, want = decoder.step(torch.arange(2), tokens), exact.step(torch.arange(2), tokens)
+        worst = max(worst, float((got - want).abs().max()))
+    return worst
+
+
 def test_a_bf16_cache_holds_the_rounded_keys_and_steps_near_float32(tmp_path: Path) -> None:
     cfg = T2SConfig(hidden=64, heads=2, layers=2, ffn=128)
     write_t2s_checkpoint(tmp_path / "s1.ckpt", cfg, seed=9)
@@ -62,11 +72,7 @@ def test_a_bf16_cache_holds_the_rounded_keys_and_steps_near_float32(tmp_path: Pa
     for slot in range(2):
         torch.testing.assert_close(rounded.prefill(slot, phonemes, prompt), exact.prefill(slot, phonemes, prompt))
     assert torch.equal(rounded.kv_cache, exact.kv_cache.to(torch.bfloat16))
-    worst = 0.0
-    for token in range(6):
-        tokens = torch.tensor([token, token + 7])
-        got, want = rounded.step(torch.arange(2), tokens), exact.step(torch.arange(2), tokens)
-        worst = max(worst, float((got - want).abs().max()))
+    worst = worst_step_difference(rounded, exact)
     assert 0 < worst < 0.05  # rounding moves the logits, a little
     # the first layer's new keys and values come from the token embeddings alone (no cache in
     # them), so the kernel's writes are fp32's, rounded to nearest even as torch rounds
@@ -95,11 +101,7 @@ def test_an_int8_cache_holds_the_quantised_keys_and_steps_near_float32(tmp_path:
     phonemes, prompt = torch.arange(1, 12), torch.arange(4, 20)
     for slot in range(2):  # the prefill's own attention runs in float32: its logits are fp32's
         torch.testing.assert_close(small.prefill(slot, phonemes, prompt), exact.prefill(slot, phonemes, prompt))
-    worst = 0.0
-    for token in range(6):
-        tokens = torch.tensor([token, token + 7])
-        got, want = small.step(torch.arange(2), tokens), exact.step(torch.arange(2), tokens)
-        worst = max(worst, float((got - want).abs().max()))
+    worst = worst_step_difference(small, exact)
     assert 0 < worst < 0.2  # quantisation moves the logits, a little
     # the stored rows are fp32's quantised (within half an int8 step of each row's largest): in
     # every layer for the prefill's positions (its attention ran in float32), in the first layer
