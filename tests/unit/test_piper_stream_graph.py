@@ -95,18 +95,22 @@ def _toy_decoder(rng: np.random.Generator, stride: int = 4, condition: bool = Fa
     different dilations summed -> conv -> tanh; ``condition`` adds a constant per channel (as a
     speaker embedding would)."""
     nodes, weights = [], []
-    for args in (("pre", "z", "a", 4, 8, 5, 1), ("r1", "u_act", "r1", 6, 6, 3, 1), ("r2", "u_act", "r2", 6, 6, 5, 3)):
-        node, ws = _conv(*args, rng)
+
+    def conv(*args: object) -> None:
+        node, ws = _conv(*args, rng)  # type: ignore[arg-type]
         nodes.append(node)
-        weights += ws
-    up_w = numpy_helper.from_array(
-        (rng.standard_normal((8, 6, 2 * stride)) / 8).astype(np.float32), "up.w"
-    )
-    weights.append(up_w)
+        weights.extend(ws)
+
+    conv("pre", "z", "a", 4, 8, 5, 1)
+    weights.append(numpy_helper.from_array((rng.standard_normal((8, 6, 2 * stride)) / 8).astype(np.float32), "up.w"))
     nodes += [
         helper.make_node("LeakyRelu", ["a"], ["a_act"], alpha=0.1),
         helper.make_node(
-            "ConvTranspose", ["a_act", "up.w"], ["u"], kernel_shape=[2 * stride], strides=[stride],
+            "ConvTranspose",
+            ["a_act", "up.w"],
+            ["u"],
+            kernel_shape=[2 * stride],
+            strides=[stride],
             pads=[stride // 2, stride // 2],
         ),
     ]
@@ -115,15 +119,15 @@ def _toy_decoder(rng: np.random.Generator, stride: int = 4, condition: bool = Fa
         nodes.append(helper.make_node("Add", ["u", "g"], ["u_cond"]))
     else:
         nodes.append(helper.make_node("Identity", ["u"], ["u_cond"]))
+    nodes.append(helper.make_node("LeakyRelu", ["u_cond"], ["u_act"], alpha=0.1))
+    conv("r1", "u_act", "r1", 6, 6, 3, 1)
+    conv("r2", "u_act", "r2", 6, 6, 5, 3)
     nodes += [
-        helper.make_node("LeakyRelu", ["u_cond"], ["u_act"], alpha=0.1),
         helper.make_node("Add", ["r1", "u_cond"], ["b1"]),
         helper.make_node("Add", ["r2", "u_cond"], ["b2"]),
         helper.make_node("Add", ["b1", "b2"], ["b"]),
     ]
-    node, ws = _conv("post", "b", "p", 6, 1, 7, 1, rng)
-    nodes.append(node)
-    weights += ws
+    conv("post", "b", "p", 6, 1, 7, 1)
     nodes.append(helper.make_node("Tanh", ["p"], ["output"]))
     graph = helper.make_graph(
         nodes,
@@ -138,11 +142,14 @@ def _toy_decoder(rng: np.random.Generator, stride: int = 4, condition: bool = Fa
     return model.SerializeToString()
 
 
+@pytest.mark.parametrize("block_from_rate", [None, 1, 2])
 @pytest.mark.parametrize("stride,condition", [(4, False), (8, True), (2, False)])
-def test_a_small_decoder_streams_exactly(stride: int, condition: bool) -> None:
+def test_a_small_decoder_streams_exactly(stride: int, condition: bool, block_from_rate: int | None) -> None:
+    """Carried convolution by convolution (``None``), in blocks from the start (1), or in blocks
+    after the upsampling (2)."""
     rng = np.random.default_rng(stride)
     model = _toy_decoder(rng, stride, condition)
-    graph = streaming_decoder(model, "z")
+    graph = streaming_decoder(model, "z", block_from_rate)
     assert graph.rate == stride
     options = _session_options(1)
     decoder = StreamingDecoder(graph, "z", options, options, has_speaker_input=False)

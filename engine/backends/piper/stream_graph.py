@@ -11,6 +11,15 @@ first call starts each convolution's state at its left padding (zeros), and the 
 (the ``final`` graph) pads the right as the one-shot graph does, so the samples of a whole
 stream, call after call, equal the one-shot decode's to float rounding.
 
+Carried convolution by convolution, every convolution's input is a fresh ``Concat``, which
+breaks onnxruntime's blocked-layout (NCHWc) chain: each gets a reorder in and out (on the
+bundled voice, 12 % above the one-shot decode per frame).  So past ``block_from_rate`` samples
+per frame the graph runs in blocks (overlap-save): a block's input is joined once after its
+last ``history`` samples, the convolutions inside keep their zero padding and their layout,
+and the block's output is cut where that padding no longer reaches (``history`` is the sum of
+its left and right reach).  A block costs its reach again per call, small at a high rate
+(the bundled voice's last stage reaches 48 of 256 samples per frame).
+
 Handled, on tensors whose last axis is time: convolutions with stride 1 (any dilation, group,
 padding), the polyphase upsampling's reshape-transpose-reshape interleave and its cropping
 ``Slice``, elementwise operators (with constants, speaker conditioning, or another stream),
@@ -97,11 +106,42 @@ class _Split:
     transposed: bool
 
 
+@dataclass(eq=False)
+class _Block:
+    """An overlap-save region: its input joined after the input's last ``history`` samples; every
+    tensor inside covers the joined range, and convolutions keep their zero padding."""
+
+    source: _Stream
+    joined: str
+    state: StateSpec
+    history: int = 0
+
+
+@dataclass(frozen=True)
+class _Blocked:
+    """A tensor inside a block, and how far zero padding at the joined range's edges reaches in."""
+
+    block: _Block
+    left: int
+    right: int
+    dims: tuple[int, ...]
+
+
 class _Rewriter:
     """One pass over the one-shot decoder in topological order; builds both graphs at once."""
 
-    def __init__(self, model: onnx.ModelProto, z_input: str) -> None:
+    def __init__(self, model: onnx.ModelProto, z_input: str, block_from_rate: int | None) -> None:
         self.model = model
+        self.block_from_rate = block_from_rate
+        self.blocked: dict[str, _Blocked] = {}
+        self.blocks: list[_Block] = []
+        self.opened: dict[str, str] = {}
+        """Stream tensor -> the joined input of the block it opened."""
+        self.closed: dict[str, str] = {}
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
         self.graph = model.graph
         self.constants = {t.name: numpy_helper.to_array(t) for t in self.graph.initializer}
         for node in self.graph.node:
@@ -120,11 +160,16 @@ class _Rewriter:
         self.serial = 0
 
     def _z_channels(self, z_input: str) -> int:
+        """From the input's declared shape, else from the first convolution's weights."""
+        z = next(i for i in self.graph.input if i.name == z_input)
+        dims = z.type.tensor_type.shape.dim
+        if len(dims) == 3 and dims[1].HasField("dim_value"):
+            return int(dims[1].dim_value)
         first = next((node for node in self.graph.node if node.op_type == "Conv"), None)
         weight = None if first is None else self.constants.get(first.input[1])
         if first is not None and weight is not None:
             return int(weight.shape[1]) * int(_attributes(first).get("group", 1))
-        raise NotStreamable("cannot tell the latent channel count from the first convolution")
+        raise NotStreamable("cannot tell the latent channel count")
 
     def _name(self, what: str) -> str:
         self.serial += 1
@@ -146,10 +191,14 @@ class _Rewriter:
 
     def run(self) -> None:
         for node in self.graph.node:
-            timed = [name for name in node.input if name in self.streams or name in self.splits]
+            timed = [n for n in node.input if n in self.streams or n in self.splits or n in self.blocked]
             if not timed:
                 self._both(node)
                 continue
+            if self._in_block(node):
+                continue
+            if any(name in self.blocked for name in node.input):
+                node = _with_inputs(node, [self._close(n) if n in self.blocked else n for n in node.input])
             if node.op_type == "Conv":
                 self._conv(node)
             elif node.op_type in ("Reshape", "Transpose"):
@@ -165,6 +214,111 @@ class _Rewriter:
                 self._binary(node)
             else:
                 raise NotStreamable(f"{node.op_type} ({node.name}) on a time series")
+
+    def _in_block(self, node: onnx.NodeProto) -> bool:
+        """Run ``node`` inside a block if it can be: a stride-1 convolution that does not feed a
+        polyphase interleave, or an elementwise operator, whose time inputs are in one block
+        (or are a stream at ``block_from_rate`` or faster, which opens one)."""
+        if node.op_type == "Conv":
+            if self._feeds_interleave(node) or not self._plain_conv(node):
+                return False
+            data = [node.input[0]]
+        elif node.op_type in _UNARY or node.op_type in _BINARY:
+            data = list(node.input)
+        else:
+            return False
+        timed = [n for n in data if n in self.streams or n in self.blocked]
+        if any(n in self.splits for n in node.input) or not timed:
+            return False
+        blocks = {id(self.blocked[n].block) for n in timed if n in self.blocked}
+        blocks |= {id(self.blocked[self.opened[n]].block) for n in timed if n in self.opened}
+        fresh = [n for n in timed if n not in self.blocked and n not in self.opened]
+        if len(blocks) + len(fresh) != 1:
+            return False
+        if fresh and (self.block_from_rate is None or self.streams[fresh[0]].rate < self.block_from_rate):
+            return False
+        for name in fresh:
+            self._open(name)
+        inputs = [self.opened.get(n, n) for n in node.input]
+        members = [self.blocked[n] for n in inputs if n in self.blocked]
+        left, right = max(m.left for m in members), max(m.right for m in members)
+        dims = members[0].dims
+        if node.op_type == "Conv":
+            attributes = _attributes(node)
+            pads = list(attributes.get("pads", []))
+            weight = self.constants[node.input[1]]
+            spatial = weight.ndim - 2
+            if pads:
+                left, right = left + int(pads[spatial - 1]), right + int(pads[-1])
+            dims = (1, int(weight.shape[0]), *dims[2:])
+        self._both(_with_inputs(node, inputs))
+        self.blocked[node.output[0]] = _Blocked(members[0].block, left, right, dims)
+        return True
+
+    def _plain_conv(self, node: onnx.NodeProto) -> bool:
+        weight = self.constants.get(node.input[1])
+        if weight is None or any(n in self.streams or n in self.blocked for n in node.input[1:]):
+            return False
+        attributes = _attributes(node)
+        spatial = weight.ndim - 2
+        kernel = list(attributes.get("kernel_shape", weight.shape[2:]))
+        pads = list(attributes.get("pads", [0] * (2 * spatial)))
+        return (
+            attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
+            and all(s == 1 for s in attributes.get("strides", [1] * spatial))
+            and all(kernel[i] == 1 and not pads[i] and not pads[spatial + i] for i in range(spatial - 1))
+        )
+
+    def _feeds_interleave(self, node: onnx.NodeProto) -> bool:
+        return any(
+            reader.op_type == "Reshape" and len(self.constants.get(reader.input[1], [])) == 4
+            for reader in self.readers.get(node.output[0], [])
+        )
+
+    def _open(self, name: str) -> None:
+        source = self.streams[name]
+        state = self._state(source.dims, 0)
+        joined = self._name("block")
+        self._both(helper.make_node("Concat", [state.name, name], [joined], axis=-1))
+        block = _Block(source, joined, state)
+        self.blocks.append(block)
+        self.opened[name] = joined
+        self.blocked[joined] = _Blocked(block, 0, 0, source.dims)
+
+    def _close(self, name: str) -> str:
+        """``name`` cut to the samples its block got right: past the history's share, and in a
+        step, short of what padding at the end reached; carried on as a stream."""
+        if name in self.closed:
+            return self.closed[name]
+        member = self.blocked[name]
+        block = member.block
+        block.history = max(block.history, member.left + member.right)
+        history, start = self._name("history"), self._name("start")
+        right = self._constant(np.array([member.right], dtype=np.int64), "right")
+        zero = self._constant(np.array([0], dtype=np.int64), "zero")
+        self._both(helper.make_node("Shape", [block.state.name], [history], start=-1))
+        shifted = self._name("shifted")
+        self._both(helper.make_node("Sub", [history, right], [shifted]))
+        self._both(helper.make_node("Max", [shifted, zero], [start]))
+        axis = self._constant(np.array([-1], dtype=np.int64), "axis")
+        step_end = self._constant(np.array([-member.right if member.right else _INT_MAX], dtype=np.int64), "end")
+        final_end = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
+        out = self._name("closed")
+        self.step.append(helper.make_node("Slice", [name, start, step_end, axis], [out]))
+        self.final.append(helper.make_node("Slice", [name, start, final_end, axis], [out]))
+        source = block.source
+        self.streams[out] = _Stream(source.rate, source.lag + member.right, member.dims)
+        self.closed[name] = out
+        return out
+
+    def finish_blocks(self) -> None:
+        """Each block's state: the last ``history`` samples of its joined input."""
+        for block in self.blocks:
+            keep = -block.history if block.history else _INT_MAX
+            starts = self._constant(np.array([keep], dtype=np.int64), "keep")
+            ends = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
+            axes = self._constant(np.array([-1], dtype=np.int64), "axis")
+            self._both(helper.make_node("Slice", [block.joined, starts, ends, axes], [block.state.next_name]))
 
     def _conv(self, node: onnx.NodeProto) -> None:
         source = self.streams.get(node.input[0])
@@ -345,13 +499,20 @@ class _Rewriter:
         return model.SerializeToString()
 
 
-def streaming_decoder(model_bytes: bytes, z_input: str) -> StreamingGraph:
+def streaming_decoder(model_bytes: bytes, z_input: str, block_from_rate: int | None = None) -> StreamingGraph:
     """The step and final graphs of ``model_bytes``'s decoder (see the module docstring); raises
-    :class:`NotStreamable` when its graph holds something they cannot carry."""
+    :class:`NotStreamable` when its graph holds something they cannot carry.
+
+    ``block_from_rate``: time series of at least this many samples per frame run in blocks
+    (``None``: none do)."""
     model = onnx.load_from_string(model_bytes)
-    rewriter = _Rewriter(model, z_input)
+    rewriter = _Rewriter(model, z_input, block_from_rate)
     rewriter.run()
     outputs = [o.name for o in model.graph.output]
+    for output in outputs:
+        if output in rewriter.blocked:
+            raise NotStreamable(f"the decoder's output {output} is computed inside a block")
+    rewriter.finish_blocks()
     if len(outputs) != 1 or outputs[0] not in rewriter.streams:
         raise NotStreamable(f"the decoder's output {outputs} is not one time series")
     out = rewriter.streams[outputs[0]]
@@ -364,6 +525,15 @@ def streaming_decoder(model_bytes: bytes, z_input: str) -> StreamingGraph:
         lag=out.lag,
         warmup_frames=warmup,
     )
+
+
+def _with_inputs(node: onnx.NodeProto, inputs: list[str]) -> onnx.NodeProto:
+    if list(node.input) == inputs:
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    copy.input[:] = inputs
+    return copy
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, object]:

@@ -47,6 +47,9 @@ HOP_LENGTH = 256
 _MAX_FRAMES = 1_000_000
 _HONOURS = frozenset({"speed", "speaker", "seed", "noise"})
 _FRAMES_PER_ID_GUESS = 8
+STREAM_BLOCK_FROM_RATE = 8
+"""The streaming decoder runs its time series of this many samples per frame or more in blocks
+(``stream_graph``)."""
 """First guess of latent frames per phoneme id when sizing the prior-noise buffer."""
 
 
@@ -151,7 +154,7 @@ class PiperVoice:
         decodes windows with context frames)."""
         if stream_decode:
             try:
-                graph = streaming_decoder(split.decoder, Z_OUTPUT)
+                graph = streaming_decoder(split.decoder, Z_OUTPUT, STREAM_BLOCK_FROM_RATE)
             except NotStreamable as exc:
                 log.info("voice %s decodes windows with context frames: %s", voice_id, exc)
             else:
