@@ -4,6 +4,7 @@ the one-shot decode's, on the bundled voice and on small graphs built to exercis
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -82,11 +83,16 @@ def test_the_lookahead_covers_the_lag(voice: PiperVoice) -> None:
 # Small graphs: each streaming rule on a decoder shape of its own.
 
 
-def _conv(name: str, x: str, out: str, c_in: int, c_out: int, k: int, d: int, rng: np.random.Generator) -> tuple:
-    weight = numpy_helper.from_array((rng.standard_normal((c_out, c_in, k)) / np.sqrt(c_in * k)).astype(np.float32), f"{name}.w")
+def _conv(
+    name: str, x: str, out: str, c_in: int, c_out: int, k: int, d: int, rng: np.random.Generator
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """A padded (same-length) 1-D convolution with random weights."""
+    scale = 1 / np.sqrt(c_in * k)
+    weight = numpy_helper.from_array((rng.standard_normal((c_out, c_in, k)) * scale).astype(np.float32), f"{name}.w")
     bias = numpy_helper.from_array(rng.standard_normal(c_out).astype(np.float32) * 0.1, f"{name}.b")
     pad = d * (k - 1) // 2
-    node = helper.make_node("Conv", [x, weight.name, bias.name], [out], kernel_shape=[k], dilations=[d], pads=[pad, pad])
+    inputs = [x, weight.name, bias.name]
+    node = helper.make_node("Conv", inputs, [out], kernel_shape=[k], dilations=[d], pads=[pad, pad])
     return node, [weight, bias]
 
 

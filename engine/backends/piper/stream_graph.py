@@ -42,9 +42,7 @@ from streamvox.engine.backends.piper.conv_lift import drop_unread_initializers
 
 FIRST_INPUT = "first"
 _INT_MAX = int(np.iinfo(np.int64).max)
-_UNARY = frozenset(
-    {"LeakyRelu", "Relu", "Tanh", "Sigmoid", "Neg", "Exp", "Clip", "Identity", "Abs", "Softplus", "Elu"}
-)
+_UNARY = frozenset({"LeakyRelu", "Relu", "Tanh", "Sigmoid", "Neg", "Exp", "Clip", "Identity", "Abs", "Softplus", "Elu"})
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
