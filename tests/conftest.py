@@ -40,6 +40,15 @@ def voice(registry: VoiceRegistry) -> PiperVoice:
     return registry.get(None)  # type: ignore[return-value]
 
 
+@pytest.fixture(scope="session")
+def windowed_voice() -> PiperVoice:
+    """The bundled voice decoding windows with context frames (no streaming decoder): the path
+    voices whose decoder ``stream_graph`` cannot rewrite take."""
+    from streamvox.engine.backends.piper.backend import bundled_voice_path
+
+    return PiperVoice.load(bundled_voice_path(), stream_decode=False)
+
+
 @pytest.fixture()
 def make_engine(registry: VoiceRegistry) -> Iterator[Callable[..., EngineCore]]:
     """Start engines for a test (``make_engine(config, voices=registry)``); each is stopped after it.

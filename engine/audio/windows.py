@@ -34,7 +34,8 @@ class WindowPlan:
     context_frames: int = 10
     """Frames decoded on each side and discarded: the decoder's receptive field, so a window's samples
     equal the one-shot decode's to float rounding (125-130 dB on the bundled voice; 9 frames give
-    78-84 dB, 8 give 64-77)."""
+    78-84 dB, 8 give 64-77).  With a streaming decoder only a segment's first window decodes
+    them, before it."""
     flow_context_frames: int = 24
     """Prior frames run through the flow on each side and discarded (its receptive field)."""
     flow_chunk_frames: int = 512

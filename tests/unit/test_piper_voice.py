@@ -1,4 +1,5 @@
-"""The split Piper graph reproduces the original model, and windowed decode equals one-shot decode."""
+"""The split Piper graph reproduces the original model, and a segment decoded window by window
+(streamed, or with context frames) equals one-shot decode."""
 
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def windowed(voice: PiperVoice, front: FrontOutput, plan: WindowPlan, urgent: bo
     return np.concatenate(pieces)
 
 
+@pytest.fixture(params=["streaming", "windowed"])
+def either_voice(request: pytest.FixtureRequest, voice: PiperVoice, windowed_voice: PiperVoice) -> PiperVoice:
+    """The bundled voice with each of its two window decoders."""
+    chosen = voice if request.param == "streaming" else windowed_voice
+    assert (chosen.streaming is not None) == (request.param == "streaming")
+    return chosen
+
+
+def decoder_reach(voice: PiperVoice, plan: WindowPlan) -> int:
+    """Frames of ``z`` a window's decode reads past its end."""
+    return plan.context_frames if voice.streaming is None else voice.streaming.lookahead_frames
+
+
 PLANS = {
     "default": WindowPlan(),
     "small windows": WindowPlan(first_frames=8, later_first_frames=8, max_frames=32, growth=2.0, flow_chunk_frames=40),
@@ -53,7 +67,8 @@ PLANS = {
 
 @pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
 @pytest.mark.parametrize("urgent", [True, False])
-def test_windowed_synthesis_equals_one_shot(voice: PiperVoice, plan: WindowPlan, urgent: bool) -> None:
+def test_windowed_synthesis_equals_one_shot(either_voice: PiperVoice, plan: WindowPlan, urgent: bool) -> None:
+    voice = either_voice
     front = voice.front(voice.text_to_ids(TEXT), None)
     one_shot = voice.decode(voice.flow(front.z_p))
     streamed = windowed(voice, front, plan, urgent)
@@ -62,7 +77,8 @@ def test_windowed_synthesis_equals_one_shot(voice: PiperVoice, plan: WindowPlan,
 
 
 @pytest.mark.parametrize("plan", [PLANS["default"], PLANS["small windows"]], ids=["default", "small windows"])
-def test_a_later_segment_windowed_equals_one_shot(voice: PiperVoice, plan: WindowPlan) -> None:
+def test_a_later_segment_windowed_equals_one_shot(either_voice: PiperVoice, plan: WindowPlan) -> None:
+    voice = either_voice
     front = voice.front(voice.text_to_ids(TEXT), None)
     one_shot = voice.decode(voice.flow(front.z_p))
     streamed = windowed(voice, front, plan, urgent=False, first=False)
@@ -100,9 +116,10 @@ def _flow_calls(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> list[tupl
     return calls
 
 
-def test_a_later_segment_runs_its_flow_in_one_call(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_later_segment_runs_its_flow_in_one_call(either_voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its first window is not the stream's first audio: one flow call (no second call, no second
     set of context frames), where a stream's first segment starts on a chunk for its first window."""
+    voice = either_voice
     front = voice.front(voice.text_to_ids("A later sentence of a reply."), None)
     plan = WindowPlan()
     assert front.frames + plan.context_frames <= plan.flow_chunk_frames
@@ -111,12 +128,15 @@ def test_a_later_segment_runs_its_flow_in_one_call(voice: PiperVoice, monkeypatc
     assert calls == [(0, front.frames)]
     calls.clear()
     windowed(voice, front, plan, urgent=False, first=True)
-    assert len(calls) == 2 and calls[0] == (0, plan.first_frames + plan.context_frames)
+    assert len(calls) == 2 and calls[0] == (0, plan.first_frames + decoder_reach(voice, plan))
 
 
-def test_the_flow_stops_at_the_last_frame_the_decoder_reads(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_flow_stops_at_the_last_frame_the_decoder_reads(
+    either_voice: PiperVoice, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A segment read with its neighbours decodes only its own frames: the flow skips the rest of
     the preview (it is context to the encoder, and to the flow through its context frames)."""
+    voice = either_voice
     front = voice.front(voice.text_to_ids(TEXT), None)
     plan = WindowPlan()
     own = (30, front.frames // 2)
@@ -125,7 +145,7 @@ def test_the_flow_stops_at_the_last_frame_the_decoder_reads(voice: PiperVoice, m
     while not segment.done:
         segment.next_window()
     assert calls[0][0] == own[0] - plan.context_frames
-    assert calls[-1][1] == own[1] + plan.context_frames < front.frames
+    assert calls[-1][1] == own[1] + decoder_reach(voice, plan) < front.frames
 
 
 @pytest.mark.parametrize(
@@ -136,8 +156,9 @@ def test_the_flow_stops_at_the_last_frame_the_decoder_reads(voice: PiperVoice, m
     ],
     ids=["no decoder context", "no flow context"],
 )
-def test_without_context_the_seams_are_audible(voice: PiperVoice, plan: WindowPlan) -> None:
+def test_without_context_the_seams_are_audible(windowed_voice: PiperVoice, plan: WindowPlan) -> None:
     """The control: the SNR bound above is meaningful because dropping either context fails it."""
+    voice = windowed_voice
     front = voice.front(voice.text_to_ids(TEXT), None)
     one_shot = voice.decode(voice.flow(front.z_p))
     assert snr_db(one_shot, windowed(voice, front, plan, urgent=False)) < 40

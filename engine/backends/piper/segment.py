@@ -6,12 +6,16 @@ frame the decoder reads.  Only a stream's first segment starts on a chunk just
 large enough for its first window, so the first audio needs little work; a
 later segment (earlier audio is still playing) runs its flow in one call when
 it fits a chunk, which saves a call and its context frames per segment
-(measured on LLM-paced replies: 5–6 % of the CPU per audio second).  The
-decoder then runs each window with ``context_frames`` of ``z`` either side.
-Only the segment's own frames are decoded (a reading's lead and preview serve
-as context), plus, when a preview follows, ``tail_samples`` into it: the next
-segment starts on those same sounds, so the crossfade at the seam mixes two
-renderings of one moment.
+(measured on LLM-paced replies: 5–6 % of the CPU per audio second).
+Where the voice has a streaming decoder (``stream_graph``), a segment's
+windows go through one :class:`DecoderStream`: each decodes only frames not
+decoded before, fed ``lookahead_frames`` past its end, and keeps what it
+decodes past its end for the next window.  Otherwise the decoder runs each
+window with ``context_frames`` of ``z`` either side.  Either way only the
+segment's own frames are decoded (decoding starts ``context_frames`` before
+them; a reading's lead and preview serve as context), plus, when a preview
+follows, ``tail_samples`` into it: the next segment starts on those same
+sounds, so the crossfade at the seam mixes two renderings of one moment.
 Not thread-safe: driven by the one unit of its stream in flight (on whichever
 worker runs it).
 """
@@ -50,8 +54,13 @@ class PiperSegment:
         self._z_from = max(0, self.start - plan.context_frames)
         """The first frame the decoder needs ``z`` for: the flow starts there."""
         self._z_ready = self._z_from
-        self._z_until = min(front.frames, self.end + self._tail_frames + plan.context_frames)
+        self._stream = voice.streaming.stream(speaker) if voice.streaming is not None else None
+        reach = plan.context_frames if self._stream is None else voice.streaming.lookahead_frames
+        self._z_until = min(front.frames, self.end + self._tail_frames + reach)
         """One past the last frame the decoder reads: the flow stops there."""
+        self._decoded = np.zeros(0, dtype=np.float32)
+        """Streaming decoder only: samples decoded and not yet returned, from ``_decoded_from``."""
+        self._decoded_from = self._z_from * HOP_LENGTH
         self._small_first_chunk = first
         self._windows = plan.windows(self.end - self.start, first)
         self.done = self.end <= self.start
@@ -68,18 +77,47 @@ class PiperSegment:
         start, end = (self.start + f for f in next(self._windows))
         last = end >= self.end
         tail_frames = self._tail_frames if last else 0
-        frames = self.front.frames
-        needed = min(frames, end + tail_frames + self.plan.context_frames)
-        if self._z_ready < needed:
-            small = self._small_first_chunk and self._z_ready == self._z_from
-            target = needed if small else max(needed, self._z_ready + self.plan.flow_chunk_frames)
-            target = min(self._z_until, target)
-            self._z[:, self._z_ready : target] = self.voice.flow_window(
-                self.front.z_p, self._z_ready, target, self.plan.flow_context_frames, self.speaker, urgent
-            )
-            self._z_ready = target
+        self.done = last
+        if self._stream is not None:
+            return self._stream_window(start, end * HOP_LENGTH + (self.tail_samples if last else 0), urgent)
+        needed = min(self.front.frames, end + tail_frames + self.plan.context_frames)
+        self._run_flow(needed, urgent)
         audio = self.voice.decode_window(
             self._z[:, :needed], start, end + tail_frames, self.plan.context_frames, self.speaker, urgent
         )
-        self.done = last
         return audio[: (end - start) * HOP_LENGTH + (self.tail_samples if last else 0)]
+
+    def _run_flow(self, needed: int, urgent: bool) -> None:
+        """Latent frames ``z`` through ``needed`` (or through the next chunk, see the module)."""
+        if self._z_ready >= needed:
+            return
+        small = self._small_first_chunk and self._z_ready == self._z_from
+        target = needed if small else max(needed, self._z_ready + self.plan.flow_chunk_frames)
+        target = min(self._z_until, target)
+        self._z[:, self._z_ready : target] = self.voice.flow_window(
+            self.front.z_p, self._z_ready, target, self.plan.flow_context_frames, self.speaker, urgent
+        )
+        self._z_ready = target
+
+    def _stream_window(self, start: int, until: int, urgent: bool) -> np.ndarray:
+        """Samples from frame ``start`` to sample ``until`` through the streaming decoder: it is
+        fed the frames that complete them and keeps what it decodes past them for the next
+        window.  Decoding starts ``context_frames`` before the segment's first frame, as the
+        windowed decode's first window does, and goes no further than the one-shot decode of
+        the reading would need: each sample equals that decode's where both see the same
+        frames."""
+        stream, rate = self._stream, self.voice.streaming
+        lag = rate.graph.lag
+        decoded_to = self._decoded_from + self._decoded.shape[0]
+        if decoded_to < until and not stream.finished:
+            warm = self._z_from + stream.frames + rate.graph.warmup_frames  # a first call's minimum
+            feed_to = min(self.front.frames, max(-(-(until + lag) // HOP_LENGTH), warm))
+            self._run_flow(feed_to, urgent)
+            final = feed_to >= self.front.frames
+            audio = stream.feed(self._z[:, stream.frames + self._z_from : feed_to], final=final, urgent=urgent)
+            self._decoded = np.concatenate([self._decoded, audio])
+        begin = start * HOP_LENGTH - self._decoded_from
+        out = self._decoded[begin : until - self._decoded_from]
+        self._decoded = self._decoded[until - self._decoded_from :]
+        self._decoded_from = until
+        return out

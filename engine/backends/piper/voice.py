@@ -17,6 +17,7 @@ streams on one voice at once.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,20 @@ from streamvox.engine.backends.piper.graph import (
     Z_PRIOR,
     split_piper_graph,
 )
+from streamvox.engine.backends.piper.stream_decoder import StreamingDecoder
+from streamvox.engine.backends.piper.stream_graph import NotStreamable, streaming_decoder
 from streamvox.engine.text.phonemes import phoneme_ids_with_sources, phonemize
+
+log = logging.getLogger(__name__)
 
 HOP_LENGTH = 256
 """Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""
 _MAX_FRAMES = 1_000_000
 _HONOURS = frozenset({"speed", "speaker", "seed", "noise"})
 _FRAMES_PER_ID_GUESS = 8
+STREAM_BLOCK_FROM_RATE = 8
+"""The streaming decoder runs its time series of this many samples per frame or more in blocks
+(``stream_graph``)."""
 """First guess of latent frames per phoneme id when sizing the prior-noise buffer."""
 
 
@@ -104,12 +112,20 @@ class PiperVoice:
     kind = "piper"
 
     def __init__(
-        self, voice_id: str, model_path: Path, config: PiperVoiceConfig, threads: int = 0, stream_threads: int = 1
+        self,
+        voice_id: str,
+        model_path: Path,
+        config: PiperVoiceConfig,
+        threads: int = 0,
+        stream_threads: int = 1,
+        stream_decode: bool = True,
     ) -> None:
         """``threads`` serve the latency-critical runs (a stream's first windows through the flow
         and the decoder; 0 means one per core); ``stream_threads`` serve the encoder and the
         steady windows after the first, where a single thread per run wastes nothing on
-        synchronisation and leaves the other cores free."""
+        synchronisation and leaves the other cores free.  ``stream_decode``: decode a segment's
+        windows with the streaming decoder (``stream_graph``) where the voice's decoder allows
+        it, else with context frames either side of each window."""
         self.id = voice_id
         self.model_path = model_path
         self.config = config
@@ -133,6 +149,16 @@ class PiperVoice:
             True: ort.InferenceSession(split.decoder, fast, providers=providers),
             False: ort.InferenceSession(split.decoder, lean, providers=providers),
         }
+        self.streaming: StreamingDecoder | None = None
+        """The decoder run call by call with its convolutions' history carried (``None``: the voice
+        decodes windows with context frames)."""
+        if stream_decode:
+            try:
+                graph = streaming_decoder(split.decoder, Z_OUTPUT, STREAM_BLOCK_FROM_RATE)
+            except NotStreamable as exc:
+                log.info("voice %s decodes windows with context frames: %s", voice_id, exc)
+            else:
+                self.streaming = StreamingDecoder(graph, Z_OUTPUT, fast, lean, self.has_speaker_input)
 
     def warm_up(self) -> None:
         """Run every session once on typical shapes, so the first client does not pay for
@@ -141,6 +167,11 @@ class PiperVoice:
         for urgent in (True, False):
             z = self.flow_window(front.z_p, 0, min(front.frames, 64), 24, urgent=urgent)
             self.decode_window(z, 0, min(z.shape[1], 32), 12, urgent=urgent)
+            if self.streaming is not None:
+                stream = self.streaming.stream()
+                half = z.shape[1] // 2
+                stream.feed(z[:, :half], urgent=urgent)
+                stream.feed(z[:, half:], final=True, urgent=urgent)
 
     def trim_memory(self) -> None:
         """Shrink every session's arena: one tiny run each with arena shrinkage on frees the
@@ -150,10 +181,17 @@ class PiperVoice:
         for urgent in (True, False):
             z = self.flow(front.z_p[:, :8], urgent=urgent, run_options=_SHRINK_ARENA)
             self.decode(z, urgent=urgent, run_options=_SHRINK_ARENA)
+        if self.streaming is not None:
+            self.streaming.shrink(self.z_channels, _SHRINK_ARENA)
 
     @classmethod
     def load(
-        cls, model_path: str | Path, voice_id: str | None = None, threads: int = 0, stream_threads: int = 1
+        cls,
+        model_path: str | Path,
+        voice_id: str | None = None,
+        threads: int = 0,
+        stream_threads: int = 1,
+        stream_decode: bool = True,
     ) -> PiperVoice:
         """Load ``model.onnx`` with its ``model.onnx.json`` beside it."""
         model = Path(model_path)
@@ -163,7 +201,8 @@ class PiperVoice:
         if not config_file.is_file():
             raise VoiceLoadError(f"no voice config at {config_file}")
         config = PiperVoiceConfig.from_json(config_file)
-        return cls(voice_id or model.name.removesuffix(".onnx"), model, config, threads, stream_threads)
+        voice_id = voice_id or model.name.removesuffix(".onnx")
+        return cls(voice_id, model, config, threads, stream_threads, stream_decode)
 
     @property
     def sample_rate(self) -> int:
