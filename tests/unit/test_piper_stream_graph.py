@@ -199,3 +199,12 @@ def test_a_strided_convolution_is_refused() -> None:
 
 def test_the_windowed_voice_has_no_streaming_decoder(windowed_voice: PiperVoice) -> None:
     assert windowed_voice.streaming is None
+
+
+def test_a_trimmed_voice_still_streams_exactly(voice: PiperVoice, latent: np.ndarray) -> None:
+    """``trim_memory`` runs every streaming session once with arena shrinkage; streams after it
+    decode as before."""
+    assert voice.streaming is not None
+    voice.trim_memory()
+    streamed = stream_in_chunks(voice.streaming.stream(), latent, [30, 30, 500])
+    assert snr_db(voice.decode(latent), streamed) > 100
