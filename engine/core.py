@@ -69,12 +69,14 @@ class EngineConfig:
     max_lead_s: float | None = None
     """Never run a stream more than this far ahead of its listener's playback (``None``: no
     limit, for files).  Work for streams far ahead waits, which frees the CPU for others."""
-    urgent_windows: int = 1
-    """A stream's first windows run on the multi-threaded (fastest) sessions, the rest on the
+    urgent_windows: int = 0
+    """A stream's first windows run on the multi-threaded sessions, the rest on the
     single-threaded (cheapest) ones.  Counted, not timed: which session decodes a window must
-    not depend on load, or a seeded stream's bytes would.  One: only the first window decides
-    the first audio; a second one on two threads cost 3.6 % more CPU per audio second for the
-    same first audio (``scripts/ab.py``, 2026-12-04)."""
+    not depend on load, or a seeded stream's bytes would (the two give the same samples: the
+    A/Bs' bytes were identical).  None since the streaming decoder, whose first window decodes
+    35 frames instead of 44: on one thread the first audio came no later (server TTFA p50 0.95
+    and 0.96 of before) for 2-3 % less CPU per audio second, and 40 listeners passed 3 runs of
+    3 against none (``scripts/ab.py``, 2026-12-05)."""
     workers: int = 0
     """Units of different streams run at once (0: one per core)."""
     unit_deadline_s: float | None = 60.0

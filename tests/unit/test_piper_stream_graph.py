@@ -64,11 +64,14 @@ def test_a_call_returns_every_sample_its_frames_complete(voice: PiperVoice, late
     stream = decoder.stream()
     held = stream.feed(latent[:, : graph.warmup_frames - 1])
     assert held.shape == (0,) and stream.samples == 0
-    returned = held.shape[0]
-    for at in range(graph.warmup_frames - 1, 200, 17):
+    returned, at = held.shape[0], graph.warmup_frames - 1
+    while at + 17 <= 200:
         returned += stream.feed(latent[:, at : at + 17]).shape[0]
-        assert returned == stream.available_through() == (at + 17) * graph.rate - graph.lag
-    assert stream.feed(latent[:, 200:], final=True).shape[0] == (latent.shape[1] - 200) * graph.rate + graph.lag
+        at += 17
+        assert returned == stream.available_through() == at * graph.rate - graph.lag
+    last = stream.feed(latent[:, at:], final=True)
+    assert last.shape[0] == (latent.shape[1] - at) * graph.rate + graph.lag
+    assert returned + last.shape[0] == latent.shape[1] * graph.rate
     with pytest.raises(ValueError):
         stream.feed(latent[:, :1])
 
