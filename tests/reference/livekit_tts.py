@@ -8,8 +8,10 @@ Runs under ``.ref/livekit/bin/python``, started by
 ``PLUGIN`` is ``elevenlabs`` or ``cartesia`` (streamed: the text is pushed word by
 word into ``tts.stream()``) or ``openai`` (``tts.synthesize``, as the plugin has
 no streaming input).  The plugin is LiveKit's, unchanged but for its base URL
-and key.  With ``--interrupt-after`` the stream is closed that many seconds
-after its first audio, as an agent does when the user barges in.  Writes JSON:
+and key.  With ``--interrupt-after`` the stream is closed once that many seconds
+of audio have arrived, as an agent does when the user barges in (counted in audio,
+not wall time: a server faster than real time can deliver a whole reply within a
+second of its first audio).  Writes JSON:
 the audio (base64, 16-bit mono), its rate, each frame's arrival time, when the
 stream was closed, and every ERROR the plugin logged.
 """
@@ -65,6 +67,7 @@ async def main() -> None:
     arrivals: list[float] = []
     rate = 24000
     closed_at: float | None = None
+    received_s = 0.0
     async with aiohttp.ClientSession() as session:
         tts = plugin(args.plugin, args.http, session)
         if args.plugin == "openai":
@@ -80,7 +83,8 @@ async def main() -> None:
             rate = frame.sample_rate
             audio.append(bytes(frame.data))
             arrivals.append(time.monotonic())
-            if args.interrupt_after is not None and arrivals[-1] - arrivals[0] >= args.interrupt_after:
+            received_s += frame.samples_per_channel / frame.sample_rate
+            if args.interrupt_after is not None and received_s >= args.interrupt_after:
                 closed_at = time.monotonic()
                 break
         await stream.aclose()
