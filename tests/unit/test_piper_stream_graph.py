@@ -171,33 +171,31 @@ def test_a_small_decoder_streams_exactly(stride: int, condition: bool, block_fro
         assert snr_db(one_shot, streamed) > 100, sizes
 
 
+def _one_node_decoder(node: onnx.NodeProto, initializer: onnx.TensorProto) -> bytes:
+    """A decoder graph of ``node`` alone, from ``z`` (4 channels) to ``output``."""
+    graph = helper.make_graph(
+        [node],
+        node.op_type,
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, "t"])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+        [initializer],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]).SerializeToString()
+
+
 def test_a_time_operator_it_cannot_carry_is_refused() -> None:
     """A cumulative sum over time depends on every earlier sample: no bounded state carries it."""
     axis = numpy_helper.from_array(np.array(2, dtype=np.int64), "axis")
-    graph = helper.make_graph(
-        [helper.make_node("CumSum", ["z", "axis"], ["output"])],
-        "cumsum",
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, "t"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        [axis],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    model = _one_node_decoder(helper.make_node("CumSum", ["z", "axis"], ["output"]), axis)
     with pytest.raises(NotStreamable, match="CumSum"):
-        streaming_decoder(model.SerializeToString(), "z")
+        streaming_decoder(model, "z")
 
 
 def test_a_strided_convolution_is_refused() -> None:
     weight = numpy_helper.from_array(np.ones((4, 4, 3), dtype=np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["z", "w"], ["output"], kernel_shape=[3], strides=[2], pads=[1, 1])],
-        "strided",
-        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, "t"])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    conv = helper.make_node("Conv", ["z", "w"], ["output"], kernel_shape=[3], strides=[2], pads=[1, 1])
     with pytest.raises(NotStreamable, match="strides"):
-        streaming_decoder(model.SerializeToString(), "z")
+        streaming_decoder(_one_node_decoder(conv, weight), "z")
 
 
 def test_the_windowed_voice_has_no_streaming_decoder(windowed_voice: PiperVoice) -> None:

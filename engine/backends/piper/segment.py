@@ -106,12 +106,11 @@ class PiperSegment:
         windowed decode's first window does, and goes no further than the one-shot decode of
         the reading would need: each sample equals that decode's where both see the same
         frames."""
-        stream, rate = self._stream, self.voice.streaming
-        lag = rate.graph.lag
+        stream, graph = self._stream, self._stream.decoder.graph
         decoded_to = self._decoded_from + self._decoded.shape[0]
         if decoded_to < until and not stream.finished:
-            warm = self._z_from + stream.frames + rate.graph.warmup_frames  # a first call's minimum
-            feed_to = min(self.front.frames, max(-(-(until + lag) // HOP_LENGTH), warm))
+            warm = self._z_from + stream.frames + graph.warmup_frames  # a first call's minimum
+            feed_to = min(self.front.frames, max(-(-(until + graph.lag) // HOP_LENGTH), warm))
             self._run_flow(feed_to, urgent)
             final = feed_to >= self.front.frames
             audio = stream.feed(self._z[:, stream.frames + self._z_from : feed_to], final=final, urgent=urgent)

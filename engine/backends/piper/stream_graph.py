@@ -104,6 +104,21 @@ class _Split:
     transposed: bool
 
 
+@dataclass(frozen=True)
+class _TimeConv:
+    """A convolution along time alone: its weights, and its padding and reach in samples."""
+
+    weight: np.ndarray
+    left: int
+    right: int
+    span: int
+    """``dilation * (kernel - 1)``: the input samples one output sample reads, less one."""
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+
 @dataclass(eq=False)
 class _Block:
     """An overlap-save region: its input joined after the input's last ``history`` samples; every
@@ -155,6 +170,7 @@ class _Rewriter:
         self.final: list[onnx.NodeProto] = []
         self.states: list[StateSpec] = []
         self.new_constants: list[onnx.TensorProto] = []
+        self.ints: dict[int, str] = {}
         self.serial = 0
 
     def _z_channels(self, z_input: str) -> int:
@@ -173,10 +189,19 @@ class _Rewriter:
         self.serial += 1
         return f"stream/{self.serial}/{what}"
 
-    def _constant(self, value: np.ndarray, what: str) -> str:
-        name = self._name(what)
-        self.new_constants.append(numpy_helper.from_array(value, name))
-        return name
+    def _int(self, value: int) -> str:
+        """A one-element int64 initializer holding ``value`` (one per value, shared)."""
+        if value not in self.ints:
+            name = self._name("int")
+            self.new_constants.append(numpy_helper.from_array(np.array([value], dtype=np.int64), name))
+            self.ints[value] = name
+        return self.ints[value]
+
+    def _time_slice(self, data: str, start: int | str, end: int | str, output: str, name: str = "") -> onnx.NodeProto:
+        """``Slice`` along the time (last) axis; ``start`` and ``end``: a number, or a tensor
+        holding one."""
+        bounds = [bound if isinstance(bound, str) else self._int(bound) for bound in (start, end)]
+        return helper.make_node("Slice", [data, *bounds, self._int(-1)], [output], name=name or None)
 
     def _both(self, node: onnx.NodeProto) -> None:
         self.step.append(node)
@@ -217,8 +242,9 @@ class _Rewriter:
         """Run ``node`` inside a block if it can be: a stride-1 convolution that does not feed a
         polyphase interleave, or an elementwise operator, whose time inputs are in one block
         (or are a stream at ``block_from_rate`` or faster, which opens one)."""
+        conv = self._time_conv(node) if node.op_type == "Conv" else None
         if node.op_type == "Conv":
-            if self._feeds_interleave(node) or not self._plain_conv(node):
+            if self._feeds_interleave(node) or not isinstance(conv, _TimeConv):
                 return False
             data = [node.input[0]]
         elif node.op_type in _UNARY or node.op_type in _BINARY:
@@ -241,31 +267,32 @@ class _Rewriter:
         members = [self.blocked[n] for n in inputs if n in self.blocked]
         left, right = max(m.left for m in members), max(m.right for m in members)
         dims = members[0].dims
-        if node.op_type == "Conv":
-            attributes = _attributes(node)
-            pads = list(attributes.get("pads", []))
-            weight = self.constants[node.input[1]]
-            spatial = weight.ndim - 2
-            if pads:
-                left, right = left + int(pads[spatial - 1]), right + int(pads[-1])
-            dims = (1, int(weight.shape[0]), *dims[2:])
+        if isinstance(conv, _TimeConv):
+            left, right = left + conv.left, right + conv.right
+            dims = (1, conv.out_channels, *dims[2:])
         self._both(_with_inputs(node, inputs))
         self.blocked[node.output[0]] = _Blocked(members[0].block, left, right, dims)
         return True
 
-    def _plain_conv(self, node: onnx.NodeProto) -> bool:
+    def _time_conv(self, node: onnx.NodeProto) -> _TimeConv | str:
+        """The convolution's geometry, or why the rewrite cannot carry it."""
         weight = self.constants.get(node.input[1])
-        if weight is None or any(n in self.streams or n in self.blocked for n in node.input[1:]):
-            return False
+        if weight is None:
+            return "weights are not constant"
+        if any(n in self.streams or n in self.splits or n in self.blocked for n in node.input[1:]):
+            return "only its data input may be a time series"
         attributes = _attributes(node)
         spatial = weight.ndim - 2
         kernel = list(attributes.get("kernel_shape", weight.shape[2:]))
+        strides = list(attributes.get("strides", [1] * spatial))
+        dilations = list(attributes.get("dilations", [1] * spatial))
         pads = list(attributes.get("pads", [0] * (2 * spatial)))
-        return (
-            attributes.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
-            and all(s == 1 for s in attributes.get("strides", [1] * spatial))
-            and all(kernel[i] == 1 and not pads[i] and not pads[spatial + i] for i in range(spatial - 1))
-        )
+        if attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or any(s != 1 for s in strides):
+            return "strides or auto padding"
+        if any(kernel[i] != 1 or pads[i] or pads[spatial + i] for i in range(spatial - 1)):
+            return "a kernel along an axis other than time"
+        span = int(dilations[-1]) * (int(kernel[-1]) - 1)
+        return _TimeConv(weight, int(pads[spatial - 1]), int(pads[-1]), span)
 
     def _feeds_interleave(self, node: onnx.NodeProto) -> bool:
         return any(
@@ -292,18 +319,13 @@ class _Rewriter:
         block = member.block
         block.history = max(block.history, member.left + member.right)
         history, start = self._name("history"), self._name("start")
-        right = self._constant(np.array([member.right], dtype=np.int64), "right")
-        zero = self._constant(np.array([0], dtype=np.int64), "zero")
         self._both(helper.make_node("Shape", [block.state.name], [history], start=-1))
         shifted = self._name("shifted")
-        self._both(helper.make_node("Sub", [history, right], [shifted]))
-        self._both(helper.make_node("Max", [shifted, zero], [start]))
-        axis = self._constant(np.array([-1], dtype=np.int64), "axis")
-        step_end = self._constant(np.array([-member.right if member.right else _INT_MAX], dtype=np.int64), "end")
-        final_end = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
+        self._both(helper.make_node("Sub", [history, self._int(member.right)], [shifted]))
+        self._both(helper.make_node("Max", [shifted, self._int(0)], [start]))
         out = self._name("closed")
-        self.step.append(helper.make_node("Slice", [name, start, step_end, axis], [out]))
-        self.final.append(helper.make_node("Slice", [name, start, final_end, axis], [out]))
+        self.step.append(self._time_slice(name, start, -member.right if member.right else _INT_MAX, out))
+        self.final.append(self._time_slice(name, start, _INT_MAX, out))
         source = block.source
         self.streams[out] = _Stream(source.rate, source.lag + member.right, member.dims)
         self.closed[name] = out
@@ -313,40 +335,24 @@ class _Rewriter:
         """Each block's state: the last ``history`` samples of its joined input."""
         for block in self.blocks:
             keep = -block.history if block.history else _INT_MAX
-            starts = self._constant(np.array([keep], dtype=np.int64), "keep")
-            ends = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
-            axes = self._constant(np.array([-1], dtype=np.int64), "axis")
-            self._both(helper.make_node("Slice", [block.joined, starts, ends, axes], [block.state.next_name]))
+            self._both(self._time_slice(block.joined, keep, _INT_MAX, block.state.next_name))
 
     def _conv(self, node: onnx.NodeProto) -> None:
         source = self.streams.get(node.input[0])
-        if source is None or any(name in self.streams or name in self.splits for name in node.input[1:]):
-            raise NotStreamable(f"Conv {node.name}: only its data input may be a time series")
-        weight = self.constants.get(node.input[1])
-        if weight is None:
-            raise NotStreamable(f"Conv {node.name}: weights are not constant")
-        attributes = _attributes(node)
-        spatial = weight.ndim - 2
-        kernel = list(attributes.get("kernel_shape", weight.shape[2:]))
-        strides = list(attributes.get("strides", [1] * spatial))
-        dilations = list(attributes.get("dilations", [1] * spatial))
-        pads = list(attributes.get("pads", [0] * (2 * spatial)))
-        if attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or any(s != 1 for s in strides):
-            raise NotStreamable(f"Conv {node.name}: strides or auto padding")
-        if any(kernel[i] != 1 or pads[i] or pads[spatial + i] for i in range(spatial - 1)):
-            raise NotStreamable(f"Conv {node.name}: a kernel along an axis other than time")
-        left, right = int(pads[spatial - 1]), int(pads[-1])
-        span = int(dilations[-1]) * (int(kernel[-1]) - 1)
-        out = _Stream(source.rate, source.lag + span - left, (1, int(weight.shape[0]), *source.dims[2:]))
-        if span == 0 and left == 0 and right == 0:
+        conv = self._time_conv(node)
+        if source is None or isinstance(conv, str):
+            raise NotStreamable(f"Conv {node.name}: {conv if isinstance(conv, str) else 'its data is not a stream'}")
+        out = _Stream(source.rate, source.lag + conv.span - conv.left, (1, conv.out_channels, *source.dims[2:]))
+        if conv.span == 0 and conv.left == 0 and conv.right == 0:
             self._both(node)
             self.streams[node.output[0]] = out
             return
-        state = self._state(source.dims, left)
+        state = self._state(source.dims, conv.left)
         joined = self._name("joined")
         self._both(helper.make_node("Concat", [state.name, node.input[0]], [joined], axis=-1))
-        kept = {k: v for k, v in attributes.items() if k != "pads"}
-        for nodes, end_pad in ((self.step, 0), (self.final, right)):
+        kept = {k: v for k, v in _attributes(node).items() if k != "pads"}
+        spatial = conv.weight.ndim - 2
+        for nodes, end_pad in ((self.step, 0), (self.final, conv.right)):
             nodes.append(
                 helper.make_node(
                     "Conv",
@@ -357,10 +363,7 @@ class _Rewriter:
                     **kept,
                 )
             )
-        starts = self._constant(np.array([-span], dtype=np.int64), "keep")
-        ends = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
-        axes = self._constant(np.array([-1], dtype=np.int64), "axis")
-        self._both(helper.make_node("Slice", [joined, starts, ends, axes], [state.next_name]))
+        self._both(self._time_slice(joined, -conv.span, _INT_MAX, state.next_name))
         self.streams[node.output[0]] = out
 
     def _interleave(self, node: onnx.NodeProto) -> None:
@@ -409,15 +412,9 @@ class _Rewriter:
         if start < 0 or 0 <= end < _INT_MAX // 2:
             raise NotStreamable(f"Slice {node.name}: crops at absolute positions")
         first_start = self._name("start")
-        start_value = self._constant(np.array([start], dtype=np.int64), "crop")
-        self._both(helper.make_node("Mul", [FIRST_INPUT, start_value], [first_start]))
-        step_end = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
-        final_end = self._constant(np.array([end], dtype=np.int64), "end")
-        axis = self._constant(np.array([-1], dtype=np.int64), "axis")
-        for nodes, stop in ((self.step, step_end), (self.final, final_end)):
-            nodes.append(
-                helper.make_node("Slice", [node.input[0], first_start, stop, axis], list(node.output), name=node.name)
-            )
+        self._both(helper.make_node("Mul", [FIRST_INPUT, self._int(start)], [first_start]))
+        for nodes, stop in ((self.step, _INT_MAX), (self.final, end)):
+            nodes.append(self._time_slice(node.input[0], first_start, stop, node.output[0], node.name))
         self.streams[node.output[0]] = _Stream(source.rate, source.lag + start, source.dims)
 
     def _squeeze(self, node: onnx.NodeProto) -> None:
@@ -469,13 +466,10 @@ class _Rewriter:
         cut to ``late``'s length; what is left over is carried to the next call."""
         state = self._state(dims, 0)
         joined, length, delayed = self._name("joined"), self._name("length"), self._name("delayed")
-        zero = self._constant(np.array([0], dtype=np.int64), "start")
-        end = self._constant(np.array([_INT_MAX], dtype=np.int64), "end")
-        axis = self._constant(np.array([-1], dtype=np.int64), "axis")
         self._both(helper.make_node("Concat", [state.name, early], [joined], axis=-1))
         self._both(helper.make_node("Shape", [late], [length], start=-1))
-        self._both(helper.make_node("Slice", [joined, zero, length, axis], [delayed]))
-        self._both(helper.make_node("Slice", [joined, length, end, axis], [state.next_name]))
+        self._both(self._time_slice(joined, 0, length, delayed))
+        self._both(self._time_slice(joined, length, _INT_MAX, state.next_name))
         return delayed
 
     def build(self, nodes: list[onnx.NodeProto]) -> bytes:
@@ -492,8 +486,6 @@ class _Rewriter:
             shape = [*spec.dims, f"{spec.name}/length"]
             graph.input.append(helper.make_tensor_value_info(spec.name, TensorProto.FLOAT, shape))
             graph.output.append(helper.make_tensor_value_info(spec.next_name, TensorProto.FLOAT, None))
-        if any(o.domain in ("", "ai.onnx") and o.version < 15 for o in model.opset_import):
-            raise NotStreamable("the decoder's opset is older than 15 (Shape with start)")
         return model.SerializeToString()
 
 
@@ -504,6 +496,8 @@ def streaming_decoder(model_bytes: bytes, z_input: str, block_from_rate: int | N
     ``block_from_rate``: time series of at least this many samples per frame run in blocks
     (``None``: none do)."""
     model = onnx.load_from_string(model_bytes)
+    if any(o.domain in ("", "ai.onnx") and o.version < 15 for o in model.opset_import):
+        raise NotStreamable("the decoder's opset is older than 15 (Shape with start)")
     rewriter = _Rewriter(model, z_input, block_from_rate)
     rewriter.run()
     outputs = [o.name for o in model.graph.output]
