@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from streamvox.engine.audio.windows import WindowPlan
@@ -173,13 +174,57 @@ def test_seeded_front_is_reproducible_and_seed_dependent(voice: PiperVoice) -> N
     assert a.z_p.shape != c.z_p.shape or not np.array_equal(a.z_p, c.z_p)
 
 
-def test_noise_buffer_regrows_without_changing_the_result(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
-    ids = voice.text_to_ids("A sentence long enough to need more prior noise than the first guess.")
-    expected = voice.front(ids, np.random.default_rng(3))
-    monkeypatch.setattr(piper_voice, "_FRAMES_PER_ID_GUESS", 0)
-    regrown = voice.front(ids, np.random.default_rng(3))
-    assert expected.frames > 64
-    np.testing.assert_array_equal(expected.z_p, regrown.z_p)
+def _export_up_to_the_prior() -> onnx.ModelProto:
+    """The unmodified export from its inputs to the prior sample ``z_p``, with the prior's noise
+    an input ``noise_z`` instead of a ``RandomNormalLike`` (and the duration noise ``noise_dp``)."""
+    model = onnx.load(str(bundled_voice_path()))
+    randoms = [n for n in model.graph.node if n.op_type == "RandomNormalLike"]
+    prior_noise = next(n for n in randoms if not n.name.startswith("/dp/"))
+    prior = next(n for n in model.graph.node if n.op_type == "Add" and "/Mul_6_output_0" in n.input)
+    for node in randoms:
+        source = "noise_z" if node is prior_noise else "noise_dp"
+        node.CopyFrom(onnx.helper.make_node("Identity", [source], [node.output[0]]))
+    model.graph.input.extend(
+        [
+            onnx.helper.make_tensor_value_info("noise_z", onnx.TensorProto.FLOAT, [1, "channels", "frames"]),
+            onnx.helper.make_tensor_value_info("noise_dp", onnx.TensorProto.FLOAT, [1, 2, "phonemes"]),
+        ]
+    )
+    return onnx.utils.Extractor(model).extract_model(
+        ["input", "input_lengths", "scales", "noise_dp", "noise_z"], [prior.output[0]]
+    )
+
+
+def test_the_prior_sample_is_the_exports_for_the_same_noise(voice: PiperVoice, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder stops before the prior's noise, which is drawn for exactly the frames the
+    durations give and scaled as the export scales it: the same float32 values."""
+    from streamvox.engine.backends.piper import graph
+
+    export = ort.InferenceSession(_export_up_to_the_prior().SerializeToString(), providers=["CPUExecutionProvider"])
+    monkeypatch.setattr(graph, "lift_each_convolution", lambda part: part)
+    unlifted = PiperVoice(voice.id, voice.model_path, voice.config, stream_decode=False)
+    monkeypatch.undo()
+    for text, scales in ((TEXT, (0.667, 1.0, 0.8)), ("Yes... well, maybe!", (0.5, 1.3, 0.6))):
+        ids = voice.text_to_ids(text)
+        front = unlifted.front(ids, np.random.default_rng(3), scales[1], scales[0], scales[2])
+        rng = np.random.default_rng(3)
+        noise_dp = rng.standard_normal((1, 2, len(ids)), dtype=np.float32)
+        noise_z = piper_voice._prior_noise(int(rng.integers(0, 2**63 - 1)), voice.z_channels, front.frames)
+        (want,) = export.run(
+            None,
+            {
+                "input": np.array([ids], dtype=np.int64),
+                "input_lengths": np.array([len(ids)], dtype=np.int64),
+                "scales": np.array(scales, dtype=np.float32),
+                "noise_dp": noise_dp,
+                "noise_z": noise_z,
+            },
+        )
+        np.testing.assert_array_equal(front.z_p, want[0])
+        # The served encoder (its convolutions lifted) gives the same durations, the prior to rounding.
+        served = voice.front(ids, np.random.default_rng(3), scales[1], scales[0], scales[2])
+        np.testing.assert_array_equal(served.durations, front.durations)
+        assert snr_db(front.z_p.reshape(-1), served.z_p.reshape(-1)) > 100
 
 
 def test_speed_changes_duration(voice: PiperVoice) -> None:

@@ -8,32 +8,41 @@ encoder (cheap, per phoneme) must see the whole segment.  Streaming also needs
 the noise as inputs, so a seeded session is reproducible whatever else the
 process runs.  This module rewrites the graph in memory, once per voice:
 
-* the two ``RandomNormalLike`` nodes become inputs ``noise_dp`` (duration
-  predictor, shape of its template) and ``noise_z`` (prior, sliced in the
-  graph from a caller-supplied buffer at least as long as the utterance);
-* the encoder returns ``z_p`` (the prior sample that feeds the flow) and the
-  ceiled per-phoneme durations;
+* the duration predictor's ``RandomNormalLike`` becomes an input
+  ``noise_dp`` (the shape of its template);
+* the encoder stops before the prior's sample ``z_p = m_p + noise * exp(logs_p)
+  * noise_scale``: it returns the mean, the noise's factors (in the order the
+  graph multiplies them) and the ceiled per-phoneme durations, and the caller
+  draws the noise for exactly the frames the durations give and does the same
+  arithmetic (:func:`prior_sample`), where a noise input would have to be
+  sized before the durations are known;
 * the flow maps ``z_p`` to ``z`` (the tensor that feeds ``dec/conv_pre``);
 * the decoder maps ``z`` to audio.  Flow and decoder also take the speaker id
   for multi-speaker voices.
 
-The flow's and the decoder's 1-D convolutions are rewritten as 2-D
-convolutions of height one (``conv_lift``), and the decoder's upsampling
-transposed convolutions as convolutions with an interleave (``polyphase``),
+The 1-D convolutions are rewritten as 2-D convolutions of height one
+(``conv_lift``: the flow's and the decoder's as regions, the encoder's one by
+one), and the decoder's upsampling transposed convolutions as convolutions
+with an interleave (``polyphase``),
 which onnxruntime runs with faster kernels for the same result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
-from streamvox.engine.backends.piper.conv_lift import lift_convolutions
+from streamvox.engine.backends.piper.conv_lift import lift_convolutions, lift_each_convolution
 from streamvox.engine.backends.piper.polyphase import split_transposed_convolutions
 
 NOISE_DP = "noise_dp"
-NOISE_Z = "noise_z"
+PRIOR_MEAN = "prior_mean"
+PRIOR_FACTOR = "prior_factor_{}"
+"""The encoder's outputs ``prior_factor_0``, ``prior_factor_1``, ...: what the prior's noise is
+multiplied by, in order."""
 Z_PRIOR = "z_p"
 Z_MASK = "z_mask"
 Z_OUTPUT = "z"
@@ -53,6 +62,8 @@ class SplitGraph:
     decoder: bytes
     has_speaker_input: bool
     z_channels: int
+    prior_factors: int
+    """How many ``PRIOR_FACTOR`` outputs the encoder has."""
 
 
 def _producer_of(graph: onnx.GraphProto, tensor: str) -> onnx.NodeProto | None:
@@ -69,23 +80,39 @@ def _find_z_tensor(graph: onnx.GraphProto) -> str:
     raise GraphSplitError("no /dec/conv_pre convolution: not a Piper VITS graph")
 
 
-def _find_prior(graph: onnx.GraphProto, noise_tensor: str) -> str:
-    """``z_p = m_p + noise * exp(logs_p) * noise_scale``: the first Add downstream of the prior noise."""
+def _prior_chain(graph: onnx.GraphProto, noise_tensor: str) -> tuple[list[str], str, str]:
+    """``z_p = m_p + noise * exp(logs_p) * noise_scale`` downstream of the prior noise: the Muls'
+    other operands in the order they apply, the Add's other operand (the mean) and ``z_p``."""
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    frontier = [noise_tensor]
+    factors: list[str] = []
+    tensor = noise_tensor
     for _ in range(4):
-        nxt = []
-        for tensor in frontier:
-            for node in consumers.get(tensor, []):
-                if node.op_type == "Add":
-                    return node.output[0]
-                if node.op_type == "Mul":
-                    nxt.append(node.output[0])
-        frontier = nxt
+        readers = consumers.get(tensor, [])
+        if len(readers) != 1 or readers[0].op_type not in ("Mul", "Add") or len(readers[0].input) != 2:
+            break
+        node = readers[0]
+        other = node.input[1] if node.input[0] == tensor else node.input[0]
+        if node.op_type == "Add":
+            return factors, other, node.output[0]
+        factors.append(other)
+        tensor = node.output[0]
     raise GraphSplitError("could not find the prior sample z_p downstream of the prior noise")
+
+
+def _find_prior(graph: onnx.GraphProto, noise_tensor: str) -> str:
+    """The prior sample ``z_p`` (see :func:`_prior_chain`)."""
+    return _prior_chain(graph, noise_tensor)[2]
+
+
+def prior_sample(mean: np.ndarray, factors: Sequence[np.ndarray], noise: np.ndarray) -> np.ndarray:
+    """``z_p`` from the encoder's outputs and ``noise`` of the mean's shape, with the graph's
+    float32 operations in the graph's order (so the same values); ``noise`` is overwritten."""
+    for factor in factors:
+        np.multiply(noise, factor, out=noise)
+    return np.add(mean, noise, out=noise)
 
 
 def _find_mask(graph: onnx.GraphProto, z_tensor: str) -> str:
@@ -115,36 +142,18 @@ def _noise_nodes(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, onnx.NodeProto
     return dp_nodes[0], z_nodes[0]
 
 
-def _replace_noise(graph: onnx.GraphProto) -> str:
-    """Turn both noise sources into inputs; return the tensor that now carries the prior noise."""
+def _replace_duration_noise(graph: onnx.GraphProto) -> str:
+    """Turn the duration predictor's noise into an input; return the tensor carrying the prior's
+    noise (left in the graph: the split encoder stops before it)."""
     dp_node, z_node = _noise_nodes(graph)
-    replacement = {
-        id(dp_node): [helper.make_node("Identity", [NOISE_DP], [dp_node.output[0]], name="/noise_dp_in")],
-        id(z_node): [
-            helper.make_node("Shape", [z_node.input[0]], ["/noise_z_shape"], name="/noise_z_shape"),
-            helper.make_node(
-                "Constant",
-                [],
-                ["/noise_z_starts"],
-                name="/noise_z_starts",
-                value=helper.make_tensor("starts", TensorProto.INT64, [3], [0, 0, 0]),
-            ),
-            helper.make_node(
-                "Slice", [NOISE_Z, "/noise_z_starts", "/noise_z_shape"], [z_node.output[0]], name="/noise_z_in"
-            ),
-        ],
-    }
     nodes = []
     for node in graph.node:
-        nodes.extend(replacement.get(id(node), [node]))
+        if node is dp_node:
+            node = helper.make_node("Identity", [NOISE_DP], [dp_node.output[0]], name="/noise_dp_in")
+        nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    graph.input.extend(
-        [
-            helper.make_tensor_value_info(NOISE_DP, TensorProto.FLOAT, ["batch", 2, "phonemes"]),
-            helper.make_tensor_value_info(NOISE_Z, TensorProto.FLOAT, ["batch", "channels", "max_frames"]),
-        ]
-    )
+    graph.input.append(helper.make_tensor_value_info(NOISE_DP, TensorProto.FLOAT, ["batch", 2, "phonemes"]))
     return z_node.output[0]
 
 
@@ -179,15 +188,18 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
     conv_pre = next(n for n in graph.node if n.op_type == "Conv" and n.input[0] == z_tensor)
     weight = next(t for t in graph.initializer if t.name == conv_pre.input[1])
     z_channels = int(weight.dims[1])
-    prior_noise = _replace_noise(graph)
-    prior = _find_prior(graph, prior_noise)
+    prior_noise = _replace_duration_noise(graph)
+    factors, mean, prior = _prior_chain(graph, prior_noise)
 
     sid = ["sid"] if has_sid else []
     encoder_inputs = [n for n in ("input", "input_lengths", "scales") if n in input_names] + sid
     extractor = onnx.utils.Extractor(model)
-    encoder = extractor.extract_model(encoder_inputs + [NOISE_DP, NOISE_Z], [prior, durations])
-    _rename_output(encoder, prior, Z_PRIOR)
+    encoder = extractor.extract_model(encoder_inputs + [NOISE_DP], [mean, *factors, durations])
+    _rename_output(encoder, mean, PRIOR_MEAN)
+    for index, factor in enumerate(factors):
+        _rename_output(encoder, factor, PRIOR_FACTOR.format(index))
     _rename_output(encoder, durations, DURATIONS_OUTPUT)
+    lift_each_convolution(encoder)
     flow = extractor.extract_model([prior, mask] + sid, [z_tensor])
     _rename_input(flow, prior, Z_PRIOR)
     _rename_input(flow, mask, Z_MASK)
@@ -203,6 +215,7 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
         decoder=decoder.SerializeToString(),
         has_speaker_input=has_sid,
         z_channels=z_channels,
+        prior_factors=len(factors),
     )
 
 
@@ -214,5 +227,6 @@ def lift_piper_graph(model_bytes: bytes) -> bytes:
     _, prior_noise = _noise_nodes(model.graph)
     # The flow's output feeds the decoder, so lifting from the prior lifts both.
     lift_convolutions(model, _find_prior(model.graph, prior_noise.output[0]))
+    lift_each_convolution(model)  # the encoder's, as the split encoder's are
     split_transposed_convolutions(model)
     return model.SerializeToString()

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OrtFail
-from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException as OrtRuntimeException
 from streamvox.engine.api import VoiceLoadError
 from streamvox.engine.backends.piper.graph import (
     DURATIONS_OUTPUT,
     NOISE_DP,
-    NOISE_Z,
+    PRIOR_FACTOR,
+    PRIOR_MEAN,
     Z_MASK,
     Z_OUTPUT,
     Z_PRIOR,
+    prior_sample,
     split_piper_graph,
 )
 from streamvox.engine.backends.piper.stream_decoder import StreamingDecoder
@@ -44,10 +44,7 @@ log = logging.getLogger(__name__)
 
 HOP_LENGTH = 256
 """Samples per latent frame in Piper's HiFi-GAN (8 x 8 x 2 x 2 upsampling)."""
-_MAX_FRAMES = 1_000_000
 _HONOURS = frozenset({"speed", "speaker", "seed", "noise"})
-_FRAMES_PER_ID_GUESS = 8
-"""First guess of latent frames per phoneme id when sizing the prior-noise buffer."""
 STREAM_BLOCK_FROM_RATE = 8
 """The streaming decoder runs its layers of this many samples per frame or more in overlap-save
 blocks (``stream_graph``; measured with ``scripts/stream_decoder_timing.py``: 8 and 64 cost
@@ -135,6 +132,8 @@ class PiperVoice:
         except OSError as exc:
             raise VoiceLoadError(f"{model_path}: cannot read ({exc})") from exc
         self.has_speaker_input = split.has_speaker_input
+        self._encoder_outputs = [PRIOR_MEAN, *(PRIOR_FACTOR.format(i) for i in range(split.prior_factors))]
+        self._encoder_outputs.append(DURATIONS_OUTPUT)
         self.z_channels = split.z_channels
         # No session spins: each session has its own worker pool, and a pool spinning
         # after its run steals the cores the next session's run needs (measured: the
@@ -255,8 +254,8 @@ class PiperVoice:
         """Run the encoder on one segment's ids.
 
         Noise comes from ``rng`` (``None`` means noise off: zeros), drawn in a
-        fixed order so a seeded stream is reproducible.  The prior-noise buffer
-        is sized from the phoneme count and regrown if the utterance is longer.
+        fixed order so a seeded stream is reproducible.  The prior's noise is
+        drawn once the durations say how many frames it needs.
         """
         n = len(ids)
         if n == 0:
@@ -272,28 +271,18 @@ class PiperVoice:
         )
         noise_dp = _noise(rng, (1, 2, n))
         z_seed = None if rng is None else int(rng.integers(0, 2**63 - 1))
-        max_frames = int(_FRAMES_PER_ID_GUESS * n * max(1.0, float(scales[1]))) + 64
-        while True:
-            feeds = {
-                "input": np.asarray([ids], dtype=np.int64),
-                "input_lengths": np.array([n], dtype=np.int64),
-                "scales": scales,
-                NOISE_DP: noise_dp,
-                NOISE_Z: _prior_noise(z_seed, self.z_channels, max_frames),
-            }
-            if self.has_speaker_input:
-                feeds["sid"] = np.array([speaker], dtype=np.int64)
-            try:
-                z_p, durations = self._encoder.run([Z_PRIOR, DURATIONS_OUTPUT], feeds, run_options)
-                break
-            except (OrtFail, OrtRuntimeException):
-                # The noise buffer was shorter than the utterance (the slice no
-                # longer broadcasts); regrow it.  The same seed gives the same
-                # noise for every frame the shorter buffer covered.
-                if max_frames > _MAX_FRAMES:
-                    raise
-                max_frames *= 4
-        return FrontOutput(z_p=np.ascontiguousarray(z_p[0]), durations=durations.reshape(-1).astype(np.int64))
+        feeds = {
+            "input": np.asarray([ids], dtype=np.int64),
+            "input_lengths": np.array([n], dtype=np.int64),
+            "scales": scales,
+            NOISE_DP: noise_dp,
+        }
+        if self.has_speaker_input:
+            feeds["sid"] = np.array([speaker], dtype=np.int64)
+        mean, *factors, durations = self._encoder.run(self._encoder_outputs, feeds, run_options)
+        noise = _prior_noise(z_seed, self.z_channels, mean.shape[2])
+        z_p = prior_sample(mean, factors, noise)
+        return FrontOutput(z_p=z_p[0], durations=durations.reshape(-1).astype(np.int64))
 
     def flow(
         self, z_p: np.ndarray, speaker: int = 0, urgent: bool = True, run_options: ort.RunOptions | None = None
@@ -361,7 +350,8 @@ def _noise(rng: np.random.Generator | None, shape: tuple[int, ...]) -> np.ndarra
 
 
 def _prior_noise(seed: int | None, channels: int, frames: int) -> np.ndarray:
-    """Prior noise drawn frame-major, so frame ``t`` does not depend on the buffer length."""
+    """Prior noise ``(1, channels, frames)``, drawn frame-major: frame ``t`` is the same whatever
+    the length (a seed's stream of draws, as when a longer buffer was drawn and sliced)."""
     if seed is None:
         return np.zeros((1, channels, frames), dtype=np.float32)
     draws = np.random.default_rng(seed).standard_normal((frames, channels), dtype=np.float32)
