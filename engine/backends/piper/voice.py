@@ -132,8 +132,8 @@ class PiperVoice:
         except OSError as exc:
             raise VoiceLoadError(f"{model_path}: cannot read ({exc})") from exc
         self.has_speaker_input = split.has_speaker_input
-        self._encoder_outputs = [PRIOR_MEAN, *(PRIOR_FACTOR.format(i) for i in range(split.prior_factors))]
-        self._encoder_outputs.append(DURATIONS_OUTPUT)
+        factors = (PRIOR_FACTOR.format(i) for i in range(split.prior_factors))
+        self._encoder_outputs = [PRIOR_MEAN, *factors, DURATIONS_OUTPUT]
         self.z_channels = split.z_channels
         # No session spins: each session has its own worker pool, and a pool spinning
         # after its run steals the cores the next session's run needs (measured: the
