@@ -1,5 +1,5 @@
 """What every benchmark shares: a free loopback port, a server in a child process, percentiles,
-playback stalls."""
+playback stalls, a call's CPU time."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+
+
+def thread_cpu_s(run: Callable[[], object]) -> float:
+    """CPU seconds the calling thread spends in ``run()``: not the time other processes of a shared
+    machine take from it, nor that of threads ``run`` starts."""
+    start = time.thread_time()
+    run()
+    return time.thread_time() - start
 
 
 def percentile(values: list[float], q: float) -> float:

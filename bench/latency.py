@@ -12,7 +12,7 @@ same voice, runs interleaved so both see the same machine conditions.
   ONNX model's CPU seconds per audio second on the same text (one-shot,
   sentence by sentence as Piper runs it), with onnxruntime's default
   threading (what piper-tts does) and, beside it, single-threaded.  A third
-  floor runs the same graph single-threaded with its flow and decoder rewritten
+  floor runs the same graph single-threaded with its convolutions rewritten
   as the server runs them (height-one 2-D convolutions, upsampling in phases),
   so the ratio to it is the server's own overhead, not the kernels it chose.
   The server's own split by thread role (``/metrics``) says where the rest
@@ -101,7 +101,7 @@ async def _llm_paced_ttfa(url: str, text: str) -> float:
 class RawOnnx:
     """The Piper ONNX graph run one-shot per sentence, as Piper runs it: the floor.
 
-    ``lifted`` runs the same graph with its flow and decoder rewritten as the server runs them
+    ``lifted`` runs the same graph with its convolutions rewritten as the server runs them
     (``graph.lift_piper_graph``: height-one 2-D convolutions, the upsampling in phases);
     unlifted it is the unmodified export.
     """

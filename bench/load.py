@@ -329,7 +329,7 @@ class _CpuSampler:
 def raw_single_thread_cpu_per_audio_s(runs: int = 8) -> tuple[float, float]:
     """The physical limit's denominator: CPU seconds the unmodified Piper graph, one thread, spends
     per second of audio on the load texts (one warm-up, then ``runs`` passes), measured now; and
-    beside it, passes interleaved, the same graph with its flow and decoder rewritten as the
+    beside it, passes interleaved, the same graph with its convolutions rewritten as the
     server runs them (a stricter floor)."""
     from streamvox.bench.latency import RawOnnx
 

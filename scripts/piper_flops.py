@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, shape_inference
+from streamvox.bench.harness import thread_cpu_s
 from streamvox.bench.load import UTTERANCES
 from streamvox.engine.backends.piper.backend import bundled_voice_path
 from streamvox.engine.backends.piper.graph import NOISE_DP, Z_MASK, Z_OUTPUT, Z_PRIOR, split_piper_graph
@@ -82,14 +82,8 @@ def matmul_rate(rounds: int) -> float:
     rng = np.random.default_rng(0)
     feeds = {name: rng.standard_normal((n, n), dtype=np.float32) for name in "ab"}
     session.run(None, feeds)
-    times = [_cpu_s(lambda: [session.run(None, feeds) for _ in range(4)]) / 4 for _ in range(rounds)]
+    times = [thread_cpu_s(lambda: [session.run(None, feeds) for _ in range(4)]) / 4 for _ in range(rounds)]
     return 2 * n**3 / min(times) / 1e9
-
-
-def _cpu_s(run: Callable[[], object]) -> float:
-    start = time.thread_time()
-    run()
-    return time.thread_time() - start
 
 
 def main() -> int:
@@ -125,7 +119,7 @@ def main() -> int:
     rates: list[float] = []
     for _ in range(args.rounds):  # the parts and the reference alternate: drift hits all alike
         for part, run in runs.items():
-            times[part].append(_cpu_s(run))
+            times[part].append(thread_cpu_s(run))
         rates.append(matmul_rate(1))
     rate = statistics.median(rates)
 

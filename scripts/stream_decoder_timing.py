@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import numpy as np
+from streamvox.bench.harness import snr_db, thread_cpu_s
 from streamvox.engine.audio.windows import WindowPlan
 from streamvox.engine.backends.piper.backend import bundled_voice_path
 from streamvox.engine.backends.piper.graph import Z_OUTPUT, split_piper_graph
@@ -29,12 +29,6 @@ from streamvox.engine.backends.piper.voice import HOP_LENGTH, PiperVoice, _sessi
 TEXT = (
     "Here is a short summary of the meeting: the budget was approved, and the launch moves to March. Hiring continues."
 )
-
-
-def _cpu_ms(run: Callable[[], object]) -> float:
-    start = time.thread_time()
-    run()
-    return 1000 * (time.thread_time() - start)
 
 
 def main() -> int:
@@ -80,8 +74,8 @@ def main() -> int:
 
         for rate, decoder in decoders.items():
             out = streamed(decoder)
-            snr = 10 * np.log10(np.sum(one_shot**2) / max(float(np.sum((out - one_shot) ** 2)), 1e-30))
-            if out.shape != one_shot.shape or snr < 100:
+            snr = snr_db(one_shot, out) if out.shape == one_shot.shape else float("nan")
+            if not snr >= 100:
                 print(f"window {window}, blocks from {rate}: differs from one-shot ({snr:.1f} dB)")
                 failed = True
         ways: dict[str, Callable[[], object]] = {
@@ -92,7 +86,7 @@ def main() -> int:
         times: dict[str, list[float]] = {name: [] for name in ways}
         for _ in range(args.rounds):
             for name, run in ways.items():
-                times[name].append(_cpu_ms(run))
+                times[name].append(1000 * thread_cpu_s(run))
         medians = {name: statistics.median(t[2:]) / audio_s for name, t in times.items()}
         row = "  ".join(f"{name} {ms:.2f}" for name, ms in medians.items())
         print(f"window {window:>4} frames ({frames}-frame utterance), ms CPU per audio s: {row}")

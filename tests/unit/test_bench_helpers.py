@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from streamvox.bench.ar import kv_bytes_per_value, median_run, t2s_step_bytes, t2s_step_macs
-from streamvox.bench.harness import playback_stall_ms, snr_db
+from streamvox.bench.harness import playback_stall_ms, snr_db, thread_cpu_s
 from streamvox.bench.trace_summary import (
     SETTLE_S,
     action_summary,
@@ -122,3 +122,15 @@ def test_median_run_keeps_the_middle_run_whole_and_lists_every_run() -> None:
     assert chosen["tokens_per_s_runs"] == [300.0, 100.0, 200.0]
     assert "tokens_per_s_runs" not in runs[2]  # the runs themselves are left as they were
     assert median_run(runs[:2])["tokens_per_s"] == 100.0  # an even count: the lower middle
+
+
+def test_a_calls_cpu_time_counts_work_not_waiting() -> None:
+    import time
+
+    def spin(seconds: float) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+    assert thread_cpu_s(lambda: time.sleep(0.2)) < 0.05
+    assert thread_cpu_s(lambda: spin(0.1)) >= 0.1

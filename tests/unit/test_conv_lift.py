@@ -298,7 +298,7 @@ def test_the_bundled_flow_and_decoder_lifted_equal_them_unlifted(monkeypatch: py
 
 
 def test_the_lifted_whole_graph_speaks_as_the_export_does() -> None:
-    """The benchmarks' second floor: the unsplit export with flow and decoder lifted."""
+    """The benchmarks' second floor: the unsplit export with its convolutions lifted."""
     from streamvox.engine.backends.piper.voice import PiperVoiceConfig
     from streamvox.engine.text.phonemes import phoneme_ids, phonemize
 

@@ -220,7 +220,7 @@ def split_piper_graph(model_bytes: bytes) -> SplitGraph:
 
 
 def lift_piper_graph(model_bytes: bytes) -> bytes:
-    """The whole Piper graph, unsplit, with its flow and decoder lifted as the split ones are:
+    """The whole Piper graph, unsplit, with its convolutions lifted as the split ones are:
     what the model alone costs when run the way the server runs it (a floor for benchmarks,
     beside the unmodified graph)."""
     model = onnx.load_from_string(model_bytes)
