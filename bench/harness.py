@@ -1,5 +1,5 @@
 """What every benchmark shares: a free loopback port, a server in a child process, percentiles,
-playback stalls, a call's CPU time."""
+playback stalls, a call's and a process's CPU time."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,13 @@ def thread_cpu_s(run: Callable[[], object]) -> float:
     start = time.thread_time()
     run()
     return time.thread_time() - start
+
+
+def process_cpu_s(process: Any) -> float:
+    """User + system CPU seconds a ``psutil.Process`` has used so far, all its threads counted
+    (those that have ended too)."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.harness import percentile, process_cpu_s, start_server
 from streamvox.bench.load import cpu_by_role, server_counters
 
 PARAGRAPH = (
@@ -289,21 +289,19 @@ def measure(runs: int, threads: int) -> dict[str, Any]:
         piper_first: list[float] = []
         piper_total: list[float] = []
         cpu_s = 0.0
-        window_before = server_proc.cpu_times()  # around the role counters' reads, which it encloses
+        window_before = process_cpu_s(server_proc)  # around the role counters' reads, which it encloses
         counters_before = server_counters(url)
         for _ in range(runs):  # interleaved, so machine noise falls on all systems alike
-            before = server_proc.cpu_times()
+            before = process_cpu_s(server_proc)
             server_runs.append(asyncio.run(_server_utterance(url, PARAGRAPH)))
-            after = server_proc.cpu_times()
-            cpu_s += (after.user + after.system) - (before.user + before.system)
+            cpu_s += process_cpu_s(server_proc) - before
             first, total = _piper_first_chunk_ms(piper_voice, PARAGRAPH)
             piper_first.append(first)
             piper_total.append(total)
             for floor in floors:
                 floor.run()
         counters_after = server_counters(url)
-        window_after = server_proc.cpu_times()
-        window_cpu_s = (window_after.user + window_after.system) - (window_before.user + window_before.system)
+        window_cpu_s = process_cpu_s(server_proc) - window_before
         by_role = cpu_by_role(counters_before, counters_after, sum(r.audio_s for r in server_runs))
         e2e = [asyncio.run(_llm_paced_ttfa(url, PARAGRAPH)) for _ in range(max(3, runs // 4))]
         formats = format_first_bytes(url, max(5, runs // 2))

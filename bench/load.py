@@ -28,7 +28,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamvox.bench.harness import percentile, start_server
+from streamvox.bench.harness import percentile, process_cpu_s, start_server
 from streamvox.bench.trace_summary import FULL_SHARE, SETTLE_S, describe_phases, load_phases
 from streamvox.engine.core import EngineConfig
 from streamvox.engine.unit_trace import read_unit_trace
@@ -180,10 +180,9 @@ def _cpu_s(processes: list[Any]) -> float:
     total = 0.0
     for proc in processes:
         try:
-            times = proc.cpu_times()
+            total += process_cpu_s(proc)
         except psutil.NoSuchProcess:
             continue
-        total += times.user + times.system
     return total
 
 
@@ -246,7 +245,7 @@ def run_load(
     processes = ([proc, *proc.children(recursive=True)] if tree else [proc]) if proc else []
     cpu_before = _cpu_s(processes)
     me = psutil.Process()
-    own_before = me.cpu_times()
+    own_before = process_cpu_s(me)
     counters_before = server_counters(url)
     started = time.monotonic()
     sampler = _CpuSampler(processes, cpu_every_s, started, cpu_before) if processes and cpu_every_s else None
@@ -255,8 +254,7 @@ def run_load(
     timeline = sampler.stop() if sampler is not None else None
     wall = ended - started
     counters_after = server_counters(url) if counters_before is not None else None
-    own_after = me.cpu_times()
-    own_cpu = (own_after.user + own_after.system) - (own_before.user + own_before.system)
+    own_cpu = process_cpu_s(me) - own_before
     ttfa = [t for s in stats for t in s.ttfa_ms]
     client_ttfa = [t for s in stats for t in s.client_ttfa_ms]
     gaps = [g for s in stats for g in s.packet_gaps_ms]

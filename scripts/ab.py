@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from streamvox.bench.ar_serve import DEFAULT_VOICE, start_together, write_voices
-from streamvox.bench.harness import percentile, playback_stall_ms, snr_db, start_server
+from streamvox.bench.harness import percentile, playback_stall_ms, process_cpu_s, snr_db, start_server
 from streamvox.bench.latency import PARAGRAPH, _server_utterance
 from streamvox.bench.load import LoadProfile, passes, run_load
 from streamvox.bench.random_voice import write_voice
@@ -129,12 +129,12 @@ def _compare_ttfa(servers: dict[str, tuple[Any, str, int]], runs: int, rev: str)
     for i in range(runs + 2):  # the first two rounds warm both up
         order = ("before", "now") if i % 2 == 0 else ("now", "before")
         for side in order:
-            started = processes[side].cpu_times()
+            started = process_cpu_s(processes[side])
             run = asyncio.run(_server_utterance(servers[side][1], PARAGRAPH))
-            ended = processes[side].cpu_times()
+            spent = process_cpu_s(processes[side]) - started
             if i >= 2:
                 ttfa[side].append(run.ttfa_server_ms)
-                cpu_s[side] += (ended.user + ended.system) - (started.user + started.system)
+                cpu_s[side] += spent
                 audio_s[side] += run.audio_s
     for side, values in ttfa.items():
         label = f"before ({rev})" if side == "before" else "now"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from streamvox.bench.ar import kv_bytes_per_value, median_run, t2s_step_bytes, t2s_step_macs
-from streamvox.bench.harness import playback_stall_ms, snr_db, thread_cpu_s
+from streamvox.bench.harness import playback_stall_ms, process_cpu_s, snr_db, thread_cpu_s
 from streamvox.bench.trace_summary import (
     SETTLE_S,
     action_summary,
@@ -134,3 +134,23 @@ def test_a_calls_cpu_time_counts_work_not_waiting() -> None:
 
     assert thread_cpu_s(lambda: time.sleep(0.2)) < 0.05
     assert thread_cpu_s(lambda: spin(0.1)) >= 0.1
+
+
+def test_a_process_cpu_time_counts_its_threads_work() -> None:
+    import threading
+    import time
+
+    import psutil
+
+    def spin(seconds: float) -> None:
+        until = time.thread_time() + seconds
+        while time.thread_time() < until:
+            pass
+
+    me = psutil.Process()
+    before = process_cpu_s(me)
+    worker = threading.Thread(target=spin, args=(0.2,))
+    worker.start()
+    worker.join()  # an ended thread's time stays with the process
+    spin(0.1)
+    assert process_cpu_s(me) - before >= 0.28  # /proc counts whole clock ticks
